@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need, then runs formatting,
+# lints, every test and the doc tests. `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v qemu-img >/dev/null 2>&1 || need_pkgs+=(qemu-utils)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+    else
+        echo "note: missing ${need_pkgs[*]}; tests that need them are skipped" >&2
+    fi
+fi
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
+
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets
+cargo test --doc

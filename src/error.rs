@@ -1,0 +1,258 @@
+//! The one public error type of blockrep.
+//!
+//! Every fallible call returns [`Error`]: a small [`ErrorKind`] that callers
+//! (and the C ABI) branch on, a message, and the context that locates the
+//! problem: a path, a byte offset, a log sequence number.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Shorthand for `std::result::Result<T, blockrep::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, as a stable category.
+///
+/// Each kind has a numeric [`code`](ErrorKind::code) that the C ABI returns as
+/// its status. Codes are never reused or renumbered; new kinds get new codes.
+#[non_exhaustive]
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// An operating-system I/O call failed (other than a full device).
+    Io = 100,
+    /// The device or file system has no space left.
+    NoSpace = 101,
+    /// Stored data failed validation: bad magic, checksum, length or structure.
+    Corrupt = 200,
+    /// Data is valid but belongs elsewhere: another disk, epoch, geometry or
+    /// an out-of-order sequence.
+    Mismatch = 201,
+    /// An offset, length or block lies outside the disk or overflows.
+    OutOfRange = 300,
+    /// An argument is impossible on its face (zero length, bad block size).
+    InvalidArgument = 301,
+    /// The call is not allowed in the current state (double free, wrong role).
+    Misuse = 302,
+    /// Change tracking cannot be trusted; a digest resync is required.
+    ResyncRequired = 400,
+    /// The data uses a feature or version this build does not support.
+    Unsupported = 500,
+}
+
+impl ErrorKind {
+    /// The stable numeric code of this kind, as returned through the C ABI.
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// A short lower-case name of the kind.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Io => "i/o error",
+            ErrorKind::NoSpace => "no space left",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::Mismatch => "mismatch",
+            ErrorKind::OutOfRange => "out of range",
+            ErrorKind::InvalidArgument => "invalid argument",
+            ErrorKind::Misuse => "misuse",
+            ErrorKind::ResyncRequired => "resync required",
+            ErrorKind::Unsupported => "unsupported",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where an error happened, as far as it is known.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Context {
+    /// The file involved.
+    pub path: Option<PathBuf>,
+    /// The byte offset involved (in a file, log or disk).
+    pub offset: Option<u64>,
+    /// The log sequence number involved.
+    pub sequence: Option<u64>,
+}
+
+impl fmt::Display for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = " (";
+        if let Some(p) = &self.path {
+            write!(f, "{sep}path {}", p.display())?;
+            sep = ", ";
+        }
+        if let Some(o) = self.offset {
+            write!(f, "{sep}offset {o}")?;
+            sep = ", ";
+        }
+        if let Some(s) = self.sequence {
+            write!(f, "{sep}sequence {s}")?;
+            sep = ", ";
+        }
+        if sep == ", " {
+            f.write_str(")")?;
+        }
+        Ok(())
+    }
+}
+
+/// The error of every blockrep operation.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}: {message}{context}")]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    context: Context,
+    #[source]
+    source: Option<io::Error>,
+}
+
+impl Error {
+    /// A new error of `kind` with a message saying what is wrong.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            context: Context::default(),
+            source: None,
+        }
+    }
+
+    /// Wraps an OS error; a full device becomes [`ErrorKind::NoSpace`].
+    pub fn io(what: impl Into<String>, err: io::Error) -> Self {
+        let kind = match err.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorKind::NoSpace,
+            _ if err.kind() == io::ErrorKind::StorageFull => ErrorKind::NoSpace,
+            _ => ErrorKind::Io,
+        };
+        Error {
+            kind,
+            message: format!("{}: {err}", what.into()),
+            context: Context::default(),
+            source: Some(err),
+        }
+    }
+
+    /// Shorthand for a [`ErrorKind::Corrupt`] error.
+    pub fn corrupt(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Corrupt, message)
+    }
+
+    /// Shorthand for a [`ErrorKind::Mismatch`] error.
+    pub fn mismatch(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Mismatch, message)
+    }
+
+    /// Shorthand for an [`ErrorKind::OutOfRange`] error.
+    pub fn out_of_range(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::OutOfRange, message)
+    }
+
+    /// Shorthand for an [`ErrorKind::InvalidArgument`] error.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidArgument, message)
+    }
+
+    /// Attaches the file involved.
+    pub fn with_path(mut self, path: impl AsRef<Path>) -> Self {
+        self.context.path = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Attaches the byte offset involved.
+    pub fn with_offset(mut self, offset: u64) -> Self {
+        self.context.offset = Some(offset);
+        self
+    }
+
+    /// Attaches the log sequence number involved.
+    pub fn with_sequence(mut self, sequence: u64) -> Self {
+        self.context.sequence = Some(sequence);
+        self
+    }
+
+    /// The category of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message, without kind or context.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Where the error happened, as far as known.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+}
+
+/// Adds context to the error of a `Result` without touching the success path.
+pub trait ResultExt<T> {
+    /// Attaches `path` to the error, if any.
+    fn at_path(self, path: impl AsRef<Path>) -> Result<T>;
+    /// Attaches `offset` to the error, if any.
+    fn at_offset(self, offset: u64) -> Result<T>;
+}
+
+impl<T> ResultExt<T> for Result<T> {
+    fn at_path(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| e.with_path(path))
+    }
+    fn at_offset(self, offset: u64) -> Result<T> {
+        self.map_err(|e| e.with_offset(offset))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_includes_kind_message_and_context() {
+        let e = Error::corrupt("bad header checksum")
+            .with_path("/x/t.bin")
+            .with_offset(60)
+            .with_sequence(7);
+        assert_eq!(
+            e.to_string(),
+            "corrupt: bad header checksum (path /x/t.bin, offset 60, sequence 7)"
+        );
+        assert_eq!(
+            Error::invalid("zero length").to_string(),
+            "invalid argument: zero length"
+        );
+    }
+
+    #[test]
+    fn enospc_maps_to_no_space() {
+        let e = Error::io("write", io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(e.kind(), ErrorKind::NoSpace);
+        let e = Error::io("write", io::Error::from_raw_os_error(libc::EIO));
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn codes_are_stable() {
+        let codes = [
+            (ErrorKind::Io, 100),
+            (ErrorKind::NoSpace, 101),
+            (ErrorKind::Corrupt, 200),
+            (ErrorKind::Mismatch, 201),
+            (ErrorKind::OutOfRange, 300),
+            (ErrorKind::InvalidArgument, 301),
+            (ErrorKind::Misuse, 302),
+            (ErrorKind::ResyncRequired, 400),
+            (ErrorKind::Unsupported, 500),
+        ];
+        for (k, c) in codes {
+            assert_eq!(k.code(), c, "{k}");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+use super::{short_read, Storage};
+use crate::error::{Error, Result};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Storage in a file or block device, through positional I/O (`pread`,
+/// `pwrite`), so many threads may read and write at once without seeking.
+#[derive(Debug)]
+pub struct FileStorage {
+    file: File,
+    path: PathBuf,
+}
+
+impl FileStorage {
+    /// Opens an existing file for reading and writing.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io("open", e).with_path(path))?;
+        Ok(Self::from_file(file, path))
+    }
+
+    /// Opens an existing file read-only; writes fail.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| Error::io("open", e).with_path(path))?;
+        Ok(Self::from_file(file, path))
+    }
+
+    /// Creates (or truncates) a file of `len` bytes, sparse where the file
+    /// system allows.
+    pub fn create(path: impl AsRef<Path>, len: u64) -> Result<Self> {
+        let path = path.as_ref();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| Error::io("create", e).with_path(path))?;
+        let s = Self::from_file(file, path);
+        s.set_len(len)?;
+        Ok(s)
+    }
+
+    /// Wraps an open file; `path` is used in error messages only.
+    pub fn from_file(file: File, path: impl AsRef<Path>) -> Self {
+        FileStorage {
+            file,
+            path: path.as_ref().to_path_buf(),
+        }
+    }
+
+    /// The path this storage was opened with.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The underlying file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    fn err(&self, what: &str, e: std::io::Error, offset: u64) -> Error {
+        Error::io(what, e).with_path(&self.path).with_offset(offset)
+    }
+}
+
+impl Storage for FileStorage {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                let len = self.len().unwrap_or(0);
+                short_read(offset, buf.len(), len).with_path(&self.path)
+            } else {
+                self.err("read", e, offset)
+            }
+        })
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| self.err("write", e, offset))
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("sync", e).with_path(&self.path))
+    }
+
+    fn len(&self) -> Result<u64> {
+        let meta = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io("stat", e).with_path(&self.path))?;
+        if meta.file_type().is_file() {
+            return Ok(meta.len());
+        }
+        // A block device reports its size through seeking to the end.
+        let fd = self.file.as_raw_fd();
+        // SAFETY: `fd` is a valid descriptor owned by `self.file` for the
+        // whole call; lseek does not touch memory.
+        let end = unsafe { libc::lseek(fd, 0, libc::SEEK_END) };
+        if end < 0 {
+            return Err(
+                Error::io("seek to end", std::io::Error::last_os_error()).with_path(&self.path)
+            );
+        }
+        Ok(end as u64)
+    }
+
+    fn set_len(&self, len: u64) -> Result<()> {
+        self.file
+            .set_len(len)
+            .map_err(|e| self.err("set length", e, len))
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> Result<bool> {
+        let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Err(
+                Error::out_of_range("hole past the largest file offset").with_offset(offset)
+            );
+        };
+        let fd = self.file.as_raw_fd();
+        // SAFETY: `fd` is a valid descriptor owned by `self.file`; fallocate
+        // only changes the file's allocation, never our memory.
+        let rc = unsafe {
+            libc::fallocate(
+                fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                l,
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(false),
+            _ => Err(self.err("punch hole", e, offset)),
+        }
+    }
+}

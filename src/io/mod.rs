@@ -1,0 +1,109 @@
+//! A small storage trait and its backends.
+//!
+//! Everything blockrep reads or writes block data through (source disks,
+//! replica images, overlays) is a [`Storage`]: positional reads and writes
+//! that may run from many threads at once, plus sync, length and hole
+//! punching. Three backends: [`FileStorage`] (a file or block device),
+//! [`MemStorage`] (memory, for tests and small overlays) and [`FaultStorage`]
+//! (wraps another and fails or loses power at a chosen operation).
+
+mod fault;
+mod file;
+mod memory;
+
+pub use fault::{Fault, FaultPlan, FaultStorage};
+pub use file::FileStorage;
+pub use memory::MemStorage;
+
+use crate::error::Result;
+use std::sync::Arc;
+
+/// Positional block storage, safe to share between threads.
+///
+/// Reads and writes are exact: a read past the end is an error, never a short
+/// buffer. A write past the end extends the storage where the backend can.
+pub trait Storage: Send + Sync {
+    /// Fills `buf` from `offset`; the whole range must lie within [`len`](Storage::len).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+    /// Writes all of `buf` at `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()>;
+    /// Makes every completed write durable.
+    fn sync(&self) -> Result<()>;
+    /// The current length in bytes.
+    fn len(&self) -> Result<u64>;
+    /// Whether the storage is empty.
+    fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    /// Grows (with zeros) or shrinks the storage to `len` bytes.
+    fn set_len(&self, len: u64) -> Result<()>;
+    /// Deallocates `len` bytes at `offset` so they read as zeros, where the
+    /// backend can. Returns `false` when it cannot and nothing was changed;
+    /// the caller then writes zeros itself.
+    fn punch_hole(&self, offset: u64, len: u64) -> Result<bool> {
+        let _ = (offset, len);
+        Ok(false)
+    }
+}
+
+impl<S: Storage + ?Sized> Storage for Arc<S> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn sync(&self) -> Result<()> {
+        (**self).sync()
+    }
+    fn len(&self) -> Result<u64> {
+        (**self).len()
+    }
+    fn set_len(&self, len: u64) -> Result<()> {
+        (**self).set_len(len)
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> Result<bool> {
+        (**self).punch_hole(offset, len)
+    }
+}
+
+impl<S: Storage + ?Sized> Storage for Box<S> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn sync(&self) -> Result<()> {
+        (**self).sync()
+    }
+    fn len(&self) -> Result<u64> {
+        (**self).len()
+    }
+    fn set_len(&self, len: u64) -> Result<()> {
+        (**self).set_len(len)
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> Result<bool> {
+        (**self).punch_hole(offset, len)
+    }
+}
+
+/// The error for a read that passes the end of a storage of `len` bytes.
+pub(crate) fn short_read(offset: u64, want: usize, len: u64) -> crate::Error {
+    crate::Error::out_of_range(format!(
+        "short read: {want} bytes wanted, storage ends at {len}"
+    ))
+    .with_offset(offset)
+}
+
+/// Syncs the directory holding `path`, so a file created or renamed there
+/// survives a crash.
+pub fn sync_parent_dir(path: &std::path::Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| crate::Error::io("sync directory", e).with_path(dir))
+}

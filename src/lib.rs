@@ -1,0 +1,37 @@
+//! # blockrep
+//!
+//! Block-level disaster-recovery replication for hypervisors and storage
+//! agents: change tracking on the primary, delta logs shipped between sites,
+//! a crash-safe replica with retention points, and failover.
+//!
+//! This crate is built up module by module, one concern each:
+//!
+//! * [`geometry`]: disk size, block size, byte ranges to blocks;
+//! * [`io`]: the [`Storage`](io::Storage) trait with file, memory and
+//!   fault-injecting backends;
+//! * [`tracker`]: the lock-free dirty-block tracker, in memory or persistent.
+//!
+//! ```
+//! use blockrep::{Geometry, Tracker};
+//!
+//! let tracker = Tracker::new(Geometry::new(1 << 30, 4096)?);
+//! tracker.mark(4096 * 10, 8192)?;      // after a guest write completes
+//! let frozen = tracker.cut();          // one cycle's dirty set
+//! let runs: Vec<_> = frozen.extents().collect();
+//! assert_eq!(runs, vec![blockrep::Extent::new(10, 2)]);
+//! # Ok::<(), blockrep::Error>(())
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod geometry;
+pub mod id;
+pub mod io;
+mod le;
+pub mod tracker;
+
+pub use error::{Error, ErrorKind, Result};
+pub use geometry::{Extent, Geometry};
+pub use id::DiskId;
+pub use tracker::{BlockSet, FrozenSet, PersistentTracker, Tracker};

@@ -1,0 +1,212 @@
+//! The hierarchical atomic bitmap behind the tracker.
+//!
+//! Level 0 holds one bit per block in `AtomicU64` words. Each level above
+//! holds one bit per word of the level below, set when that word may be
+//! non-zero. The top level has a single word. Setting a bit touches a summary
+//! only when its word turns from zero to non-zero; taking the set walks down
+//! from the top and visits only non-zero words.
+//!
+//! Why no bit is lost while writers and a taker race: a writer sets the leaf
+//! first and then the summary bits, with release ordering; the taker clears a
+//! summary word first and then the leaves it pointed at, with acquire
+//! ordering. A leaf the taker does not visit was either zero, or is about to
+//! get its summary bit set by the writer that made it non-zero, so it stays
+//! reachable for the next take. A summary bit may point at a zero word; that
+//! costs one wasted visit, never a lost bit.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One non-zero leaf word: its index and its bits.
+pub(crate) type Word = (u64, u64);
+
+pub(crate) struct AtomicBitmap {
+    bits: u64,
+    /// `levels[0]` are the leaves; the last level has exactly one word.
+    levels: Vec<Box<[AtomicU64]>>,
+}
+
+fn zeroed(n: usize) -> Box<[AtomicU64]> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
+}
+
+impl AtomicBitmap {
+    /// A bitmap of `bits` clear bits.
+    pub(crate) fn new(bits: u64) -> Self {
+        let mut levels = Vec::new();
+        let mut n = bits.div_ceil(64).max(1);
+        loop {
+            levels.push(zeroed(n as usize));
+            if n == 1 {
+                break;
+            }
+            n = n.div_ceil(64);
+        }
+        AtomicBitmap { bits, levels }
+    }
+
+    pub(crate) fn bits(&self) -> u64 {
+        self.bits
+    }
+
+    pub(crate) fn leaf_words(&self) -> usize {
+        self.levels[0].len()
+    }
+
+    /// Sets bits `first .. first + count`; the caller checked the range.
+    #[inline]
+    pub(crate) fn set_range(&self, first: u64, count: u64) {
+        debug_assert!(count > 0 && first + count <= self.bits);
+        let last = first + count - 1;
+        let (fw, lw) = (first >> 6, last >> 6);
+        if fw == lw {
+            self.set_in_word(fw as usize, word_mask(first & 63, last & 63));
+            return;
+        }
+        self.set_in_word(fw as usize, word_mask(first & 63, 63));
+        for w in fw + 1..lw {
+            self.set_in_word(w as usize, u64::MAX);
+        }
+        self.set_in_word(lw as usize, word_mask(0, last & 63));
+    }
+
+    /// ORs `mask` into leaf word `w`. A relaxed load first keeps an already
+    /// dirty word's cache line shared between cores.
+    #[inline]
+    pub(crate) fn set_in_word(&self, w: usize, mask: u64) {
+        let word = &self.levels[0][w];
+        if word.load(Ordering::Relaxed) & mask == mask {
+            return;
+        }
+        if word.fetch_or(mask, Ordering::AcqRel) == 0 {
+            self.set_summary(w);
+        }
+    }
+
+    #[cold]
+    fn set_summary(&self, mut child: usize) {
+        for level in &self.levels[1..] {
+            let prev = level[child >> 6].fetch_or(1 << (child & 63), Ordering::AcqRel);
+            if prev != 0 {
+                return;
+            }
+            child >>= 6;
+        }
+    }
+
+    /// Takes every set bit, leaving the bitmap clear: the non-zero leaf words
+    /// in index order. Costs O(non-zero words), not O(bits).
+    pub(crate) fn take(&self) -> Vec<Word> {
+        let mut out = Vec::new();
+        self.walk(self.levels.len() - 1, 0, &mut out, |w| {
+            w.swap(0, Ordering::AcqRel)
+        });
+        out
+    }
+
+    /// Reads every set bit without clearing: a moment's view while writers run.
+    pub(crate) fn snapshot(&self) -> Vec<Word> {
+        let mut out = Vec::new();
+        self.walk(self.levels.len() - 1, 0, &mut out, |w| {
+            w.load(Ordering::Acquire)
+        });
+        out
+    }
+
+    fn walk(&self, level: usize, idx: usize, out: &mut Vec<Word>, read: fn(&AtomicU64) -> u64) {
+        let mut v = read(&self.levels[level][idx]);
+        if level == 0 {
+            if v != 0 {
+                out.push((idx as u64, v));
+            }
+            return;
+        }
+        while v != 0 {
+            let bit = v.trailing_zeros() as usize;
+            v &= v - 1;
+            let child = (idx << 6) | bit;
+            if child < self.levels[level - 1].len() {
+                self.walk(level - 1, child, out, read);
+            }
+        }
+    }
+
+    /// Whether any bit in `first .. first + count` is set (a moment's view).
+    pub(crate) fn any_in(&self, first: u64, count: u64) -> bool {
+        if count == 0 {
+            return false;
+        }
+        let last = (first + count - 1).min(self.bits.saturating_sub(1));
+        let (fw, lw) = (first >> 6, last >> 6);
+        (fw..=lw).any(|w| {
+            let lo = if w == fw { first & 63 } else { 0 };
+            let hi = if w == lw { last & 63 } else { 63 };
+            self.levels[0][w as usize].load(Ordering::Acquire) & word_mask(lo, hi) != 0
+        })
+    }
+
+    /// A bitmap of `bits` bits holding this one's bits below `bits`.
+    /// Needs `&mut`: no writer may run during a resize.
+    pub(crate) fn resized(&mut self, bits: u64) -> AtomicBitmap {
+        let new = AtomicBitmap::new(bits);
+        for (w, v) in self.take() {
+            let first = w << 6;
+            if first >= bits {
+                break;
+            }
+            let keep = if bits - first >= 64 {
+                v
+            } else {
+                v & word_mask(0, bits - first - 1)
+            };
+            if keep != 0 {
+                new.set_in_word(w as usize, keep);
+            }
+        }
+        new
+    }
+}
+
+/// The bits `lo ..= hi` of a word.
+#[inline]
+pub(crate) fn word_mask(lo: u64, hi: u64) -> u64 {
+    debug_assert!(lo <= hi && hi < 64);
+    (u64::MAX >> (63 - hi)) & (u64::MAX << lo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks() {
+        assert_eq!(word_mask(0, 63), u64::MAX);
+        assert_eq!(word_mask(0, 0), 1);
+        assert_eq!(word_mask(63, 63), 1 << 63);
+        assert_eq!(word_mask(4, 7), 0xf0);
+    }
+
+    #[test]
+    fn levels_shrink_to_one_word() {
+        for bits in [1, 64, 65, 4096, 4097, 1 << 20, (1 << 24) + 3] {
+            let b = AtomicBitmap::new(bits);
+            assert_eq!(b.levels.last().unwrap().len(), 1, "{bits}");
+            assert_eq!(b.leaf_words() as u64, bits.div_ceil(64));
+        }
+    }
+
+    #[test]
+    fn take_after_set_then_empty() {
+        let b = AtomicBitmap::new(1 << 20);
+        b.set_range(5, 1);
+        b.set_range(63, 3);
+        b.set_range((1 << 20) - 1, 1);
+        assert!(b.any_in(64, 1) && !b.any_in(66, 100));
+        let words = b.take();
+        assert_eq!(
+            words,
+            vec![(0, 1 << 5 | 1 << 63), (1, 0b11), ((1 << 14) - 1, 1 << 63)]
+        );
+        assert!(b.take().is_empty());
+        assert!(b.snapshot().is_empty());
+    }
+}
