@@ -102,9 +102,16 @@ impl fmt::Display for Context {
 }
 
 /// The error of every blockrep operation.
+///
+/// One pointer wide, so `Result<(), Error>` costs nothing on hot paths such
+/// as [`Tracker::mark`](crate::Tracker::mark).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Error(Box<Inner>);
+
 #[derive(Debug, thiserror::Error)]
 #[error("{kind}: {message}{context}")]
-pub struct Error {
+struct Inner {
     kind: ErrorKind,
     message: String,
     context: Context,
@@ -115,12 +122,12 @@ pub struct Error {
 impl Error {
     /// A new error of `kind` with a message saying what is wrong.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
+        Error(Box::new(Inner {
             kind,
             message: message.into(),
             context: Context::default(),
             source: None,
-        }
+        }))
     }
 
     /// Wraps an OS error; a full device becomes [`ErrorKind::NoSpace`].
@@ -130,12 +137,12 @@ impl Error {
             _ if err.kind() == io::ErrorKind::StorageFull => ErrorKind::NoSpace,
             _ => ErrorKind::Io,
         };
-        Error {
+        Error(Box::new(Inner {
             kind,
             message: format!("{}: {err}", what.into()),
             context: Context::default(),
             source: Some(err),
-        }
+        }))
     }
 
     /// Shorthand for a [`ErrorKind::Corrupt`] error.
@@ -160,35 +167,35 @@ impl Error {
 
     /// Attaches the file involved.
     pub fn with_path(mut self, path: impl AsRef<Path>) -> Self {
-        self.context.path = Some(path.as_ref().to_path_buf());
+        self.0.context.path = Some(path.as_ref().to_path_buf());
         self
     }
 
     /// Attaches the byte offset involved.
     pub fn with_offset(mut self, offset: u64) -> Self {
-        self.context.offset = Some(offset);
+        self.0.context.offset = Some(offset);
         self
     }
 
     /// Attaches the log sequence number involved.
     pub fn with_sequence(mut self, sequence: u64) -> Self {
-        self.context.sequence = Some(sequence);
+        self.0.context.sequence = Some(sequence);
         self
     }
 
     /// The category of this error.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// The message, without kind or context.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// Where the error happened, as far as known.
     pub fn context(&self) -> &Context {
-        &self.context
+        &self.0.context
     }
 }
 
@@ -226,6 +233,14 @@ mod tests {
         assert_eq!(
             Error::invalid("zero length").to_string(),
             "invalid argument: zero length"
+        );
+    }
+
+    #[test]
+    fn result_of_unit_is_one_pointer() {
+        assert_eq!(
+            std::mem::size_of::<Result<()>>(),
+            std::mem::size_of::<usize>()
         );
     }
 

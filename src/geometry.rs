@@ -88,21 +88,25 @@ impl Geometry {
     }
 
     /// The disk size in bytes.
+    #[inline]
     pub fn size(&self) -> u64 {
         self.size
     }
 
     /// The block size in bytes.
+    #[inline]
     pub fn block_size(&self) -> u32 {
         1 << self.block_shift
     }
 
     /// log2 of the block size.
+    #[inline]
     pub fn block_shift(&self) -> u32 {
         self.block_shift
     }
 
     /// The number of blocks, counting a short last block as one.
+    #[inline]
     pub fn block_count(&self) -> u64 {
         self.size.div_ceil(self.block_size() as u64)
     }
@@ -112,26 +116,38 @@ impl Geometry {
     ///
     /// Zero length is an invalid argument; a range that overflows or passes
     /// the end of the disk is out of range.
+    #[inline]
     pub fn blocks_for_range(&self, offset: u64, len: u64) -> Result<Extent> {
-        if len == 0 {
-            return Err(Error::invalid("zero-length range").with_offset(offset));
+        match offset.checked_add(len) {
+            Some(end) if len != 0 && end <= self.size => {
+                let start = offset >> self.block_shift;
+                let last = (end - 1) >> self.block_shift;
+                Ok(Extent::new(start, last - start + 1))
+            }
+            _ => Err(self.bad_range(offset, len)),
         }
-        let end = offset.checked_add(len).ok_or_else(|| {
-            Error::out_of_range(format!("range of {len} bytes overflows")).with_offset(offset)
-        })?;
-        if end > self.size {
-            return Err(Error::out_of_range(format!(
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn bad_range(&self, offset: u64, len: u64) -> Error {
+        if len == 0 {
+            return Error::invalid("zero-length range").with_offset(offset);
+        }
+        match offset.checked_add(len) {
+            None => {
+                Error::out_of_range(format!("range of {len} bytes overflows")).with_offset(offset)
+            }
+            Some(end) => Error::out_of_range(format!(
                 "range of {len} bytes ends at {end}, past the disk size {}",
                 self.size
             ))
-            .with_offset(offset));
+            .with_offset(offset),
         }
-        let start = offset >> self.block_shift;
-        let last = (end - 1) >> self.block_shift;
-        Ok(Extent::new(start, last - start + 1))
     }
 
     /// The byte offset of `block`.
+    #[inline]
     pub fn block_offset(&self, block: u64) -> u64 {
         block << self.block_shift
     }

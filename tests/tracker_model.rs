@@ -144,10 +144,22 @@ proptest! {
 fn bad_ranges_mark_nothing() {
     let g = Geometry::new(1 << 20, 4096).unwrap();
     let t = Tracker::new(g);
-    assert_eq!(t.mark(u64::MAX - 10, 20).unwrap_err().kind(), ErrorKind::OutOfRange);
-    assert_eq!(t.mark(1 << 20, 1).unwrap_err().kind(), ErrorKind::OutOfRange);
-    assert_eq!(t.mark((1 << 20) - 4096, 4097).unwrap_err().kind(), ErrorKind::OutOfRange);
+    assert_eq!(
+        t.mark(u64::MAX - 10, 20).unwrap_err().kind(),
+        ErrorKind::OutOfRange
+    );
+    assert_eq!(
+        t.mark(1 << 20, 1).unwrap_err().kind(),
+        ErrorKind::OutOfRange
+    );
+    assert_eq!(
+        t.mark((1 << 20) - 4096, 4097).unwrap_err().kind(),
+        ErrorKind::OutOfRange
+    );
     assert_eq!(t.mark(0, 0).unwrap_err().kind(), ErrorKind::InvalidArgument);
-    assert_eq!(t.mark_extent(Extent::new(255, 2)).unwrap_err().kind(), ErrorKind::OutOfRange);
+    assert_eq!(
+        t.mark_extent(Extent::new(255, 2)).unwrap_err().kind(),
+        ErrorKind::OutOfRange
+    );
     assert!(t.cut().is_empty());
 }

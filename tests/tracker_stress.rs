@@ -23,7 +23,8 @@ fn concurrent_marks_and_cuts_lose_and_invent_nothing() {
     let blocks = 1_000_003u64; // segments and words do not line up
     let g = Geometry::new(blocks * bs - 100, bs as u32).unwrap();
     let t = Arc::new(Tracker::new(g));
-    let announced: Arc<Vec<AtomicBool>> = Arc::new((0..blocks).map(|_| AtomicBool::new(false)).collect());
+    let announced: Arc<Vec<AtomicBool>> =
+        Arc::new((0..blocks).map(|_| AtomicBool::new(false)).collect());
     let done = Arc::new(AtomicUsize::new(0));
 
     let mut handles = Vec::new();
@@ -32,7 +33,10 @@ fn concurrent_marks_and_cuts_lose_and_invent_nothing() {
         handles.push(std::thread::spawn(move || {
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (w + 1));
             // This writer's segment, split into ranges of 1 to 40 blocks.
-            let (lo, hi) = (blocks * w / WRITERS as u64, blocks * (w + 1) / WRITERS as u64);
+            let (lo, hi) = (
+                blocks * w / WRITERS as u64,
+                blocks * (w + 1) / WRITERS as u64,
+            );
             let mut ranges = Vec::new();
             let mut b = lo;
             while b < hi {
@@ -63,7 +67,10 @@ fn concurrent_marks_and_cuts_lose_and_invent_nothing() {
         let finished = done.load(Ordering::SeqCst) == WRITERS;
         let f = t.cut();
         for b in f.blocks() {
-            assert!(announced[b as usize].load(Ordering::SeqCst), "block {b} in a set before it was marked");
+            assert!(
+                announced[b as usize].load(Ordering::SeqCst),
+                "block {b} in a set before it was marked"
+            );
             seen[b as usize] += 1;
         }
         cuts += 1;

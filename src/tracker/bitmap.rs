@@ -21,7 +21,11 @@ pub(crate) type Word = (u64, u64);
 
 pub(crate) struct AtomicBitmap {
     bits: u64,
-    /// `levels[0]` are the leaves; the last level has exactly one word.
+    /// The leaves, kept apart from `levels` to save an indirection on the
+    /// hot path.
+    leaves: Box<[AtomicU64]>,
+    /// `levels[0]` are the leaves' summary, and so on up; the last level
+    /// has exactly one word. Empty when one leaf word holds every bit.
     levels: Vec<Box<[AtomicU64]>>,
 }
 
@@ -32,16 +36,18 @@ fn zeroed(n: usize) -> Box<[AtomicU64]> {
 impl AtomicBitmap {
     /// A bitmap of `bits` clear bits.
     pub(crate) fn new(bits: u64) -> Self {
+        let leaves = bits.div_ceil(64).max(1);
         let mut levels = Vec::new();
-        let mut n = bits.div_ceil(64).max(1);
-        loop {
-            levels.push(zeroed(n as usize));
-            if n == 1 {
-                break;
-            }
+        let mut n = leaves;
+        while n > 1 {
             n = n.div_ceil(64);
+            levels.push(zeroed(n as usize));
         }
-        AtomicBitmap { bits, levels }
+        AtomicBitmap {
+            bits,
+            leaves: zeroed(leaves as usize),
+            levels,
+        }
     }
 
     pub(crate) fn bits(&self) -> u64 {
@@ -49,19 +55,32 @@ impl AtomicBitmap {
     }
 
     pub(crate) fn leaf_words(&self) -> usize {
-        self.levels[0].len()
+        self.leaves.len()
     }
 
     /// Sets bits `first .. first + count`; the caller checked the range.
     #[inline]
     pub(crate) fn set_range(&self, first: u64, count: u64) {
         debug_assert!(count > 0 && first + count <= self.bits);
-        let last = first + count - 1;
+        self.set_span(first, first + count - 1)
+    }
+
+    /// Sets bits `first ..= last`; the caller checked the range.
+    #[inline]
+    pub(crate) fn set_span(&self, first: u64, last: u64) {
         let (fw, lw) = (first >> 6, last >> 6);
         if fw == lw {
             self.set_in_word(fw as usize, word_mask(first & 63, last & 63));
-            return;
+        } else {
+            self.set_words(first, last);
         }
+    }
+
+    /// The multi-word case of [`set_span`](Self::set_span), kept out of line
+    /// so the common one-word mark stays small.
+    #[inline(never)]
+    fn set_words(&self, first: u64, last: u64) {
+        let (fw, lw) = (first >> 6, last >> 6);
         self.set_in_word(fw as usize, word_mask(first & 63, 63));
         for w in fw + 1..lw {
             self.set_in_word(w as usize, u64::MAX);
@@ -71,9 +90,9 @@ impl AtomicBitmap {
 
     /// ORs `mask` into leaf word `w`. A relaxed load first keeps an already
     /// dirty word's cache line shared between cores.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn set_in_word(&self, w: usize, mask: u64) {
-        let word = &self.levels[0][w];
+        let word = &self.leaves[w];
         if word.load(Ordering::Relaxed) & mask == mask {
             return;
         }
@@ -84,7 +103,7 @@ impl AtomicBitmap {
 
     #[cold]
     fn set_summary(&self, mut child: usize) {
-        for level in &self.levels[1..] {
+        for level in &self.levels {
             let prev = level[child >> 6].fetch_or(1 << (child & 63), Ordering::AcqRel);
             if prev != 0 {
                 return;
@@ -97,7 +116,7 @@ impl AtomicBitmap {
     /// in index order. Costs O(non-zero words), not O(bits).
     pub(crate) fn take(&self) -> Vec<Word> {
         let mut out = Vec::new();
-        self.walk(self.levels.len() - 1, 0, &mut out, |w| {
+        self.walk(self.levels.len(), 0, &mut out, |w| {
             w.swap(0, Ordering::AcqRel)
         });
         out
@@ -106,25 +125,43 @@ impl AtomicBitmap {
     /// Reads every set bit without clearing: a moment's view while writers run.
     pub(crate) fn snapshot(&self) -> Vec<Word> {
         let mut out = Vec::new();
-        self.walk(self.levels.len() - 1, 0, &mut out, |w| {
+        self.walk(self.levels.len(), 0, &mut out, |w| {
             w.load(Ordering::Acquire)
         });
         out
     }
 
+    /// The words of `level` (0: leaves, 1: their summary, ...).
+    fn level(&self, level: usize) -> &[AtomicU64] {
+        if level == 0 {
+            &self.leaves
+        } else {
+            &self.levels[level - 1]
+        }
+    }
+
     fn walk(&self, level: usize, idx: usize, out: &mut Vec<Word>, read: fn(&AtomicU64) -> u64) {
-        let mut v = read(&self.levels[level][idx]);
+        let mut v = read(&self.level(level)[idx]);
         if level == 0 {
             if v != 0 {
                 out.push((idx as u64, v));
             }
             return;
         }
+        let below = self.level(level - 1);
         while v != 0 {
             let bit = v.trailing_zeros() as usize;
             v &= v - 1;
             let child = (idx << 6) | bit;
-            if child < self.levels[level - 1].len() {
+            if level == 1 {
+                // Leaves inline: the common case, without the recursion.
+                if let Some(w) = below.get(child) {
+                    let x = read(w);
+                    if x != 0 {
+                        out.push((child as u64, x));
+                    }
+                }
+            } else if child < below.len() {
                 self.walk(level - 1, child, out, read);
             }
         }
@@ -140,7 +177,7 @@ impl AtomicBitmap {
         (fw..=lw).any(|w| {
             let lo = if w == fw { first & 63 } else { 0 };
             let hi = if w == lw { last & 63 } else { 63 };
-            self.levels[0][w as usize].load(Ordering::Acquire) & word_mask(lo, hi) != 0
+            self.leaves[w as usize].load(Ordering::Acquire) & word_mask(lo, hi) != 0
         })
     }
 
@@ -189,7 +226,7 @@ mod tests {
     fn levels_shrink_to_one_word() {
         for bits in [1, 64, 65, 4096, 4097, 1 << 20, (1 << 24) + 3] {
             let b = AtomicBitmap::new(bits);
-            assert_eq!(b.levels.last().unwrap().len(), 1, "{bits}");
+            assert_eq!(b.level(b.levels.len()).len(), 1, "{bits}");
             assert_eq!(b.leaf_words() as u64, bits.div_ceil(64));
         }
     }

@@ -80,7 +80,7 @@ impl Tracker {
     #[inline]
     pub fn mark(&self, offset: u64, len: u64) -> Result<()> {
         let e = self.geometry.blocks_for_range(offset, len)?;
-        self.bitmap.set_range(e.start, e.count);
+        self.bitmap.set_span(e.start, e.start + e.count - 1);
         Ok(())
     }
 
