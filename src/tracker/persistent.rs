@@ -225,6 +225,9 @@ struct State {
 }
 
 /// A [`Tracker`] backed by a memory-mapped file; see the module docs.
+///
+/// Dropping it without [`close`](Self::close) is an unclean stop: the next
+/// open resends the checkpoint and every region with its intent bit set.
 pub struct PersistentTracker {
     tracker: Tracker,
     path: PathBuf,
