@@ -29,6 +29,7 @@ pub mod geometry;
 pub mod id;
 pub mod io;
 mod le;
+pub mod log;
 pub mod tracker;
 
 pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,432 @@
+//! The byte layout of a delta log (docs/FORMAT.md, "Delta log"): header,
+//! record header and trailer encoding, and the checks every reader applies.
+
+use super::{Consistency, Digest, GroupInfo, LogHeader, LogKind};
+use crate::error::{Error, ErrorKind, Result};
+use crate::geometry::{Extent, Geometry};
+use crate::id::DiskId;
+use crate::le::{get_u32, get_u64, put_u32, put_u64};
+
+pub(crate) const MAGIC: [u8; 8] = *b"BRDELTA\0";
+pub(crate) const END_MAGIC: [u8; 8] = *b"BRDEND\0\0";
+pub(crate) const VERSION: u16 = 1;
+pub(crate) const RECORD_TAG: [u8; 4] = *b"BRRC";
+pub(crate) const TRAILER_TAG: [u8; 4] = *b"BRTR";
+
+/// Incompatible feature bits this build understands (none yet).
+pub(crate) const KNOWN_INCOMPAT: u32 = 0;
+
+/// Fixed part of the header, before the label.
+pub(crate) const HEADER_FIXED: usize = 144;
+/// Longest label, in bytes.
+pub const MAX_LABEL: usize = 255;
+/// Most extents one record carries.
+pub const MAX_RECORD_EXTENTS: usize = 1024;
+/// Most raw payload bytes one record carries.
+pub const MAX_RECORD_RAW: usize = 1 << 20;
+/// Record header before the extent table.
+pub(crate) const RECORD_FIXED: usize = 24;
+pub(crate) const EXTENT_LEN: usize = 16;
+/// Trailer bytes before the index.
+pub(crate) const TRAILER_FIXED: usize = 96;
+pub(crate) const FOOTER_LEN: usize = 16;
+
+pub(crate) const EXTENT_ZERO: u32 = 1;
+
+/// How a record's payload is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Codec {
+    /// No payload: every extent of the record is zero blocks.
+    Zero = 0,
+    /// The payload is the raw data.
+    Raw = 1,
+    /// The payload is one LZ4 block of the raw data.
+    Lz4 = 2,
+}
+
+/// The largest LZ4 output for `raw` input bytes.
+pub(crate) fn lz4_bound(raw: usize) -> usize {
+    lz4_flex::block::get_maximum_output_size(raw)
+}
+
+pub(crate) fn corrupt_at(offset: u64, msg: impl Into<String>) -> Error {
+    Error::corrupt(msg).with_offset(offset)
+}
+
+impl LogHeader {
+    /// Encodes the header, label and CRC included.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let label = self.label.as_bytes();
+        let len = HEADER_FIXED + label.len() + 4;
+        let mut b = vec![0u8; len];
+        b[0..8].copy_from_slice(&MAGIC);
+        b[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        b[10..12].copy_from_slice(&(len as u16).to_le_bytes());
+        put_u32(&mut b, 12, 0);
+        put_u32(&mut b, 16, 0);
+        b[20] = self.kind as u8;
+        b[21] = self.consistency as u8;
+        b[22..24].copy_from_slice(&(label.len() as u16).to_le_bytes());
+        b[24..40].copy_from_slice(&self.disk_id.0);
+        put_u64(&mut b, 40, self.epoch);
+        put_u64(&mut b, 48, self.salt);
+        put_u64(&mut b, 56, self.sequence);
+        put_u64(&mut b, 64, self.base_sequence);
+        b[72..104].copy_from_slice(&self.base_digest.0);
+        put_u64(&mut b, 104, self.geometry.size());
+        put_u32(&mut b, 112, self.geometry.block_size());
+        let (gid, gcount) = self.group.map_or(([0; 16], 0), |g| (g.id, g.members));
+        put_u32(&mut b, 116, gcount);
+        b[120..136].copy_from_slice(&gid);
+        put_u64(&mut b, 136, self.created_ns);
+        b[HEADER_FIXED..HEADER_FIXED + label.len()].copy_from_slice(label);
+        let crc = crc32fast::hash(&b[..len - 4]);
+        put_u32(&mut b, len - 4, crc);
+        b
+    }
+
+    /// The total header length announced by its first 24 bytes, checked
+    /// against the format's bounds before anything is allocated.
+    pub(crate) fn announced_len(prefix: &[u8; 24]) -> Result<usize> {
+        if prefix[0..8] != MAGIC {
+            return Err(corrupt_at(0, "not a delta log: bad magic"));
+        }
+        let version = u16::from_le_bytes([prefix[8], prefix[9]]);
+        if version != VERSION {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("delta log version {version}, this build reads {VERSION}"),
+            )
+            .with_offset(8));
+        }
+        let len = u16::from_le_bytes([prefix[10], prefix[11]]) as usize;
+        let label = u16::from_le_bytes([prefix[22], prefix[23]]) as usize;
+        if label > MAX_LABEL || len != HEADER_FIXED + label + 4 {
+            return Err(corrupt_at(
+                10,
+                format!("header length {len} with a label of {label} bytes"),
+            ));
+        }
+        Ok(len)
+    }
+
+    /// Decodes a whole header (as long as [`announced_len`] said).
+    pub(crate) fn decode(b: &[u8]) -> Result<LogHeader> {
+        let len = b.len();
+        if crc32fast::hash(&b[..len - 4]) != get_u32(b, len - 4) {
+            return Err(corrupt_at(len as u64 - 4, "header checksum mismatch"));
+        }
+        let incompat = get_u32(b, 12);
+        if incompat & !KNOWN_INCOMPAT != 0 {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("unknown incompatible features {incompat:#x}"),
+            )
+            .with_offset(12));
+        }
+        let kind = LogKind::from_u8(b[20])
+            .ok_or_else(|| corrupt_at(20, format!("unknown log kind {}", b[20])))?;
+        let consistency = Consistency::from_u8(b[21])
+            .ok_or_else(|| corrupt_at(21, format!("unknown consistency {}", b[21])))?;
+        let geometry = Geometry::new(get_u64(b, 104), get_u32(b, 112))
+            .map_err(|e| corrupt_at(104, format!("geometry: {}", e.message())))?;
+        let label = std::str::from_utf8(&b[HEADER_FIXED..len - 4])
+            .map_err(|_| corrupt_at(HEADER_FIXED as u64, "label is not UTF-8"))?
+            .to_owned();
+        let gcount = get_u32(b, 116);
+        let mut gid = [0u8; 16];
+        gid.copy_from_slice(&b[120..136]);
+        let group = (gcount != 0).then_some(GroupInfo {
+            id: gid,
+            members: gcount,
+        });
+        if gcount == 0 && gid != [0; 16] {
+            return Err(corrupt_at(120, "group id without members"));
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&b[24..40]);
+        let mut base_digest = [0u8; 32];
+        base_digest.copy_from_slice(&b[72..104]);
+        Ok(LogHeader {
+            disk_id: DiskId(id),
+            epoch: get_u64(b, 40),
+            salt: get_u64(b, 48),
+            sequence: get_u64(b, 56),
+            base_sequence: get_u64(b, 64),
+            base_digest: Digest(base_digest),
+            geometry,
+            kind,
+            consistency,
+            label,
+            group,
+            created_ns: get_u64(b, 136),
+        })
+    }
+}
+
+/// One extent of a record: a run of blocks, zero or carrying data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogExtent {
+    /// The blocks.
+    pub extent: Extent,
+    /// Whether the blocks are zeros (no payload).
+    pub zero: bool,
+}
+
+/// The decoded fixed part of a record header.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordHead {
+    pub codec: Codec,
+    pub extents: usize,
+    pub stored: usize,
+    pub raw: usize,
+    pub raw_crc: u32,
+}
+
+impl RecordHead {
+    /// Checks the fixed record header at `offset` against the format bounds.
+    pub(crate) fn decode(b: &[u8; RECORD_FIXED], offset: u64) -> Result<RecordHead> {
+        if b[0..4] != RECORD_TAG {
+            return Err(corrupt_at(offset, "expected a record tag"));
+        }
+        let codec = match b[4] {
+            0 => Codec::Zero,
+            1 => Codec::Raw,
+            2 => Codec::Lz4,
+            c => return Err(corrupt_at(offset + 4, format!("unknown codec {c}"))),
+        };
+        if b[5] != 0 || get_u32(b, 20) != 0 {
+            return Err(corrupt_at(offset + 5, "reserved record bytes are not zero"));
+        }
+        let extents = u16::from_le_bytes([b[6], b[7]]) as usize;
+        let stored = get_u32(b, 8) as usize;
+        let raw = get_u32(b, 12) as usize;
+        if extents == 0 || extents > MAX_RECORD_EXTENTS {
+            return Err(corrupt_at(
+                offset + 6,
+                format!("{extents} extents in a record"),
+            ));
+        }
+        let ok = match codec {
+            Codec::Zero => stored == 0 && raw == 0,
+            Codec::Raw => raw > 0 && raw <= MAX_RECORD_RAW && stored == raw,
+            Codec::Lz4 => {
+                raw > 0 && raw <= MAX_RECORD_RAW && stored > 0 && stored <= lz4_bound(raw)
+            }
+        };
+        if !ok {
+            return Err(corrupt_at(
+                offset + 8,
+                format!("{codec:?} record with {stored} stored and {raw} raw bytes"),
+            ));
+        }
+        Ok(RecordHead {
+            codec,
+            extents,
+            stored,
+            raw,
+            raw_crc: get_u32(b, 16),
+        })
+    }
+
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&RECORD_TAG);
+        out.push(self.codec as u8);
+        out.push(0);
+        out.extend_from_slice(&(self.extents as u16).to_le_bytes());
+        out.extend_from_slice(&(self.stored as u32).to_le_bytes());
+        out.extend_from_slice(&(self.raw as u32).to_le_bytes());
+        out.extend_from_slice(&self.raw_crc.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+    }
+}
+
+pub(crate) fn encode_extent(e: &LogExtent, out: &mut Vec<u8>) {
+    out.extend_from_slice(&e.extent.start.to_le_bytes());
+    out.extend_from_slice(&(e.extent.count as u32).to_le_bytes());
+    out.extend_from_slice(&(if e.zero { EXTENT_ZERO } else { 0 }).to_le_bytes());
+}
+
+/// Decodes and checks a record's extent table: each extent non-empty,
+/// inside the disk, after `prev_end` (extents ascend through the whole log),
+/// and the data extents' bytes adding up to `head.raw`.
+pub(crate) fn decode_extents(
+    b: &[u8],
+    head: &RecordHead,
+    geometry: Geometry,
+    mut prev_end: u64,
+    offset: u64,
+) -> Result<(Vec<LogExtent>, u64)> {
+    let mut out = Vec::with_capacity(head.extents);
+    let mut raw = 0u64;
+    for (i, c) in b.chunks_exact(EXTENT_LEN).enumerate() {
+        let at = offset + (i * EXTENT_LEN) as u64;
+        let start = get_u64(c, 0);
+        let count = get_u32(c, 8) as u64;
+        let flags = get_u32(c, 12);
+        if flags & !EXTENT_ZERO != 0 {
+            return Err(corrupt_at(
+                at + 12,
+                format!("unknown extent flags {flags:#x}"),
+            ));
+        }
+        let extent = Extent::new(start, count);
+        geometry
+            .check_extent(extent)
+            .map_err(|e| corrupt_at(at, e.message().to_owned()))?;
+        if start < prev_end {
+            return Err(corrupt_at(
+                at,
+                format!("extent at block {start} overlaps or precedes block {prev_end}"),
+            ));
+        }
+        prev_end = extent.end();
+        let zero = flags & EXTENT_ZERO != 0;
+        if !zero {
+            raw += geometry.extent_bytes(extent).1;
+        }
+        out.push(LogExtent { extent, zero });
+    }
+    let data = out.iter().any(|e| !e.zero);
+    if raw != head.raw as u64 || data != (head.codec != Codec::Zero) {
+        return Err(corrupt_at(
+            offset,
+            format!(
+                "extents hold {raw} data bytes, the record says {} ({:?})",
+                head.raw, head.codec
+            ),
+        ));
+    }
+    Ok((out, prev_end))
+}
+
+/// The salted CRC of a record: header, extents and payload, seeded with the
+/// log's salt so a record spliced in from another log fails.
+pub(crate) fn record_hasher(salt: u64) -> crc32fast::Hasher {
+    crc32fast::Hasher::new_with_initial((salt ^ (salt >> 32)) as u32)
+}
+
+/// What a log's trailer says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trailer {
+    /// Number of records.
+    pub records: u64,
+    /// Number of blocks, zero and data.
+    pub blocks: u64,
+    /// Number of data (non-zero) blocks.
+    pub data_blocks: u64,
+    /// Raw bytes of data blocks.
+    pub raw_bytes: u64,
+    /// CRC32 over the records' CRCs, in order.
+    pub chain: u32,
+    /// The replica's content digest once this log is applied.
+    pub digest: Digest,
+    /// Byte offset of the trailer in the log.
+    pub offset: u64,
+    /// For each record: its first block and its byte offset.
+    pub index: Vec<(u64, u64)>,
+}
+
+impl Trailer {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(TRAILER_FIXED + self.index.len() * 16 + 4 + FOOTER_LEN);
+        b.extend_from_slice(&TRAILER_TAG);
+        b.extend_from_slice(&[0; 4]);
+        for v in [self.records, self.blocks, self.data_blocks, self.raw_bytes] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&self.chain.to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&self.digest.0);
+        b.extend_from_slice(&self.offset.to_le_bytes());
+        b.extend_from_slice(&(self.index.len() as u64).to_le_bytes());
+        for &(first, off) in &self.index {
+            b.extend_from_slice(&first.to_le_bytes());
+            b.extend_from_slice(&off.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b.extend_from_slice(&self.offset.to_le_bytes());
+        b.extend_from_slice(&END_MAGIC);
+        b
+    }
+
+    /// Decodes the fixed trailer part; returns the trailer without its index
+    /// and the index length, checked against `max_entries`.
+    pub(crate) fn decode_fixed(
+        b: &[u8],
+        offset: u64,
+        max_entries: u64,
+    ) -> Result<(Trailer, usize)> {
+        debug_assert_eq!(b.len(), TRAILER_FIXED);
+        if b[0..4] != TRAILER_TAG {
+            return Err(corrupt_at(offset, "expected the trailer tag"));
+        }
+        if get_u32(b, 4) != 0 || get_u32(b, 44) != 0 {
+            return Err(corrupt_at(
+                offset + 4,
+                "reserved trailer bytes are not zero",
+            ));
+        }
+        let n = get_u64(b, 88);
+        if n > max_entries {
+            return Err(corrupt_at(
+                offset + 88,
+                format!("index of {n} entries, at most {max_entries} possible"),
+            ));
+        }
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(&b[48..80]);
+        Ok((
+            Trailer {
+                records: get_u64(b, 8),
+                blocks: get_u64(b, 16),
+                data_blocks: get_u64(b, 24),
+                raw_bytes: get_u64(b, 32),
+                chain: get_u32(b, 40),
+                digest: Digest(digest),
+                offset: get_u64(b, 80),
+                index: Vec::new(),
+            },
+            n as usize,
+        ))
+    }
+
+    pub(crate) fn decode_index(b: &[u8]) -> Vec<(u64, u64)> {
+        b.chunks_exact(16)
+            .map(|c| (get_u64(c, 0), get_u64(c, 8)))
+            .collect()
+    }
+}
+
+/// Computes the content digest chain: the base digest, the log's identity
+/// and every extent with its record's raw CRC.
+pub(crate) struct DigestChain(blake3::Hasher);
+
+impl DigestChain {
+    pub(crate) fn new(h: &LogHeader) -> Self {
+        let mut x = blake3::Hasher::new();
+        x.update(b"blockrep content digest v1");
+        x.update(&h.base_digest.0);
+        x.update(&h.disk_id.0);
+        x.update(&h.epoch.to_le_bytes());
+        x.update(&h.sequence.to_le_bytes());
+        x.update(&h.geometry.size().to_le_bytes());
+        x.update(&h.geometry.block_size().to_le_bytes());
+        DigestChain(x)
+    }
+
+    pub(crate) fn record(&mut self, extents: &[LogExtent], raw_crc: u32) {
+        for e in extents {
+            self.0.update(&e.extent.start.to_le_bytes());
+            self.0.update(&e.extent.count.to_le_bytes());
+            self.0.update(&[e.zero as u8]);
+        }
+        self.0.update(&raw_crc.to_le_bytes());
+    }
+
+    pub(crate) fn finish(&self) -> Digest {
+        Digest(*self.0.finalize().as_bytes())
+    }
+}

@@ -1,0 +1,147 @@
+//! Random access to a log file through a memory map and the trailer's index.
+
+use super::format::{corrupt_at, decode_extents, RecordHead, Trailer, EXTENT_LEN, RECORD_FIXED};
+use super::reader::{decode_payload, LogReader, ReadOptions};
+use super::LogHeader;
+use crate::error::{Error, Result};
+use memmap2::Mmap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// What a log holds for one block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockLookup {
+    /// The log does not hold the block.
+    Absent,
+    /// The log holds the block as zeros (the buffer was zeroed).
+    Zero,
+    /// The log holds the block's data (copied into the buffer).
+    Data,
+}
+
+/// A complete log file, mapped and validated once; any block is then read
+/// through the trailer's index without a scan.
+pub struct MappedLog {
+    map: Mmap,
+    path: PathBuf,
+    header: LogHeader,
+    trailer: Trailer,
+}
+
+impl std::fmt::Debug for MappedLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedLog")
+            .field("path", &self.path)
+            .field("header", &self.header)
+            .finish()
+    }
+}
+
+impl MappedLog {
+    /// Maps `path` and verifies the whole log (every record and the
+    /// trailer); an incomplete log is an error.
+    pub fn open(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Self> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| Error::io("open log", e).with_path(path))?;
+        // SAFETY: log files are immutable once renamed into place (see
+        // LogFile); a file truncated behind the map would fault, which the
+        // on-disk protocol rules out.
+        let map =
+            unsafe { Mmap::map(&file) }.map_err(|e| Error::io("map log", e).with_path(path))?;
+        let mut r = LogReader::new(
+            &map[..],
+            ReadOptions {
+                tail_tolerant: false,
+                ..opts.clone()
+            },
+        )
+        .map_err(|e| e.with_path(path))?;
+        while r.next_record().map_err(|e| e.with_path(path))?.is_some() {}
+        let trailer = r
+            .trailer()
+            .cloned()
+            .ok_or_else(|| Error::corrupt("log has no trailer").with_path(path))?;
+        let header = r.header().clone();
+        Ok(MappedLog {
+            map,
+            path: path.to_path_buf(),
+            header,
+            trailer,
+        })
+    }
+
+    /// The log's header.
+    pub fn header(&self) -> &LogHeader {
+        &self.header
+    }
+
+    /// The log's trailer, index included.
+    pub fn trailer(&self) -> &Trailer {
+        &self.trailer
+    }
+
+    /// The whole log's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// A streaming reader over the mapped bytes.
+    pub fn reader(&self) -> Result<LogReader<&[u8]>> {
+        LogReader::new(&self.map[..], ReadOptions::default())
+    }
+
+    /// Reads `block` into `buf`, which must be the block's length. Finds the
+    /// record through the index (binary search), then decodes that record
+    /// only.
+    pub fn read_block(&self, block: u64, buf: &mut [u8]) -> Result<BlockLookup> {
+        let g = self.header.geometry;
+        let want = g.block_len(block) as usize;
+        if want == 0 || buf.len() != want {
+            return Err(Error::invalid(format!(
+                "buffer of {} bytes for block {block} of {want} bytes",
+                buf.len()
+            )));
+        }
+        let i = self
+            .trailer
+            .index
+            .partition_point(|&(first, _)| first <= block);
+        if i == 0 {
+            return Ok(BlockLookup::Absent);
+        }
+        let off = self.trailer.index[i - 1].1;
+        let bytes = self.slice(off, RECORD_FIXED as u64)?;
+        let head = RecordHead::decode(bytes.try_into().expect("record header length"), off)?;
+        let table_at = off + RECORD_FIXED as u64;
+        let table = self.slice(table_at, (head.extents * EXTENT_LEN) as u64)?;
+        let (extents, _) = decode_extents(table, &head, g, 0, table_at)?;
+        let mut data_at = 0u64;
+        for e in &extents {
+            if e.extent.contains(block) {
+                if e.zero {
+                    buf.fill(0);
+                    return Ok(BlockLookup::Zero);
+                }
+                let payload_at = table_at + table.len() as u64;
+                let payload = self.slice(payload_at, head.stored as u64)?.to_vec();
+                let raw = decode_payload(&head, payload, payload_at)?;
+                let start = (data_at + g.block_offset(block - e.extent.start)) as usize;
+                buf.copy_from_slice(&raw[start..start + want]);
+                return Ok(BlockLookup::Data);
+            }
+            if !e.zero {
+                data_at += g.extent_bytes(e.extent).1;
+            }
+        }
+        Ok(BlockLookup::Absent)
+    }
+
+    fn slice(&self, off: u64, len: u64) -> Result<&[u8]> {
+        off.checked_add(len)
+            .filter(|&end| end <= self.map.len() as u64)
+            .map(|end| &self.map[off as usize..end as usize])
+            .ok_or_else(|| {
+                corrupt_at(off, "index points past the end of the log").with_path(&self.path)
+            })
+    }
+}

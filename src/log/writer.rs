@@ -1,0 +1,422 @@
+//! Writing delta logs: a streaming writer over any `Write`, and a builder
+//! that accepts blocks in any order.
+
+use super::format::{
+    encode_extent, lz4_bound, record_hasher, Codec, DigestChain, LogExtent, RecordHead, Trailer,
+    MAX_RECORD_EXTENTS, MAX_RECORD_RAW,
+};
+use super::LogHeader;
+use crate::error::{Error, Result};
+use crate::geometry::Extent;
+use std::collections::BTreeMap;
+use std::io::Write;
+
+/// Tuning of a [`LogWriter`]. The bytes written depend only on
+/// `record_bytes`, never on `threads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterOptions {
+    /// Raw bytes gathered into one record before it is compressed (at most
+    /// 1 MiB; a record always holds at least one block).
+    pub record_bytes: usize,
+    /// Threads compressing records; 1 compresses inline.
+    pub threads: usize,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            record_bytes: 256 << 10,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// What a finished log holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSummary {
+    /// The log's header.
+    pub header: LogHeader,
+    /// Its trailer (counts, digest, index).
+    pub trailer: Trailer,
+    /// Total bytes written.
+    pub bytes: u64,
+}
+
+/// A record being gathered: its extents and raw payload.
+#[derive(Default)]
+struct Pending {
+    extents: Vec<LogExtent>,
+    raw: Vec<u8>,
+}
+
+/// Streams a delta log to `W`. Blocks must come in ascending order; use
+/// [`LogBuilder`] for any order. Nothing is written out of order and the
+/// writer never seeks, so `W` may be a pipe or a socket.
+pub struct LogWriter<W: Write> {
+    out: W,
+    written: u64,
+    header: LogHeader,
+    opts: WriterOptions,
+    /// Blocks below this were already added.
+    next_block: u64,
+    cur: Pending,
+    batch: Vec<Pending>,
+    trailer: Trailer,
+    digest: DigestChain,
+    chain: crc32fast::Hasher,
+}
+
+/// Whether every byte of `b` is zero.
+pub(crate) fn is_zero(b: &[u8]) -> bool {
+    let mut chunks = b.chunks_exact(64);
+    for c in &mut chunks {
+        let mut acc = 0u64;
+        for w in c.chunks_exact(8) {
+            acc |= u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        }
+        if acc != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&x| x == 0)
+}
+
+impl<W: Write> LogWriter<W> {
+    /// Starts a log: checks and writes the header.
+    pub fn new(mut out: W, header: LogHeader, opts: WriterOptions) -> Result<Self> {
+        header.check()?;
+        if opts.record_bytes == 0 || opts.record_bytes > MAX_RECORD_RAW {
+            return Err(Error::invalid(format!(
+                "record size {} is not between 1 and {MAX_RECORD_RAW} bytes",
+                opts.record_bytes
+            )));
+        }
+        let h = header.encode();
+        out.write_all(&h)
+            .map_err(|e| Error::io("write log header", e))?;
+        Ok(LogWriter {
+            out,
+            written: h.len() as u64,
+            digest: DigestChain::new(&header),
+            header,
+            opts: WriterOptions {
+                threads: opts.threads.max(1),
+                ..opts
+            },
+            next_block: 0,
+            cur: Pending::default(),
+            batch: Vec::new(),
+            trailer: Trailer {
+                records: 0,
+                blocks: 0,
+                data_blocks: 0,
+                raw_bytes: 0,
+                chain: 0,
+                digest: Default::default(),
+                offset: 0,
+                index: Vec::new(),
+            },
+            chain: crc32fast::Hasher::new(),
+        })
+    }
+
+    /// The header being written.
+    pub fn header(&self) -> &LogHeader {
+        &self.header
+    }
+
+    fn check_next(&self, extent: Extent) -> Result<()> {
+        self.header.geometry.check_extent(extent)?;
+        if extent.start < self.next_block {
+            return Err(Error::invalid(format!(
+                "block {} added after block {}: a log writer takes blocks in ascending order",
+                extent.start,
+                self.next_block - 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// Adds one block's content; all-zero content becomes a zero extent.
+    /// `data` must be exactly the block's length (shorter for a short last
+    /// block).
+    pub fn add_block(&mut self, block: u64, data: &[u8]) -> Result<()> {
+        self.check_next(Extent::new(block, 1))?;
+        let want = self.header.geometry.block_len(block) as usize;
+        if data.len() != want {
+            return Err(Error::invalid(format!(
+                "block {block} has {} bytes, its length is {want}",
+                data.len()
+            )));
+        }
+        if is_zero(data) {
+            return self.push(Extent::new(block, 1), true, &[]);
+        }
+        self.push(Extent::new(block, 1), false, data)
+    }
+
+    /// Adds the contiguous blocks of `extent` from `data` (their bytes, the
+    /// last block possibly short); zero blocks among them are elided.
+    pub fn add_extent(&mut self, extent: Extent, data: &[u8]) -> Result<()> {
+        self.check_next(extent)?;
+        let (_, len) = self.header.geometry.extent_bytes(extent);
+        if data.len() as u64 != len {
+            return Err(Error::invalid(format!(
+                "extent {extent} has {} bytes, its length is {len}",
+                data.len()
+            )));
+        }
+        let bs = self.header.geometry.block_size() as usize;
+        for (i, chunk) in data.chunks(bs).enumerate() {
+            self.add_block(extent.start + i as u64, chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Adds zero blocks (a discard or a zero write): no payload is stored.
+    pub fn add_zero(&mut self, extent: Extent) -> Result<()> {
+        self.check_next(extent)?;
+        self.push(extent, true, &[])
+    }
+
+    fn push(&mut self, extent: Extent, zero: bool, data: &[u8]) -> Result<()> {
+        // Records end once they reach `record_bytes` (at most 1 MiB) and data
+        // comes a power-of-two block at a time, so this only guards the limit.
+        if self.cur.raw.len() + data.len() > MAX_RECORD_RAW {
+            self.seal()?;
+        }
+        self.next_block = extent.end();
+        self.trailer.blocks += extent.count;
+        if !zero {
+            self.trailer.data_blocks += extent.count;
+            self.trailer.raw_bytes += data.len() as u64;
+        }
+        let mut left = extent;
+        while left.count > 0 {
+            // Extend the record's last extent when contiguous and alike.
+            let room = u32::MAX as u64;
+            let cur = &mut self.cur;
+            match cur.extents.last_mut() {
+                Some(last)
+                    if last.zero == zero
+                        && last.extent.end() == left.start
+                        && last.extent.count < room =>
+                {
+                    let n = left.count.min(room - last.extent.count);
+                    last.extent.count += n;
+                    left = Extent::new(left.start + n, left.count - n);
+                }
+                _ => {
+                    if cur.extents.len() == MAX_RECORD_EXTENTS {
+                        self.seal()?;
+                        continue;
+                    }
+                    let n = left.count.min(room);
+                    cur.extents.push(LogExtent {
+                        extent: Extent::new(left.start, n),
+                        zero,
+                    });
+                    left = Extent::new(left.start + n, left.count - n);
+                }
+            }
+        }
+        if !zero {
+            self.cur.raw.extend_from_slice(data);
+            if self.cur.raw.len() >= self.opts.record_bytes {
+                self.seal()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the current record; writes a batch once it is full.
+    fn seal(&mut self) -> Result<()> {
+        if self.cur.extents.is_empty() {
+            return Ok(());
+        }
+        self.batch.push(std::mem::take(&mut self.cur));
+        if self.batch.len() >= self.opts.threads * 4 {
+            self.write_batch()?;
+        }
+        Ok(())
+    }
+
+    /// Compresses the batch (on all threads when there are several) and
+    /// writes its records in order.
+    fn write_batch(&mut self) -> Result<()> {
+        let batch = std::mem::take(&mut self.batch);
+        let threads = self.opts.threads.min(batch.len());
+        let encoded: Vec<(Codec, Vec<u8>)> = if threads <= 1 {
+            batch.iter().map(|p| compress(&p.raw)).collect()
+        } else {
+            let mut out: Vec<Option<(Codec, Vec<u8>)>> = (0..batch.len()).map(|_| None).collect();
+            std::thread::scope(|s| {
+                let per = batch.len().div_ceil(threads);
+                for (ins, outs) in batch.chunks(per).zip(out.chunks_mut(per)) {
+                    s.spawn(move || {
+                        for (p, o) in ins.iter().zip(outs) {
+                            *o = Some(compress(&p.raw));
+                        }
+                    });
+                }
+            });
+            out.into_iter()
+                .map(|o| o.expect("every record compressed"))
+                .collect()
+        };
+        for (p, (codec, payload)) in batch.iter().zip(encoded) {
+            self.write_record(p, codec, &payload)?;
+        }
+        Ok(())
+    }
+
+    fn write_record(&mut self, p: &Pending, codec: Codec, payload: &[u8]) -> Result<()> {
+        let raw_crc = if p.raw.is_empty() {
+            0
+        } else {
+            crc32fast::hash(&p.raw)
+        };
+        let head = RecordHead {
+            codec,
+            extents: p.extents.len(),
+            stored: payload.len(),
+            raw: p.raw.len(),
+            raw_crc,
+        };
+        let mut buf = Vec::with_capacity(24 + p.extents.len() * 16);
+        head.encode(&mut buf);
+        for e in &p.extents {
+            encode_extent(e, &mut buf);
+        }
+        let mut h = record_hasher(self.header.salt);
+        h.update(&buf);
+        h.update(payload);
+        let crc = h.finalize();
+        self.trailer
+            .index
+            .push((p.extents[0].extent.start, self.written));
+        for part in [&buf[..], payload, &crc.to_le_bytes()] {
+            self.out
+                .write_all(part)
+                .map_err(|e| Error::io("write log record", e).with_offset(self.written))?;
+            self.written += part.len() as u64;
+        }
+        self.trailer.records += 1;
+        self.chain.update(&crc.to_le_bytes());
+        self.digest.record(&p.extents, raw_crc);
+        Ok(())
+    }
+
+    /// Writes the remaining records and the trailer; returns the output and
+    /// what was written. Without this the log has no trailer and every
+    /// reader rejects it as incomplete.
+    pub fn finish(mut self) -> Result<(W, LogSummary)> {
+        self.seal()?;
+        self.write_batch()?;
+        self.trailer.chain = self.chain.clone().finalize();
+        self.trailer.digest = self.digest.finish();
+        self.trailer.offset = self.written;
+        let t = self.trailer.encode();
+        self.out
+            .write_all(&t)
+            .and_then(|_| self.out.flush())
+            .map_err(|e| Error::io("write log trailer", e).with_offset(self.written))?;
+        self.written += t.len() as u64;
+        Ok((
+            self.out,
+            LogSummary {
+                header: self.header,
+                trailer: self.trailer,
+                bytes: self.written,
+            },
+        ))
+    }
+}
+
+/// LZ4 when it saves space, raw otherwise; no payload for no data.
+fn compress(raw: &[u8]) -> (Codec, Vec<u8>) {
+    if raw.is_empty() {
+        return (Codec::Zero, Vec::new());
+    }
+    let mut out = vec![0u8; lz4_bound(raw.len())];
+    match lz4_flex::block::compress_into(raw, &mut out) {
+        Ok(n) if n < raw.len() => {
+            out.truncate(n);
+            (Codec::Lz4, out)
+        }
+        _ => (Codec::Raw, raw.to_vec()),
+    }
+}
+
+/// Gathers blocks in any order, then writes them sorted and coalesced.
+///
+/// Holds every block in memory until [`write_to`](Self::write_to); for large
+/// logs feed a [`LogWriter`] in ascending order instead.
+#[derive(Debug, Default)]
+pub struct LogBuilder {
+    blocks: BTreeMap<u64, Vec<u8>>,
+    /// Zero ranges by first block: (count).
+    zeros: BTreeMap<u64, u64>,
+}
+
+impl LogBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn overlaps_zero(&self, e: Extent) -> bool {
+        self.zeros
+            .range(..e.end())
+            .next_back()
+            .is_some_and(|(&s, &n)| s + n > e.start)
+    }
+
+    /// Adds a block's content. A block added twice is an error.
+    pub fn add_block(&mut self, block: u64, data: &[u8]) -> Result<()> {
+        if self.blocks.contains_key(&block) || self.overlaps_zero(Extent::new(block, 1)) {
+            return Err(Error::invalid(format!("block {block} added twice")));
+        }
+        self.blocks.insert(block, data.to_vec());
+        Ok(())
+    }
+
+    /// Adds zero blocks. Overlapping blocks already added is an error.
+    pub fn add_zero(&mut self, extent: Extent) -> Result<()> {
+        if extent.count == 0 {
+            return Err(Error::invalid("empty zero extent"));
+        }
+        let end = extent
+            .start
+            .checked_add(extent.count)
+            .ok_or_else(|| Error::out_of_range("zero extent overflows"))?;
+        if self.overlaps_zero(extent) || self.blocks.range(extent.start..end).next().is_some() {
+            return Err(Error::invalid(format!(
+                "zero extent {extent} overlaps blocks added before"
+            )));
+        }
+        self.zeros.insert(extent.start, extent.count);
+        Ok(())
+    }
+
+    /// Writes every block, in order, as one log.
+    pub fn write_to<W: Write>(
+        self,
+        out: W,
+        header: LogHeader,
+        opts: WriterOptions,
+    ) -> Result<(W, LogSummary)> {
+        let mut w = LogWriter::new(out, header, opts)?;
+        let mut zeros = self.zeros.into_iter().peekable();
+        for (b, data) in self.blocks {
+            while let Some((s, n)) = zeros.next_if(|&(s, _)| s < b) {
+                w.add_zero(Extent::new(s, n))?;
+            }
+            w.add_block(b, &data)?;
+        }
+        for (s, n) in zeros {
+            w.add_zero(Extent::new(s, n))?;
+        }
+        w.finish()
+    }
+}
