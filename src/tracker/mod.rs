@@ -145,7 +145,10 @@ impl Tracker {
         let bitmap = self.bitmap.resized(new_blocks);
         // A short last block that grew has new bytes too.
         let grown_from = if size > self.geometry.size()
-            && self.geometry.size() % self.geometry.block_size() as u64 != 0
+            && !self
+                .geometry
+                .size()
+                .is_multiple_of(self.geometry.block_size() as u64)
         {
             old_blocks - 1
         } else {
