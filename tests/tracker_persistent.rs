@@ -50,13 +50,13 @@ fn child_marker() {
     let mut step = 0u64;
     loop {
         step += 1;
-        if step % 97 == 0 {
+        if step.is_multiple_of(97) {
             // A cycle: cut, then either its log became durable (commit) or
             // the cycle failed (reclaim). The decision is printed first, so
             // a kill during the commit still counts as shipped: the log was
             // durable before commit was called.
             let f = pt.cut();
-            if rng.next() % 2 == 0 {
+            if rng.next().is_multiple_of(2) {
                 println!("C {} ship", f.generation());
                 pt.commit(f.generation()).unwrap();
             } else {
