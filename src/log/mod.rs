@@ -34,6 +34,7 @@
 mod file;
 mod format;
 mod mapped;
+mod pool;
 mod reader;
 mod writer;
 

@@ -5,8 +5,9 @@ use super::format::{
     encode_extent, lz4_bound, record_hasher, Codec, DigestChain, LogExtent, RecordHead, Trailer,
     MAX_RECORD_EXTENTS, MAX_RECORD_RAW,
 };
+use super::pool::EncodePool;
 use super::LogHeader;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::geometry::Extent;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -42,11 +43,71 @@ pub struct LogSummary {
     pub bytes: u64,
 }
 
-/// A record being gathered: its extents and raw payload.
+/// A record being gathered, then encoded. Its buffers are reused for later
+/// records, so the steady state allocates (and zero-fills) nothing.
 #[derive(Default)]
-struct Pending {
+pub(super) struct Pending {
     extents: Vec<LogExtent>,
     raw: Vec<u8>,
+    /// Record header and extent table, once encoded.
+    head: Vec<u8>,
+    /// LZ4 output; kept at its full length between uses.
+    lz4: Vec<u8>,
+    /// Whether the payload is `lz4[..lz4_len]` (else `raw`, or nothing).
+    lz4_len: Option<usize>,
+    raw_crc: u32,
+    crc: u32,
+}
+
+impl Pending {
+    /// Compresses (LZ4 when it saves space), and computes the header and
+    /// both checksums: all the per-record work that can run in parallel.
+    pub(super) fn encode(&mut self, salt: u64) {
+        self.lz4_len = None;
+        let codec = if self.raw.is_empty() {
+            Codec::Zero
+        } else {
+            let bound = lz4_bound(self.raw.len());
+            if self.lz4.len() < bound {
+                self.lz4.resize(lz4_bound(MAX_RECORD_RAW).max(bound), 0);
+            }
+            match lz4_flex::block::compress_into(&self.raw, &mut self.lz4) {
+                Ok(n) if n < self.raw.len() => {
+                    self.lz4_len = Some(n);
+                    Codec::Lz4
+                }
+                _ => Codec::Raw,
+            }
+        };
+        self.raw_crc = if self.raw.is_empty() {
+            0
+        } else {
+            crc32fast::hash(&self.raw)
+        };
+        let head = RecordHead {
+            codec,
+            extents: self.extents.len(),
+            stored: self.payload().len(),
+            raw: self.raw.len(),
+            raw_crc: self.raw_crc,
+        };
+        self.head.clear();
+        head.encode(&mut self.head);
+        for e in &self.extents {
+            encode_extent(e, &mut self.head);
+        }
+        let mut h = record_hasher(salt);
+        h.update(&self.head);
+        h.update(self.payload());
+        self.crc = h.finalize();
+    }
+
+    fn payload(&self) -> &[u8] {
+        match self.lz4_len {
+            Some(n) => &self.lz4[..n],
+            None => &self.raw,
+        }
+    }
 }
 
 /// Streams a delta log to `W`. Blocks must come in ascending order; use
@@ -60,7 +121,10 @@ pub struct LogWriter<W: Write> {
     /// Blocks below this were already added.
     next_block: u64,
     cur: Pending,
-    batch: Vec<Pending>,
+    /// Compression workers, when more than one thread is asked for.
+    pool: Option<EncodePool>,
+    /// Records already written, kept for their buffers.
+    free: Vec<Pending>,
     trailer: Trailer,
     digest: DigestChain,
     chain: crc32fast::Hasher,
@@ -92,6 +156,7 @@ impl<W: Write> LogWriter<W> {
             )));
         }
         let h = header.encode();
+        let salt = header.salt;
         out.write_all(&h)
             .map_err(|e| Error::io("write log header", e))?;
         Ok(LogWriter {
@@ -105,7 +170,9 @@ impl<W: Write> LogWriter<W> {
             },
             next_block: 0,
             cur: Pending::default(),
-            batch: Vec::new(),
+            // The writing thread encodes too, so one worker fewer.
+            pool: (opts.threads > 1).then(|| EncodePool::new(opts.threads - 1, salt)),
+            free: Vec::new(),
             trailer: Trailer {
                 records: 0,
                 blocks: 0,
@@ -229,81 +296,77 @@ impl<W: Write> LogWriter<W> {
         Ok(())
     }
 
-    /// Closes the current record; writes a batch once it is full.
+    /// Closes the current record and hands it to the encoder: inline, or
+    /// to the workers, writing whatever came back in order meanwhile.
     fn seal(&mut self) -> Result<()> {
         if self.cur.extents.is_empty() {
             return Ok(());
         }
-        self.batch.push(std::mem::take(&mut self.cur));
-        if self.batch.len() >= self.opts.threads * 4 {
-            self.write_batch()?;
-        }
-        Ok(())
+        let next = self.free.pop().unwrap_or_default();
+        let mut p = std::mem::replace(&mut self.cur, next);
+        let Some(mut pool) = self.pool.take() else {
+            p.encode(self.header.salt);
+            return self.write_and_recycle(p);
+        };
+        let r = self.feed(&mut pool, p);
+        self.pool = Some(pool);
+        r
     }
 
-    /// Compresses the batch (on all threads when there are several) and
-    /// writes its records in order.
-    fn write_batch(&mut self) -> Result<()> {
-        let batch = std::mem::take(&mut self.batch);
-        let threads = self.opts.threads.min(batch.len());
-        let encoded: Vec<(Codec, Vec<u8>)> = if threads <= 1 {
-            batch.iter().map(|p| compress(&p.raw)).collect()
-        } else {
-            let mut out: Vec<Option<(Codec, Vec<u8>)>> = (0..batch.len()).map(|_| None).collect();
-            std::thread::scope(|s| {
-                let per = batch.len().div_ceil(threads);
-                for (ins, outs) in batch.chunks(per).zip(out.chunks_mut(per)) {
-                    s.spawn(move || {
-                        for (p, o) in ins.iter().zip(outs) {
-                            *o = Some(compress(&p.raw));
-                        }
-                    });
+    fn feed(&mut self, pool: &mut EncodePool, p: Pending) -> Result<()> {
+        // A few records per worker queued keeps them busy; past that this
+        // thread encodes too, and past twice that it waits, bounding memory.
+        let limit = self.opts.threads * 4;
+        if !pool.submit(p, self.header.salt, limit) {
+            return Err(Error::new(ErrorKind::Io, "log compression worker stopped"));
+        }
+        loop {
+            let wait = pool.in_flight() >= 2 * limit;
+            match pool.next_ready(wait) {
+                Some(p) => self.write_and_recycle(p)?,
+                None if wait => {
+                    return Err(Error::new(ErrorKind::Io, "log compression worker stopped"))
                 }
-            });
-            out.into_iter()
-                .map(|o| o.expect("every record compressed"))
-                .collect()
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Waits for every record still with the workers and writes them.
+    fn drain(&mut self) -> Result<()> {
+        let Some(mut pool) = self.pool.take() else {
+            return Ok(());
         };
-        for (p, (codec, payload)) in batch.iter().zip(encoded) {
-            self.write_record(p, codec, &payload)?;
+        while let Some(p) = pool.next_ready(true) {
+            self.write_and_recycle(p)?;
+        }
+        if pool.in_flight() != 0 {
+            return Err(Error::new(ErrorKind::Io, "log compression worker stopped"));
         }
         Ok(())
     }
 
-    fn write_record(&mut self, p: &Pending, codec: Codec, payload: &[u8]) -> Result<()> {
-        let raw_crc = if p.raw.is_empty() {
-            0
-        } else {
-            crc32fast::hash(&p.raw)
-        };
-        let head = RecordHead {
-            codec,
-            extents: p.extents.len(),
-            stored: payload.len(),
-            raw: p.raw.len(),
-            raw_crc,
-        };
-        let mut buf = Vec::with_capacity(24 + p.extents.len() * 16);
-        head.encode(&mut buf);
-        for e in &p.extents {
-            encode_extent(e, &mut buf);
-        }
-        let mut h = record_hasher(self.header.salt);
-        h.update(&buf);
-        h.update(payload);
-        let crc = h.finalize();
+    fn write_and_recycle(&mut self, mut p: Pending) -> Result<()> {
+        self.write_record(&p)?;
+        p.extents.clear();
+        p.raw.clear();
+        self.free.push(p);
+        Ok(())
+    }
+
+    fn write_record(&mut self, p: &Pending) -> Result<()> {
         self.trailer
             .index
             .push((p.extents[0].extent.start, self.written));
-        for part in [&buf[..], payload, &crc.to_le_bytes()] {
+        for part in [&p.head[..], p.payload(), &p.crc.to_le_bytes()] {
             self.out
                 .write_all(part)
                 .map_err(|e| Error::io("write log record", e).with_offset(self.written))?;
             self.written += part.len() as u64;
         }
         self.trailer.records += 1;
-        self.chain.update(&crc.to_le_bytes());
-        self.digest.record(&p.extents, raw_crc);
+        self.chain.update(&p.crc.to_le_bytes());
+        self.digest.record(&p.extents, p.raw_crc);
         Ok(())
     }
 
@@ -312,7 +375,7 @@ impl<W: Write> LogWriter<W> {
     /// reader rejects it as incomplete.
     pub fn finish(mut self) -> Result<(W, LogSummary)> {
         self.seal()?;
-        self.write_batch()?;
+        self.drain()?;
         self.trailer.chain = self.chain.clone().finalize();
         self.trailer.digest = self.digest.finish();
         self.trailer.offset = self.written;
@@ -330,21 +393,6 @@ impl<W: Write> LogWriter<W> {
                 bytes: self.written,
             },
         ))
-    }
-}
-
-/// LZ4 when it saves space, raw otherwise; no payload for no data.
-fn compress(raw: &[u8]) -> (Codec, Vec<u8>) {
-    if raw.is_empty() {
-        return (Codec::Zero, Vec::new());
-    }
-    let mut out = vec![0u8; lz4_bound(raw.len())];
-    match lz4_flex::block::compress_into(raw, &mut out) {
-        Ok(n) if n < raw.len() => {
-            out.truncate(n);
-            (Codec::Lz4, out)
-        }
-        _ => (Codec::Raw, raw.to_vec()),
     }
 }
 
