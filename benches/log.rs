@@ -11,8 +11,12 @@
 //! bytes (the command-line tool, when installed). Run:
 //! `cargo bench --bench log`.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use blockrep::log::{verify, LogHeader, LogKind, LogWriter, ReadOptions, WriterOptions};
 use blockrep::{DiskId, Geometry};
+use common::Rng;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
@@ -20,16 +24,6 @@ use std::time::Duration;
 const SIZE: usize = 256 << 20;
 const BLOCK: usize = 4096;
 const CHUNK: usize = 256 << 10;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 /// Disk-like content: runs of zero, text-like and random blocks.
 fn workload() -> Vec<u8> {

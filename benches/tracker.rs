@@ -11,7 +11,11 @@
 //!
 //! Run: `cargo bench --bench tracker`.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use blockrep::{Geometry, Tracker};
+use common::Rng;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,16 +23,6 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 const BATCH: usize = 1024;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 /// The non-atomic baseline: the same byte-range-to-bits work on a `Vec<u64>`.
 struct PlainBits {

@@ -9,7 +9,8 @@
 //! * [`geometry`]: disk size, block size, byte ranges to blocks;
 //! * [`io`]: the [`Storage`](io::Storage) trait with file, memory and
 //!   fault-injecting backends;
-//! * [`tracker`]: the lock-free dirty-block tracker, in memory or persistent.
+//! * [`tracker`]: the lock-free dirty-block tracker, in memory or persistent;
+//! * [`log`]: the delta log shipped between sites: writer, readers, format.
 //!
 //! ```
 //! use blockrep::{Geometry, Tracker};

@@ -5,8 +5,11 @@
 //! stdout, kills it with SIGKILL at a random moment, reopens the file and
 //! checks that every acknowledged, not yet committed block is resent.
 
+mod common;
+
 use blockrep::tracker::{OpenState, PersistentTracker, INTENT_REGION_DEFAULT};
 use blockrep::{DiskId, ErrorKind, Geometry};
+use common::Rng;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
@@ -24,16 +27,6 @@ fn geo() -> Geometry {
 
 fn id() -> DiskId {
     DiskId([7; 16])
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 /// The child: marks writes in a few hot areas, cuts and commits now and

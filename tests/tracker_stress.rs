@@ -1,20 +1,12 @@
 //! Writers mark while a cutter cuts in a loop: every block lands in exactly
 //! one frozen set, and never before it was marked.
 
+mod common;
+
 use blockrep::{Geometry, Tracker};
+use common::Rng;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-
-/// A small deterministic generator, so a failure reproduces.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 #[test]
 fn concurrent_marks_and_cuts_lose_and_invent_nothing() {

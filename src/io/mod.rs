@@ -46,47 +46,33 @@ pub trait Storage: Send + Sync {
     }
 }
 
-impl<S: Storage + ?Sized> Storage for Arc<S> {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        (**self).read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        (**self).write_at(buf, offset)
-    }
-    fn sync(&self) -> Result<()> {
-        (**self).sync()
-    }
-    fn len(&self) -> Result<u64> {
-        (**self).len()
-    }
-    fn set_len(&self, len: u64) -> Result<()> {
-        (**self).set_len(len)
-    }
-    fn punch_hole(&self, offset: u64, len: u64) -> Result<bool> {
-        (**self).punch_hole(offset, len)
-    }
+/// Storage behind a smart pointer is storage.
+macro_rules! forward_storage {
+    ($($ptr:ident),*) => {$(
+        impl<S: Storage + ?Sized> Storage for $ptr<S> {
+            fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+                (**self).read_at(buf, offset)
+            }
+            fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+                (**self).write_at(buf, offset)
+            }
+            fn sync(&self) -> Result<()> {
+                (**self).sync()
+            }
+            fn len(&self) -> Result<u64> {
+                (**self).len()
+            }
+            fn set_len(&self, len: u64) -> Result<()> {
+                (**self).set_len(len)
+            }
+            fn punch_hole(&self, offset: u64, len: u64) -> Result<bool> {
+                (**self).punch_hole(offset, len)
+            }
+        }
+    )*};
 }
 
-impl<S: Storage + ?Sized> Storage for Box<S> {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        (**self).read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        (**self).write_at(buf, offset)
-    }
-    fn sync(&self) -> Result<()> {
-        (**self).sync()
-    }
-    fn len(&self) -> Result<u64> {
-        (**self).len()
-    }
-    fn set_len(&self, len: u64) -> Result<()> {
-        (**self).set_len(len)
-    }
-    fn punch_hole(&self, offset: u64, len: u64) -> Result<bool> {
-        (**self).punch_hole(offset, len)
-    }
-}
+forward_storage!(Arc, Box);
 
 /// The error for a read that passes the end of a storage of `len` bytes.
 pub(crate) fn short_read(offset: u64, want: usize, len: u64) -> crate::Error {

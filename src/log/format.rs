@@ -308,7 +308,7 @@ pub(crate) fn record_hasher(salt: u64) -> crc32fast::Hasher {
 }
 
 /// What a log's trailer says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Trailer {
     /// Number of records.
     pub records: u64,

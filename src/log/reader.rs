@@ -117,16 +117,7 @@ impl<R: Read> LogReader<R> {
             prev_end: 0,
             done: false,
             complete: false,
-            counts: Trailer {
-                records: 0,
-                blocks: 0,
-                data_blocks: 0,
-                raw_bytes: 0,
-                chain: 0,
-                digest: Default::default(),
-                offset: 0,
-                index: Vec::new(),
-            },
+            counts: Trailer::default(),
             chain: crc32fast::Hasher::new(),
         })
     }

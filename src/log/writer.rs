@@ -173,16 +173,7 @@ impl<W: Write> LogWriter<W> {
             // The writing thread encodes too, so one worker fewer.
             pool: (opts.threads > 1).then(|| EncodePool::new(opts.threads - 1, salt)),
             free: Vec::new(),
-            trailer: Trailer {
-                records: 0,
-                blocks: 0,
-                data_blocks: 0,
-                raw_bytes: 0,
-                chain: 0,
-                digest: Default::default(),
-                offset: 0,
-                index: Vec::new(),
-            },
+            trailer: Trailer::default(),
             chain: crc32fast::Hasher::new(),
         })
     }
