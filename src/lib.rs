@@ -10,7 +10,8 @@
 //! * [`io`]: the [`Storage`](io::Storage) trait with file, memory and
 //!   fault-injecting backends;
 //! * [`tracker`]: the lock-free dirty-block tracker, in memory or persistent;
-//! * [`log`]: the delta log shipped between sites: writer, readers, format.
+//! * [`log`]: the delta log shipped between sites: writer, readers, format;
+//! * [`replica`]: the crash-safe applier and the retention points.
 //!
 //! ```
 //! use blockrep::{Geometry, Tracker};
@@ -31,6 +32,7 @@ pub mod id;
 pub mod io;
 mod le;
 pub mod log;
+pub mod replica;
 pub mod tracker;
 
 pub use error::{Error, ErrorKind, Result};

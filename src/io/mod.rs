@@ -7,10 +7,12 @@
 //! [`MemStorage`] (memory, for tests and small overlays) and [`FaultStorage`]
 //! (wraps another and fails or loses power at a chosen operation).
 
+mod dir;
 mod fault;
 mod file;
 mod memory;
 
+pub use dir::{Dir, FsDir, MemDir};
 pub use fault::{Fault, FaultPlan, FaultStorage};
 pub use file::FileStorage;
 pub use memory::MemStorage;
@@ -92,4 +94,45 @@ pub fn sync_parent_dir(path: &std::path::Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| crate::Error::io("sync directory", e).with_path(dir))
+}
+
+/// A `std::io::Write` that appends to a [`Storage`] from an offset, so
+/// streaming writers (a log writer) can target any backend.
+pub struct StorageWriter<S: Storage> {
+    storage: S,
+    pos: u64,
+}
+
+impl<S: Storage> StorageWriter<S> {
+    /// Writes to `storage` from `offset`.
+    pub fn new(storage: S, offset: u64) -> Self {
+        StorageWriter {
+            storage,
+            pos: offset,
+        }
+    }
+
+    /// The storage, and the offset after the last byte written.
+    pub fn into_inner(self) -> (S, u64) {
+        (self.storage, self.pos)
+    }
+}
+
+impl<S: Storage> std::io::Write for StorageWriter<S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.storage.write_at(buf, self.pos).map_err(|e| {
+            // Keep a full device recognisable through the io::Error.
+            if e.kind() == crate::ErrorKind::NoSpace {
+                std::io::Error::from_raw_os_error(libc::ENOSPC)
+            } else {
+                std::io::Error::other(e.to_string())
+            }
+        })?;
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -4,6 +4,7 @@ use super::format::{corrupt_at, decode_extents, RecordHead, Trailer, EXTENT_LEN,
 use super::reader::{decode_payload, LogReader, ReadOptions};
 use super::LogHeader;
 use crate::error::{Error, Result};
+use bytes::Bytes;
 use memmap2::Mmap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -19,10 +20,26 @@ pub enum BlockLookup {
     Data,
 }
 
-/// A complete log file, mapped and validated once; any block is then read
-/// through the trailer's index without a scan.
+/// The bytes behind a [`MappedLog`].
+enum Backing {
+    Map(Mmap),
+    Bytes(Bytes),
+}
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Map(m) => m,
+            Backing::Bytes(b) => b,
+        }
+    }
+}
+
+/// A complete log, mapped from a file (or held in memory) and validated
+/// once; any block is then read through the trailer's index without a scan.
 pub struct MappedLog {
-    map: Mmap,
+    map: Backing,
     path: PathBuf,
     header: LogHeader,
     trailer: Trailer,
@@ -48,26 +65,42 @@ impl MappedLog {
         // on-disk protocol rules out.
         let map =
             unsafe { Mmap::map(&file) }.map_err(|e| Error::io("map log", e).with_path(path))?;
-        let mut r = LogReader::new(
-            &map[..],
-            ReadOptions {
-                tail_tolerant: false,
-                ..opts.clone()
-            },
-        )
-        .map_err(|e| e.with_path(path))?;
-        while r.next_record().map_err(|e| e.with_path(path))?.is_some() {}
+        Self::validate(Backing::Map(map), path, opts).map_err(|e| e.with_path(path))
+    }
+
+    /// Validates a whole log held in memory; `name` is used in errors.
+    pub fn from_bytes(
+        bytes: impl Into<Bytes>,
+        name: impl AsRef<Path>,
+        opts: &ReadOptions,
+    ) -> Result<Self> {
+        Self::validate(Backing::Bytes(bytes.into()), name.as_ref(), opts)
+    }
+
+    fn validate(map: Backing, path: &Path, opts: &ReadOptions) -> Result<Self> {
+        let strict = ReadOptions {
+            tail_tolerant: false,
+            ..opts.clone()
+        };
+        let mut r = LogReader::new(&map[..], strict)?;
+        while r.next_record()?.is_some() {}
         let trailer = r
             .trailer()
             .cloned()
-            .ok_or_else(|| Error::corrupt("log has no trailer").with_path(path))?;
+            .ok_or_else(|| Error::corrupt("log has no trailer"))?;
         let header = r.header().clone();
+        drop(r);
         Ok(MappedLog {
             map,
             path: path.to_path_buf(),
             header,
             trailer,
         })
+    }
+
+    /// The file (or name) the log was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The log's header.

@@ -1,0 +1,438 @@
+//! The replica: a disk's copy on the secondary site, its history of
+//! recovery points, and a crash-safe applier of delta logs.
+//!
+//! A replica lives in a [`Dir`]: the image (`image`, or a storage the
+//! caller gives), the state record (`state`) and one undo log per point
+//! (`undo-<sequence>`). The image always holds the newest point; undo log N,
+//! in the delta-log format, holds what log N overwrote, so it turns point N
+//! back into point N-1.
+//!
+//! Applying log N: verify the whole log (it is a [`MappedLog`], validated
+//! when opened) and that it follows the replica (disk, epoch, sequence,
+//! digest); write and sync undo N; record "applying N"; write the blocks;
+//! sync; record "at N". Opening after a crash in between rolls back with
+//! undo N first, so the replica is at exactly N-1 or N.
+
+mod state;
+
+pub use state::PointInfo;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::geometry::Extent;
+use crate::io::{Dir, Storage, StorageWriter};
+use crate::log::{Digest, LogHeader, LogKind, LogWriter, MappedLog, ReadOptions, WriterOptions};
+use parking_lot::Mutex;
+use state::{Phase, State};
+use std::io::BufWriter;
+use std::sync::Arc;
+
+const IMAGE: &str = "image";
+/// Bytes read or zeroed at a time.
+const CHUNK: u64 = 1 << 20;
+
+fn undo_name(seq: u64) -> String {
+    format!("undo-{seq:020}")
+}
+
+/// What [`Replica::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// The log was applied; the replica is at its sequence.
+    Applied(u64),
+    /// The log was applied before; nothing changed.
+    AlreadyApplied(u64),
+}
+
+/// A disk's replica; see the module docs.
+pub struct Replica {
+    dir: Arc<dyn Dir>,
+    image: Arc<dyn Storage>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("state", &*self.state.lock())
+            .finish()
+    }
+}
+
+impl Replica {
+    /// Creates a replica in `dir` from a full log, with the image in `dir`.
+    pub fn create(dir: Arc<dyn Dir>, full: &MappedLog) -> Result<Self> {
+        let image = dir.create(IMAGE)?;
+        Self::create_inner(dir, image, full, true)
+    }
+
+    /// Creates a replica from a full log onto a caller-given image (a block
+    /// device, say), whose content is overwritten.
+    pub fn create_with_image(
+        dir: Arc<dyn Dir>,
+        image: Arc<dyn Storage>,
+        full: &MappedLog,
+    ) -> Result<Self> {
+        Self::create_inner(dir, image, full, false)
+    }
+
+    /// `fresh`: the image was just created, so it reads as zeros already.
+    fn create_inner(
+        dir: Arc<dyn Dir>,
+        image: Arc<dyn Storage>,
+        full: &MappedLog,
+        fresh: bool,
+    ) -> Result<Self> {
+        let h = full.header();
+        if h.kind != LogKind::Full {
+            return Err(Error::mismatch(format!(
+                "a replica starts from a full log, not a {:?} log",
+                h.kind
+            ))
+            .with_sequence(h.sequence));
+        }
+        if dir.exists(state::STATE) {
+            return Err(Error::new(
+                ErrorKind::Misuse,
+                "the directory already holds a replica",
+            ));
+        }
+        image.set_len(h.geometry.size())?;
+        write_log(&*image, full, fresh)?;
+        image.sync()?;
+        let st = State {
+            disk_id: h.disk_id,
+            epoch: h.epoch,
+            geometry: h.geometry,
+            applied: h.sequence,
+            digest: full.trailer().digest,
+            phase: Phase::Idle,
+            points: vec![point_of(h, full.trailer().digest, 0)],
+        };
+        // The replica exists once its state does; a crash before leaves none.
+        st.store(&*dir)?;
+        Ok(Replica {
+            dir,
+            image,
+            state: Mutex::new(st),
+        })
+    }
+
+    /// Opens the replica in `dir` (image in `dir`), finishing or undoing an
+    /// operation a crash interrupted.
+    pub fn open(dir: Arc<dyn Dir>) -> Result<Self> {
+        let image = dir.open(IMAGE)?;
+        Self::open_with_image(dir, image)
+    }
+
+    /// Opens the replica in `dir` with a caller-given image.
+    pub fn open_with_image(dir: Arc<dyn Dir>, image: Arc<dyn Storage>) -> Result<Self> {
+        let st = State::load(&*dir)?;
+        let r = Replica {
+            dir,
+            image,
+            state: Mutex::new(st),
+        };
+        r.recover()?;
+        Ok(r)
+    }
+
+    /// Rolls an interrupted apply or rollback step back to the previous
+    /// point, and removes files no point needs.
+    fn recover(&self) -> Result<()> {
+        let mut st = self.state.lock();
+        self.finish_interrupted(&mut st)?;
+        self.remove_strays(&st)
+    }
+
+    /// Undoes the step `st` says was under way, if any. Also runs before
+    /// each operation, for a step whose failure could not be undone at once.
+    fn finish_interrupted(&self, st: &mut State) -> Result<()> {
+        match st.phase {
+            Phase::Applying(n) | Phase::RollingBack(n) => self.undo_step(st, n),
+            Phase::Idle => Ok(()),
+        }
+    }
+
+    /// Applies undo `n` to the image and records the point before it.
+    /// Idempotent: a crash during it leaves the phase set and it runs again.
+    fn undo_step(&self, st: &mut State, n: u64) -> Result<()> {
+        let undo = self.read_undo(n)?;
+        write_log(&*self.image, &undo, false)?;
+        self.image.sync()?;
+        let mut next = st.clone();
+        next.phase = Phase::Idle;
+        if let Some(last) = next.points.last() {
+            if last.sequence == n {
+                next.points.pop();
+            }
+        }
+        if let Some(p) = next.points.last() {
+            next.applied = p.sequence;
+            next.digest = p.digest;
+            next.epoch = p.epoch;
+        }
+        next.store(&*self.dir)?;
+        *st = next;
+        self.dir.remove(&undo_name(n))?;
+        Ok(())
+    }
+
+    fn read_undo(&self, n: u64) -> Result<MappedLog> {
+        let name = undo_name(n);
+        let opts = ReadOptions::default();
+        let log = match self.dir.path_of(&name) {
+            Some(p) => MappedLog::open(p, &opts)?,
+            None => MappedLog::from_bytes(self.dir.read_all(&name)?, &name, &opts)?,
+        };
+        if log.header().kind != LogKind::Undo || log.header().sequence != n {
+            return Err(Error::corrupt(format!(
+                "{name} is not the undo log of point {n}"
+            )));
+        }
+        Ok(log)
+    }
+
+    /// Removes partial files and undo logs of points no longer kept.
+    fn remove_strays(&self, st: &State) -> Result<()> {
+        let keep: Vec<String> = st
+            .points
+            .iter()
+            .skip(1)
+            .map(|p| undo_name(p.sequence))
+            .collect();
+        for name in self.dir.list()? {
+            let stray =
+                name.ends_with(".partial") || (name.starts_with("undo-") && !keep.contains(&name));
+            if stray {
+                self.dir.remove(&name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The disk's state: id, epoch, geometry, applied sequence, digest.
+    pub fn status(&self) -> ReplicaStatus {
+        let st = self.state.lock();
+        ReplicaStatus {
+            disk_id: st.disk_id,
+            epoch: st.epoch,
+            geometry: st.geometry,
+            applied: st.applied,
+            digest: st.digest,
+        }
+    }
+
+    /// The retention points, oldest first; the last is the latest.
+    pub fn points(&self) -> Vec<PointInfo> {
+        self.state.lock().points.clone()
+    }
+
+    /// Reads the latest point.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.image.read_at(buf, offset)
+    }
+
+    /// Applies a verified log. A log already applied is skipped; a log of
+    /// another disk, an older epoch, a gap or another history is an error
+    /// naming what was expected, and changes nothing.
+    ///
+    /// An I/O error (a full disk, say) during the apply returns the error
+    /// with the replica still at its previous point, history intact, and a
+    /// retry may succeed; a crash is undone on the next open.
+    pub fn apply(&self, log: &MappedLog) -> Result<ApplyOutcome> {
+        let mut st = self.state.lock();
+        self.finish_interrupted(&mut st)?;
+        let h = log.header();
+        if let Some(done) = check_follows(&st, h)? {
+            return Ok(done);
+        }
+        let n = h.sequence;
+        let undo_bytes = self.write_undo(&st, log)?;
+        let mut applying = st.clone();
+        applying.phase = Phase::Applying(n);
+        if let Err(e) = applying.store(&*self.dir) {
+            let _ = self.dir.remove(&undo_name(n));
+            return Err(e.with_sequence(n));
+        }
+        *st = applying;
+        let written = write_log(&*self.image, log, false).and_then(|_| self.image.sync());
+        if let Err(e) = written {
+            // Put the previous point back now; if that fails too, the next
+            // open does it.
+            let _ = self.undo_step(&mut st, n);
+            return Err(e.with_sequence(n));
+        }
+        let mut done = st.clone();
+        done.phase = Phase::Idle;
+        done.applied = n;
+        done.epoch = h.epoch;
+        done.digest = log.trailer().digest;
+        done.points.push(point_of(h, done.digest, undo_bytes));
+        if let Err(e) = done.store(&*self.dir) {
+            // The file may hold "at N" now: record "applying N" again before
+            // undoing, so a crash during the undo still ends at N-1. If even
+            // that fails, the phase left in memory makes the next call (or
+            // open) undo N first.
+            if st.store(&*self.dir).is_ok() {
+                let _ = self.undo_step(&mut st, n);
+            }
+            return Err(e.with_sequence(n));
+        }
+        *st = done;
+        Ok(ApplyOutcome::Applied(n))
+    }
+
+    /// Writes undo N: the image's current content of every block of `log`,
+    /// as `undo-N`, synced and renamed into place. Returns its size.
+    fn write_undo(&self, st: &State, log: &MappedLog) -> Result<u64> {
+        let h = log.header();
+        let name = undo_name(h.sequence);
+        let partial = format!("{name}.partial");
+        let result = (|| {
+            let f = self.dir.create(&partial)?;
+            let mut uh =
+                LogHeader::new(h.disk_id, st.geometry, LogKind::Undo, st.epoch, h.sequence)?;
+            uh.base_sequence = h.sequence;
+            uh.base_digest = log.trailer().digest;
+            let out = BufWriter::with_capacity(1 << 20, StorageWriter::new(f.clone(), 0));
+            let mut w = LogWriter::new(out, uh, WriterOptions::default())?;
+            let mut buf = Vec::new();
+            for rec in log.reader()? {
+                for e in rec?.extents {
+                    for part in chunks(e.extent, st.geometry.block_size()) {
+                        let (off, len) = st.geometry.extent_bytes(part);
+                        buf.resize(len as usize, 0);
+                        self.image.read_at(&mut buf, off)?;
+                        w.add_extent(part, &buf)?;
+                    }
+                }
+            }
+            let (out, summary) = w.finish()?;
+            out.into_inner()
+                .map_err(|e| Error::io("flush undo log", e.into_error()))?;
+            f.sync()?;
+            self.dir.rename(&partial, &name)?;
+            self.dir.sync()?;
+            Ok(summary.bytes)
+        })();
+        if result.is_err() {
+            let _ = self.dir.remove(&partial);
+        }
+        result.map_err(|e: Error| e.with_sequence(h.sequence))
+    }
+}
+
+/// Checks that `h` is the next log for the replica in `st`. `Some` when it
+/// was applied already.
+fn check_follows(st: &State, h: &LogHeader) -> Result<Option<ApplyOutcome>> {
+    let seq = h.sequence;
+    let err = |m: String| Err(Error::mismatch(m).with_sequence(seq));
+    if h.disk_id != st.disk_id {
+        return err(format!(
+            "log is for disk {}, this replica is of {}",
+            h.disk_id, st.disk_id
+        ));
+    }
+    if h.geometry != st.geometry {
+        return err(format!(
+            "log geometry {} differs from the replica's {}",
+            h.geometry, st.geometry
+        ));
+    }
+    match h.kind {
+        LogKind::Delta if h.epoch == st.epoch => {}
+        LogKind::Resync if h.epoch > st.epoch => {}
+        LogKind::Delta | LogKind::Resync => {
+            if h.epoch == st.epoch && seq <= st.applied {
+                return Ok(Some(ApplyOutcome::AlreadyApplied(seq)));
+            }
+            return err(format!(
+                "{:?} log of epoch {}, the replica is in epoch {}",
+                h.kind, h.epoch, st.epoch
+            ));
+        }
+        k => return err(format!("a {k:?} log does not apply to an existing replica")),
+    }
+    if seq <= st.applied {
+        return Ok(Some(ApplyOutcome::AlreadyApplied(seq)));
+    }
+    if seq != st.applied + 1 || h.base_sequence != st.applied {
+        return err(format!(
+            "log {seq} builds on {}, the replica expects log {} next",
+            h.base_sequence,
+            st.applied + 1
+        ));
+    }
+    if h.base_digest != st.digest {
+        return err(format!(
+            "log builds on content {}, the replica holds {}",
+            h.base_digest, st.digest
+        ));
+    }
+    Ok(None)
+}
+
+fn point_of(h: &LogHeader, digest: Digest, undo_bytes: u64) -> PointInfo {
+    PointInfo {
+        sequence: h.sequence,
+        epoch: h.epoch,
+        created_ns: h.created_ns,
+        consistency: h.consistency,
+        label: h.label.clone(),
+        digest,
+        undo_bytes,
+    }
+}
+
+/// Splits an extent into pieces of at most [`CHUNK`] bytes.
+fn chunks(e: Extent, block_size: u32) -> impl Iterator<Item = Extent> {
+    let per = (CHUNK / block_size as u64).max(1);
+    (0..e.count.div_ceil(per)).map(move |i| {
+        let start = e.start + i * per;
+        Extent::new(start, per.min(e.end() - start))
+    })
+}
+
+/// Writes every block of `log` to `image`: data as is, zero extents as
+/// punched holes or written zeros (`fresh`: the image is known zero there).
+fn write_log(image: &dyn Storage, log: &MappedLog, fresh: bool) -> Result<()> {
+    let g = log.header().geometry;
+    let zeros = vec![0u8; CHUNK as usize];
+    for rec in log.reader()? {
+        let rec = rec?;
+        let mut at = 0usize;
+        for e in &rec.extents {
+            let (off, len) = g.extent_bytes(e.extent);
+            if e.zero {
+                if fresh || image.punch_hole(off, len)? {
+                    continue;
+                }
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(CHUNK);
+                    image.write_at(&zeros[..n as usize], off + done)?;
+                    done += n;
+                }
+            } else {
+                image.write_at(&rec.data[at..at + len as usize], off)?;
+                at += len as usize;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A replica's identity and position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// The disk replicated.
+    pub disk_id: crate::id::DiskId,
+    /// The current epoch.
+    pub epoch: u64,
+    /// The disk's geometry.
+    pub geometry: crate::geometry::Geometry,
+    /// The sequence of the latest applied log.
+    pub applied: u64,
+    /// The content digest at the latest point.
+    pub digest: Digest,
+}
