@@ -13,16 +13,21 @@
 //! sync; record "at N". Opening after a crash in between rolls back with
 //! undo N first, so the replica is at exactly N-1 or N.
 
+mod retention;
 mod state;
+mod view;
 
+pub use retention::RetentionPolicy;
 pub use state::PointInfo;
+pub use view::{OverlayView, PointView};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::geometry::Extent;
 use crate::io::{Dir, Storage, StorageWriter};
 use crate::log::{Digest, LogHeader, LogKind, LogWriter, MappedLog, ReadOptions, WriterOptions};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use state::{Phase, State};
+use std::collections::BTreeMap;
 use std::io::BufWriter;
 use std::sync::Arc;
 
@@ -47,7 +52,17 @@ pub enum ApplyOutcome {
 pub struct Replica {
     dir: Arc<dyn Dir>,
     image: Arc<dyn Storage>,
+    /// Fixed for the replica's life; kept apart so readers need no lock.
+    geometry: crate::geometry::Geometry,
     state: Mutex<State>,
+    /// The undo logs of the retained points, by sequence. A view holds this
+    /// for reading while it looks a block up and reads the image; an apply
+    /// registers its undo log here before it writes the image, so a view
+    /// never sees a block of a newer point.
+    undo: RwLock<BTreeMap<u64, Arc<MappedLog>>>,
+    /// Points pinned by open views, exports and rollbacks, with counts.
+    /// Locked after `state` when both are needed.
+    pins: Mutex<BTreeMap<u64, usize>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -110,11 +125,18 @@ impl Replica {
         };
         // The replica exists once its state does; a crash before leaves none.
         st.store(&*dir)?;
-        Ok(Replica {
+        Ok(Replica::assemble(dir, image, st))
+    }
+
+    fn assemble(dir: Arc<dyn Dir>, image: Arc<dyn Storage>, st: State) -> Self {
+        Replica {
             dir,
             image,
+            geometry: st.geometry,
             state: Mutex::new(st),
-        })
+            undo: RwLock::new(BTreeMap::new()),
+            pins: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// Opens the replica in `dir` (image in `dir`), finishing or undoing an
@@ -127,12 +149,14 @@ impl Replica {
     /// Opens the replica in `dir` with a caller-given image.
     pub fn open_with_image(dir: Arc<dyn Dir>, image: Arc<dyn Storage>) -> Result<Self> {
         let st = State::load(&*dir)?;
-        let r = Replica {
-            dir,
-            image,
-            state: Mutex::new(st),
-        };
+        let r = Replica::assemble(dir, image, st);
         r.recover()?;
+        let st = r.state.lock();
+        let mut undo = r.undo.write();
+        for p in st.points.iter().skip(1) {
+            undo.insert(p.sequence, Arc::new(r.read_undo(p.sequence)?));
+        }
+        drop((undo, st));
         Ok(r)
     }
 
@@ -173,6 +197,7 @@ impl Replica {
         }
         next.store(&*self.dir)?;
         *st = next;
+        self.undo.write().remove(&n);
         self.dir.remove(&undo_name(n))?;
         Ok(())
     }
@@ -255,7 +280,13 @@ impl Replica {
             return Err(e.with_sequence(n));
         }
         *st = applying;
-        let written = write_log(&*self.image, log, false).and_then(|_| self.image.sync());
+        let written = self
+            .read_undo(n)
+            .map(|u| {
+                self.undo.write().insert(n, Arc::new(u));
+            })
+            .and_then(|_| write_log(&*self.image, log, false))
+            .and_then(|_| self.image.sync());
         if let Err(e) = written {
             // Put the previous point back now; if that fails too, the next
             // open does it.

@@ -1,8 +1,10 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use blockrep::log::{LogReader, ReadOptions};
-use blockrep::Geometry;
+use blockrep::log::{
+    Digest, LogHeader, LogKind, LogReader, LogWriter, MappedLog, ReadOptions, WriterOptions,
+};
+use blockrep::{DiskId, Extent, Geometry};
 use std::collections::BTreeMap;
 
 /// A small deterministic generator, so a failure reproduces.
@@ -70,4 +72,95 @@ pub fn read_all(bytes: &[u8], g: Geometry) -> (BTreeMap<u64, Option<Vec<u8>>>, b
         }
     }
     (out, r.is_complete())
+}
+
+pub const ID: DiskId = DiskId([9; 16]);
+
+pub fn geo() -> Geometry {
+    Geometry::new(64 * 4096 + 1000, 4096).unwrap() // 65 blocks, the last short
+}
+
+/// A source disk in memory and the logs cut from it.
+pub struct Source {
+    pub g: Geometry,
+    pub data: Vec<u8>,
+    pub epoch: u64,
+    pub seq: u64,
+    pub digest: Digest,
+}
+
+impl Source {
+    pub fn new(rng: &mut Rng) -> Self {
+        let g = geo();
+        let mut data = vec![0u8; g.size() as usize];
+        for b in 0..g.block_count() {
+            if rng.below(3) > 0 {
+                let (off, len) = g.extent_bytes(Extent::new(b, 1));
+                rng.fill(&mut data[off as usize..(off + len) as usize]);
+            }
+        }
+        Source {
+            g,
+            data,
+            epoch: 1,
+            seq: 0,
+            digest: Digest::default(),
+        }
+    }
+
+    pub fn log(&mut self, kind: LogKind, blocks: &[u64]) -> MappedLog {
+        self.seq += 1;
+        let mut h = LogHeader::new(ID, self.g, kind, self.epoch, self.seq).unwrap();
+        h.base_digest = self.digest;
+        let mut w = LogWriter::new(
+            Vec::new(),
+            h,
+            WriterOptions {
+                record_bytes: 16 << 10,
+                threads: 1,
+            },
+        )
+        .unwrap();
+        for &b in blocks {
+            let (off, len) = self.g.extent_bytes(Extent::new(b, 1));
+            w.add_block(b, &self.data[off as usize..(off + len) as usize])
+                .unwrap();
+        }
+        let (bytes, summary) = w.finish().unwrap();
+        self.digest = summary.trailer.digest;
+        MappedLog::from_bytes(bytes, format!("log-{}", self.seq), &ReadOptions::default()).unwrap()
+    }
+
+    pub fn full(&mut self) -> MappedLog {
+        let all: Vec<u64> = (0..self.g.block_count()).collect();
+        self.log(LogKind::Full, &all)
+    }
+
+    /// Rewrites some blocks (random data, zeros, partial) and returns a
+    /// delta log of them.
+    pub fn change(&mut self, rng: &mut Rng) -> MappedLog {
+        let mut blocks: Vec<u64> = (0..1 + rng.below(12))
+            .map(|_| rng.below(self.g.block_count()))
+            .collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        for &b in &blocks {
+            let (off, len) = self.g.extent_bytes(Extent::new(b, 1));
+            let s = &mut self.data[off as usize..(off + len) as usize];
+            match rng.below(3) {
+                0 => s.fill(0),
+                1 => rng.fill(s),
+                _ => s[..len as usize / 2].fill(rng.next() as u8),
+            }
+        }
+        self.log(LogKind::Delta, &blocks)
+    }
+}
+
+/// Where two images first differ, for assertion messages.
+pub fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
+    if a.len() != b.len() {
+        return Some(a.len().min(b.len()));
+    }
+    a.iter().zip(b).position(|(x, y)| x != y)
 }

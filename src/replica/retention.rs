@@ -1,0 +1,131 @@
+//! Retention: tagging points, pruning by policy, rolling back.
+
+use super::state::Phase;
+use super::{undo_name, Replica};
+use crate::error::{Error, ErrorKind, Result};
+use crate::log::Consistency;
+use std::time::Duration;
+
+/// Which points to keep. A point is kept when any rule keeps it; the
+/// latest point is always kept. Points are pruned oldest first (pruning a
+/// point deletes one undo log), so a kept point also keeps every newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Keep the newest this many points.
+    pub keep_last: usize,
+    /// Keep points younger than this.
+    pub keep_for: Option<Duration>,
+    /// Keep the newest this many app-consistent points.
+    pub keep_app_last: usize,
+    /// Keep app-consistent points younger than this.
+    pub keep_app_for: Option<Duration>,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        RetentionPolicy {
+            keep_last: 24,
+            keep_for: None,
+            keep_app_last: 7,
+            keep_app_for: None,
+        }
+    }
+}
+
+impl Replica {
+    /// Marks point `sequence` app-consistent with `label` (the integration
+    /// quiesced the guest for it).
+    pub fn tag_app_consistent(&self, sequence: u64, label: &str) -> Result<()> {
+        if label.len() > 255 {
+            return Err(Error::invalid("a point label has at most 255 bytes"));
+        }
+        let mut st = self.state.lock();
+        self.finish_interrupted(&mut st)?;
+        let mut next = st.clone();
+        let p = next
+            .points
+            .iter_mut()
+            .find(|p| p.sequence == sequence)
+            .ok_or_else(|| {
+                Error::out_of_range(format!("point {sequence} is not retained"))
+                    .with_sequence(sequence)
+            })?;
+        p.consistency = Consistency::App;
+        p.label = label.to_owned();
+        next.store(&*self.dir)?;
+        *st = next;
+        Ok(())
+    }
+
+    /// Drops the oldest points the policy does not keep, stopping at the
+    /// first kept or pinned one. `now_ns` is the current time in ns since
+    /// the Unix epoch. Returns the sequences dropped.
+    pub fn prune(&self, policy: &RetentionPolicy, now_ns: u64) -> Result<Vec<u64>> {
+        let mut st = self.state.lock();
+        self.finish_interrupted(&mut st)?;
+        let pins = self.pinned();
+        let n = st.points.len();
+        let app: Vec<usize> = (0..n)
+            .filter(|&i| st.points[i].consistency == Consistency::App)
+            .collect();
+        let young = |i: usize, d: Option<Duration>| {
+            d.is_some_and(|d| now_ns.saturating_sub(st.points[i].created_ns) < d.as_nanos() as u64)
+        };
+        let kept = |i: usize| {
+            i + 1 == n
+                || i + policy.keep_last.max(1) >= n
+                || young(i, policy.keep_for)
+                || (app.contains(&i)
+                    && (app.iter().rev().take(policy.keep_app_last).any(|&a| a == i)
+                        || young(i, policy.keep_app_for)))
+                || pins.contains(&st.points[i].sequence)
+        };
+        let drop_count = (0..n).take_while(|&i| !kept(i)).count();
+        let mut dropped = Vec::new();
+        for _ in 0..drop_count {
+            let mut next = st.clone();
+            let gone = next.points.remove(0);
+            // The new oldest point needs no undo log: it is the floor.
+            let freed = next.points[0].sequence;
+            next.points[0].undo_bytes = 0;
+            next.store(&*self.dir)?;
+            *st = next;
+            self.undo.write().remove(&freed);
+            self.dir.remove(&undo_name(freed))?;
+            dropped.push(gone.sequence);
+        }
+        Ok(dropped)
+    }
+
+    /// Returns the replica to retained point `sequence`, applying undo logs
+    /// newest first; the newer points are gone afterwards. Refused while a
+    /// newer point is pinned by a view or an export. Each step is
+    /// crash-safe: an interrupted rollback resumes its step on open and
+    /// leaves the replica at a retained point.
+    pub fn rollback(&self, sequence: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        self.finish_interrupted(&mut st)?;
+        if !st.points.iter().any(|p| p.sequence == sequence) {
+            return Err(
+                Error::out_of_range(format!("point {sequence} is not retained"))
+                    .with_sequence(sequence),
+            );
+        }
+        if let Some(p) = self.pinned().into_iter().find(|&p| p > sequence) {
+            return Err(Error::new(
+                ErrorKind::Misuse,
+                format!("point {p} is in use by a view or an export; close it before rolling back past it"),
+            )
+            .with_sequence(p));
+        }
+        while st.applied > sequence {
+            let n = st.applied;
+            let mut step = st.clone();
+            step.phase = Phase::RollingBack(n);
+            step.store(&*self.dir)?;
+            *st = step;
+            self.undo_step(&mut st, n)?;
+        }
+        Ok(())
+    }
+}
