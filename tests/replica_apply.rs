@@ -241,3 +241,67 @@ fn relabel(src: &Source, mut h: LogHeader) -> MappedLog {
     w.add_block(0, &src.data[..4096]).unwrap();
     MappedLog::from_bytes(w.finish().unwrap().0, "relabelled", &ReadOptions::default()).unwrap()
 }
+
+#[test]
+fn logs_from_a_stream_are_spooled_and_verified_first() {
+    let mut rng = Rng(61);
+    let mut src = Source::new(&mut rng);
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let r = Replica::create(dir.clone(), &src.full()).unwrap();
+    let before = (image(&r, src.g), r.points());
+    let log = src.change(&mut rng);
+    let bytes = log.bytes().to_vec();
+    // A transfer cut short: refused, nothing changed, no spool left behind.
+    let e = r
+        .apply_stream(&bytes[..bytes.len() - 7], &ReadOptions::default())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    assert_eq!((image(&r, src.g), r.points()), before);
+    assert!(!dir.list().unwrap().iter().any(|n| n.contains("incoming")));
+    // The whole stream applies.
+    let opts = ReadOptions {
+        disk: Some(common::ID),
+        epoch: Some(1),
+        tail_tolerant: false,
+    };
+    assert_eq!(
+        r.apply_stream(&bytes[..], &opts).unwrap(),
+        ApplyOutcome::Applied(log.header().sequence)
+    );
+    assert_eq!(first_diff(&image(&r, src.g), &src.data), None);
+}
+
+#[test]
+fn a_resync_log_starts_a_new_epoch() {
+    let mut rng = Rng(67);
+    let mut src = Source::new(&mut rng);
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let r = Replica::create(dir, &src.full()).unwrap();
+    r.apply(&src.change(&mut rng)).unwrap();
+    // Tracking was lost on the primary: it sends the differing blocks as a
+    // resync log of epoch 2.
+    src.epoch = 2;
+    let blocks: Vec<u64> = (0..src.g.block_count()).step_by(7).collect();
+    for &b in &blocks {
+        src.data[(b * 4096) as usize] ^= 0xff;
+    }
+    let resync = src.log(blockrep::log::LogKind::Resync, &blocks);
+    assert_eq!(r.apply(&resync).unwrap(), ApplyOutcome::Applied(3));
+    assert_eq!(r.status().epoch, 2);
+    assert_eq!(first_diff(&image(&r, src.g), &src.data), None);
+    // Logs of the old epoch no longer apply.
+    let mut old = Source {
+        g: src.g,
+        data: src.data.clone(),
+        epoch: 1,
+        seq: 3,
+        digest: r.status().digest,
+    };
+    assert_eq!(
+        r.apply(&old.change(&mut rng)).unwrap_err().kind(),
+        ErrorKind::Mismatch
+    );
+    // The new epoch's deltas do.
+    r.apply(&src.change(&mut rng)).unwrap();
+    assert_eq!(first_diff(&image(&r, src.g), &src.data), None);
+}

@@ -1,6 +1,8 @@
 //! Random access to a log file through a memory map and the trailer's index.
 
-use super::format::{corrupt_at, decode_extents, RecordHead, Trailer, EXTENT_LEN, RECORD_FIXED};
+use super::format::{
+    corrupt_at, decode_extents, LogExtent, RecordHead, Trailer, EXTENT_LEN, RECORD_FIXED,
+};
 use super::reader::{decode_payload, LogReader, ReadOptions};
 use super::LogHeader;
 use crate::error::{Error, Result};
@@ -98,6 +100,42 @@ impl MappedLog {
         })
     }
 
+    /// Opens a log this process just wrote, trusting the writer's summary
+    /// instead of reading every record again: maps `path` (or takes
+    /// `bytes`) and checks only its length against the summary.
+    pub(crate) fn written(
+        path: Option<&Path>,
+        bytes: Option<Bytes>,
+        summary: &super::LogSummary,
+    ) -> Result<Self> {
+        let (map, path) = match (path, bytes) {
+            (Some(p), _) => {
+                let file = File::open(p).map_err(|e| Error::io("open log", e).with_path(p))?;
+                // SAFETY: as in `open`: the file was just written, renamed
+                // into place and is never modified again.
+                let map = unsafe { Mmap::map(&file) }
+                    .map_err(|e| Error::io("map log", e).with_path(p))?;
+                (Backing::Map(map), p.to_path_buf())
+            }
+            (None, Some(b)) => (Backing::Bytes(b), PathBuf::from("(memory)")),
+            (None, None) => return Err(Error::invalid("a written log needs a path or its bytes")),
+        };
+        if map.len() as u64 != summary.bytes {
+            return Err(Error::corrupt(format!(
+                "log is {} bytes, its writer wrote {}",
+                map.len(),
+                summary.bytes
+            ))
+            .with_path(&path));
+        }
+        Ok(MappedLog {
+            map,
+            path,
+            header: summary.header.clone(),
+            trailer: summary.trailer.clone(),
+        })
+    }
+
     /// The file (or name) the log was opened from.
     pub fn path(&self) -> &Path {
         &self.path
@@ -121,6 +159,21 @@ impl MappedLog {
     /// A streaming reader over the mapped bytes.
     pub fn reader(&self) -> Result<LogReader<&[u8]>> {
         LogReader::new(&self.map[..], ReadOptions::default())
+    }
+
+    /// Every extent of the log, in order, read from the record headers
+    /// through the index without decompressing any payload.
+    pub fn extents(&self) -> Result<Vec<LogExtent>> {
+        let g = self.header.geometry;
+        let mut out = Vec::new();
+        for &(_, off) in &self.trailer.index {
+            let bytes = self.slice(off, RECORD_FIXED as u64)?;
+            let head = RecordHead::decode(bytes.try_into().expect("record header length"), off)?;
+            let table_at = off + RECORD_FIXED as u64;
+            let table = self.slice(table_at, (head.extents * EXTENT_LEN) as u64)?;
+            out.extend(decode_extents(table, &head, g, 0, table_at)?.0);
+        }
+        Ok(out)
     }
 
     /// Reads `block` into `buf`, which must be the block's length. Finds the

@@ -9,9 +9,10 @@
 //!
 //! Applying log N: verify the whole log (it is a [`MappedLog`], validated
 //! when opened) and that it follows the replica (disk, epoch, sequence,
-//! digest); write and sync undo N; record "applying N"; write the blocks;
-//! sync; record "at N". Opening after a crash in between rolls back with
-//! undo N first, so the replica is at exactly N-1 or N.
+//! digest); write and sync undo N and rename it into place, which records
+//! "applying N"; write the blocks; sync; record "at N". Opening after a
+//! crash in between rolls back with undo N first, so the replica is at
+//! exactly N-1 or N.
 
 mod retention;
 mod state;
@@ -164,6 +165,12 @@ impl Replica {
     /// point, and removes files no point needs.
     fn recover(&self) -> Result<()> {
         let mut st = self.state.lock();
+        // A complete undo log for the next sequence means an apply stopped
+        // after its undo log became durable: the image may hold part of it.
+        let next = st.applied + 1;
+        if st.phase == Phase::Idle && self.dir.exists(&undo_name(next)) {
+            st.phase = Phase::Applying(next);
+        }
         self.finish_interrupted(&mut st)?;
         self.remove_strays(&st)
     }
@@ -272,21 +279,13 @@ impl Replica {
             return Ok(done);
         }
         let n = h.sequence;
-        let undo_bytes = self.write_undo(&st, log)?;
-        let mut applying = st.clone();
-        applying.phase = Phase::Applying(n);
-        if let Err(e) = applying.store(&*self.dir) {
-            let _ = self.dir.remove(&undo_name(n));
-            return Err(e.with_sequence(n));
-        }
-        *st = applying;
-        let written = self
-            .read_undo(n)
-            .map(|u| {
-                self.undo.write().insert(n, Arc::new(u));
-            })
-            .and_then(|_| write_log(&*self.image, log, false))
-            .and_then(|_| self.image.sync());
+        let undo = self.write_undo(&st, log)?;
+        let undo_bytes = undo.bytes().len() as u64;
+        // A durable undo-N next to a state at N-1 is the "applying N"
+        // record: from here a crash is undone on open.
+        st.phase = Phase::Applying(n);
+        self.undo.write().insert(n, Arc::new(undo));
+        let written = write_log(&*self.image, log, false).and_then(|_| self.image.sync());
         if let Err(e) = written {
             // Put the previous point back now; if that fails too, the next
             // open does it.
@@ -300,11 +299,13 @@ impl Replica {
         done.digest = log.trailer().digest;
         done.points.push(point_of(h, done.digest, undo_bytes));
         if let Err(e) = done.store(&*self.dir) {
-            // The file may hold "at N" now: record "applying N" again before
-            // undoing, so a crash during the undo still ends at N-1. If even
-            // that fails, the phase left in memory makes the next call (or
-            // open) undo N first.
-            if st.store(&*self.dir).is_ok() {
+            // The file may hold "at N" now: store N-1 again (which, with
+            // undo-N present, reads as "applying N") before undoing, so a
+            // crash during the undo still ends at N-1. If even that fails,
+            // the phase left in memory makes the next call (or open) undo N.
+            let mut previous = st.clone();
+            previous.phase = Phase::Idle;
+            if previous.store(&*self.dir).is_ok() {
                 let _ = self.undo_step(&mut st, n);
             }
             return Err(e.with_sequence(n));
@@ -313,9 +314,36 @@ impl Replica {
         Ok(ApplyOutcome::Applied(n))
     }
 
+    /// Applies a log arriving as a stream (from the transport): it is
+    /// spooled to `incoming.partial` in the replica's directory and verified
+    /// whole before the replica is touched, so a broken transfer changes
+    /// nothing. `opts` may name the disk and epoch expected.
+    pub fn apply_stream(
+        &self,
+        mut stream: impl std::io::Read,
+        opts: &ReadOptions,
+    ) -> Result<ApplyOutcome> {
+        const SPOOL: &str = "incoming.partial";
+        let spooled = (|| {
+            let f = self.dir.create(SPOOL)?;
+            let mut w = BufWriter::with_capacity(1 << 20, StorageWriter::new(f.clone(), 0));
+            std::io::copy(&mut stream, &mut w).map_err(|e| Error::io("receive log", e))?;
+            w.into_inner()
+                .map_err(|e| Error::io("spool log", e.into_error()))?;
+            f.sync()?;
+            match self.dir.path_of(SPOOL) {
+                Some(p) => MappedLog::open(p, opts),
+                None => MappedLog::from_bytes(self.dir.read_all(SPOOL)?, SPOOL, opts),
+            }
+        })();
+        let result = spooled.and_then(|log| self.apply(&log));
+        let _ = self.dir.remove(SPOOL);
+        result
+    }
+
     /// Writes undo N: the image's current content of every block of `log`,
     /// as `undo-N`, synced and renamed into place. Returns its size.
-    fn write_undo(&self, st: &State, log: &MappedLog) -> Result<u64> {
+    fn write_undo(&self, st: &State, log: &MappedLog) -> Result<MappedLog> {
         let h = log.header();
         let name = undo_name(h.sequence);
         let partial = format!("{name}.partial");
@@ -328,14 +356,12 @@ impl Replica {
             let out = BufWriter::with_capacity(1 << 20, StorageWriter::new(f.clone(), 0));
             let mut w = LogWriter::new(out, uh, WriterOptions::default())?;
             let mut buf = Vec::new();
-            for rec in log.reader()? {
-                for e in rec?.extents {
-                    for part in chunks(e.extent, st.geometry.block_size()) {
-                        let (off, len) = st.geometry.extent_bytes(part);
-                        buf.resize(len as usize, 0);
-                        self.image.read_at(&mut buf, off)?;
-                        w.add_extent(part, &buf)?;
-                    }
+            for e in log.extents()? {
+                for part in chunks(e.extent, st.geometry.block_size()) {
+                    let (off, len) = st.geometry.extent_bytes(part);
+                    buf.resize(len as usize, 0);
+                    self.image.read_at(&mut buf, off)?;
+                    w.add_extent(part, &buf)?;
                 }
             }
             let (out, summary) = w.finish()?;
@@ -344,7 +370,11 @@ impl Replica {
             f.sync()?;
             self.dir.rename(&partial, &name)?;
             self.dir.sync()?;
-            Ok(summary.bytes)
+            // Our own bytes, just written: no need to read them back whole.
+            match self.dir.path_of(&name) {
+                Some(p) => MappedLog::written(Some(&p), None, &summary),
+                None => MappedLog::written(None, Some(self.dir.read_all(&name)?.into()), &summary),
+            }
         })();
         if result.is_err() {
             let _ = self.dir.remove(&partial);
@@ -425,7 +455,8 @@ fn chunks(e: Extent, block_size: u32) -> impl Iterator<Item = Extent> {
 }
 
 /// Writes every block of `log` to `image`: data as is, zero extents as
-/// punched holes or written zeros (`fresh`: the image is known zero there).
+/// written zeros, or punched holes when large (`fresh`: the image is known
+/// zero there already).
 fn write_log(image: &dyn Storage, log: &MappedLog, fresh: bool) -> Result<()> {
     let g = log.header().geometry;
     let zeros = vec![0u8; CHUNK as usize];
@@ -435,7 +466,10 @@ fn write_log(image: &dyn Storage, log: &MappedLog, fresh: bool) -> Result<()> {
         for e in &rec.extents {
             let (off, len) = g.extent_bytes(e.extent);
             if e.zero {
-                if fresh || image.punch_hole(off, len)? {
+                // Punching small holes costs the file system more than
+                // writing zeros (an extent-tree update and a discard each):
+                // only runs of a megabyte or more are deallocated.
+                if fresh || (len >= CHUNK && image.punch_hole(off, len)?) {
                     continue;
                 }
                 let mut done = 0;
