@@ -6,6 +6,7 @@ use super::format::{
 use super::reader::{decode_payload, LogReader, ReadOptions};
 use super::LogHeader;
 use crate::error::{Error, Result};
+use crate::tracker::BlockSet;
 use bytes::Bytes;
 use memmap2::Mmap;
 use std::fs::File;
@@ -45,6 +46,9 @@ pub struct MappedLog {
     path: PathBuf,
     header: LogHeader,
     trailer: Trailer,
+    /// The blocks the log holds, built on first lookup, so a block it does
+    /// not hold is answered without decoding any record.
+    present: std::sync::OnceLock<BlockSet>,
 }
 
 impl std::fmt::Debug for MappedLog {
@@ -97,6 +101,7 @@ impl MappedLog {
             path: path.to_path_buf(),
             header,
             trailer,
+            present: std::sync::OnceLock::new(),
         })
     }
 
@@ -133,6 +138,7 @@ impl MappedLog {
             path,
             header: summary.header.clone(),
             trailer: summary.trailer.clone(),
+            present: std::sync::OnceLock::new(),
         })
     }
 
@@ -161,6 +167,18 @@ impl MappedLog {
         LogReader::new(&self.map[..], ReadOptions::default())
     }
 
+    fn present(&self) -> Result<&BlockSet> {
+        if let Some(p) = self.present.get() {
+            return Ok(p);
+        }
+        let g = self.header.geometry;
+        let set = BlockSet::from_extents(
+            g.block_count(),
+            self.extents()?.into_iter().map(|e| e.extent),
+        )?;
+        Ok(self.present.get_or_init(|| set))
+    }
+
     /// Every extent of the log, in order, read from the record headers
     /// through the index without decompressing any payload.
     pub fn extents(&self) -> Result<Vec<LogExtent>> {
@@ -187,6 +205,9 @@ impl MappedLog {
                 "buffer of {} bytes for block {block} of {want} bytes",
                 buf.len()
             )));
+        }
+        if !self.present()?.contains(block) {
+            return Ok(BlockLookup::Absent);
         }
         let i = self
             .trailer

@@ -33,6 +33,8 @@ use std::io::BufWriter;
 use std::sync::Arc;
 
 const IMAGE: &str = "image";
+/// Raw bytes per undo-log record.
+const UNDO_RECORD_BYTES: usize = 64 << 10;
 /// Bytes read or zeroed at a time.
 const CHUNK: u64 = 1 << 20;
 
@@ -354,7 +356,13 @@ impl Replica {
             uh.base_sequence = h.sequence;
             uh.base_digest = log.trailer().digest;
             let out = BufWriter::with_capacity(1 << 20, StorageWriter::new(f.clone(), 0));
-            let mut w = LogWriter::new(out, uh, WriterOptions::default())?;
+            // Smaller records than shipped logs: a view reading one block
+            // decompresses the whole record that holds it.
+            let opts = WriterOptions {
+                record_bytes: UNDO_RECORD_BYTES,
+                ..WriterOptions::default()
+            };
+            let mut w = LogWriter::new(out, uh, opts)?;
             let mut buf = Vec::new();
             for e in log.extents()? {
                 for part in chunks(e.extent, st.geometry.block_size()) {
