@@ -119,20 +119,25 @@ fn rollback_past_a_pinned_point_is_refused_and_tags_stick() {
     r.tag_app_consistent(3, "db quiesced").unwrap();
     assert!(r.view(99).is_err());
     // App-consistent points have their own schedule.
+    let mut states = BTreeMap::new();
+    for p in r.points() {
+        let mut img = vec![0u8; src.data.len()];
+        r.view(p.sequence).unwrap().read_at(&mut img, 0).unwrap();
+        states.insert(p.sequence, img);
+    }
     let policy = RetentionPolicy {
         keep_last: 1,
         keep_for: None,
         keep_app_last: 1,
         keep_app_for: None,
     };
-    assert_eq!(r.prune(&policy, 0).unwrap(), vec![1, 2]);
+    // 1 and 2 are the oldest; 4 lies between the app point and the newest.
+    assert_eq!(r.prune(&policy, 0).unwrap(), vec![1, 2, 4]);
     let p = r.points();
-    assert_eq!(
-        p.iter().map(|p| p.sequence).collect::<Vec<_>>(),
-        vec![3, 4, 5]
-    );
+    assert_eq!(p.iter().map(|p| p.sequence).collect::<Vec<_>>(), vec![3, 5]);
     assert_eq!(p[0].label, "db quiesced");
     assert_eq!(p[0].undo_bytes, 0);
+    check_points(&r, &states, "after merging point 4 away");
     drop(r);
     let r = Replica::open(dir).unwrap();
     assert_eq!(r.points()[0].label, "db quiesced");
@@ -153,9 +158,20 @@ fn crash_at_every_step_of_rollback_and_prune() {
         r.apply(&src.change(&mut rng)).unwrap();
         states.insert(src.seq, src.data.clone());
     }
+    r.tag_app_consistent(3, "app").unwrap();
     drop(r);
     type Op = fn(&Replica) -> blockrep::Result<()>;
-    let ops: [(&str, Op); 2] = [
+    let ops: [(&str, Op); 3] = [
+        ("prune with merges", |r| {
+            let p = RetentionPolicy {
+                keep_last: 1,
+                keep_for: None,
+                keep_app_last: 1,
+                keep_app_for: None,
+            };
+            assert_eq!(r.prune(&p, 0)?, vec![1, 2, 4, 5]);
+            Ok(())
+        }),
         ("rollback", |r| r.rollback(2)),
         ("prune", |r| {
             let p = RetentionPolicy {

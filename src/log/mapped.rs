@@ -167,7 +167,8 @@ impl MappedLog {
         LogReader::new(&self.map[..], ReadOptions::default())
     }
 
-    fn present(&self) -> Result<&BlockSet> {
+    /// The set of blocks the log holds (built once, from the record headers).
+    pub fn present(&self) -> Result<&BlockSet> {
         if let Some(p) = self.present.get() {
             return Ok(p);
         }

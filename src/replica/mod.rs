@@ -212,11 +212,14 @@ impl Replica {
     }
 
     fn read_undo(&self, n: u64) -> Result<MappedLog> {
-        let name = undo_name(n);
+        self.read_undo_file(&undo_name(n), n)
+    }
+
+    fn read_undo_file(&self, name: &str, n: u64) -> Result<MappedLog> {
         let opts = ReadOptions::default();
-        let log = match self.dir.path_of(&name) {
+        let log = match self.dir.path_of(name) {
             Some(p) => MappedLog::open(p, &opts)?,
-            None => MappedLog::from_bytes(self.dir.read_all(&name)?, &name, &opts)?,
+            None => MappedLog::from_bytes(self.dir.read_all(name)?, name, &opts)?,
         };
         if log.header().kind != LogKind::Undo || log.header().sequence != n {
             return Err(Error::corrupt(format!(
@@ -226,8 +229,33 @@ impl Replica {
         Ok(log)
     }
 
-    /// Removes partial files and undo logs of points no longer kept.
+    /// Removes partial files and undo logs of points no longer kept, after
+    /// finishing a merge the state already recorded (see
+    /// [`retention`](self::retention)).
     fn remove_strays(&self, st: &State) -> Result<()> {
+        for name in self.dir.list()? {
+            let Some(base) = name.strip_suffix(".merged") else {
+                continue;
+            };
+            let Some(x) = base
+                .strip_prefix("undo-")
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let pred = st
+                .points
+                .windows(2)
+                .find(|w| w[1].sequence == x)
+                .map(|w| w[0].sequence);
+            let merged = self.read_undo_file(&name, x)?;
+            if pred.is_some() && pred == Some(merged.header().base_sequence) {
+                self.dir.rename(&name, base)?;
+                self.dir.sync()?;
+            } else {
+                self.dir.remove(&name)?;
+            }
+        }
         let keep: Vec<String> = st
             .points
             .iter()
@@ -353,7 +381,9 @@ impl Replica {
             let f = self.dir.create(&partial)?;
             let mut uh =
                 LogHeader::new(h.disk_id, st.geometry, LogKind::Undo, st.epoch, h.sequence)?;
-            uh.base_sequence = h.sequence;
+            // An undo log leads back to `base_sequence` from the point whose
+            // digest is `base_digest`.
+            uh.base_sequence = st.applied;
             uh.base_digest = log.trailer().digest;
             let out = BufWriter::with_capacity(1 << 20, StorageWriter::new(f.clone(), 0));
             // Smaller records than shipped logs: a view reading one block

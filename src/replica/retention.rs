@@ -3,12 +3,18 @@
 use super::state::Phase;
 use super::{undo_name, Replica};
 use crate::error::{Error, ErrorKind, Result};
-use crate::log::Consistency;
+use crate::io::StorageWriter;
+use crate::log::{
+    BlockLookup, Consistency, LogHeader, LogKind, LogWriter, MappedLog, WriterOptions,
+};
+use std::io::BufWriter;
 use std::time::Duration;
 
-/// Which points to keep. A point is kept when any rule keeps it; the
-/// latest point is always kept. Points are pruned oldest first (pruning a
-/// point deletes one undo log), so a kept point also keeps every newer one.
+/// Which points to keep. A point is kept when any rule keeps it; the latest
+/// point and pinned points are always kept. Dropping the oldest point
+/// deletes one undo log; dropping a point between kept ones merges its undo
+/// log into the next point's, so app-consistent points can outlive the
+/// crash-consistent points around them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionPolicy {
     /// Keep the newest this many points.
@@ -81,6 +87,12 @@ impl Replica {
                 || pins.contains(&st.points[i].sequence)
         };
         let drop_count = (0..n).take_while(|&i| !kept(i)).count();
+        // Points between kept ones (an old app-consistent point and the
+        // newest, say) go by merging their undo log into the next one's.
+        let middle: Vec<u64> = (drop_count + 1..n.saturating_sub(1))
+            .filter(|&i| !kept(i))
+            .map(|i| st.points[i].sequence)
+            .collect();
         let mut dropped = Vec::new();
         for _ in 0..drop_count {
             let mut next = st.clone();
@@ -94,7 +106,99 @@ impl Replica {
             self.dir.remove(&undo_name(freed))?;
             dropped.push(gone.sequence);
         }
+        for k in middle {
+            self.merge_drop(&mut st, k)?;
+            dropped.push(k);
+        }
         Ok(dropped)
+    }
+
+    /// Drops point `k`, which has points on both sides (P before, X after),
+    /// by replacing undo X (X to k) with the merge of undo k and undo X
+    /// (X to P): each block from undo k where it holds it, else from undo X.
+    ///
+    /// Crash-safe: the merged log is made durable as `undo-X.merged`, then
+    /// the state without k is stored, then the merged log is renamed over
+    /// `undo-X`. On open, a `.merged` file leading back to X's predecessor
+    /// in the state is renamed into place; any other is removed.
+    fn merge_drop(&self, st: &mut super::state::State, k: u64) -> Result<()> {
+        let i = st
+            .points
+            .iter()
+            .position(|p| p.sequence == k)
+            .filter(|&i| i > 0 && i + 1 < st.points.len())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Misuse,
+                    format!("point {k} has no neighbours to merge into"),
+                )
+            })?;
+        let (pred, x) = (st.points[i - 1].sequence, st.points[i + 1].sequence);
+        let (uk, ux) = {
+            let undo = self.undo.read();
+            let get = |s: u64| {
+                undo.get(&s)
+                    .cloned()
+                    .ok_or_else(|| Error::corrupt(format!("undo log of point {s} is not loaded")))
+            };
+            (get(k)?, get(x)?)
+        };
+        let name = undo_name(x);
+        let merged_name = format!("{name}.merged");
+        let partial = format!("{merged_name}.partial");
+        let g = st.geometry;
+        let written = (|| {
+            let f = self.dir.create(&partial)?;
+            let mut h = LogHeader::new(st.disk_id, g, LogKind::Undo, st.points[i + 1].epoch, x)?;
+            h.base_sequence = pred;
+            h.base_digest = ux.header().base_digest;
+            let out = BufWriter::with_capacity(1 << 20, StorageWriter::new(f.clone(), 0));
+            let opts = WriterOptions {
+                record_bytes: super::UNDO_RECORD_BYTES,
+                ..WriterOptions::default()
+            };
+            let mut w = LogWriter::new(out, h, opts)?;
+            let all = uk.present()?.union(ux.present()?);
+            let mut buf = vec![0u8; g.block_size() as usize];
+            for b in all.blocks() {
+                let data = &mut buf[..g.block_len(b) as usize];
+                if uk.read_block(b, data)? == BlockLookup::Absent {
+                    ux.read_block(b, data)?;
+                }
+                w.add_block(b, data)?;
+            }
+            let (out, summary) = w.finish()?;
+            out.into_inner()
+                .map_err(|e| Error::io("flush merged undo log", e.into_error()))?;
+            f.sync()?;
+            self.dir.rename(&partial, &merged_name)?;
+            self.dir.sync()?;
+            Ok(summary)
+        })();
+        let summary = match written {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.dir.remove(&partial);
+                return Err(e);
+            }
+        };
+        let mut next = st.clone();
+        next.points.remove(i);
+        next.points[i].undo_bytes = summary.bytes;
+        next.store(&*self.dir)?;
+        *st = next;
+        self.dir.rename(&merged_name, &name)?;
+        self.dir.sync()?;
+        let merged = match self.dir.path_of(&name) {
+            Some(p) => MappedLog::written(Some(&p), None, &summary)?,
+            None => MappedLog::written(None, Some(self.dir.read_all(&name)?.into()), &summary)?,
+        };
+        {
+            let mut undo = self.undo.write();
+            undo.remove(&k);
+            undo.insert(x, std::sync::Arc::new(merged));
+        }
+        self.dir.remove(&undo_name(k))
     }
 
     /// Returns the replica to retained point `sequence`, applying undo logs
