@@ -323,3 +323,51 @@ fn a_view_stays_at_its_point_while_a_log_writes_the_image() {
         *image.after_write.lock() = None;
     }
 }
+
+#[test]
+fn prune_racing_views_never_takes_a_pinned_point() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut rng = Rng(71);
+    let mut src = Source::new(&mut rng);
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let r = Arc::new(Replica::create(dir, &src.full()).unwrap());
+    let states = Arc::new(parking_lot::Mutex::new(BTreeMap::new()));
+    states.lock().insert(src.seq, src.data.clone());
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut rng = Rng(73);
+            let mut opened = 0;
+            while !done.load(Ordering::SeqCst) {
+                let pts = r.points();
+                let at = pts[rng.below(pts.len() as u64) as usize].sequence;
+                // The point may be pruned before the pin; once pinned, it stays.
+                let Ok(v) = r.view(at) else { continue };
+                opened += 1;
+                let want = states.lock()[&at].clone();
+                std::thread::yield_now();
+                let mut got = vec![0u8; want.len()];
+                v.read_at(&mut got, 0).unwrap();
+                assert_eq!(first_diff(&got, &want), None, "view of point {at}");
+                assert!(
+                    r.points().iter().any(|p| p.sequence == at),
+                    "pinned point {at} was pruned"
+                );
+            }
+            assert!(opened > 10, "only {opened} views opened");
+        });
+        let policy = RetentionPolicy {
+            keep_last: 1,
+            keep_for: None,
+            keep_app_last: 0,
+            keep_app_for: None,
+        };
+        for _ in 0..60 {
+            let log = src.change(&mut rng);
+            r.apply(&log).unwrap();
+            states.lock().insert(src.seq, src.data.clone());
+            r.prune(&policy, 0).unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+    });
+}
