@@ -93,55 +93,49 @@ fn mark_dirty(c: &mut Criterion) {
     let offs2 = [offs.clone(), offsets(BATCH, geo.block_count(), 4096, 2)];
     g.bench_function("plain_bitset/2threads", |b| {
         b.iter_custom(|iters| {
-            two_threads(
-                iters,
-                &offs2,
-                || {
-                    let mut p = PlainBits::new(size, 4096);
-                    p.words.fill(u64::MAX);
-                    p
-                },
-                |p, o| {
-                    black_box(p.mark(black_box(o), 4096));
-                },
-            )
+            let mut plains = [PlainBits::new(size, 4096), PlainBits::new(size, 4096)];
+            plains.iter_mut().for_each(|p| p.words.fill(u64::MAX));
+            let mut parts = plains.iter_mut().zip(&offs2);
+            let work = [(); 2].map(|_| {
+                let (p, o) = parts.next().expect("two threads");
+                move || {
+                    for _ in 0..iters {
+                        for &x in o {
+                            black_box(p.mark(black_box(x), 4096));
+                        }
+                    }
+                }
+            });
+            on_two_threads(work)
         })
     });
     g.bench_function("tracker/2threads", |b| {
         b.iter_custom(|iters| {
-            two_threads(
-                iters,
-                &offs2,
-                || &t,
-                |t, o| black_box(t.mark(black_box(o), 4096)).unwrap(),
-            )
+            let t = &t;
+            on_two_threads([&offs2[0], &offs2[1]].map(|o| {
+                move || {
+                    for _ in 0..iters {
+                        for &x in o {
+                            black_box(t.mark(black_box(x), 4096)).unwrap();
+                        }
+                    }
+                }
+            }))
         })
     });
     g.finish();
 }
 
-/// Runs `iters` batches on each of two threads; returns the wall time.
-fn two_threads<S, F>(
-    iters: u64,
-    offs: &[Vec<u64>; 2],
-    make: impl Fn() -> S + Sync,
-    f: F,
-) -> Duration
-where
-    F: Fn(&mut S, u64) + Sync,
-{
+/// Runs `work[i]` on thread i, both released together; returns the wall
+/// time until both are done.
+fn on_two_threads<W: FnOnce() + Send>(work: [W; 2]) -> Duration {
     let barrier = Barrier::new(3);
     std::thread::scope(|s| {
-        for o in offs {
-            let (barrier, make, f) = (&barrier, &make, &f);
+        for w in work {
+            let barrier = &barrier;
             s.spawn(move || {
-                let mut state = make();
                 barrier.wait();
-                for _ in 0..iters {
-                    for &x in o {
-                        f(&mut state, x);
-                    }
-                }
+                w();
                 barrier.wait();
             });
         }
@@ -195,28 +189,18 @@ fn mark_clean(c: &mut Criterion) {
         b.iter_custom(|iters| {
             seed += 2;
             let n = BATCH * iters as usize;
-            let offs = [
-                offsets(n, geo.block_count(), 4096, seed),
-                offsets(n, geo.block_count(), 4096, seed + 1),
-            ];
-            let barrier = Barrier::new(3);
-            std::thread::scope(|s| {
-                for (p, o) in plains.iter_mut().zip(&offs) {
-                    let barrier = &barrier;
-                    s.spawn(move || {
-                        p.words.fill(0);
-                        barrier.wait();
-                        for &x in o {
-                            black_box(p.mark(black_box(x), 4096));
-                        }
-                        barrier.wait();
-                    });
+            let offs = [0, 1].map(|k| offsets(n, geo.block_count(), 4096, seed + k));
+            plains.iter_mut().for_each(|p| p.words.fill(0));
+            let mut parts = plains.iter_mut().zip(&offs);
+            let work = [(); 2].map(|_| {
+                let (p, o) = parts.next().expect("two threads");
+                move || {
+                    for &x in o {
+                        black_box(p.mark(black_box(x), 4096));
+                    }
                 }
-                barrier.wait();
-                let start = Instant::now();
-                barrier.wait();
-                start.elapsed()
-            })
+            });
+            on_two_threads(work)
         })
     });
     g.bench_function("tracker/2threads", |b| {
@@ -224,27 +208,15 @@ fn mark_clean(c: &mut Criterion) {
             t.cut();
             seed += 2;
             let n = BATCH * iters as usize;
-            let offs = [
-                offsets(n, geo.block_count(), 4096, seed),
-                offsets(n, geo.block_count(), 4096, seed + 1),
-            ];
-            let barrier = Barrier::new(3);
-            std::thread::scope(|s| {
-                for o in &offs {
-                    let (barrier, t) = (&barrier, &t);
-                    s.spawn(move || {
-                        barrier.wait();
-                        for &x in o {
-                            black_box(t.mark(black_box(x), 4096)).unwrap();
-                        }
-                        barrier.wait();
-                    });
+            let offs = [0, 1].map(|k| offsets(n, geo.block_count(), 4096, seed + k));
+            let t = &t;
+            on_two_threads([&offs[0], &offs[1]].map(|o| {
+                move || {
+                    for &x in o {
+                        black_box(t.mark(black_box(x), 4096)).unwrap();
+                    }
                 }
-                barrier.wait();
-                let start = Instant::now();
-                barrier.wait();
-                start.elapsed()
-            })
+            }))
         })
     });
     g.finish();
