@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod ffi;
 pub mod geometry;
 pub mod id;
 pub mod io;

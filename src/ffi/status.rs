@@ -1,0 +1,148 @@
+//! Status codes, the last-error message, panic containment, handle
+//! bookkeeping and the version.
+
+use crate::error::{Error, ErrorKind};
+use parking_lot::Mutex;
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::ffi::c_char;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// The result of every call. Values are stable and never reused; they
+/// match `blockrep::ErrorKind::code` one to one.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum blockrep_status {
+    /// Success.
+    BLOCKREP_STATUS_OK = 0,
+    /// An I/O call failed.
+    BLOCKREP_STATUS_IO = 100,
+    /// The device or file system is full.
+    BLOCKREP_STATUS_NO_SPACE = 101,
+    /// Stored data failed validation.
+    BLOCKREP_STATUS_CORRUPT = 200,
+    /// Data belongs to another disk, epoch, geometry or sequence.
+    BLOCKREP_STATUS_MISMATCH = 201,
+    /// An offset, length or block lies outside the disk.
+    BLOCKREP_STATUS_OUT_OF_RANGE = 300,
+    /// An argument is impossible (a null pointer, a zero length, a bad size).
+    BLOCKREP_STATUS_INVALID_ARGUMENT = 301,
+    /// The call is not allowed now (a handle freed twice, a pinned point).
+    BLOCKREP_STATUS_MISUSE = 302,
+    /// Change tracking was lost; a digest resync is required.
+    BLOCKREP_STATUS_RESYNC_REQUIRED = 400,
+    /// A format version or feature this build does not support.
+    BLOCKREP_STATUS_UNSUPPORTED = 500,
+    /// A bug in blockrep (a caught panic); the message says where.
+    BLOCKREP_STATUS_INTERNAL = 900,
+}
+
+impl From<ErrorKind> for blockrep_status {
+    fn from(k: ErrorKind) -> Self {
+        use blockrep_status::*;
+        match k {
+            ErrorKind::Io => BLOCKREP_STATUS_IO,
+            ErrorKind::NoSpace => BLOCKREP_STATUS_NO_SPACE,
+            ErrorKind::Corrupt => BLOCKREP_STATUS_CORRUPT,
+            ErrorKind::Mismatch => BLOCKREP_STATUS_MISMATCH,
+            ErrorKind::OutOfRange => BLOCKREP_STATUS_OUT_OF_RANGE,
+            ErrorKind::InvalidArgument => BLOCKREP_STATUS_INVALID_ARGUMENT,
+            ErrorKind::Misuse => BLOCKREP_STATUS_MISUSE,
+            ErrorKind::ResyncRequired => BLOCKREP_STATUS_RESYNC_REQUIRED,
+            ErrorKind::Unsupported => BLOCKREP_STATUS_UNSUPPORTED,
+        }
+    }
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Runs `f`, turning its error or panic into a status and the thread's
+/// last-error message. Success leaves the message alone, so the hot path
+/// (a mark) touches no thread-local state.
+#[inline]
+pub(crate) fn guard(f: impl FnOnce() -> Result<(), Error>) -> blockrep_status {
+    let (status, msg) = match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => return blockrep_status::BLOCKREP_STATUS_OK,
+        Ok(Err(e)) => (e.kind().into(), e.to_string()),
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            (
+                blockrep_status::BLOCKREP_STATUS_INTERNAL,
+                format!("internal error: {what}"),
+            )
+        }
+    };
+    LAST_ERROR.with(|l| *l.borrow_mut() = msg);
+    status
+}
+
+pub(crate) fn null(what: &str) -> Error {
+    Error::invalid(format!("{what} is a null pointer"))
+}
+
+/// Live handles, so a second `_free` of the same pointer is refused rather
+/// than freeing memory twice.
+static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+
+pub(crate) fn register<T>(b: Box<T>) -> *mut T {
+    let p = Box::into_raw(b);
+    LIVE.lock()
+        .get_or_insert_with(HashSet::new)
+        .insert(p as usize);
+    p
+}
+
+/// Takes a handle back for freeing; `None` when it is not live.
+pub(crate) fn unregister<T>(p: *mut T) -> Option<Box<T>> {
+    let live = LIVE
+        .lock()
+        .as_mut()
+        .is_some_and(|s| s.remove(&(p as usize)));
+    // SAFETY: `p` was produced by `register` (Box::into_raw of a Box<T>) and
+    // was live until the removal just above, which only one caller can win;
+    // so it is a valid, uniquely owned allocation of T.
+    live.then(|| unsafe { Box::from_raw(p) })
+}
+
+/// Copies the message of the calling thread's last failed call into `buf`
+/// (NUL terminated, truncated to `len` bytes) and writes its full length
+/// (without the NUL) to `out_len` when it is not null; empty when no call
+/// failed yet. Thread-safe: each thread has its own.
+///
+/// # Safety
+/// `buf` must be null or point to `len` writable bytes; `out_len` must be
+/// null or point to a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_last_error(buf: *mut c_char, len: usize, out_len: *mut usize) {
+    let _ = catch_unwind(|| {
+        LAST_ERROR.with(|l| {
+            let msg = l.borrow();
+            if !out_len.is_null() {
+                // SAFETY: the caller promises `out_len` is writable.
+                unsafe { *out_len = msg.len() };
+            }
+            if !buf.is_null() && len > 0 {
+                let n = msg.len().min(len - 1);
+                // SAFETY: the caller promises `len` writable bytes at `buf`;
+                // n + 1 <= len.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(msg.as_ptr(), buf.cast::<u8>(), n);
+                    *buf.add(n) = 0;
+                }
+            }
+        })
+    });
+}
+
+/// The library version as a static NUL-terminated string ("MAJOR.MINOR.PATCH").
+/// Never freed; thread-safe.
+#[no_mangle]
+pub extern "C" fn blockrep_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
