@@ -10,11 +10,16 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The directory cargo put libblockrep.a and libblockrep.so in: the one
-/// above this test binary's `deps`.
+/// The directory holding libblockrep.a and libblockrep.so: `cargo test`
+/// leaves them beside this test binary in `deps`; `cargo build` also copies
+/// them one level up.
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+    let deps = exe.parent().unwrap().to_path_buf();
+    if deps.join("libblockrep.a").exists() {
+        return deps;
+    }
+    deps.parent().unwrap().to_path_buf()
 }
 
 fn generate_header() -> String {
