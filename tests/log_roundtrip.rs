@@ -167,3 +167,28 @@ fn log_through_a_pipe_between_threads() {
     assert_eq!(r.trailer().unwrap(), &summary.trailer);
     assert_eq!(got, expect);
 }
+
+#[test]
+fn log_file_appears_only_when_committed() {
+    use blockrep::log::LogFile;
+    let dir = tempfile::tempdir().unwrap();
+    let g = Geometry::new(1 << 20, 4096).unwrap();
+    let path = dir.path().join("seq-7.brlog");
+    let partial = dir.path().join("seq-7.brlog.partial");
+    {
+        let mut f = LogFile::create(&path, header(g, 1), WriterOptions::default()).unwrap();
+        f.add_block(3, &[1u8; 4096]).unwrap();
+        assert!(partial.exists() && !path.exists());
+        // Dropped without commit: nothing that looks like a log is left.
+    }
+    assert!(!partial.exists() && !path.exists());
+    let mut f = LogFile::create(&path, header(g, 1), WriterOptions::default()).unwrap();
+    f.add_block(3, &[1u8; 4096]).unwrap();
+    let summary = f.commit().unwrap();
+    assert!(path.exists() && !partial.exists());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), summary.bytes);
+    let m = MappedLog::open(&path, &ReadOptions::default()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(m.read_block(3, &mut buf).unwrap(), BlockLookup::Data);
+    assert_eq!(buf, vec![1u8; 4096]);
+}
