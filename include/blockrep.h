@@ -54,9 +54,39 @@ typedef uint32_t blockrep_status;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// How a persistent tracker file was found when opened.
+enum blockrep_open_state
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // A new file: nothing was tracked before; run an initial sync.
+  BLOCKREP_OPEN_CREATED = 1,
+  // The last stop was clean; its dirty blocks are marked again.
+  BLOCKREP_OPEN_CLEAN = 2,
+  // The last stop was unclean; the blocks that may differ are marked
+  // again and the next cycle ships them.
+  BLOCKREP_OPEN_RECOVERED = 3,
+  // The file could not be trusted and was recreated: tracking was lost,
+  // run a digest resync.
+  BLOCKREP_OPEN_INVALID = 4,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum blockrep_open_state blockrep_open_state;
+#else
+typedef uint32_t blockrep_open_state;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // The blocks one cut took (a frozen, immutable set). Free with
 // `blockrep_blockset_free`; read-only calls may run from many threads.
 typedef struct blockrep_blockset blockrep_blockset;
+
+// A tracker persisted in a memory-mapped file (write-intent map and
+// checkpoint). All calls but `_close` and `_free` may run from many
+// threads at once on the same handle.
+typedef struct blockrep_ptracker blockrep_ptracker;
 
 // An in-memory dirty-block tracker. Create with `blockrep_tracker_new`,
 // free with `blockrep_tracker_free`. `blockrep_tracker_mark`,
@@ -75,6 +105,80 @@ typedef struct {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+// Opens the tracker file at `path` (a NUL-terminated UTF-8 path) for the
+// disk `disk_id` (16 bytes) of `size` bytes in `block_size` blocks, or
+// creates it (intent regions of `region_size` bytes: 1, 2 or 4 MiB). On
+// success writes the handle (owned by the caller) to `*out` and how the
+// file was found to `*out_state`.
+//
+// # Safety
+// `path` must be a NUL-terminated string, `disk_id` 16 readable bytes,
+// `out` and `out_state` writable; null pointers are refused.
+blockrep_status blockrep_ptracker_open(const char *path,
+                                       const uint8_t *disk_id,
+                                       uint64_t size,
+                                       uint32_t block_size,
+                                       uint32_t region_size,
+                                       blockrep_ptracker **out,
+                                       blockrep_open_state *out_state);
+
+// Announces a write of `len` bytes at `offset`: call before submitting it.
+// When it touches a cold region, its intent bit is set and flushed first.
+// On success pair it with `blockrep_ptracker_end_write` over the same range
+// once the write completed (failed or not); on failure do not.
+// Thread-safe.
+//
+// # Safety
+// `t` must be null (refused) or a live handle.
+blockrep_status blockrep_ptracker_begin_write(const blockrep_ptracker *t,
+                                              uint64_t offset,
+                                              uint64_t len);
+
+// Completes a write announced by `blockrep_ptracker_begin_write`: marks
+// its blocks. An end without a begin is refused. Thread-safe.
+//
+// # Safety
+// `t` must be null (refused) or a live handle.
+blockrep_status blockrep_ptracker_end_write(const blockrep_ptracker *t,
+                                            uint64_t offset,
+                                            uint64_t len);
+
+// Closes the current generation into a new set the caller owns (`*out`).
+// The cut stays outstanding, keeping its intent regions, until
+// `blockrep_ptracker_commit` or `blockrep_ptracker_reclaim`. Thread-safe.
+//
+// # Safety
+// `t` null (refused) or live; `out` null (refused) or writable.
+blockrep_status blockrep_ptracker_cut(const blockrep_ptracker *t, blockrep_blockset **out);
+
+// Records that the log of the set's generation is durable elsewhere; its
+// regions' intent bits may clear. The set stays the caller's.
+//
+// # Safety
+// Both handles null (refused) or live.
+blockrep_status blockrep_ptracker_commit(const blockrep_ptracker *t, const blockrep_blockset *set);
+
+// Hands a failed cycle's blocks back. The set stays the caller's.
+//
+// # Safety
+// Both handles null (refused) or live.
+blockrep_status blockrep_ptracker_reclaim(const blockrep_ptracker *t, const blockrep_blockset *set);
+
+// Stops tracking cleanly (checkpoint, in-use flag cleared) and frees the
+// handle, also when the checkpoint fails (the next open then recovers).
+// No other call may use the handle at the same time or afterwards.
+//
+// # Safety
+// `t` must be null (refused) or a live handle.
+blockrep_status blockrep_ptracker_close(blockrep_ptracker *t);
+
+// Frees the handle without a clean stop: the next open treats it as a
+// crash and resends what may differ.
+//
+// # Safety
+// `t` must be null (refused) or a live handle.
+blockrep_status blockrep_ptracker_free(blockrep_ptracker *t);
 
 // Copies the message of the calling thread's last failed call into `buf`
 // (NUL terminated, truncated to `len` bytes) and writes its full length

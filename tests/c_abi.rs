@@ -160,3 +160,8 @@ fn c_program(name: &str) {
 fn tracker_c_program_under_sanitizers_and_valgrind() {
     c_program("tracker");
 }
+
+#[test]
+fn persistent_tracker_c_program_under_sanitizers_and_valgrind() {
+    c_program("ptracker");
+}

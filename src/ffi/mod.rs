@@ -10,8 +10,15 @@
 
 #![allow(non_camel_case_types)]
 
+mod ptracker;
 mod status;
 mod tracker;
+
+pub use ptracker::{
+    blockrep_open_state, blockrep_ptracker, blockrep_ptracker_begin_write, blockrep_ptracker_close,
+    blockrep_ptracker_commit, blockrep_ptracker_cut, blockrep_ptracker_end_write,
+    blockrep_ptracker_free, blockrep_ptracker_open, blockrep_ptracker_reclaim,
+};
 
 pub use status::{blockrep_last_error, blockrep_status, blockrep_version};
 pub use tracker::{

@@ -19,6 +19,16 @@ pub struct blockrep_blockset {
     inner: FrozenSet,
 }
 
+impl blockrep_blockset {
+    pub(super) fn from_frozen(inner: FrozenSet) -> Self {
+        blockrep_blockset { inner }
+    }
+
+    pub(super) fn frozen(&self) -> &FrozenSet {
+        &self.inner
+    }
+}
+
 /// A run of `count` blocks from block `start`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]

@@ -280,13 +280,7 @@ impl WriteGuard<'_> {
 
 impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
-        self.pt
-            .tracker
-            .bitmap
-            .set_range(self.extent.start, self.extent.count);
-        for r in self.regions.0..=self.regions.1 {
-            self.pt.inflight[r as usize].fetch_sub(1, Ordering::SeqCst);
-        }
+        self.pt.finish_write(self.extent, self.regions);
     }
 }
 
@@ -526,6 +520,40 @@ impl PersistentTracker {
             }
         }
         Ok(guard)
+    }
+
+    /// [`begin_write`](Self::begin_write) for callers that cannot hold a
+    /// guard (the C ABI): pair every call with [`end_write`](Self::end_write)
+    /// over the same range once the write completed.
+    pub fn begin_write_unguarded(&self, offset: u64, len: u64) -> Result<()> {
+        std::mem::forget(self.begin_write(offset, len)?);
+        Ok(())
+    }
+
+    /// Completes a write announced by
+    /// [`begin_write_unguarded`](Self::begin_write_unguarded): marks its
+    /// blocks. An end without a begin in the same regions is refused.
+    pub fn end_write(&self, offset: u64, len: u64) -> Result<()> {
+        let extent = self.tracker.geometry.blocks_for_range(offset, len)?;
+        let regions = (
+            offset >> self.region_shift,
+            (offset + len - 1) >> self.region_shift,
+        );
+        if (regions.0..=regions.1).any(|r| self.inflight[r as usize].load(Ordering::SeqCst) == 0) {
+            return Err(Error::new(
+                ErrorKind::Misuse,
+                format!("end of a write of {len} bytes at {offset} that was never begun"),
+            ));
+        }
+        self.finish_write(extent, regions);
+        Ok(())
+    }
+
+    fn finish_write(&self, extent: Extent, regions: (u64, u64)) {
+        self.tracker.bitmap.set_range(extent.start, extent.count);
+        for r in regions.0..=regions.1 {
+            self.inflight[r as usize].fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     #[cold]

@@ -1,0 +1,214 @@
+//! The persistent tracker through the C ABI.
+
+use super::status::{blockrep_status, guard, null, register, unregister};
+use super::tracker::blockrep_blockset;
+use crate::error::{Error, ErrorKind};
+use crate::geometry::Geometry;
+use crate::id::DiskId;
+use crate::tracker::{OpenState, PersistentTracker};
+use std::ffi::{c_char, CStr};
+
+/// A tracker persisted in a memory-mapped file (write-intent map and
+/// checkpoint). All calls but `_close` and `_free` may run from many
+/// threads at once on the same handle.
+pub struct blockrep_ptracker {
+    inner: PersistentTracker,
+}
+
+/// How a persistent tracker file was found when opened.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum blockrep_open_state {
+    /// A new file: nothing was tracked before; run an initial sync.
+    BLOCKREP_OPEN_CREATED = 1,
+    /// The last stop was clean; its dirty blocks are marked again.
+    BLOCKREP_OPEN_CLEAN = 2,
+    /// The last stop was unclean; the blocks that may differ are marked
+    /// again and the next cycle ships them.
+    BLOCKREP_OPEN_RECOVERED = 3,
+    /// The file could not be trusted and was recreated: tracking was lost,
+    /// run a digest resync.
+    BLOCKREP_OPEN_INVALID = 4,
+}
+
+fn live<'a>(t: *const blockrep_ptracker) -> Result<&'a PersistentTracker, Error> {
+    // SAFETY: callers pass null (refused here) or a live handle, per the
+    // contract of every function below.
+    unsafe { t.as_ref() }
+        .map(|t| &t.inner)
+        .ok_or_else(|| null("tracker"))
+}
+
+/// Opens the tracker file at `path` (a NUL-terminated UTF-8 path) for the
+/// disk `disk_id` (16 bytes) of `size` bytes in `block_size` blocks, or
+/// creates it (intent regions of `region_size` bytes: 1, 2 or 4 MiB). On
+/// success writes the handle (owned by the caller) to `*out` and how the
+/// file was found to `*out_state`.
+///
+/// # Safety
+/// `path` must be a NUL-terminated string, `disk_id` 16 readable bytes,
+/// `out` and `out_state` writable; null pointers are refused.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_ptracker_open(
+    path: *const c_char,
+    disk_id: *const u8,
+    size: u64,
+    block_size: u32,
+    region_size: u32,
+    out: *mut *mut blockrep_ptracker,
+    out_state: *mut blockrep_open_state,
+) -> blockrep_status {
+    guard(|| {
+        if path.is_null() || disk_id.is_null() || out.is_null() || out_state.is_null() {
+            return Err(null("an argument"));
+        }
+        // SAFETY: non-null and NUL-terminated per the contract.
+        let path = unsafe { CStr::from_ptr(path) }
+            .to_str()
+            .map_err(|_| Error::invalid("path is not UTF-8"))?;
+        let mut id = [0u8; 16];
+        // SAFETY: `disk_id` points to 16 readable bytes per the contract.
+        unsafe { std::ptr::copy_nonoverlapping(disk_id, id.as_mut_ptr(), 16) };
+        let geometry = Geometry::new(size, block_size)?;
+        let (pt, state) =
+            PersistentTracker::open_or_create(path, DiskId(id), geometry, region_size)?;
+        let state = match state {
+            OpenState::Created => blockrep_open_state::BLOCKREP_OPEN_CREATED,
+            OpenState::Clean { .. } => blockrep_open_state::BLOCKREP_OPEN_CLEAN,
+            OpenState::Recovered { .. } => blockrep_open_state::BLOCKREP_OPEN_RECOVERED,
+            OpenState::Invalid(_) => blockrep_open_state::BLOCKREP_OPEN_INVALID,
+        };
+        let p = register(Box::new(blockrep_ptracker { inner: pt }));
+        // SAFETY: both outputs are non-null and writable per the contract.
+        unsafe {
+            *out = p;
+            *out_state = state;
+        }
+        Ok(())
+    })
+}
+
+/// Announces a write of `len` bytes at `offset`: call before submitting it.
+/// When it touches a cold region, its intent bit is set and flushed first.
+/// On success pair it with `blockrep_ptracker_end_write` over the same range
+/// once the write completed (failed or not); on failure do not.
+/// Thread-safe.
+///
+/// # Safety
+/// `t` must be null (refused) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_ptracker_begin_write(
+    t: *const blockrep_ptracker,
+    offset: u64,
+    len: u64,
+) -> blockrep_status {
+    guard(|| live(t)?.begin_write_unguarded(offset, len))
+}
+
+/// Completes a write announced by `blockrep_ptracker_begin_write`: marks
+/// its blocks. An end without a begin is refused. Thread-safe.
+///
+/// # Safety
+/// `t` must be null (refused) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_ptracker_end_write(
+    t: *const blockrep_ptracker,
+    offset: u64,
+    len: u64,
+) -> blockrep_status {
+    guard(|| live(t)?.end_write(offset, len))
+}
+
+/// Closes the current generation into a new set the caller owns (`*out`).
+/// The cut stays outstanding, keeping its intent regions, until
+/// `blockrep_ptracker_commit` or `blockrep_ptracker_reclaim`. Thread-safe.
+///
+/// # Safety
+/// `t` null (refused) or live; `out` null (refused) or writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_ptracker_cut(
+    t: *const blockrep_ptracker,
+    out: *mut *mut blockrep_blockset,
+) -> blockrep_status {
+    guard(|| {
+        let t = live(t)?;
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        let p = register(Box::new(blockrep_blockset::from_frozen(t.cut())));
+        // SAFETY: `out` is non-null and writable per the contract.
+        unsafe { *out = p };
+        Ok(())
+    })
+}
+
+/// Records that the log of the set's generation is durable elsewhere; its
+/// regions' intent bits may clear. The set stays the caller's.
+///
+/// # Safety
+/// Both handles null (refused) or live.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_ptracker_commit(
+    t: *const blockrep_ptracker,
+    set: *const blockrep_blockset,
+) -> blockrep_status {
+    guard(|| {
+        let t = live(t)?;
+        // SAFETY: non-null handles are live per the contract.
+        let s = unsafe { set.as_ref() }.ok_or_else(|| null("set"))?;
+        t.commit(s.frozen().generation())
+    })
+}
+
+/// Hands a failed cycle's blocks back. The set stays the caller's.
+///
+/// # Safety
+/// Both handles null (refused) or live.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_ptracker_reclaim(
+    t: *const blockrep_ptracker,
+    set: *const blockrep_blockset,
+) -> blockrep_status {
+    guard(|| {
+        let t = live(t)?;
+        // SAFETY: non-null handles are live per the contract.
+        let s = unsafe { set.as_ref() }.ok_or_else(|| null("set"))?;
+        t.reclaim(s.frozen());
+        Ok(())
+    })
+}
+
+/// Stops tracking cleanly (checkpoint, in-use flag cleared) and frees the
+/// handle, also when the checkpoint fails (the next open then recovers).
+/// No other call may use the handle at the same time or afterwards.
+///
+/// # Safety
+/// `t` must be null (refused) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_ptracker_close(t: *mut blockrep_ptracker) -> blockrep_status {
+    guard(|| {
+        if t.is_null() {
+            return Err(null("tracker"));
+        }
+        let b = unregister(t)
+            .ok_or_else(|| Error::new(ErrorKind::Misuse, "tracker closed twice or never opened"))?;
+        b.inner.close()
+    })
+}
+
+/// Frees the handle without a clean stop: the next open treats it as a
+/// crash and resends what may differ.
+///
+/// # Safety
+/// `t` must be null (refused) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_ptracker_free(t: *mut blockrep_ptracker) -> blockrep_status {
+    guard(|| {
+        if t.is_null() {
+            return Err(null("tracker"));
+        }
+        unregister(t)
+            .map(drop)
+            .ok_or_else(|| Error::new(ErrorKind::Misuse, "tracker freed twice or never opened"))
+    })
+}
