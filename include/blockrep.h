@@ -83,16 +83,67 @@ typedef uint32_t blockrep_open_state;
 // `blockrep_blockset_free`; read-only calls may run from many threads.
 typedef struct blockrep_blockset blockrep_blockset;
 
+// A log file being written (as `PATH.partial` until committed). One thread
+// at a time.
+typedef struct blockrep_log_writer blockrep_log_writer;
+
 // A tracker persisted in a memory-mapped file (write-intent map and
 // checkpoint). All calls but `_close` and `_free` may run from many
 // threads at once on the same handle.
 typedef struct blockrep_ptracker blockrep_ptracker;
+
+// A replica in a directory. All calls but `_free` may run from many
+// threads at once; applies, rollbacks and prunes serialise inside.
+typedef struct blockrep_replica blockrep_replica;
 
 // An in-memory dirty-block tracker. Create with `blockrep_tracker_new`,
 // free with `blockrep_tracker_free`. `blockrep_tracker_mark`,
 // `blockrep_tracker_cut` and `blockrep_tracker_reclaim` may be called from
 // any number of threads at once on the same `const` handle.
 typedef struct blockrep_tracker blockrep_tracker;
+
+// A read-only view of one retained point; pins it while open.
+typedef struct blockrep_view blockrep_view;
+
+// What a log holds, as the C ABI reports it.
+typedef struct {
+  // The disk (16 bytes).
+  uint8_t disk_id[16];
+  // Epoch and sequence.
+  uint64_t epoch;
+  // The log's sequence number.
+  uint64_t sequence;
+  // The sequence it builds on.
+  uint64_t base_sequence;
+  // Disk size and block size.
+  uint64_t disk_size;
+  // Block size in bytes.
+  uint32_t block_size;
+  // 1 full, 2 delta, 3 resync, 4 undo.
+  uint32_t kind;
+  // Blocks held (zero and data) and data blocks.
+  uint64_t blocks;
+  // Data (non-zero) blocks held.
+  uint64_t data_blocks;
+  // Size of the log in bytes.
+  uint64_t bytes;
+  // The content digest after applying it.
+  uint8_t digest[32];
+} blockrep_log_info;
+
+// One retained point.
+typedef struct {
+  // The sequence of the log that produced it.
+  uint64_t sequence;
+  // Its epoch.
+  uint64_t epoch;
+  // When it was cut (ns since the Unix epoch).
+  uint64_t created_ns;
+  // Size of the undo log leading to the point before it (0: oldest).
+  uint64_t undo_bytes;
+  // 1 crash-consistent, 2 app-consistent.
+  uint32_t consistency;
+} blockrep_point;
 
 // A run of `count` blocks from block `start`.
 typedef struct {
@@ -105,6 +156,64 @@ typedef struct {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+// Starts writing the log file `path`: for disk `disk_id` (16 bytes) of
+// `size` bytes in `block_size` blocks, of `kind` (1 full, 2 delta,
+// 3 resync), `epoch` and `sequence`, building on `base_digest` (32 bytes;
+// null for a full log). Blocks must then be added in ascending order.
+//
+// # Safety
+// `path` NUL-terminated; `disk_id` 16 readable bytes; `base_digest` null or
+// 32 readable bytes; `out` writable. Null where not allowed is refused.
+blockrep_status blockrep_log_writer_create(const char *path,
+                                           const uint8_t *disk_id,
+                                           uint64_t size,
+                                           uint32_t block_size,
+                                           uint32_t kind,
+                                           uint64_t epoch,
+                                           uint64_t sequence,
+                                           const uint8_t *base_digest,
+                                           blockrep_log_writer **out);
+
+// Adds one block's `len` bytes (the block's length; shorter for a short
+// last block). All-zero data is stored as a zero extent.
+//
+// # Safety
+// `w` live (null refused); `data` `len` readable bytes.
+blockrep_status blockrep_log_writer_add_block(blockrep_log_writer *w,
+                                              uint64_t block,
+                                              const uint8_t *data,
+                                              size_t len);
+
+// Adds `count` zero blocks from `start` (a discard or zero write).
+//
+// # Safety
+// `w` live (null refused).
+blockrep_status blockrep_log_writer_add_zero(blockrep_log_writer *w,
+                                             uint64_t start,
+                                             uint64_t count);
+
+// Finishes the log, makes it durable under its name and frees the
+// writer; writes the content digest after apply to `out_digest` (32
+// bytes) when not null. On failure the partial file is removed and the
+// writer freed too.
+//
+// # Safety
+// `w` live (null refused); `out_digest` null or 32 writable bytes.
+blockrep_status blockrep_log_writer_commit(blockrep_log_writer *w, uint8_t *out_digest);
+
+// Abandons the log: removes the partial file and frees the writer.
+//
+// # Safety
+// `w` null (refused) or live.
+blockrep_status blockrep_log_writer_free(blockrep_log_writer *w);
+
+// Verifies the whole log file `path` (every record and the trailer) and
+// describes it in `*out`. Thread-safe.
+//
+// # Safety
+// `path` NUL-terminated; `out` writable. Nulls are refused.
+blockrep_status blockrep_log_verify(const char *path, blockrep_log_info *out);
 
 // Opens the tracker file at `path` (a NUL-terminated UTF-8 path) for the
 // disk `disk_id` (16 bytes) of `size` bytes in `block_size` blocks, or
@@ -179,6 +288,100 @@ blockrep_status blockrep_ptracker_close(blockrep_ptracker *t);
 // # Safety
 // `t` must be null (refused) or a live handle.
 blockrep_status blockrep_ptracker_free(blockrep_ptracker *t);
+
+// Creates a replica in directory `dir` from the full log file `full_log`.
+//
+// # Safety
+// Paths NUL-terminated, `out` writable; nulls refused.
+blockrep_status blockrep_replica_create(const char *dir,
+                                        const char *full_log,
+                                        blockrep_replica **out);
+
+// Opens the replica in `dir`, undoing an operation a crash interrupted.
+//
+// # Safety
+// `dir` NUL-terminated, `out` writable; nulls refused.
+blockrep_status blockrep_replica_open(const char *dir, blockrep_replica **out);
+
+// Verifies and applies the log file `path`. Writes the log's sequence to
+// `*out_sequence` and 1 to `*out_applied` when applied now, 0 when it was
+// applied before (both optional). A log of another disk, an older epoch,
+// a gap or another history is refused and changes nothing.
+//
+// # Safety
+// `r` live; `path` NUL-terminated; outputs null or writable.
+blockrep_status blockrep_replica_apply(const blockrep_replica *r,
+                                       const char *path,
+                                       uint64_t *out_sequence,
+                                       uint32_t *out_applied);
+
+// Copies up to `cap` retained points, oldest first, into `points` and
+// writes their total number to `*out_n` (which may exceed `cap`).
+//
+// # Safety
+// `r` live; `points` `cap` writable elements (null only with `cap` 0);
+// `out_n` writable.
+blockrep_status blockrep_replica_points(const blockrep_replica *r,
+                                        blockrep_point *points,
+                                        size_t cap,
+                                        size_t *out_n);
+
+// Rolls the replica back to retained point `sequence`; newer points are
+// dropped. Refused while a newer point is viewed.
+//
+// # Safety
+// `r` live (null refused).
+blockrep_status blockrep_replica_rollback(const blockrep_replica *r, uint64_t sequence);
+
+// Prunes points: keeps the newest `keep_last`, and the newest
+// `keep_app_last` app-consistent ones; never the latest or a viewed one.
+// Writes how many points were dropped to `*out_dropped` when not null.
+//
+// # Safety
+// `r` live (null refused); `out_dropped` null or writable.
+blockrep_status blockrep_replica_prune(const blockrep_replica *r,
+                                       uint32_t keep_last,
+                                       uint32_t keep_app_last,
+                                       size_t *out_dropped);
+
+// Writes point `sequence` as a sparse raw image file at `path`.
+//
+// # Safety
+// `r` live; `path` NUL-terminated. Nulls refused.
+blockrep_status blockrep_replica_export(const blockrep_replica *r,
+                                        uint64_t sequence,
+                                        const char *path);
+
+// Opens a read-only view of point `sequence` (`*out`, owned by the
+// caller), pinning it until `blockrep_view_free`. Logs may keep applying.
+//
+// # Safety
+// `r` live; `out` writable. Nulls refused.
+blockrep_status blockrep_view_open(const blockrep_replica *r,
+                                   uint64_t sequence,
+                                   blockrep_view **out);
+
+// Reads `len` bytes of the view's point at `offset` into `buf`.
+// Thread-safe.
+//
+// # Safety
+// `v` live; `buf` `len` writable bytes. Nulls refused.
+blockrep_status blockrep_view_read(const blockrep_view *v,
+                                   uint8_t *buf,
+                                   size_t len,
+                                   uint64_t offset);
+
+// Closes a view, unpinning its point.
+//
+// # Safety
+// `v` null (refused) or live.
+blockrep_status blockrep_view_free(blockrep_view *v);
+
+// Frees a replica handle (its files stay). Views keep what they need.
+//
+// # Safety
+// `r` null (refused) or live; no other call may use it meanwhile or after.
+blockrep_status blockrep_replica_free(blockrep_replica *r);
 
 // Copies the message of the calling thread's last failed call into `buf`
 // (NUL terminated, truncated to `len` bytes) and writes its full length

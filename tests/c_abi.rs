@@ -165,3 +165,8 @@ fn tracker_c_program_under_sanitizers_and_valgrind() {
 fn persistent_tracker_c_program_under_sanitizers_and_valgrind() {
     c_program("ptracker");
 }
+
+#[test]
+fn logs_and_replica_c_program_under_sanitizers_and_valgrind() {
+    c_program("replica");
+}

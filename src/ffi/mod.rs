@@ -10,14 +10,27 @@
 
 #![allow(non_camel_case_types)]
 
+mod log;
 mod ptracker;
+mod replica;
 mod status;
 mod tracker;
 
+pub use log::{
+    blockrep_log_info, blockrep_log_verify, blockrep_log_writer, blockrep_log_writer_add_block,
+    blockrep_log_writer_add_zero, blockrep_log_writer_commit, blockrep_log_writer_create,
+    blockrep_log_writer_free,
+};
 pub use ptracker::{
     blockrep_open_state, blockrep_ptracker, blockrep_ptracker_begin_write, blockrep_ptracker_close,
     blockrep_ptracker_commit, blockrep_ptracker_cut, blockrep_ptracker_end_write,
     blockrep_ptracker_free, blockrep_ptracker_open, blockrep_ptracker_reclaim,
+};
+pub use replica::{
+    blockrep_point, blockrep_replica, blockrep_replica_apply, blockrep_replica_create,
+    blockrep_replica_export, blockrep_replica_free, blockrep_replica_open, blockrep_replica_points,
+    blockrep_replica_prune, blockrep_replica_rollback, blockrep_view, blockrep_view_free,
+    blockrep_view_open, blockrep_view_read,
 };
 
 pub use status::{blockrep_last_error, blockrep_status, blockrep_version};

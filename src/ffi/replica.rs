@@ -1,0 +1,298 @@
+//! The replica through the C ABI.
+
+use super::log::c_path;
+use super::status::{blockrep_status, guard, null, register, unregister};
+use crate::error::{Error, ErrorKind};
+use crate::io::FsDir;
+use crate::log::{Consistency, MappedLog, ReadOptions};
+use crate::replica::{ApplyOutcome, PointView, Replica, RetentionPolicy};
+use std::sync::Arc;
+
+/// A replica in a directory. All calls but `_free` may run from many
+/// threads at once; applies, rollbacks and prunes serialise inside.
+pub struct blockrep_replica {
+    inner: Arc<Replica>,
+}
+
+/// A read-only view of one retained point; pins it while open.
+pub struct blockrep_view {
+    inner: PointView,
+}
+
+/// One retained point.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct blockrep_point {
+    /// The sequence of the log that produced it.
+    pub sequence: u64,
+    /// Its epoch.
+    pub epoch: u64,
+    /// When it was cut (ns since the Unix epoch).
+    pub created_ns: u64,
+    /// Size of the undo log leading to the point before it (0: oldest).
+    pub undo_bytes: u64,
+    /// 1 crash-consistent, 2 app-consistent.
+    pub consistency: u32,
+}
+
+fn live<'a>(r: *const blockrep_replica) -> Result<&'a Arc<Replica>, Error> {
+    // SAFETY: callers pass null (refused) or a live handle per contract.
+    unsafe { r.as_ref() }
+        .map(|r| &r.inner)
+        .ok_or_else(|| null("replica"))
+}
+
+fn out_handle(r: Replica, out: *mut *mut blockrep_replica) -> Result<(), Error> {
+    let p = register(Box::new(blockrep_replica { inner: Arc::new(r) }));
+    // SAFETY: callers checked `out` is non-null; writable per contract.
+    unsafe { *out = p };
+    Ok(())
+}
+
+/// Creates a replica in directory `dir` from the full log file `full_log`.
+///
+/// # Safety
+/// Paths NUL-terminated, `out` writable; nulls refused.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_create(
+    dir: *const std::ffi::c_char,
+    full_log: *const std::ffi::c_char,
+    out: *mut *mut blockrep_replica,
+) -> blockrep_status {
+    guard(|| {
+        let (dir, log) = (c_path(dir)?, c_path(full_log)?);
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        let full = MappedLog::open(log, &ReadOptions::default())?;
+        out_handle(Replica::create(Arc::new(FsDir::new(dir)?), &full)?, out)
+    })
+}
+
+/// Opens the replica in `dir`, undoing an operation a crash interrupted.
+///
+/// # Safety
+/// `dir` NUL-terminated, `out` writable; nulls refused.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_open(
+    dir: *const std::ffi::c_char,
+    out: *mut *mut blockrep_replica,
+) -> blockrep_status {
+    guard(|| {
+        let dir = c_path(dir)?;
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        out_handle(Replica::open(Arc::new(FsDir::new(dir)?))?, out)
+    })
+}
+
+/// Verifies and applies the log file `path`. Writes the log's sequence to
+/// `*out_sequence` and 1 to `*out_applied` when applied now, 0 when it was
+/// applied before (both optional). A log of another disk, an older epoch,
+/// a gap or another history is refused and changes nothing.
+///
+/// # Safety
+/// `r` live; `path` NUL-terminated; outputs null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_apply(
+    r: *const blockrep_replica,
+    path: *const std::ffi::c_char,
+    out_sequence: *mut u64,
+    out_applied: *mut u32,
+) -> blockrep_status {
+    guard(|| {
+        let r = live(r)?;
+        let log = MappedLog::open(c_path(path)?, &ReadOptions::default())?;
+        let (seq, applied) = match r.apply(&log)? {
+            ApplyOutcome::Applied(s) => (s, 1),
+            ApplyOutcome::AlreadyApplied(s) => (s, 0),
+        };
+        // SAFETY: outputs are null or writable per the contract.
+        unsafe {
+            if let Some(o) = out_sequence.as_mut() {
+                *o = seq;
+            }
+            if let Some(o) = out_applied.as_mut() {
+                *o = applied;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Copies up to `cap` retained points, oldest first, into `points` and
+/// writes their total number to `*out_n` (which may exceed `cap`).
+///
+/// # Safety
+/// `r` live; `points` `cap` writable elements (null only with `cap` 0);
+/// `out_n` writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_points(
+    r: *const blockrep_replica,
+    points: *mut blockrep_point,
+    cap: usize,
+    out_n: *mut usize,
+) -> blockrep_status {
+    guard(|| {
+        let r = live(r)?;
+        if (points.is_null() && cap > 0) || out_n.is_null() {
+            return Err(null("an output"));
+        }
+        let all = r.points();
+        for (i, p) in all.iter().take(cap).enumerate() {
+            let c = blockrep_point {
+                sequence: p.sequence,
+                epoch: p.epoch,
+                created_ns: p.created_ns,
+                undo_bytes: p.undo_bytes,
+                consistency: if p.consistency == Consistency::App {
+                    2
+                } else {
+                    1
+                },
+            };
+            // SAFETY: i < cap elements, writable per the contract.
+            unsafe { *points.add(i) = c };
+        }
+        // SAFETY: non-null and writable.
+        unsafe { *out_n = all.len() };
+        Ok(())
+    })
+}
+
+/// Rolls the replica back to retained point `sequence`; newer points are
+/// dropped. Refused while a newer point is viewed.
+///
+/// # Safety
+/// `r` live (null refused).
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_rollback(
+    r: *const blockrep_replica,
+    sequence: u64,
+) -> blockrep_status {
+    guard(|| live(r)?.rollback(sequence))
+}
+
+/// Prunes points: keeps the newest `keep_last`, and the newest
+/// `keep_app_last` app-consistent ones; never the latest or a viewed one.
+/// Writes how many points were dropped to `*out_dropped` when not null.
+///
+/// # Safety
+/// `r` live (null refused); `out_dropped` null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_prune(
+    r: *const blockrep_replica,
+    keep_last: u32,
+    keep_app_last: u32,
+    out_dropped: *mut usize,
+) -> blockrep_status {
+    guard(|| {
+        let policy = RetentionPolicy {
+            keep_last: keep_last as usize,
+            keep_for: None,
+            keep_app_last: keep_app_last as usize,
+            keep_app_for: None,
+        };
+        let dropped = live(r)?.prune(&policy, 0)?;
+        // SAFETY: null or writable per the contract.
+        if let Some(o) = unsafe { out_dropped.as_mut() } {
+            *o = dropped.len();
+        }
+        Ok(())
+    })
+}
+
+/// Writes point `sequence` as a sparse raw image file at `path`.
+///
+/// # Safety
+/// `r` live; `path` NUL-terminated. Nulls refused.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_export(
+    r: *const blockrep_replica,
+    sequence: u64,
+    path: *const std::ffi::c_char,
+) -> blockrep_status {
+    guard(|| live(r)?.export(sequence, c_path(path)?))
+}
+
+/// Opens a read-only view of point `sequence` (`*out`, owned by the
+/// caller), pinning it until `blockrep_view_free`. Logs may keep applying.
+///
+/// # Safety
+/// `r` live; `out` writable. Nulls refused.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_view_open(
+    r: *const blockrep_replica,
+    sequence: u64,
+    out: *mut *mut blockrep_view,
+) -> blockrep_status {
+    guard(|| {
+        let r = live(r)?;
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        let p = register(Box::new(blockrep_view {
+            inner: r.view(sequence)?,
+        }));
+        // SAFETY: `out` is non-null and writable.
+        unsafe { *out = p };
+        Ok(())
+    })
+}
+
+/// Reads `len` bytes of the view's point at `offset` into `buf`.
+/// Thread-safe.
+///
+/// # Safety
+/// `v` live; `buf` `len` writable bytes. Nulls refused.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_view_read(
+    v: *const blockrep_view,
+    buf: *mut u8,
+    len: usize,
+    offset: u64,
+) -> blockrep_status {
+    guard(|| {
+        // SAFETY: non-null handles are live per the contract.
+        let v = unsafe { v.as_ref() }.ok_or_else(|| null("view"))?;
+        if buf.is_null() {
+            return Err(null("buf"));
+        }
+        // SAFETY: `len` writable bytes at `buf` per the contract.
+        let b = unsafe { std::slice::from_raw_parts_mut(buf, len) };
+        v.inner.read_at(b, offset)
+    })
+}
+
+/// Closes a view, unpinning its point.
+///
+/// # Safety
+/// `v` null (refused) or live.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_view_free(v: *mut blockrep_view) -> blockrep_status {
+    guard(|| {
+        if v.is_null() {
+            return Err(null("view"));
+        }
+        unregister(v)
+            .map(drop)
+            .ok_or_else(|| Error::new(ErrorKind::Misuse, "view freed twice"))
+    })
+}
+
+/// Frees a replica handle (its files stay). Views keep what they need.
+///
+/// # Safety
+/// `r` null (refused) or live; no other call may use it meanwhile or after.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_free(r: *mut blockrep_replica) -> blockrep_status {
+    guard(|| {
+        if r.is_null() {
+            return Err(null("replica"));
+        }
+        unregister(r)
+            .map(drop)
+            .ok_or_else(|| Error::new(ErrorKind::Misuse, "replica freed twice"))
+    })
+}
