@@ -338,7 +338,8 @@ fn prune_racing_views_never_takes_a_pinned_point() {
         s.spawn(|| {
             let mut rng = Rng(73);
             let mut opened = 0;
-            while !done.load(Ordering::SeqCst) {
+            // Also after the applies end, until enough views were checked.
+            while !done.load(Ordering::SeqCst) || opened < 20 {
                 let pts = r.points();
                 let at = pts[rng.below(pts.len() as u64) as usize].sequence;
                 // The point may be pruned before the pin; once pinned, it stays.
@@ -364,8 +365,9 @@ fn prune_racing_views_never_takes_a_pinned_point() {
         };
         for _ in 0..60 {
             let log = src.change(&mut rng);
-            r.apply(&log).unwrap();
+            // Known before the point appears, so a reader never misses it.
             states.lock().insert(src.seq, src.data.clone());
+            r.apply(&log).unwrap();
             r.prune(&policy, 0).unwrap();
         }
         done.store(true, Ordering::SeqCst);
