@@ -11,7 +11,8 @@
 //!   fault-injecting backends;
 //! * [`tracker`]: the lock-free dirty-block tracker, in memory or persistent;
 //! * [`log`]: the delta log shipped between sites: writer, readers, format;
-//! * [`replica`]: the crash-safe applier and the retention points.
+//! * [`replica`]: the crash-safe applier and the retention points;
+//! * [`source`]: the primary side: initial sync and delta cycles.
 //!
 //! ```
 //! use blockrep::{Geometry, Tracker};
@@ -34,6 +35,7 @@ pub mod io;
 mod le;
 pub mod log;
 pub mod replica;
+pub mod source;
 pub mod tracker;
 
 pub use error::{Error, ErrorKind, Result};

@@ -122,6 +122,33 @@ impl Storage for FileStorage {
             .map_err(|e| self.err("set length", e, len))
     }
 
+    fn next_data(&self, offset: u64) -> Result<Option<(u64, u64)>> {
+        let len = self.len()?;
+        if offset >= len {
+            return Ok(None);
+        }
+        let fd = self.file.as_raw_fd();
+        let seek = |whence| {
+            // SAFETY: `fd` is owned by `self.file` for the call; lseek does
+            // not touch memory.
+            unsafe { libc::lseek(fd, offset as libc::off_t, whence) }
+        };
+        let start = seek(libc::SEEK_DATA);
+        if start < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENXIO) => Ok(None), // no data after `offset`
+                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(Some((offset, len - offset))),
+                _ => Err(self.err("seek data", e, offset)),
+            };
+        }
+        let start = start as u64;
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start as libc::off_t, libc::SEEK_HOLE) };
+        let end = if end < 0 { len } else { (end as u64).min(len) };
+        Ok(Some((start, end - start)))
+    }
+
     fn punch_hole(&self, offset: u64, len: u64) -> Result<bool> {
         let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
             return Err(

@@ -46,12 +46,20 @@ pub trait Storage: Send + Sync {
         let _ = (offset, len);
         Ok(false)
     }
+    /// The next range `(start, len)` at or after `offset` that may hold
+    /// data; `None` past the last one. Backends that know their holes
+    /// (files, through SEEK_DATA and SEEK_HOLE) skip them; the default
+    /// treats everything as data.
+    fn next_data(&self, offset: u64) -> Result<Option<(u64, u64)>> {
+        let len = self.len()?;
+        Ok((offset < len).then(|| (offset, len - offset)))
+    }
 }
 
-/// Storage behind a smart pointer is storage.
+/// Storage behind a reference or a smart pointer is storage.
 macro_rules! forward_storage {
-    ($($ptr:ident),*) => {$(
-        impl<S: Storage + ?Sized> Storage for $ptr<S> {
+    ($($ptr:ty),*) => {$(
+        impl<S: Storage + ?Sized> Storage for $ptr {
             fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
                 (**self).read_at(buf, offset)
             }
@@ -70,11 +78,14 @@ macro_rules! forward_storage {
             fn punch_hole(&self, offset: u64, len: u64) -> Result<bool> {
                 (**self).punch_hole(offset, len)
             }
+            fn next_data(&self, offset: u64) -> Result<Option<(u64, u64)>> {
+                (**self).next_data(offset)
+            }
         }
     )*};
 }
 
-forward_storage!(Arc, Box);
+forward_storage!(&S, Arc<S>, Box<S>);
 
 /// The error for a read that passes the end of a storage of `len` bytes.
 pub(crate) fn short_read(offset: u64, want: usize, len: u64) -> crate::Error {
