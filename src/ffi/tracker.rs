@@ -148,6 +148,24 @@ pub unsafe extern "C" fn blockrep_tracker_reclaim(
     })
 }
 
+/// Writes `value(set)` to `*out`, refusing nulls.
+fn read_set(
+    set: *const blockrep_blockset,
+    out: *mut u64,
+    value: fn(&FrozenSet) -> u64,
+) -> blockrep_status {
+    guard(|| {
+        // SAFETY: non-null handles are live, per the callers' contract.
+        let s = unsafe { set.as_ref() }.ok_or_else(|| null("set"))?;
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        // SAFETY: `out` is non-null and writable per the callers' contract.
+        unsafe { *out = value(&s.inner) };
+        Ok(())
+    })
+}
+
 /// Writes the number of blocks in the set to `*out`.
 ///
 /// # Safety
@@ -157,16 +175,7 @@ pub unsafe extern "C" fn blockrep_blockset_count(
     set: *const blockrep_blockset,
     out: *mut u64,
 ) -> blockrep_status {
-    guard(|| {
-        // SAFETY: non-null handles are live, per the contract.
-        let s = unsafe { set.as_ref() }.ok_or_else(|| null("set"))?;
-        if out.is_null() {
-            return Err(null("out"));
-        }
-        // SAFETY: `out` is non-null and writable per the contract.
-        unsafe { *out = s.inner.count() };
-        Ok(())
-    })
+    read_set(set, out, |s| s.count())
 }
 
 /// Writes the generation the set's cut closed to `*out`.
@@ -178,16 +187,7 @@ pub unsafe extern "C" fn blockrep_blockset_generation(
     set: *const blockrep_blockset,
     out: *mut u64,
 ) -> blockrep_status {
-    guard(|| {
-        // SAFETY: non-null handles are live, per the contract.
-        let s = unsafe { set.as_ref() }.ok_or_else(|| null("set"))?;
-        if out.is_null() {
-            return Err(null("out"));
-        }
-        // SAFETY: `out` is non-null and writable per the contract.
-        unsafe { *out = s.inner.generation() };
-        Ok(())
-    })
+    read_set(set, out, |s| s.generation())
 }
 
 /// Copies up to `cap` coalesced extents at or after block `from` into

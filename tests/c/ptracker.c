@@ -2,22 +2,13 @@
  * guard pair, cut and commit, clean close, unclean stop, error paths. */
 #define _POSIX_C_SOURCE 200809L
 #include "blockrep.h"
+#include "check.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#define CHECK(cond)                                                           \
-  do {                                                                        \
-    if (!(cond)) {                                                            \
-      char msg_[512];                                                         \
-      blockrep_last_error(msg_, sizeof msg_, NULL);                           \
-      fprintf(stderr, "%s:%d: check failed: %s (last error: %s)\n", __FILE__, \
-              __LINE__, #cond, msg_);                                         \
-      exit(1);                                                                \
-    }                                                                         \
-  } while (0)
 
 #define SIZE (64ull << 20)
 #define BS 4096u

@@ -3,22 +3,13 @@
  * prune and roll back, and check every byte. */
 #define _POSIX_C_SOURCE 200809L
 #include "blockrep.h"
+#include "check.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#define CHECK(cond)                                                           \
-  do {                                                                        \
-    if (!(cond)) {                                                            \
-      char msg_[512];                                                         \
-      blockrep_last_error(msg_, sizeof msg_, NULL);                           \
-      fprintf(stderr, "%s:%d: check failed: %s (last error: %s)\n", __FILE__, \
-              __LINE__, #cond, msg_);                                         \
-      exit(1);                                                                \
-    }                                                                         \
-  } while (0)
 
 #define BS 4096u
 #define BLOCKS 64u

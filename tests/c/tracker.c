@@ -1,22 +1,13 @@
 /* The tracker through the C ABI: every function, every error path, and
  * several threads marking while another cuts. Exits non-zero on failure. */
 #include "blockrep.h"
+#include "check.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define CHECK(cond)                                                           \
-  do {                                                                        \
-    if (!(cond)) {                                                            \
-      char msg_[512];                                                         \
-      blockrep_last_error(msg_, sizeof msg_, NULL);                           \
-      fprintf(stderr, "%s:%d: check failed: %s (last error: %s)\n", __FILE__, \
-              __LINE__, #cond, msg_);                                         \
-      exit(1);                                                                \
-    }                                                                         \
-  } while (0)
 
 #define BS 4096u
 #define BLOCKS 100003u
