@@ -315,5 +315,36 @@ fn cut(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, mark_dirty, mark_clean, cut);
+/// The copy-before-write guard with no cycle in flight, beside the bare
+/// mark it wraps (already-dirty blocks, one thread).
+fn write_guard(c: &mut Criterion) {
+    let size = 64u64 << 30;
+    let geo = Geometry::new(size, 4096).unwrap();
+    let offs = offsets(BATCH, geo.block_count(), 4096, 5);
+    let mut g = c.benchmark_group("write_guard");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    let t = Tracker::new(geo);
+    t.mark(0, size).unwrap();
+    g.bench_function("bare_mark", |b| {
+        b.iter(|| {
+            for &o in &offs {
+                black_box(t.mark(black_box(o), 4096)).unwrap();
+            }
+        })
+    });
+    let disk: std::sync::Arc<dyn blockrep::io::Storage> =
+        std::sync::Arc::new(blockrep::io::MemStorage::new());
+    let primary = blockrep::source::Primary::new(Tracker::new(geo), disk);
+    primary.tracker().mark(0, size).unwrap();
+    g.bench_function("guard_no_cycle", |b| {
+        b.iter(|| {
+            for &o in &offs {
+                drop(black_box(primary.write_guard(black_box(o), 4096).unwrap()));
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, mark_dirty, mark_clean, cut, write_guard);
 criterion_main!(benches);

@@ -5,6 +5,10 @@
 //! tracker when anything fails. Point-in-time reads under running writers
 //! (copy-before-write), the spool, consistency groups and resync follow.
 
+mod cow;
+
+pub use cow::{CycleHandle, Primary, WriteGuard};
+
 use crate::error::Result;
 use crate::geometry::{Extent, Geometry};
 use crate::id::DiskId;
@@ -50,6 +54,12 @@ impl Source {
     /// The content digest the replica has after the last log.
     pub fn digest(&self) -> Digest {
         self.digest
+    }
+
+    /// Moves the chain on past a log just written.
+    fn advance(&mut self, summary: &LogSummary) {
+        self.sequence = summary.header.sequence;
+        self.digest = summary.trailer.digest;
     }
 
     fn header(&self, kind: LogKind) -> Result<LogHeader> {
@@ -110,8 +120,7 @@ impl Source {
             w.add_zero(Extent::new(next_block, g.block_count() - next_block))?;
         }
         let (out, summary) = w.finish()?;
-        self.sequence = summary.header.sequence;
-        self.digest = summary.trailer.digest;
+        self.advance(&summary);
         Ok((out, summary))
     }
 
@@ -150,8 +159,7 @@ impl Source {
         })();
         match result {
             Ok((out, summary)) => {
-                self.sequence = summary.header.sequence;
-                self.digest = summary.trailer.digest;
+                self.advance(&summary);
                 Ok((out, summary))
             }
             Err(e) => {
