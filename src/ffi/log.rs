@@ -1,7 +1,7 @@
 //! Delta logs through the C ABI: writing a log file, verifying one.
 
 use super::status::{blockrep_status, guard, null, register, unregister};
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::geometry::{Extent, Geometry};
 use crate::id::DiskId;
 use crate::log::{LogFile, LogHeader, LogKind, ReadOptions, WriterOptions};
@@ -166,11 +166,7 @@ pub unsafe extern "C" fn blockrep_log_writer_commit(
     out_digest: *mut u8,
 ) -> blockrep_status {
     guard(|| {
-        if w.is_null() {
-            return Err(null("writer"));
-        }
-        let b = unregister(w)
-            .ok_or_else(|| Error::new(ErrorKind::Misuse, "writer already finished"))?;
+        let b = unregister(w, "writer")?;
         let summary = b.inner.commit()?;
         if !out_digest.is_null() {
             // SAFETY: 32 writable bytes per the contract.
@@ -188,14 +184,7 @@ pub unsafe extern "C" fn blockrep_log_writer_commit(
 /// `w` null (refused) or live.
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_log_writer_free(w: *mut blockrep_log_writer) -> blockrep_status {
-    guard(|| {
-        if w.is_null() {
-            return Err(null("writer"));
-        }
-        unregister(w)
-            .map(drop)
-            .ok_or_else(|| Error::new(ErrorKind::Misuse, "writer freed twice"))
-    })
+    guard(|| unregister(w, "writer").map(drop))
 }
 
 /// Verifies the whole log file `path` (every record and the trailer) and

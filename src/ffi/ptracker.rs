@@ -2,7 +2,7 @@
 
 use super::status::{blockrep_status, guard, null, register, unregister};
 use super::tracker::blockrep_blockset;
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::geometry::Geometry;
 use crate::id::DiskId;
 use crate::tracker::{OpenState, PersistentTracker};
@@ -186,14 +186,7 @@ pub unsafe extern "C" fn blockrep_ptracker_reclaim(
 /// `t` must be null (refused) or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_ptracker_close(t: *mut blockrep_ptracker) -> blockrep_status {
-    guard(|| {
-        if t.is_null() {
-            return Err(null("tracker"));
-        }
-        let b = unregister(t)
-            .ok_or_else(|| Error::new(ErrorKind::Misuse, "tracker closed twice or never opened"))?;
-        b.inner.close()
-    })
+    guard(|| unregister(t, "tracker")?.inner.close())
 }
 
 /// Frees the handle without a clean stop: the next open treats it as a
@@ -203,12 +196,5 @@ pub unsafe extern "C" fn blockrep_ptracker_close(t: *mut blockrep_ptracker) -> b
 /// `t` must be null (refused) or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_ptracker_free(t: *mut blockrep_ptracker) -> blockrep_status {
-    guard(|| {
-        if t.is_null() {
-            return Err(null("tracker"));
-        }
-        unregister(t)
-            .map(drop)
-            .ok_or_else(|| Error::new(ErrorKind::Misuse, "tracker freed twice or never opened"))
-    })
+    guard(|| unregister(t, "tracker").map(drop))
 }

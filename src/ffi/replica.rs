@@ -2,7 +2,7 @@
 
 use super::log::c_path;
 use super::status::{blockrep_status, guard, null, register, unregister};
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::io::FsDir;
 use crate::log::{Consistency, MappedLog, ReadOptions};
 use crate::replica::{ApplyOutcome, PointView, Replica, RetentionPolicy};
@@ -271,14 +271,7 @@ pub unsafe extern "C" fn blockrep_view_read(
 /// `v` null (refused) or live.
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_view_free(v: *mut blockrep_view) -> blockrep_status {
-    guard(|| {
-        if v.is_null() {
-            return Err(null("view"));
-        }
-        unregister(v)
-            .map(drop)
-            .ok_or_else(|| Error::new(ErrorKind::Misuse, "view freed twice"))
-    })
+    guard(|| unregister(v, "view").map(drop))
 }
 
 /// Frees a replica handle (its files stay). Views keep what they need.
@@ -287,12 +280,5 @@ pub unsafe extern "C" fn blockrep_view_free(v: *mut blockrep_view) -> blockrep_s
 /// `r` null (refused) or live; no other call may use it meanwhile or after.
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_replica_free(r: *mut blockrep_replica) -> blockrep_status {
-    guard(|| {
-        if r.is_null() {
-            return Err(null("replica"));
-        }
-        unregister(r)
-            .map(drop)
-            .ok_or_else(|| Error::new(ErrorKind::Misuse, "replica freed twice"))
-    })
+    guard(|| unregister(r, "replica").map(drop))
 }

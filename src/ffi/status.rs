@@ -98,16 +98,27 @@ pub(crate) fn register<T>(b: Box<T>) -> *mut T {
     p
 }
 
-/// Takes a handle back for freeing; `None` when it is not live.
-pub(crate) fn unregister<T>(p: *mut T) -> Option<Box<T>> {
+/// Takes a handle back for freeing. A null pointer is an invalid
+/// argument; a handle that is not live (released already, or never
+/// created) is misuse.
+pub(crate) fn unregister<T>(p: *mut T, what: &str) -> Result<Box<T>, Error> {
+    if p.is_null() {
+        return Err(null(what));
+    }
     let live = LIVE
         .lock()
         .as_mut()
         .is_some_and(|s| s.remove(&(p as usize)));
+    if !live {
+        return Err(Error::new(
+            ErrorKind::Misuse,
+            format!("{what} was already released, or never created"),
+        ));
+    }
     // SAFETY: `p` was produced by `register` (Box::into_raw of a Box<T>) and
     // was live until the removal just above, which only one caller can win;
     // so it is a valid, uniquely owned allocation of T.
-    live.then(|| unsafe { Box::from_raw(p) })
+    Ok(unsafe { Box::from_raw(p) })
 }
 
 /// Copies the message of the calling thread's last failed call into `buf`

@@ -1,7 +1,6 @@
 //! The tracker through the C ABI.
 
 use super::status::{blockrep_status, guard, null, register, unregister};
-use crate::error::{Error, ErrorKind};
 use crate::geometry::Geometry;
 use crate::tracker::{FrozenSet, Tracker};
 
@@ -71,14 +70,7 @@ pub unsafe extern "C" fn blockrep_tracker_new(
 /// `t` must be a handle from `blockrep_tracker_new` (or null).
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_tracker_free(t: *mut blockrep_tracker) -> blockrep_status {
-    guard(|| {
-        if t.is_null() {
-            return Err(null("tracker"));
-        }
-        unregister(t)
-            .map(drop)
-            .ok_or_else(|| Error::new(ErrorKind::Misuse, "tracker freed twice or never created"))
-    })
+    guard(|| unregister(t, "tracker").map(drop))
 }
 
 /// Marks every block that a write of `len` bytes at `offset` touches. Call
@@ -244,12 +236,5 @@ pub unsafe extern "C" fn blockrep_blockset_extents(
 /// `set` must be null or a handle from `blockrep_tracker_cut`.
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_blockset_free(set: *mut blockrep_blockset) -> blockrep_status {
-    guard(|| {
-        if set.is_null() {
-            return Err(null("set"));
-        }
-        unregister(set)
-            .map(drop)
-            .ok_or_else(|| Error::new(ErrorKind::Misuse, "set freed twice or never created"))
-    })
+    guard(|| unregister(set, "set").map(drop))
 }
