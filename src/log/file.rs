@@ -3,37 +3,64 @@
 
 use super::{LogHeader, LogSummary, LogWriter, WriterOptions};
 use crate::error::{Error, Result};
-use std::fs::File;
+use crate::io::{Dir, FsDir, Storage, StorageWriter};
 use std::io::BufWriter;
 use std::ops::{Deref, DerefMut};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
+
+type FileWriter = LogWriter<BufWriter<StorageWriter<Arc<dyn Storage>>>>;
 
 /// A log being written to `NAME.partial`; [`commit`](Self::commit) finishes
 /// it, syncs it, renames it to `NAME` and syncs the directory. Dropped
 /// without commit, the partial file is removed.
 pub struct LogFile {
-    writer: Option<LogWriter<BufWriter<File>>>,
-    path: PathBuf,
-    partial: PathBuf,
+    writer: Option<FileWriter>,
+    dir: Arc<dyn Dir>,
+    name: String,
+    partial: String,
 }
 
 impl LogFile {
     /// Starts writing the log that will be `path`.
     pub fn create(path: impl AsRef<Path>, header: LogHeader, opts: WriterOptions) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let mut name = path
+        let path = path.as_ref();
+        let name = path
             .file_name()
-            .ok_or_else(|| Error::invalid("log path has no file name"))?
-            .to_owned();
-        name.push(".partial");
-        let partial = path.with_file_name(name);
-        let file =
-            File::create(&partial).map_err(|e| Error::io("create log", e).with_path(&partial))?;
-        let writer = LogWriter::new(BufWriter::with_capacity(1 << 20, file), header, opts)
-            .map_err(|e| e.with_path(&partial))?;
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::invalid("log path has no UTF-8 file name").with_path(path))?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Self::create_in(Arc::new(FsDir::new(parent)?), name, header, opts)
+    }
+
+    /// Starts writing the log that will be `name` in `dir`.
+    pub fn create_in(
+        dir: Arc<dyn Dir>,
+        name: &str,
+        header: LogHeader,
+        opts: WriterOptions,
+    ) -> Result<Self> {
+        let partial = format!("{name}.partial");
+        let at = |e: Error| match dir.path_of(&partial) {
+            Some(p) => e.with_path(p),
+            None => e,
+        };
+        let file = dir.create(&partial).map_err(at)?;
+        let out = BufWriter::with_capacity(1 << 20, StorageWriter::new(file, 0));
+        let writer = match LogWriter::new(out, header, opts) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = dir.remove(&partial);
+                return Err(at(e));
+            }
+        };
         Ok(LogFile {
             writer: Some(writer),
-            path,
+            dir,
+            name: name.to_owned(),
             partial,
         })
     }
@@ -41,21 +68,29 @@ impl LogFile {
     /// Finishes the log and makes it durable under its final name.
     pub fn commit(mut self) -> Result<LogSummary> {
         let w = self.writer.take().expect("writer present until commit");
-        let (buf, summary) = w.finish().map_err(|e| e.with_path(&self.partial))?;
-        let file = buf
-            .into_inner()
-            .map_err(|e| Error::io("flush log", e.into_error()).with_path(&self.partial))?;
-        file.sync_all()
-            .map_err(|e| Error::io("sync log", e).with_path(&self.partial))?;
-        std::fs::rename(&self.partial, &self.path)
-            .map_err(|e| Error::io("rename log", e).with_path(&self.partial))?;
-        crate::io::sync_parent_dir(&self.path)?;
-        Ok(summary)
+        let result = (|| {
+            let (buf, summary) = w.finish()?;
+            let (file, _) = buf
+                .into_inner()
+                .map_err(|e| Error::io("flush log", e.into_error()))?
+                .into_inner();
+            file.sync()?;
+            self.dir.rename(&self.partial, &self.name)?;
+            self.dir.sync()?;
+            Ok(summary)
+        })();
+        result.map_err(|e: Error| {
+            let _ = self.dir.remove(&self.partial);
+            match self.dir.path_of(&self.partial) {
+                Some(p) => e.with_path(p),
+                None => e,
+            }
+        })
     }
 }
 
 impl Deref for LogFile {
-    type Target = LogWriter<BufWriter<File>>;
+    type Target = FileWriter;
     fn deref(&self) -> &Self::Target {
         self.writer.as_ref().expect("writer present until commit")
     }
@@ -70,7 +105,7 @@ impl DerefMut for LogFile {
 impl Drop for LogFile {
     fn drop(&mut self) {
         if self.writer.is_some() {
-            let _ = std::fs::remove_file(&self.partial);
+            let _ = self.dir.remove(&self.partial);
         }
     }
 }

@@ -25,7 +25,7 @@ pub use view::{OverlayView, PointView};
 use crate::error::{Error, ErrorKind, Result};
 use crate::geometry::Extent;
 use crate::io::{Dir, Storage, StorageWriter};
-use crate::log::{Digest, LogHeader, LogKind, LogWriter, MappedLog, ReadOptions, WriterOptions};
+use crate::log::{Digest, LogFile, LogHeader, LogKind, MappedLog, ReadOptions, WriterOptions};
 use parking_lot::{Mutex, RwLock};
 use state::{Phase, State};
 use std::collections::BTreeMap;
@@ -376,23 +376,20 @@ impl Replica {
     fn write_undo(&self, st: &State, log: &MappedLog) -> Result<MappedLog> {
         let h = log.header();
         let name = undo_name(h.sequence);
-        let partial = format!("{name}.partial");
         let result = (|| {
-            let f = self.dir.create(&partial)?;
             let mut uh =
                 LogHeader::new(h.disk_id, st.geometry, LogKind::Undo, st.epoch, h.sequence)?;
             // An undo log leads back to `base_sequence` from the point whose
             // digest is `base_digest`.
             uh.base_sequence = st.applied;
             uh.base_digest = log.trailer().digest;
-            let out = BufWriter::with_capacity(1 << 20, StorageWriter::new(f.clone(), 0));
             // Smaller records than shipped logs: a view reading one block
             // decompresses the whole record that holds it.
             let opts = WriterOptions {
                 record_bytes: UNDO_RECORD_BYTES,
                 ..WriterOptions::default()
             };
-            let mut w = LogWriter::new(out, uh, opts)?;
+            let mut w = LogFile::create_in(self.dir.clone(), &name, uh, opts)?;
             let mut buf = Vec::new();
             for e in log.extents()? {
                 for part in chunks(e.extent, st.geometry.block_size()) {
@@ -402,21 +399,13 @@ impl Replica {
                     w.add_extent(part, &buf)?;
                 }
             }
-            let (out, summary) = w.finish()?;
-            out.into_inner()
-                .map_err(|e| Error::io("flush undo log", e.into_error()))?;
-            f.sync()?;
-            self.dir.rename(&partial, &name)?;
-            self.dir.sync()?;
+            let summary = w.commit()?;
             // Our own bytes, just written: no need to read them back whole.
             match self.dir.path_of(&name) {
                 Some(p) => MappedLog::written(Some(&p), None, &summary),
                 None => MappedLog::written(None, Some(self.dir.read_all(&name)?.into()), &summary),
             }
         })();
-        if result.is_err() {
-            let _ = self.dir.remove(&partial);
-        }
         result.map_err(|e: Error| e.with_sequence(h.sequence))
     }
 }

@@ -3,11 +3,7 @@
 use super::state::Phase;
 use super::{undo_name, Replica};
 use crate::error::{Error, ErrorKind, Result};
-use crate::io::StorageWriter;
-use crate::log::{
-    BlockLookup, Consistency, LogHeader, LogKind, LogWriter, MappedLog, WriterOptions,
-};
-use std::io::BufWriter;
+use crate::log::{BlockLookup, Consistency, LogFile, LogHeader, LogKind, MappedLog, WriterOptions};
 use std::time::Duration;
 
 /// Which points to keep. A point is kept when any rule keeps it; the latest
@@ -145,19 +141,16 @@ impl Replica {
         };
         let name = undo_name(x);
         let merged_name = format!("{name}.merged");
-        let partial = format!("{merged_name}.partial");
         let g = st.geometry;
-        let written = (|| {
-            let f = self.dir.create(&partial)?;
+        let summary = {
             let mut h = LogHeader::new(st.disk_id, g, LogKind::Undo, st.points[i + 1].epoch, x)?;
             h.base_sequence = pred;
             h.base_digest = ux.header().base_digest;
-            let out = BufWriter::with_capacity(1 << 20, StorageWriter::new(f.clone(), 0));
             let opts = WriterOptions {
                 record_bytes: super::UNDO_RECORD_BYTES,
                 ..WriterOptions::default()
             };
-            let mut w = LogWriter::new(out, h, opts)?;
+            let mut w = LogFile::create_in(self.dir.clone(), &merged_name, h, opts)?;
             let all = uk.present()?.union(ux.present()?);
             let mut buf = vec![0u8; g.block_size() as usize];
             for b in all.blocks() {
@@ -167,20 +160,7 @@ impl Replica {
                 }
                 w.add_block(b, data)?;
             }
-            let (out, summary) = w.finish()?;
-            out.into_inner()
-                .map_err(|e| Error::io("flush merged undo log", e.into_error()))?;
-            f.sync()?;
-            self.dir.rename(&partial, &merged_name)?;
-            self.dir.sync()?;
-            Ok(summary)
-        })();
-        let summary = match written {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = self.dir.remove(&partial);
-                return Err(e);
-            }
+            w.commit()?
         };
         let mut next = st.clone();
         next.points.remove(i);
