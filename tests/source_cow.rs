@@ -7,7 +7,7 @@ mod common;
 use blockrep::io::{Dir, FaultPlan, MemDir, MemStorage, Storage};
 use blockrep::log::{MappedLog, ReadOptions, WriterOptions};
 use blockrep::replica::Replica;
-use blockrep::source::{Primary, Source};
+use blockrep::source::{CycleOptions, Primary, Source};
 use blockrep::{DiskId, Geometry, Tracker};
 use common::{first_diff, Rng};
 use parking_lot::RwLock;
@@ -78,7 +78,9 @@ fn points_equal_the_disk_at_the_cut_while_writers_race() {
                 record_bytes: 16 << 10,
                 threads: 1,
             };
-            let (log, _) = cycle.write_log(&mut source, Vec::new(), opts).unwrap();
+            let (log, _) = cycle
+                .write_log(&mut source, Vec::new(), opts, &CycleOptions::default())
+                .unwrap();
             replica
                 .apply(&MappedLog::from_bytes(log, "delta", &ReadOptions::default()).unwrap())
                 .unwrap();

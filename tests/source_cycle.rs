@@ -9,60 +9,13 @@ use blockrep::io::{
 };
 use blockrep::log::{MappedLog, ReadOptions, WriterOptions};
 use blockrep::replica::Replica;
-use blockrep::source::Source;
-use blockrep::{DiskId, Geometry, Result, Tracker};
-use common::{first_diff, Rng};
-use std::sync::atomic::{AtomicU64, Ordering};
+use blockrep::source::{CycleOptions, Source};
+use blockrep::{DiskId, Geometry, Tracker};
+use common::{first_diff, Reads, Rng};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 const ID: DiskId = DiskId([5; 16]);
-
-/// Counts bytes read, and fails the n-th read when asked.
-struct Reads<S> {
-    inner: S,
-    bytes: AtomicU64,
-    reads: AtomicU64,
-    fail_at: u64,
-}
-
-impl<S: Storage> Reads<S> {
-    fn new(inner: S, fail_at: u64) -> Self {
-        Reads {
-            inner,
-            bytes: AtomicU64::new(0),
-            reads: AtomicU64::new(0),
-            fail_at,
-        }
-    }
-}
-
-impl<S: Storage> Storage for Reads<S> {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        if self.reads.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
-            return Err(blockrep::Error::io(
-                "read",
-                std::io::Error::from_raw_os_error(libc::EIO),
-            ));
-        }
-        self.bytes.fetch_add(buf.len() as u64, Ordering::SeqCst);
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.inner.write_at(buf, offset)
-    }
-    fn sync(&self) -> Result<()> {
-        self.inner.sync()
-    }
-    fn len(&self) -> Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> Result<()> {
-        self.inner.set_len(len)
-    }
-    fn next_data(&self, offset: u64) -> Result<Option<(u64, u64)>> {
-        self.inner.next_data(offset)
-    }
-}
 
 fn to_log(bytes: Vec<u8>) -> MappedLog {
     MappedLog::from_bytes(bytes, "log", &ReadOptions::default()).unwrap()
@@ -134,7 +87,13 @@ fn cycles_replicate_writes_exactly() {
             tracker.mark(off, len as u64).unwrap();
         }
         let (log, summary) = src
-            .cycle(&tracker, &disk, Vec::new(), WriterOptions::default())
+            .cycle(
+                &tracker,
+                &disk,
+                Vec::new(),
+                WriterOptions::default(),
+                &CycleOptions::default(),
+            )
             .unwrap();
         assert_eq!(summary.header.sequence, round + 2);
         r.apply(&to_log(log)).unwrap();
@@ -181,7 +140,13 @@ fn a_cycle_failing_at_every_step_reclaims_its_blocks() {
     let out = FaultStorage::new(MemStorage::new(), &counting);
     let disk = Reads::new(&mem, 0);
     src.clone()
-        .cycle(&probe, &disk, StorageWriter::new(&out, 0), opts)
+        .cycle(
+            &probe,
+            &disk,
+            StorageWriter::new(&out, 0),
+            opts,
+            &CycleOptions::default(),
+        )
         .unwrap();
     let (reads, writes) = (disk.reads.load(Ordering::SeqCst), counting.ops());
     assert!(reads > 3 && writes > 3, "{reads} reads, {writes} writes");
@@ -197,8 +162,14 @@ fn a_cycle_failing_at_every_step_reclaims_its_blocks() {
             let disk = Reads::new(&mem, if kind == "read" { n } else { 0 });
             let seq = src.sequence();
             assert!(
-                src.cycle(&tracker, &disk, StorageWriter::new(&out, 0), opts)
-                    .is_err(),
+                src.cycle(
+                    &tracker,
+                    &disk,
+                    StorageWriter::new(&out, 0),
+                    opts,
+                    &CycleOptions::default()
+                )
+                .is_err(),
                 "{kind} {n}"
             );
             assert_eq!(
@@ -211,7 +182,9 @@ fn a_cycle_failing_at_every_step_reclaims_its_blocks() {
     }
     // Nothing was lost: the next cycle ships everything.
     write_some(&tracker);
-    let (log, _) = src.cycle(&tracker, &mem, Vec::new(), opts).unwrap();
+    let (log, _) = src
+        .cycle(&tracker, &mem, Vec::new(), opts, &CycleOptions::default())
+        .unwrap();
     r.apply(&to_log(log)).unwrap();
     assert_eq!(
         first_diff(&image(&r, g.size() as usize), &mem.to_vec()),

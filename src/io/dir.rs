@@ -28,6 +28,17 @@ pub trait Dir: Send + Sync {
     fn list(&self) -> Result<Vec<String>>;
     /// Where `name` is on the file system, when it is.
     fn path_of(&self, name: &str) -> Option<PathBuf>;
+    /// Replaces `name` with `bytes` atomically (through `NAME.tmp`, synced,
+    /// renamed, directory synced): a crash leaves the old file or the new
+    /// one, whole.
+    fn store_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let tmp = format!("{name}.tmp");
+        let f = self.create(&tmp)?;
+        f.write_at(bytes, 0)?;
+        f.sync()?;
+        self.rename(&tmp, name)?;
+        self.sync()
+    }
     /// Reads a whole file into memory.
     fn read_all(&self, name: &str) -> Result<Vec<u8>> {
         let s = self.open(name)?;

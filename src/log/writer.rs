@@ -183,6 +183,11 @@ impl<W: Write> LogWriter<W> {
         &self.header
     }
 
+    /// Bytes handed to the output so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
     fn check_next(&self, extent: Extent) -> Result<()> {
         self.header.geometry.check_extent(extent)?;
         if extent.start < self.next_block {

@@ -15,7 +15,6 @@ const VERSION: u32 = 1;
 const FIXED: usize = 112;
 const POINT_FIXED: usize = 72;
 pub(crate) const STATE: &str = "state";
-const STATE_TMP: &str = "state.tmp";
 
 /// A retention point: a replica state the user can return to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,12 +190,7 @@ impl State {
     /// Replaces the state of `dir` atomically: a crash leaves the old state
     /// or the new one, whole.
     pub(crate) fn store(&self, dir: &dyn Dir) -> Result<()> {
-        let b = self.encode();
-        let f = dir.create(STATE_TMP)?;
-        f.write_at(&b, 0)?;
-        f.sync()?;
-        dir.rename(STATE_TMP, STATE)?;
-        dir.sync()
+        dir.store_atomic(STATE, &self.encode())
     }
 }
 

@@ -7,22 +7,104 @@
 //! first copies that block's old content aside for the cycle. With no cycle
 //! in flight a guard costs one atomic load beyond the mark.
 //!
+//! Zero writes and discards take a [`Primary::zero_guard`]: their whole
+//! blocks go into a set of zeroed blocks, which a cycle ships as zero
+//! extents without reading them, unless a data write touched them too in
+//! the same generation.
+//!
 //! A write already in flight when a cycle starts (its guard taken before)
 //! may or may not be in that cycle's point, as a write in flight at a power
 //! cut may or may not be on the disk; its mark lands in the next generation
 //! either way, so it is never lost.
 
-use super::Source;
+use super::{CycleOptions, Source};
 use crate::error::Result;
 use crate::geometry::Extent;
 use crate::io::Storage;
-use crate::log::{LogHeader, LogKind, LogSummary, LogWriter, WriterOptions};
-use crate::tracker::{FrozenSet, Tracker};
+use crate::log::{LogKind, LogSummary, LogWriter, WriterOptions};
+use crate::tracker::{BlockSet, FrozenSet, PersistentTracker, Tracker};
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+/// The change tracking behind a [`Primary`]: an in-memory [`Tracker`], or a
+/// [`PersistentTracker`] that records write intent before a write and
+/// survives restarts.
+pub trait Tracking: Send + Sync {
+    /// The in-memory tracker (for queries and cuts).
+    fn tracker(&self) -> &Tracker;
+    /// Called before a write of `len` bytes at `offset` is submitted.
+    fn begin_write(&self, offset: u64, len: u64) -> Result<()>;
+    /// Called once it completed; `data`: whether its blocks must be marked
+    /// (false for a zero write, whose blocks the primary tracks apart).
+    fn end_write(&self, offset: u64, len: u64, data: bool);
+    /// Closes the current generation.
+    fn cut(&self) -> FrozenSet {
+        self.tracker().cut()
+    }
+    /// Hands a failed cycle's blocks back.
+    fn reclaim(&self, frozen: &FrozenSet) {
+        self.tracker().reclaim(frozen)
+    }
+    /// The log of `generation` is durable in the spool.
+    fn commit(&self, generation: u64) -> Result<()> {
+        let _ = generation;
+        Ok(())
+    }
+    /// Marks `extent` so that it survives a crash from now on (blocks of a
+    /// spooled log folded back).
+    fn mark_durable(&self, extent: Extent) -> Result<()> {
+        self.tracker().mark_extent(extent)
+    }
+}
+
+impl Tracking for Tracker {
+    fn tracker(&self) -> &Tracker {
+        self
+    }
+    #[inline]
+    fn begin_write(&self, _offset: u64, _len: u64) -> Result<()> {
+        Ok(())
+    }
+    #[inline]
+    fn end_write(&self, offset: u64, len: u64, data: bool) {
+        if data {
+            // The range was checked when the guard was taken.
+            let _ = self.mark(offset, len);
+        }
+    }
+}
+
+impl Tracking for PersistentTracker {
+    fn tracker(&self) -> &Tracker {
+        PersistentTracker::tracker(self)
+    }
+    fn begin_write(&self, offset: u64, len: u64) -> Result<()> {
+        self.begin_write_unguarded(offset, len)
+    }
+    fn end_write(&self, offset: u64, len: u64, _data: bool) {
+        // Zero writes are marked too: the zero set is not persistent, and
+        // the blocks, read as zeros, still ship as zero extents.
+        let _ = PersistentTracker::end_write(self, offset, len);
+    }
+    fn cut(&self) -> FrozenSet {
+        PersistentTracker::cut(self)
+    }
+    fn reclaim(&self, frozen: &FrozenSet) {
+        PersistentTracker::reclaim(self, frozen)
+    }
+    fn commit(&self, generation: u64) -> Result<()> {
+        PersistentTracker::commit(self, generation)
+    }
+    fn mark_durable(&self, extent: Extent) -> Result<()> {
+        let g = self.geometry();
+        let (offset, len) = g.extent_bytes(extent);
+        self.begin_write_unguarded(offset, len)?;
+        PersistentTracker::end_write(self, offset, len)
+    }
+}
 
 /// The blocks a running cycle still has to read, and old contents saved
 /// for it by writers.
@@ -32,11 +114,14 @@ struct InFlight {
     saved: HashMap<u64, Vec<u8>>,
 }
 
-/// A replicated disk on the primary: its tracker, its storage, and the
-/// copy-before-write state of the cycle in flight.
-pub struct Primary {
-    tracker: Tracker,
+/// A replicated disk on the primary: its tracking, its storage, the blocks
+/// zeroed since the last cut, and the copy-before-write state of the cycle
+/// in flight.
+pub struct Primary<T: Tracking = Tracker> {
+    tracking: T,
     disk: Arc<dyn Storage>,
+    /// Whole blocks written with zeros or discarded.
+    zeroed: Tracker,
     active: AtomicBool,
     cycle: Mutex<InFlight>,
 }
@@ -44,68 +129,127 @@ pub struct Primary {
 /// Taken before a guest write is submitted; marks the write when dropped
 /// (after it completed).
 #[must_use = "dropping the guard marks the write as completed"]
-pub struct WriteGuard<'a> {
-    primary: &'a Primary,
+pub struct WriteGuard<'a, T: Tracking = Tracker> {
+    primary: &'a Primary<T>,
     offset: u64,
     len: u64,
+    zero: bool,
 }
 
-impl Drop for WriteGuard<'_> {
+impl<T: Tracking> Drop for WriteGuard<'_, T> {
     fn drop(&mut self) {
-        // The range was checked when the guard was taken.
-        let _ = self.primary.tracker.mark(self.offset, self.len);
+        let p = self.primary;
+        if self.zero {
+            p.mark_zeroed(self.offset, self.len);
+        }
+        p.tracking.end_write(self.offset, self.len, !self.zero);
     }
 }
 
 /// A cycle whose cut is taken: the point is fixed; its blocks are read by
 /// [`write_log`](CycleHandle::write_log).
-pub struct CycleHandle<'a> {
-    primary: &'a Primary,
+pub struct CycleHandle<'a, T: Tracking = Tracker> {
+    primary: &'a Primary<T>,
     frozen: Option<FrozenSet>,
+    /// Blocks only zeroed in the generation: shipped without a read.
+    zeroed: BlockSet,
 }
 
-impl std::fmt::Debug for Primary {
+impl<T: Tracking> std::fmt::Debug for Primary<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Primary")
-            .field("tracker", &self.tracker)
+            .field("tracker", self.tracking.tracker())
             .finish()
     }
 }
 
-impl Primary {
-    /// A primary disk with a clean tracker.
-    pub fn new(tracker: Tracker, disk: Arc<dyn Storage>) -> Self {
+impl<T: Tracking> Primary<T> {
+    /// A primary disk tracked by `tracking`.
+    pub fn new(tracking: T, disk: Arc<dyn Storage>) -> Self {
+        let g = tracking.tracker().geometry();
         Primary {
-            tracker,
+            tracking,
             disk,
+            zeroed: Tracker::new(g),
             active: AtomicBool::new(false),
             cycle: Mutex::new(InFlight::default()),
         }
     }
 
-    /// The tracker.
+    /// The in-memory tracker.
     pub fn tracker(&self) -> &Tracker {
-        &self.tracker
+        self.tracking.tracker()
+    }
+
+    /// The tracking.
+    pub fn tracking(&self) -> &T {
+        &self.tracking
+    }
+
+    /// The disk.
+    pub fn disk(&self) -> &Arc<dyn Storage> {
+        &self.disk
     }
 
     /// Call before submitting a guest write of `len` bytes at `offset`;
     /// drop the guard once the write completed. Thread-safe.
     #[inline]
-    pub fn write_guard(&self, offset: u64, len: u64) -> Result<WriteGuard<'_>> {
-        let e = self.tracker.geometry().blocks_for_range(offset, len)?;
-        if self.active.load(Ordering::Acquire) {
-            self.save_old(e)?;
-        }
-        Ok(WriteGuard {
+    pub fn write_guard(&self, offset: u64, len: u64) -> Result<WriteGuard<'_, T>> {
+        self.guard(offset, len, false)
+    }
+
+    /// As [`write_guard`](Self::write_guard), for a write of zeros or a
+    /// discard (which must leave the range reading as zeros): its whole
+    /// blocks ship as zero extents, without being read.
+    pub fn zero_guard(&self, offset: u64, len: u64) -> Result<WriteGuard<'_, T>> {
+        self.guard(offset, len, true)
+    }
+
+    #[inline]
+    fn guard(&self, offset: u64, len: u64, zero: bool) -> Result<WriteGuard<'_, T>> {
+        let e = self.tracker().geometry().blocks_for_range(offset, len)?;
+        self.tracking.begin_write(offset, len)?;
+        let guard = WriteGuard {
             primary: self,
             offset,
             len,
-        })
+            zero,
+        };
+        if self.active.load(Ordering::Acquire) {
+            self.save_old(e)?;
+        }
+        Ok(guard)
+    }
+
+    /// Marks the whole blocks of a zero write as zeroed; the partial
+    /// blocks at its ends keep other data and are marked as written.
+    fn mark_zeroed(&self, offset: u64, len: u64) {
+        let g = self.tracker().geometry();
+        let bs = g.block_size() as u64;
+        let end = offset + len;
+        let first = offset.div_ceil(bs);
+        // The disk's last block may be short: a write to the end covers it.
+        let stop = if end == g.size() {
+            g.block_count()
+        } else {
+            end / bs
+        };
+        if first >= stop {
+            let _ = self.tracker().mark(offset, len);
+            return;
+        }
+        let _ = self.zeroed.mark_extent(Extent::new(first, stop - first));
+        if offset < first * bs {
+            let _ = self.tracker().mark(offset, first * bs - offset);
+        }
+        if stop < g.block_count() && stop * bs < end {
+            let _ = self.tracker().mark(stop * bs, end - stop * bs);
+        }
     }
 
     #[cold]
     fn save_old(&self, e: Extent) -> Result<()> {
-        let g = self.tracker.geometry();
+        let g = self.tracker().geometry();
         let mut c = self.cycle.lock();
         let todo: Vec<u64> = c.unread.range(e.start..e.end()).copied().collect();
         for b in todo {
@@ -119,20 +263,39 @@ impl Primary {
 
     /// Cuts the tracker: the point of the next log is now. Writers go on;
     /// the ones that overwrite frozen blocks save them first.
-    pub fn begin_cycle(&self) -> CycleHandle<'_> {
+    pub fn begin_cycle(&self) -> CycleHandle<'_, T> {
         let mut c = self.cycle.lock();
-        let frozen = self.tracker.cut();
+        let zeroed = self.zeroed.cut().into_set();
+        let frozen = self.tracking.cut();
         c.unread = frozen.blocks().collect();
         c.saved.clear();
         self.active.store(true, Ordering::Release);
+        let zeroed = zeroed.difference(&frozen);
         CycleHandle {
             primary: self,
             frozen: Some(frozen),
+            zeroed,
         }
+    }
+
+    /// Marks the blocks of a log handed back (folded) from the spool:
+    /// durably, as written.
+    pub(crate) fn mark_durable(&self, extent: Extent) -> Result<()> {
+        self.tracking.mark_durable(extent)
     }
 }
 
-impl CycleHandle<'_> {
+impl<T: Tracking> CycleHandle<'_, T> {
+    /// The generation the cut closed.
+    pub fn generation(&self) -> u64 {
+        self.frozen.as_ref().map_or(0, |f| f.generation())
+    }
+
+    /// Blocks the cycle ships (read or zeroed).
+    pub fn blocks(&self) -> u64 {
+        self.frozen.as_ref().map_or(0, |f| f.count()) + self.zeroed.count()
+    }
+
     /// Reads the frozen blocks as of the cut (saved copies first, then the
     /// disk) and writes the next log of `source` to `out`. On failure the
     /// blocks go back to the tracker and the chain does not advance.
@@ -141,44 +304,59 @@ impl CycleHandle<'_> {
         source: &mut Source,
         out: W,
         opts: WriterOptions,
+        cycle: &CycleOptions,
     ) -> Result<(W, LogSummary)> {
-        let frozen = self.frozen.take().expect("a cycle writes its log once");
+        let h = source.header_for(LogKind::Delta, cycle)?;
+        let mut w = LogWriter::new(out, h, opts)?;
+        self.fill(&mut w)?;
+        let (out, summary) = w.finish()?;
+        self.complete();
+        source.advance(&summary);
+        Ok((out, summary))
+    }
+
+    /// Writes the cycle's blocks to `w`, in ascending order: zeroed ones
+    /// as zero extents, the others as of the cut (saved copies first, then
+    /// the disk).
+    pub(crate) fn fill<W: Write>(&mut self, w: &mut LogWriter<W>) -> Result<()> {
         let p = self.primary;
-        let g = p.tracker.geometry();
-        let result = (|| {
-            let mut h: LogHeader = source.header(LogKind::Delta)?;
-            h.geometry = g;
-            let mut w = LogWriter::new(out, h, opts)?;
-            let mut buf = vec![0u8; g.block_size() as usize];
-            for b in frozen.blocks() {
-                let data = &mut buf[..g.block_len(b) as usize];
-                {
-                    // Under the lock, so no writer overwrites `b` between
-                    // the check and the read.
-                    let mut c = p.cycle.lock();
-                    match c.saved.remove(&b) {
-                        Some(old) => data.copy_from_slice(&old),
-                        None => {
-                            p.disk.read_at(data, g.block_offset(b))?;
-                            c.unread.remove(&b);
-                        }
+        let g = p.tracker().geometry();
+        let frozen = self.frozen.as_ref().expect("a cycle is filled once");
+        let mut zeros = self.zeroed.extents().peekable();
+        let mut buf = vec![0u8; g.block_size() as usize];
+        for b in frozen.blocks() {
+            // Disjoint sets: a zero run starting before `b` ends before it.
+            while let Some(z) = zeros.next_if(|z| z.start < b) {
+                w.add_zero(z)?;
+            }
+            let data = &mut buf[..g.block_len(b) as usize];
+            {
+                // Under the lock, so no writer overwrites `b` between the
+                // check and the read.
+                let mut c = p.cycle.lock();
+                match c.saved.remove(&b) {
+                    Some(old) => data.copy_from_slice(&old),
+                    None => {
+                        p.disk.read_at(data, g.block_offset(b))?;
+                        c.unread.remove(&b);
                     }
                 }
-                w.add_block(b, data)?;
             }
-            w.finish()
-        })();
-        self.end();
-        match result {
-            Ok((out, summary)) => {
-                source.advance(&summary);
-                Ok((out, summary))
-            }
-            Err(e) => {
-                p.tracker.reclaim(&frozen);
-                Err(e)
-            }
+            w.add_block(b, data)?;
         }
+        for z in zeros {
+            w.add_zero(z)?;
+        }
+        Ok(())
+    }
+
+    /// Ends a cycle whose log is durable: its blocks are shipped.
+    pub(crate) fn complete(mut self) {
+        let frozen = self.frozen.take().expect("a cycle completes once");
+        self.end();
+        // A failure only keeps intent bits set, which widens the resync
+        // after a crash; the log is safe either way.
+        let _ = self.primary.tracking.commit(frozen.generation());
     }
 
     fn end(&self) {
@@ -190,12 +368,15 @@ impl CycleHandle<'_> {
     }
 }
 
-impl Drop for CycleHandle<'_> {
+impl<T: Tracking> Drop for CycleHandle<'_, T> {
     fn drop(&mut self) {
-        // Abandoned without writing its log: hand the blocks back.
+        // Failed or abandoned before its log was durable: hand the blocks
+        // back.
         if let Some(f) = self.frozen.take() {
             self.end();
-            self.primary.tracker.reclaim(&f);
+            let p = self.primary;
+            p.zeroed.reclaim(&self.zeroed);
+            p.tracking.reclaim(&f);
         }
     }
 }

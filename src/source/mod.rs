@@ -1,19 +1,32 @@
 //! The primary side: turning a disk and its tracked changes into logs.
 //!
-//! This first part covers enabling replication, the initial full log
-//! (skipping holes) and delta cycles that hand their blocks back to the
-//! tracker when anything fails. Point-in-time reads under running writers
-//! (copy-before-write), the spool, consistency groups and resync follow.
+//! * [`Source`]: a disk's identity and where its chain of logs stands;
+//!   writes the initial full log (skipping holes) and delta cycles that
+//!   hand their blocks back to the tracker when anything fails.
+//! * [`Primary`]: write guards with copy-before-write, so a cycle's point
+//!   is one instant while writers run; zero writes and discards tracked as
+//!   such.
+//! * [`Spool`]: logs waiting for the transport, bounded and crash-safe.
+//! * [`Pipeline`]: the three together, as an integration runs them.
+//! * [`Throttle`]: a bandwidth limit; [`Progress`] reports for long copies.
 
 mod cow;
+mod pipeline;
+mod spool;
+mod throttle;
 
-pub use cow::{CycleHandle, Primary, WriteGuard};
+pub use cow::{CycleHandle, Primary, Tracking, WriteGuard};
+pub use pipeline::{CycleReport, Pipeline, PipelineCycle};
+pub use spool::{ChainPoint, FoldBack, Spool, SpoolStatus, SpooledLog};
+pub use throttle::{Progress, Throttle, TransferOptions};
 
 use crate::error::Result;
 use crate::geometry::{Extent, Geometry};
 use crate::id::DiskId;
 use crate::io::Storage;
-use crate::log::{Digest, LogHeader, LogKind, LogSummary, LogWriter, WriterOptions};
+use crate::log::{
+    Consistency, Digest, GroupInfo, LogHeader, LogKind, LogSummary, LogWriter, WriterOptions,
+};
 use crate::tracker::Tracker;
 use std::io::Write;
 
@@ -24,13 +37,46 @@ const READ_CHUNK: u64 = 1 << 20;
 /// logs stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
-    disk_id: DiskId,
-    epoch: u64,
-    geometry: Geometry,
+    pub(crate) disk_id: DiskId,
+    pub(crate) epoch: u64,
+    pub(crate) geometry: Geometry,
     /// The sequence of the last log produced (0: none yet).
-    sequence: u64,
+    pub(crate) sequence: u64,
     /// The content digest after that log.
-    digest: Digest,
+    pub(crate) digest: Digest,
+}
+
+/// What the point a cycle cuts is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CycleOptions {
+    /// Crash-consistent, or app-consistent when the integration quiesced
+    /// the guest for this cycle.
+    pub consistency: Consistency,
+    /// A label for the point (at most 255 bytes of UTF-8).
+    pub label: String,
+    /// The consistency group cut, when the cycle is one disk of a group.
+    pub group: Option<GroupInfo>,
+}
+
+impl Default for CycleOptions {
+    fn default() -> Self {
+        CycleOptions {
+            consistency: Consistency::Crash,
+            label: String::new(),
+            group: None,
+        }
+    }
+}
+
+impl CycleOptions {
+    /// An app-consistent point with `label`.
+    pub fn app_consistent(label: impl Into<String>) -> Self {
+        CycleOptions {
+            consistency: Consistency::App,
+            label: label.into(),
+            group: None,
+        }
+    }
 }
 
 impl Source {
@@ -57,9 +103,33 @@ impl Source {
     }
 
     /// Moves the chain on past a log just written.
-    fn advance(&mut self, summary: &LogSummary) {
+    pub(crate) fn advance(&mut self, summary: &LogSummary) {
         self.sequence = summary.header.sequence;
         self.digest = summary.trailer.digest;
+    }
+
+    /// The disk.
+    pub fn disk_id(&self) -> DiskId {
+        self.disk_id
+    }
+
+    /// The epoch of the last log.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The disk's geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    pub(crate) fn header_for(&self, kind: LogKind, cycle: &CycleOptions) -> Result<LogHeader> {
+        let mut h = self.header(kind)?;
+        h.consistency = cycle.consistency;
+        h.label.clone_from(&cycle.label);
+        h.group = cycle.group;
+        h.check()?;
+        Ok(h)
     }
 
     fn header(&self, kind: LogKind) -> Result<LogHeader> {
@@ -80,45 +150,15 @@ impl Source {
     /// blocks become zero extents without being read or stored. Start
     /// tracking before calling it: what changes during the copy goes into
     /// the first delta.
-    pub fn initial_sync<W: Write>(
+    pub fn initial_sync<'a, W: Write>(
         &mut self,
         disk: &dyn Storage,
         out: W,
-        opts: WriterOptions,
+        opts: impl Into<TransferOptions<'a>>,
     ) -> Result<(W, LogSummary)> {
-        let g = self.geometry;
-        let mut w = LogWriter::new(out, self.header(LogKind::Full)?, opts)?;
-        let bs = g.block_size() as u64;
-        let mut next_block = 0u64;
-        let mut buf = Vec::new();
-        let mut at = 0u64;
-        while let Some((start, len)) = disk.next_data(at)? {
-            // Whole blocks covering the data range; a block part hole, part
-            // data is read whole.
-            let first = (start / bs).max(next_block);
-            let end_block = (start + len).div_ceil(bs).min(g.block_count());
-            if first > next_block {
-                w.add_zero(Extent::new(next_block, first - next_block))?;
-            }
-            let mut b = first;
-            while b < end_block {
-                let n = (end_block - b).min(READ_CHUNK / bs);
-                let e = Extent::new(b, n);
-                let (off, elen) = g.extent_bytes(e);
-                buf.resize(elen as usize, 0);
-                disk.read_at(&mut buf, off)?;
-                w.add_extent(e, &buf)?;
-                b += n;
-            }
-            next_block = next_block.max(end_block);
-            at = start + len;
-            if next_block >= g.block_count() {
-                break;
-            }
-        }
-        if next_block < g.block_count() {
-            w.add_zero(Extent::new(next_block, g.block_count() - next_block))?;
-        }
+        let mut t = opts.into();
+        let mut w = LogWriter::new(out, self.header(LogKind::Full)?, t.writer)?;
+        copy_disk(disk, &mut w, &mut t)?;
         let (out, summary) = w.finish()?;
         self.advance(&summary);
         Ok((out, summary))
@@ -137,24 +177,12 @@ impl Source {
         disk: &dyn Storage,
         out: W,
         opts: WriterOptions,
+        cycle: &CycleOptions,
     ) -> Result<(W, LogSummary)> {
         let frozen = tracker.cut();
         let result = (|| {
-            let g = self.geometry;
-            let mut w = LogWriter::new(out, self.header(LogKind::Delta)?, opts)?;
-            let mut buf = Vec::new();
-            for e in frozen.extents() {
-                let per = (READ_CHUNK / g.block_size() as u64).max(1);
-                let mut b = e.start;
-                while b < e.end() {
-                    let part = Extent::new(b, per.min(e.end() - b));
-                    let (off, len) = g.extent_bytes(part);
-                    buf.resize(len as usize, 0);
-                    disk.read_at(&mut buf, off)?;
-                    w.add_extent(part, &buf)?;
-                    b = part.end();
-                }
-            }
+            let mut w = LogWriter::new(out, self.header_for(LogKind::Delta, cycle)?, opts)?;
+            read_extents(disk, &mut w, frozen.extents())?;
             w.finish()
         })();
         match result {
@@ -168,4 +196,75 @@ impl Source {
             }
         }
     }
+}
+
+/// Adds every block of `disk` to `w`: data ranges read in chunks, holes as
+/// zero extents.
+pub(crate) fn copy_disk<W: Write>(
+    disk: &dyn Storage,
+    w: &mut LogWriter<W>,
+    t: &mut TransferOptions<'_>,
+) -> Result<()> {
+    let g = w.header().geometry;
+    let bs = g.block_size() as u64;
+    let mut next_block = 0u64;
+    let mut buf = Vec::new();
+    let mut at = 0u64;
+    let mut paid = w.written();
+    while let Some((start, len)) = disk.next_data(at)? {
+        // Whole blocks covering the data range; a block part hole, part
+        // data is read whole.
+        let first = (start / bs).max(next_block);
+        let end_block = (start + len).div_ceil(bs).min(g.block_count());
+        if first > next_block {
+            w.add_zero(Extent::new(next_block, first - next_block))?;
+        }
+        let mut b = first;
+        while b < end_block {
+            let n = (end_block - b).min(READ_CHUNK / bs);
+            let e = Extent::new(b, n);
+            let (off, elen) = g.extent_bytes(e);
+            buf.resize(elen as usize, 0);
+            t.read(elen);
+            disk.read_at(&mut buf, off)?;
+            w.add_extent(e, &buf)?;
+            t.wrote(w.written() - paid);
+            paid = w.written();
+            b += n;
+            t.report(off + elen, g.size());
+        }
+        next_block = next_block.max(end_block);
+        at = start + len;
+        if next_block >= g.block_count() {
+            break;
+        }
+    }
+    if next_block < g.block_count() {
+        w.add_zero(Extent::new(next_block, g.block_count() - next_block))?;
+    }
+    t.report(g.size(), g.size());
+    Ok(())
+}
+
+/// Reads the blocks of `extents` from `disk` into `w`, a chunk at a time.
+fn read_extents<W: Write>(
+    disk: &dyn Storage,
+    w: &mut LogWriter<W>,
+    extents: impl Iterator<Item = Extent>,
+) -> Result<()> {
+    let g = w.header().geometry;
+    let per = (READ_CHUNK / g.block_size() as u64).max(1);
+    let mut buf = Vec::new();
+    for e in extents {
+        let mut b = e.start;
+        while b < e.end() {
+            let part = Extent::new(b, per.min(e.end() - b));
+            let (off, len) = g.extent_bytes(part);
+            buf.resize(len as usize, 0);
+            disk.read_at(&mut buf, off)?;
+            w.add_extent(part, &buf)?;
+            b = part.end();
+        }
+    }
+    Ok(())
 }

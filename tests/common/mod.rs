@@ -1,11 +1,14 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use blockrep::io::Storage;
 use blockrep::log::{
     Digest, LogHeader, LogKind, LogReader, LogWriter, MappedLog, ReadOptions, WriterOptions,
 };
+use blockrep::Result;
 use blockrep::{DiskId, Extent, Geometry};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A small deterministic generator, so a failure reproduces.
 pub struct Rng(pub u64);
@@ -163,4 +166,51 @@ pub fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
         return Some(a.len().min(b.len()));
     }
     a.iter().zip(b).position(|(x, y)| x != y)
+}
+
+/// Counts bytes read, and fails the n-th read when asked.
+pub struct Reads<S> {
+    pub inner: S,
+    pub bytes: AtomicU64,
+    pub reads: AtomicU64,
+    pub fail_at: u64,
+}
+
+impl<S: Storage> Reads<S> {
+    pub fn new(inner: S, fail_at: u64) -> Self {
+        Reads {
+            inner,
+            bytes: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            fail_at,
+        }
+    }
+}
+
+impl<S: Storage> Storage for Reads<S> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        if self.reads.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
+            return Err(blockrep::Error::io(
+                "read",
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
+        self.bytes.fetch_add(buf.len() as u64, Ordering::SeqCst);
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn sync(&self) -> Result<()> {
+        self.inner.sync()
+    }
+    fn len(&self) -> Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> Result<()> {
+        self.inner.set_len(len)
+    }
+    fn next_data(&self, offset: u64) -> Result<Option<(u64, u64)>> {
+        self.inner.next_data(offset)
+    }
 }

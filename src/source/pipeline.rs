@@ -1,0 +1,162 @@
+//! The primary side as an integration runs it: a [`Primary`] whose cycles
+//! write into a [`Spool`], folding the spool back into the tracker when it
+//! overflows.
+
+use super::{copy_disk, CycleOptions, Primary, Spool, SpoolStatus, Tracking, TransferOptions};
+use super::{CycleHandle, FoldBack, Source};
+use crate::error::{Error, ErrorKind, Result};
+use crate::log::{LogKind, LogSummary, WriterOptions};
+use crate::tracker::Tracker;
+use parking_lot::{Mutex, MutexGuard};
+
+/// What a cycle did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CycleReport {
+    /// The log written.
+    pub summary: LogSummary,
+    /// Blocks it ships (data and zero).
+    pub blocks: u64,
+    /// What was folded back from the spool before the cut, if anything.
+    pub folded: Option<FoldBack>,
+}
+
+/// One disk on the primary: tracking with copy-before-write, cycles, and
+/// the spool the transport takes logs from. Guest writes go through
+/// [`primary`](Self::primary)'s guards from any thread; cycles run one at
+/// a time (a second caller waits); the spool may be used by the transport
+/// concurrently.
+pub struct Pipeline<T: Tracking = Tracker> {
+    primary: Primary<T>,
+    spool: Spool,
+    writer: WriterOptions,
+    cycles: Mutex<()>,
+}
+
+impl<T: Tracking> std::fmt::Debug for Pipeline<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("primary", &self.primary)
+            .field("spool", &self.spool)
+            .finish()
+    }
+}
+
+impl<T: Tracking> Pipeline<T> {
+    /// Joins a primary and its spool, which must be of the same geometry.
+    pub fn new(primary: Primary<T>, spool: Spool, writer: WriterOptions) -> Result<Self> {
+        let (a, b) = (primary.tracker().geometry(), spool.head().geometry);
+        if a != b {
+            return Err(Error::mismatch(format!(
+                "the tracker's geometry {a} differs from the spool's {b}"
+            )));
+        }
+        Ok(Pipeline {
+            primary,
+            spool,
+            writer,
+            cycles: Mutex::new(()),
+        })
+    }
+
+    /// The primary: write guards, tracker.
+    pub fn primary(&self) -> &Primary<T> {
+        &self.primary
+    }
+
+    /// The spool: logs to ship, acknowledgements.
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// The chain's head as a [`Source`].
+    pub fn source(&self) -> Source {
+        self.spool.source()
+    }
+
+    /// Writes the full log of the disk into the spool (the first log of a
+    /// chain). Writers may run: what they change goes into the next cycle.
+    pub fn initial_sync(&self, mut t: TransferOptions<'_>) -> Result<LogSummary> {
+        let _one = self.cycles.lock();
+        let mut source = self.spool.source();
+        if source.sequence != 0 {
+            return Err(Error::new(
+                ErrorKind::Misuse,
+                format!(
+                    "the chain already has {} logs: an initial sync starts one",
+                    source.sequence
+                ),
+            ));
+        }
+        let h = source.header(LogKind::Full)?;
+        let mut f = self.spool.begin(h, t.writer)?;
+        copy_disk(&**self.primary.disk(), &mut f, &mut t)?;
+        let summary = f.commit()?;
+        self.spool.push(&summary)?;
+        source.advance(&summary);
+        Ok(summary)
+    }
+
+    /// One cycle: [`begin_cycle`](Self::begin_cycle), then
+    /// [`PipelineCycle::write`].
+    pub fn cycle(&self, cycle: &CycleOptions) -> Result<CycleReport> {
+        self.begin_cycle()?.write(cycle)
+    }
+
+    /// Starts a cycle: when the spool is over its limit, folds its
+    /// unshipped logs back into the tracker; then cuts. The point is now;
+    /// writers go on. Another cycle waits until this one is written or
+    /// dropped (which hands its blocks back).
+    pub fn begin_cycle(&self) -> Result<PipelineCycle<'_, T>> {
+        let one = self.cycles.lock();
+        let folded = if self.spool.over_limit() {
+            let p = &self.primary;
+            Some(self.spool.fold_back(&mut |e| p.mark_durable(e))?)
+        } else {
+            None
+        };
+        Ok(PipelineCycle {
+            pipeline: self,
+            handle: self.primary.begin_cycle(),
+            folded,
+            _one: one,
+        })
+    }
+
+    /// The spool's status: pending logs and bytes, acknowledged point.
+    pub fn status(&self) -> SpoolStatus {
+        self.spool.status()
+    }
+}
+
+/// A cycle whose cut is taken (see [`Pipeline::begin_cycle`]).
+pub struct PipelineCycle<'a, T: Tracking = Tracker> {
+    pipeline: &'a Pipeline<T>,
+    handle: CycleHandle<'a, T>,
+    folded: Option<FoldBack>,
+    _one: MutexGuard<'a, ()>,
+}
+
+impl<T: Tracking> PipelineCycle<'_, T> {
+    /// Reads the frozen blocks as of the cut and writes the next log into
+    /// the spool. On failure the blocks go back to the tracker.
+    pub fn write(mut self, cycle: &CycleOptions) -> Result<CycleReport> {
+        let spool = &self.pipeline.spool;
+        let blocks = self.handle.blocks();
+        let h = spool.source().header_for(LogKind::Delta, cycle)?;
+        let seq = h.sequence;
+        let summary = (|| {
+            let mut f = spool.begin(h, self.pipeline.writer)?;
+            self.handle.fill(&mut f)?;
+            let summary = f.commit()?;
+            spool.push(&summary)?;
+            Ok(summary)
+        })()
+        .map_err(|e: Error| e.with_sequence(seq))?;
+        self.handle.complete();
+        Ok(CycleReport {
+            summary,
+            blocks,
+            folded: self.folded,
+        })
+    }
+}

@@ -1,0 +1,584 @@
+//! The spool: delta logs waiting on the primary until the transport has
+//! delivered them.
+//!
+//! A spool lives in a [`Dir`]: a state record (`spool.state`, format in
+//! docs/FORMAT.md, "Spool state") holding the disk's identity and the last
+//! log the transport acknowledged, and one file per unacknowledged log
+//! (`log-<sequence>`), written through [`LogFile`] so a crash never leaves
+//! a log that looks complete but is not. The logs always form an unbroken
+//! chain after the acknowledged one; the chain's head is where the next
+//! cycle builds on.
+//!
+//! **Bounded.** When the logs waiting exceed the byte limit,
+//! [`fold_back`](Spool::fold_back) hands the blocks of the logs not yet
+//! given to the transport back to the tracker and deletes those logs. All
+//! of them go, not only the oldest: each log builds on the content digest
+//! of the one before, so a later log cannot outlive an earlier one. The
+//! next cycle then ships the union in one log, chained on the last log the
+//! transport has. Nothing is lost and the spool holds at most the limit,
+//! the logs in flight and one more log.
+//!
+//! **Restarts.** After a restart the transport should learn where the
+//! replica stands and [`ack`](Spool::ack) up to it before shipping: a log
+//! delivered whose acknowledgement was lost is then not sent again.
+
+use super::Source;
+use crate::error::{Error, ErrorKind, Result};
+use crate::geometry::{Extent, Geometry};
+use crate::id::DiskId;
+use crate::io::{Dir, Storage};
+use crate::le::{get_u32, get_u64, put_u32, put_u64};
+use crate::log::{Consistency, WriterOptions};
+use crate::log::{Digest, LogFile, LogHeader, LogKind, LogSummary, MappedLog, ReadOptions};
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+const STATE: &str = "spool.state";
+const MAGIC: [u8; 8] = *b"BRSPOOL\0";
+const VERSION: u32 = 1;
+const STATE_LEN: usize = 120;
+
+fn log_name(sequence: u64) -> String {
+    format!("log-{sequence:020}")
+}
+
+/// A position in a disk's chain of logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainPoint {
+    /// The epoch of the log.
+    pub epoch: u64,
+    /// Its sequence (0: before the first log).
+    pub sequence: u64,
+    /// The content digest after it.
+    pub digest: Digest,
+    /// When its point was cut (ns since the Unix epoch; 0 before the first).
+    pub created_ns: u64,
+    /// The disk's geometry at that point.
+    pub geometry: Geometry,
+}
+
+/// A log in the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpooledLog {
+    /// Where it leads to.
+    pub point: ChainPoint,
+    /// Full, delta or resync.
+    pub kind: LogKind,
+    /// Crash- or app-consistent.
+    pub consistency: Consistency,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its file name in the spool directory.
+    pub name: String,
+    /// Its path, when the spool is on a file system.
+    pub path: Option<PathBuf>,
+}
+
+/// What [`Spool::fold_back`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FoldBack {
+    /// Logs deleted.
+    pub logs: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Blocks handed back to the tracker.
+    pub blocks: u64,
+}
+
+/// The spool's state, for a console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolStatus {
+    /// Logs not yet acknowledged.
+    pub pending_logs: u64,
+    /// Their bytes.
+    pub pending_bytes: u64,
+    /// Of those, logs handed to the transport (in flight).
+    pub in_flight_logs: u64,
+    /// The byte limit.
+    pub limit_bytes: u64,
+    /// When the oldest unacknowledged point was cut (ns since the Unix
+    /// epoch), if any.
+    pub oldest_pending_ns: Option<u64>,
+    /// The last point the transport acknowledged: what the replica holds.
+    /// A disaster now loses what was written since its cut, so
+    /// `now - acked.created_ns` is the achieved RPO.
+    pub acked: ChainPoint,
+    /// The chain's head: what the next log builds on.
+    pub head: ChainPoint,
+    /// Logs folded back into the tracker since the spool was opened.
+    pub folded_logs: u64,
+}
+
+struct Inner {
+    disk_id: DiskId,
+    acked: ChainPoint,
+    logs: VecDeque<SpooledLog>,
+    /// Logs up to this sequence were handed to the transport.
+    handed: u64,
+    folded: u64,
+}
+
+impl Inner {
+    fn head(&self) -> ChainPoint {
+        self.logs.back().map_or(self.acked, |l| l.point)
+    }
+    fn pending_bytes(&self) -> u64 {
+        self.logs.iter().map(|l| l.bytes).sum()
+    }
+}
+
+/// A bounded, crash-safe spool of one disk's logs; see the module docs.
+/// All methods take `&self` and may be called from several threads (the
+/// transport's and the cycle's).
+pub struct Spool {
+    dir: Arc<dyn Dir>,
+    limit: u64,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl Spool {
+    /// Creates an empty spool in `dir` for a disk whose chain starts at
+    /// `start` (sequence 0 and a zero digest for a disk never replicated),
+    /// holding at most about `limit_bytes` of unshipped logs.
+    pub fn create(
+        dir: Arc<dyn Dir>,
+        disk_id: DiskId,
+        start: ChainPoint,
+        limit_bytes: u64,
+    ) -> Result<Self> {
+        if dir.exists(STATE) {
+            return Err(Error::new(
+                ErrorKind::Misuse,
+                "the directory already holds a spool",
+            ));
+        }
+        store_state(&*dir, disk_id, &start)?;
+        Ok(Spool {
+            dir,
+            limit: limit_bytes,
+            inner: Mutex::new(Inner {
+                disk_id,
+                acked: start,
+                logs: VecDeque::new(),
+                handed: start.sequence,
+                folded: 0,
+            }),
+        })
+    }
+
+    /// Opens the spool in `dir`: removes partial files and logs already
+    /// acknowledged, checks every remaining log and that they form an
+    /// unbroken chain after the acknowledged point. A damaged or missing
+    /// log is an error of kind `ResyncRequired`: its blocks are known
+    /// nowhere else.
+    pub fn open(dir: Arc<dyn Dir>, limit_bytes: u64) -> Result<Self> {
+        let bytes = dir.read_all(STATE)?;
+        let (disk_id, acked) = decode_state(&bytes).map_err(|e| match dir.path_of(STATE) {
+            Some(p) => e.with_path(p),
+            None => e,
+        })?;
+        let mut logs = VecDeque::new();
+        let mut head = acked;
+        for name in dir.list()? {
+            if name.ends_with(".partial") || name.ends_with(".tmp") {
+                dir.remove(&name)?;
+                continue;
+            }
+            let Some(seq) = name
+                .strip_prefix("log-")
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if seq <= acked.sequence {
+                dir.remove(&name)?;
+                continue;
+            }
+            let lost = |m: String| {
+                let e = Error::new(ErrorKind::ResyncRequired, m).with_sequence(seq);
+                match dir.path_of(&name) {
+                    Some(p) => e.with_path(p),
+                    None => e,
+                }
+            };
+            let log = read_log(&*dir, &name)
+                .map_err(|e| lost(format!("spooled log unreadable: {}", e.message())))?;
+            let h = log.header();
+            if h.disk_id != disk_id
+                || h.sequence != seq
+                || h.base_sequence != head.sequence
+                || h.base_digest != head.digest
+            {
+                return Err(lost(format!(
+                    "spooled log {seq} does not follow log {} of the chain",
+                    head.sequence
+                )));
+            }
+            let entry = entry_of(&dir, &name, h, log.trailer().digest, log.bytes().len());
+            head = entry.point;
+            logs.push_back(entry);
+        }
+        dir.sync()?;
+        Ok(Spool {
+            dir,
+            limit: limit_bytes,
+            inner: Mutex::new(Inner {
+                disk_id,
+                acked,
+                handed: acked.sequence,
+                logs,
+                folded: 0,
+            }),
+        })
+    }
+
+    /// The disk.
+    pub fn disk_id(&self) -> DiskId {
+        self.inner.lock().disk_id
+    }
+
+    /// The chain's head: the point the next log builds on.
+    pub fn head(&self) -> ChainPoint {
+        self.inner.lock().head()
+    }
+
+    /// A [`Source`] positioned at the chain's head.
+    pub fn source(&self) -> Source {
+        let st = self.inner.lock();
+        let h = st.head();
+        Source {
+            disk_id: st.disk_id,
+            epoch: h.epoch,
+            geometry: h.geometry,
+            sequence: h.sequence,
+            digest: h.digest,
+        }
+    }
+
+    /// Starts writing the next log. `header` must follow the head (as
+    /// [`Source`] makes it); finish with [`LogFile::commit`] and hand the
+    /// summary to [`push`](Self::push).
+    pub fn begin(&self, header: LogHeader, opts: WriterOptions) -> Result<LogFile> {
+        let seq = header.sequence;
+        {
+            let st = self.inner.lock();
+            check_next(&st, &header)?;
+        }
+        LogFile::create_in(self.dir.clone(), &log_name(seq), header, opts)
+    }
+
+    /// Records a log committed after [`begin`](Self::begin).
+    pub fn push(&self, summary: &LogSummary) -> Result<()> {
+        let mut st = self.inner.lock();
+        let h = &summary.header;
+        check_next(&st, h)?;
+        let name = log_name(h.sequence);
+        if !self.dir.exists(&name) {
+            return Err(Error::new(
+                ErrorKind::Misuse,
+                format!("log {} was not committed to the spool", h.sequence),
+            ));
+        }
+        let entry = entry_of(
+            &self.dir,
+            &name,
+            h,
+            summary.trailer.digest,
+            summary.bytes as usize,
+        );
+        st.logs.push_back(entry);
+        Ok(())
+    }
+
+    /// The unacknowledged logs, oldest first.
+    pub fn pending(&self) -> Vec<SpooledLog> {
+        self.inner.lock().logs.iter().cloned().collect()
+    }
+
+    /// The oldest log not yet handed to the transport, now counted as in
+    /// flight (it will not be folded back). `None` when all are handed.
+    pub fn next_to_ship(&self) -> Option<SpooledLog> {
+        let mut st = self.inner.lock();
+        let handed = st.handed;
+        let next = st
+            .logs
+            .iter()
+            .find(|l| l.point.sequence > handed)
+            .cloned()?;
+        st.handed = next.point.sequence;
+        Some(next)
+    }
+
+    /// Forgets what was handed to the transport (it reconnected): shipping
+    /// starts again at the oldest unacknowledged log.
+    pub fn rewind(&self) {
+        let mut st = self.inner.lock();
+        st.handed = st.acked.sequence;
+    }
+
+    /// Opens a spooled log for reading, as bytes the transport reads in
+    /// chunks.
+    pub fn open_log(&self, sequence: u64) -> Result<Arc<dyn Storage>> {
+        let st = self.inner.lock();
+        let l = st
+            .logs
+            .iter()
+            .find(|l| l.point.sequence == sequence)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::OutOfRange,
+                    format!("log {sequence} is not in the spool"),
+                )
+                .with_sequence(sequence)
+            })?;
+        self.dir.open(&l.name)
+    }
+
+    /// The replica has every log up to `sequence`: records it durably,
+    /// then deletes those logs. Acknowledging an older sequence again does
+    /// nothing; a sequence past the head is an error.
+    pub fn ack(&self, sequence: u64) -> Result<()> {
+        let mut st = self.inner.lock();
+        if sequence <= st.acked.sequence {
+            return Ok(());
+        }
+        let Some(l) = st.logs.iter().find(|l| l.point.sequence == sequence) else {
+            return Err(Error::new(
+                ErrorKind::Misuse,
+                format!(
+                    "acknowledged log {sequence}, the spool's head is {}",
+                    st.head().sequence
+                ),
+            )
+            .with_sequence(sequence));
+        };
+        let acked = l.point;
+        store_state(&*self.dir, st.disk_id, &acked)?;
+        st.acked = acked;
+        st.handed = st.handed.max(sequence);
+        while st
+            .logs
+            .front()
+            .is_some_and(|l| l.point.sequence <= sequence)
+        {
+            let l = st.logs.pop_front().expect("front exists");
+            // A leftover file is removed on the next open.
+            let _ = self.dir.remove(&l.name);
+        }
+        Ok(())
+    }
+
+    /// Whether the logs waiting exceed the limit.
+    pub fn over_limit(&self) -> bool {
+        self.inner.lock().pending_bytes() > self.limit
+    }
+
+    /// Hands the blocks of every delta log not yet given to the transport
+    /// to `mark` (which must make them durable in the tracker), then
+    /// deletes those logs, newest first, so a crash at any point leaves an
+    /// unbroken chain. Logs up to the newest full or resync log stay: they
+    /// start a chain and cannot be rebuilt from a tracker.
+    pub fn fold_back(&self, mark: &mut dyn FnMut(Extent) -> Result<()>) -> Result<FoldBack> {
+        let mut st = self.inner.lock();
+        let keep = st
+            .logs
+            .iter()
+            .rposition(|l| l.point.sequence <= st.handed || l.kind != LogKind::Delta)
+            .map_or(0, |i| i + 1);
+        let mut done = FoldBack::default();
+        for l in st.logs.iter().skip(keep) {
+            let log = read_log(&*self.dir, &l.name)?;
+            for e in log.extents()? {
+                mark(e.extent)?;
+                done.blocks += e.extent.count;
+            }
+        }
+        while st.logs.len() > keep {
+            let l = st.logs.back().expect("more than keep");
+            self.dir.remove(&l.name)?;
+            self.dir.sync()?;
+            done.logs += 1;
+            done.bytes += l.bytes;
+            st.logs.pop_back();
+        }
+        st.folded += done.logs;
+        Ok(done)
+    }
+
+    /// Drops every log and restarts the chain at `start`, the point the
+    /// replica holds (before a resync, whose log builds on it).
+    pub fn restart(&self, start: ChainPoint) -> Result<()> {
+        let mut st = self.inner.lock();
+        store_state(&*self.dir, st.disk_id, &start)?;
+        st.acked = start;
+        st.handed = start.sequence;
+        for l in std::mem::take(&mut st.logs) {
+            let _ = self.dir.remove(&l.name);
+        }
+        self.dir.sync()
+    }
+
+    /// Pending logs and bytes, the acknowledged point and the head.
+    pub fn status(&self) -> SpoolStatus {
+        let st = self.inner.lock();
+        SpoolStatus {
+            pending_logs: st.logs.len() as u64,
+            pending_bytes: st.pending_bytes(),
+            in_flight_logs: st
+                .logs
+                .iter()
+                .filter(|l| l.point.sequence <= st.handed)
+                .count() as u64,
+            limit_bytes: self.limit,
+            oldest_pending_ns: st.logs.front().map(|l| l.point.created_ns),
+            acked: st.acked,
+            head: st.head(),
+            folded_logs: st.folded,
+        }
+    }
+}
+
+fn check_next(st: &Inner, h: &LogHeader) -> Result<()> {
+    let head = st.head();
+    if h.disk_id != st.disk_id
+        || h.sequence != head.sequence + 1
+        || h.base_sequence != head.sequence
+        || h.base_digest != head.digest
+        || h.epoch < head.epoch
+    {
+        return Err(Error::new(
+            ErrorKind::Misuse,
+            format!(
+                "log {} of disk {} does not follow the spool's head, log {} of disk {}",
+                h.sequence, h.disk_id, head.sequence, st.disk_id
+            ),
+        )
+        .with_sequence(h.sequence));
+    }
+    Ok(())
+}
+
+fn entry_of(
+    dir: &Arc<dyn Dir>,
+    name: &str,
+    h: &LogHeader,
+    digest: Digest,
+    bytes: usize,
+) -> SpooledLog {
+    SpooledLog {
+        point: ChainPoint {
+            epoch: h.epoch,
+            sequence: h.sequence,
+            digest,
+            created_ns: h.created_ns,
+            geometry: h.geometry,
+        },
+        kind: h.kind,
+        consistency: h.consistency,
+        bytes: bytes as u64,
+        name: name.to_owned(),
+        path: dir.path_of(name),
+    }
+}
+
+fn read_log(dir: &dyn Dir, name: &str) -> Result<MappedLog> {
+    let opts = ReadOptions::default();
+    match dir.path_of(name) {
+        Some(p) => MappedLog::open(p, &opts),
+        None => MappedLog::from_bytes(dir.read_all(name)?, name, &opts),
+    }
+}
+
+fn store_state(dir: &dyn Dir, disk_id: DiskId, p: &ChainPoint) -> Result<()> {
+    let mut b = vec![0u8; STATE_LEN];
+    b[0..8].copy_from_slice(&MAGIC);
+    put_u32(&mut b, 8, VERSION);
+    b[16..32].copy_from_slice(&disk_id.0);
+    put_u64(&mut b, 32, p.geometry.size());
+    put_u32(&mut b, 40, p.geometry.block_size());
+    put_u64(&mut b, 48, p.epoch);
+    put_u64(&mut b, 56, p.sequence);
+    b[64..96].copy_from_slice(&p.digest.0);
+    put_u64(&mut b, 96, p.created_ns);
+    let crc = crc32fast::hash(&b[..STATE_LEN - 4]);
+    put_u32(&mut b, STATE_LEN - 4, crc);
+    dir.store_atomic(STATE, &b)
+}
+
+fn decode_state(b: &[u8]) -> Result<(DiskId, ChainPoint)> {
+    let bad =
+        |at: usize, m: &str| Error::corrupt(format!("spool state: {m}")).with_offset(at as u64);
+    if b.len() != STATE_LEN {
+        return Err(bad(0, "wrong length"));
+    }
+    if b[0..8] != MAGIC {
+        return Err(bad(0, "bad magic"));
+    }
+    if get_u32(b, 8) != VERSION {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("spool state version {}", get_u32(b, 8)),
+        ));
+    }
+    if crc32fast::hash(&b[..STATE_LEN - 4]) != get_u32(b, STATE_LEN - 4) {
+        return Err(bad(STATE_LEN - 4, "checksum mismatch (torn or corrupt)"));
+    }
+    if get_u32(b, 12) != 0 || get_u32(b, 44) != 0 || get_u32(b, 104) != 0 || get_u64(b, 108) != 0 {
+        return Err(bad(12, "reserved bytes are not zero"));
+    }
+    let geometry =
+        Geometry::new(get_u64(b, 32), get_u32(b, 40)).map_err(|e| bad(32, e.message()))?;
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&b[16..32]);
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(&b[64..96]);
+    Ok((
+        DiskId(id),
+        ChainPoint {
+            epoch: get_u64(b, 48),
+            sequence: get_u64(b, 56),
+            digest: Digest(digest),
+            created_ns: get_u64(b, 96),
+            geometry,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{FaultPlan, MemDir};
+
+    #[test]
+    fn state_round_trip_and_every_flip_detected() {
+        let dir = MemDir::new(&FaultPlan::counting());
+        let p = ChainPoint {
+            epoch: 3,
+            sequence: 9,
+            digest: Digest([7; 32]),
+            created_ns: 11,
+            geometry: Geometry::new(1 << 30, 4096).unwrap(),
+        };
+        store_state(&dir, DiskId([5; 16]), &p).unwrap();
+        let b = dir.read_all(STATE).unwrap();
+        assert_eq!(decode_state(&b).unwrap(), (DiskId([5; 16]), p));
+        for i in 0..b.len() {
+            let mut x = b.clone();
+            x[i] ^= 0x10;
+            assert!(decode_state(&x).is_err(), "flip at {i}");
+        }
+        for cut in 0..b.len() {
+            assert!(decode_state(&b[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+}
