@@ -31,6 +31,7 @@
 //! # Ok::<(), blockrep::Error>(())
 //! ```
 
+mod digests;
 mod file;
 mod format;
 mod mapped;
@@ -38,6 +39,8 @@ mod pool;
 mod reader;
 mod writer;
 
+pub(crate) use digests::digest_blocks;
+pub use digests::{block_digests, BlockDigests};
 pub use file::LogFile;
 pub use format::{Codec, LogExtent, Trailer, MAX_LABEL, MAX_RECORD_EXTENTS, MAX_RECORD_RAW};
 pub use mapped::{BlockLookup, MappedLog};

@@ -25,7 +25,10 @@ pub use view::{OverlayView, PointView};
 use crate::error::{Error, ErrorKind, Result};
 use crate::geometry::Extent;
 use crate::io::{Dir, Storage, StorageWriter};
-use crate::log::{Digest, LogFile, LogHeader, LogKind, MappedLog, ReadOptions, WriterOptions};
+use crate::log::{
+    block_digests, BlockDigests, Digest, LogFile, LogHeader, LogKind, MappedLog, ReadOptions,
+    WriterOptions,
+};
 use parking_lot::{Mutex, RwLock};
 use state::{Phase, State};
 use std::collections::BTreeMap;
@@ -287,6 +290,22 @@ impl Replica {
     /// The retention points, oldest first; the last is the latest.
     pub fn points(&self) -> Vec<PointInfo> {
         self.state.lock().points.clone()
+    }
+
+    /// The BLAKE3 digest of every block of the latest point, computed on
+    /// `threads` threads (0: all cores), for the primary's digest resync.
+    /// Applies wait meanwhile.
+    pub fn block_digests(&self, threads: usize) -> Result<BlockDigests> {
+        let st = self.state.lock();
+        let blocks = block_digests(&*self.image, st.geometry, threads)?;
+        Ok(BlockDigests {
+            disk_id: st.disk_id,
+            epoch: st.epoch,
+            sequence: st.applied,
+            digest: st.digest,
+            geometry: st.geometry,
+            blocks,
+        })
     }
 
     /// Reads the latest point.

@@ -264,12 +264,25 @@ impl<T: Tracking> Primary<T> {
     /// Cuts the tracker: the point of the next log is now. Writers go on;
     /// the ones that overwrite frozen blocks save them first.
     pub fn begin_cycle(&self) -> CycleHandle<'_, T> {
+        self.cut(true)
+    }
+
+    /// Cuts the tracker for a resync, which compares the whole disk
+    /// instead of reading the frozen blocks: no copy-before-write. The
+    /// handle hands the blocks back if the resync fails.
+    pub(crate) fn begin_resync(&self) -> CycleHandle<'_, T> {
+        self.cut(false)
+    }
+
+    fn cut(&self, cow: bool) -> CycleHandle<'_, T> {
         let mut c = self.cycle.lock();
         let zeroed = self.zeroed.cut().into_set();
         let frozen = self.tracking.cut();
-        c.unread = frozen.blocks().collect();
-        c.saved.clear();
-        self.active.store(true, Ordering::Release);
+        if cow {
+            c.unread = frozen.blocks().collect();
+            c.saved.clear();
+            self.active.store(true, Ordering::Release);
+        }
         let zeroed = zeroed.difference(&frozen);
         CycleHandle {
             primary: self,

@@ -20,18 +20,21 @@ pub use pipeline::{CycleReport, Pipeline, PipelineCycle};
 pub use spool::{ChainPoint, FoldBack, Spool, SpoolStatus, SpooledLog};
 pub use throttle::{Progress, Throttle, TransferOptions};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::geometry::{Extent, Geometry};
 use crate::id::DiskId;
 use crate::io::Storage;
 use crate::log::{
-    Consistency, Digest, GroupInfo, LogHeader, LogKind, LogSummary, LogWriter, WriterOptions,
+    digest_blocks, BlockDigests, Consistency, Digest, GroupInfo, LogHeader, LogKind, LogSummary,
+    LogWriter, WriterOptions,
 };
-use crate::tracker::Tracker;
+use crate::tracker::{BlockSet, Tracker};
 use std::io::Write;
 
 /// Bytes read from the source at a time.
 const READ_CHUNK: u64 = 1 << 20;
+/// Bytes digested between progress reports in a resync.
+const DIGEST_SLAB: u64 = 64 << 20;
 
 /// One disk replicated from this site: its identity and where its chain of
 /// logs stands.
@@ -164,6 +167,60 @@ impl Source {
         Ok((out, summary))
     }
 
+    /// Resync after tracking was lost or the replica left the chain: moves
+    /// the chain to the replica's point (`remote`, the replica's block
+    /// digests), starts a new epoch, and writes a resync log of exactly the
+    /// blocks whose content differs, compared by digest on all cores.
+    /// Start tracking anew before calling it: what changes during the
+    /// comparison goes into the next delta.
+    pub fn resync<'a, W: Write>(
+        &mut self,
+        disk: &dyn Storage,
+        remote: &BlockDigests,
+        out: W,
+        opts: impl Into<TransferOptions<'a>>,
+    ) -> Result<(W, LogSummary)> {
+        let mut t = opts.into();
+        let differ = self.resync_blocks(disk, remote, &mut t)?;
+        let mut w = LogWriter::new(out, self.header(LogKind::Resync)?, t.writer)?;
+        send_blocks(disk, &mut w, &differ, &mut t)?;
+        let (out, summary) = w.finish()?;
+        self.advance(&summary);
+        Ok((out, summary))
+    }
+
+    /// Positions the chain at `remote`'s point in a new epoch and returns
+    /// the blocks to send.
+    pub(crate) fn resync_blocks(
+        &mut self,
+        disk: &dyn Storage,
+        remote: &BlockDigests,
+        t: &mut TransferOptions<'_>,
+    ) -> Result<BlockSet> {
+        if remote.disk_id != self.disk_id || remote.geometry != self.geometry {
+            return Err(Error::mismatch(format!(
+                "digests of disk {} ({}) for disk {} ({})",
+                remote.disk_id, remote.geometry, self.disk_id, self.geometry
+            )));
+        }
+        // In slabs, so limits and progress apply as the disk is read.
+        let g = self.geometry;
+        let mut local = vec![[0u8; 32]; remote.blocks.len()];
+        let per = (DIGEST_SLAB / g.block_size() as u64).max(1) as usize;
+        for (i, slab) in local.chunks_mut(per).enumerate() {
+            let first = (i * per) as u64;
+            let (off, len) = g.extent_bytes(Extent::new(first, slab.len() as u64));
+            t.read(len);
+            digest_blocks(disk, g, first, slab, 0)?;
+            t.report(off + len, g.size());
+        }
+        let differ = remote.differing(&local)?;
+        self.epoch = self.epoch.max(remote.epoch) + 1;
+        self.sequence = remote.sequence;
+        self.digest = remote.digest;
+        Ok(differ)
+    }
+
     /// One delta cycle: cuts `tracker`, reads the frozen blocks from `disk`
     /// and writes the next log (sequence + 1, chained to the last digest)
     /// to `out`. When any step fails, the cut's blocks go back to the
@@ -182,7 +239,12 @@ impl Source {
         let frozen = tracker.cut();
         let result = (|| {
             let mut w = LogWriter::new(out, self.header_for(LogKind::Delta, cycle)?, opts)?;
-            read_extents(disk, &mut w, frozen.extents())?;
+            read_extents(
+                disk,
+                &mut w,
+                frozen.extents(),
+                &mut TransferOptions::default(),
+            )?;
             w.finish()
         })();
         match result {
@@ -246,23 +308,44 @@ pub(crate) fn copy_disk<W: Write>(
     Ok(())
 }
 
-/// Reads the blocks of `extents` from `disk` into `w`, a chunk at a time.
-fn read_extents<W: Write>(
+/// Writes the blocks of `set` to a resync log; progress was reported by
+/// the digest pass, which covered the whole disk.
+pub(crate) fn send_blocks<W: Write>(
+    disk: &dyn Storage,
+    w: &mut LogWriter<W>,
+    set: &BlockSet,
+    t: &mut TransferOptions<'_>,
+) -> Result<()> {
+    let progress = t.progress.take();
+    let result = read_extents(disk, w, set.extents(), t);
+    t.progress = progress;
+    result
+}
+
+/// Reads the blocks of `extents` from `disk` into `w`, a chunk at a time,
+/// within the options' limits and reporting progress in blocks' bytes.
+pub(crate) fn read_extents<W: Write>(
     disk: &dyn Storage,
     w: &mut LogWriter<W>,
     extents: impl Iterator<Item = Extent>,
+    t: &mut TransferOptions<'_>,
 ) -> Result<()> {
     let g = w.header().geometry;
     let per = (READ_CHUNK / g.block_size() as u64).max(1);
     let mut buf = Vec::new();
+    let mut paid = w.written();
     for e in extents {
         let mut b = e.start;
         while b < e.end() {
             let part = Extent::new(b, per.min(e.end() - b));
             let (off, len) = g.extent_bytes(part);
             buf.resize(len as usize, 0);
+            t.read(len);
             disk.read_at(&mut buf, off)?;
             w.add_extent(part, &buf)?;
+            t.wrote(w.written() - paid);
+            paid = w.written();
+            t.report(off + len, g.size());
             b = part.end();
         }
     }

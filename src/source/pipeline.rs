@@ -3,9 +3,9 @@
 //! overflows.
 
 use super::{copy_disk, CycleOptions, Primary, Spool, SpoolStatus, Tracking, TransferOptions};
-use super::{CycleHandle, FoldBack, Source};
+use super::{send_blocks, ChainPoint, CycleHandle, FoldBack, Source};
 use crate::error::{Error, ErrorKind, Result};
-use crate::log::{LogKind, LogSummary, WriterOptions};
+use crate::log::{BlockDigests, LogKind, LogSummary, WriterOptions};
 use crate::tracker::Tracker;
 use parking_lot::{Mutex, MutexGuard};
 
@@ -119,6 +119,39 @@ impl<T: Tracking> Pipeline<T> {
             handle: self.primary.begin_cycle(),
             folded,
             _one: one,
+        })
+    }
+
+    /// Resync after tracking was lost (a persistent tracker found invalid)
+    /// or the replica left the chain (its epoch or point no longer
+    /// matches): drops the spool's logs, restarts the chain at the
+    /// replica's point (`remote`, its block digests), cuts the tracker and
+    /// spools a resync log of exactly the blocks that differ, in a new
+    /// epoch. Writers may run: what they change goes into the next cycle.
+    pub fn resync(&self, remote: &BlockDigests, mut t: TransferOptions<'_>) -> Result<CycleReport> {
+        let _one = self.cycles.lock();
+        self.spool.restart(ChainPoint {
+            epoch: remote.epoch,
+            sequence: remote.sequence,
+            digest: remote.digest,
+            created_ns: 0,
+            geometry: remote.geometry,
+        })?;
+        let handle = self.primary.begin_resync();
+        let mut source = self.spool.source();
+        let disk = &**self.primary.disk();
+        let differ = source.resync_blocks(disk, remote, &mut t)?;
+        let mut f = self
+            .spool
+            .begin(source.header(LogKind::Resync)?, t.writer)?;
+        send_blocks(disk, &mut f, &differ, &mut t)?;
+        let summary = f.commit()?;
+        self.spool.push(&summary)?;
+        handle.complete();
+        Ok(CycleReport {
+            blocks: differ.count(),
+            summary,
+            folded: None,
         })
     }
 

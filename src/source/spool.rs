@@ -109,10 +109,15 @@ pub struct SpoolStatus {
     pub head: ChainPoint,
     /// Logs folded back into the tracker since the spool was opened.
     pub folded_logs: u64,
+    /// The chain was restarted and waits for a resync log.
+    pub resync_required: bool,
 }
 
 struct Inner {
     disk_id: DiskId,
+    /// Set by a restart until a resync (or full) log is spooled: a delta
+    /// built on a tracker would miss what differs.
+    resync_required: bool,
     acked: ChainPoint,
     logs: VecDeque<SpooledLog>,
     /// Logs up to this sequence were handed to the transport.
@@ -162,12 +167,13 @@ impl Spool {
                 "the directory already holds a spool",
             ));
         }
-        store_state(&*dir, disk_id, &start)?;
+        store_state(&*dir, disk_id, &start, false)?;
         Ok(Spool {
             dir,
             limit: limit_bytes,
             inner: Mutex::new(Inner {
                 disk_id,
+                resync_required: false,
                 acked: start,
                 logs: VecDeque::new(),
                 handed: start.sequence,
@@ -183,10 +189,11 @@ impl Spool {
     /// nowhere else.
     pub fn open(dir: Arc<dyn Dir>, limit_bytes: u64) -> Result<Self> {
         let bytes = dir.read_all(STATE)?;
-        let (disk_id, acked) = decode_state(&bytes).map_err(|e| match dir.path_of(STATE) {
-            Some(p) => e.with_path(p),
-            None => e,
-        })?;
+        let (disk_id, acked, mut resync_required) =
+            decode_state(&bytes).map_err(|e| match dir.path_of(STATE) {
+                Some(p) => e.with_path(p),
+                None => e,
+            })?;
         let mut logs = VecDeque::new();
         let mut head = acked;
         for name in dir.list()? {
@@ -225,6 +232,7 @@ impl Spool {
                 )));
             }
             let entry = entry_of(&dir, &name, h, log.trailer().digest, log.bytes().len());
+            resync_required &= entry.kind == LogKind::Delta;
             head = entry.point;
             logs.push_back(entry);
         }
@@ -234,6 +242,7 @@ impl Spool {
             limit: limit_bytes,
             inner: Mutex::new(Inner {
                 disk_id,
+                resync_required,
                 acked,
                 handed: acked.sequence,
                 logs,
@@ -296,6 +305,9 @@ impl Spool {
             summary.trailer.digest,
             summary.bytes as usize,
         );
+        if entry.kind != LogKind::Delta {
+            st.resync_required = false;
+        }
         st.logs.push_back(entry);
         Ok(())
     }
@@ -363,7 +375,7 @@ impl Spool {
             .with_sequence(sequence));
         };
         let acked = l.point;
-        store_state(&*self.dir, st.disk_id, &acked)?;
+        store_state(&*self.dir, st.disk_id, &acked, st.resync_required)?;
         st.acked = acked;
         st.handed = st.handed.max(sequence);
         while st
@@ -416,16 +428,24 @@ impl Spool {
     }
 
     /// Drops every log and restarts the chain at `start`, the point the
-    /// replica holds (before a resync, whose log builds on it).
+    /// replica holds, before a resync whose log builds on it. Until a
+    /// resync log is spooled, delta logs are refused (also after a
+    /// restart): they would miss what differs.
     pub fn restart(&self, start: ChainPoint) -> Result<()> {
         let mut st = self.inner.lock();
-        store_state(&*self.dir, st.disk_id, &start)?;
+        store_state(&*self.dir, st.disk_id, &start, true)?;
+        st.resync_required = true;
         st.acked = start;
         st.handed = start.sequence;
         for l in std::mem::take(&mut st.logs) {
             let _ = self.dir.remove(&l.name);
         }
         self.dir.sync()
+    }
+
+    /// Whether a resync log must come next.
+    pub fn resync_required(&self) -> bool {
+        self.inner.lock().resync_required
     }
 
     /// Pending logs and bytes, the acknowledged point and the head.
@@ -444,11 +464,19 @@ impl Spool {
             acked: st.acked,
             head: st.head(),
             folded_logs: st.folded,
+            resync_required: st.resync_required,
         }
     }
 }
 
 fn check_next(st: &Inner, h: &LogHeader) -> Result<()> {
+    if st.resync_required && h.kind == LogKind::Delta {
+        return Err(Error::new(
+            ErrorKind::ResyncRequired,
+            "the chain was restarted: a resync log must come before any delta",
+        )
+        .with_sequence(h.sequence));
+    }
     let head = st.head();
     if h.disk_id != st.disk_id
         || h.sequence != head.sequence + 1
@@ -499,10 +527,13 @@ fn read_log(dir: &dyn Dir, name: &str) -> Result<MappedLog> {
     }
 }
 
-fn store_state(dir: &dyn Dir, disk_id: DiskId, p: &ChainPoint) -> Result<()> {
+const FLAG_RESYNC: u32 = 1;
+
+fn store_state(dir: &dyn Dir, disk_id: DiskId, p: &ChainPoint, resync: bool) -> Result<()> {
     let mut b = vec![0u8; STATE_LEN];
     b[0..8].copy_from_slice(&MAGIC);
     put_u32(&mut b, 8, VERSION);
+    put_u32(&mut b, 12, if resync { FLAG_RESYNC } else { 0 });
     b[16..32].copy_from_slice(&disk_id.0);
     put_u64(&mut b, 32, p.geometry.size());
     put_u32(&mut b, 40, p.geometry.block_size());
@@ -515,7 +546,7 @@ fn store_state(dir: &dyn Dir, disk_id: DiskId, p: &ChainPoint) -> Result<()> {
     dir.store_atomic(STATE, &b)
 }
 
-fn decode_state(b: &[u8]) -> Result<(DiskId, ChainPoint)> {
+fn decode_state(b: &[u8]) -> Result<(DiskId, ChainPoint, bool)> {
     let bad =
         |at: usize, m: &str| Error::corrupt(format!("spool state: {m}")).with_offset(at as u64);
     if b.len() != STATE_LEN {
@@ -533,7 +564,11 @@ fn decode_state(b: &[u8]) -> Result<(DiskId, ChainPoint)> {
     if crc32fast::hash(&b[..STATE_LEN - 4]) != get_u32(b, STATE_LEN - 4) {
         return Err(bad(STATE_LEN - 4, "checksum mismatch (torn or corrupt)"));
     }
-    if get_u32(b, 12) != 0 || get_u32(b, 44) != 0 || get_u32(b, 104) != 0 || get_u64(b, 108) != 0 {
+    if get_u32(b, 12) & !FLAG_RESYNC != 0
+        || get_u32(b, 44) != 0
+        || get_u32(b, 104) != 0
+        || get_u64(b, 108) != 0
+    {
         return Err(bad(12, "reserved bytes are not zero"));
     }
     let geometry =
@@ -551,6 +586,7 @@ fn decode_state(b: &[u8]) -> Result<(DiskId, ChainPoint)> {
             created_ns: get_u64(b, 96),
             geometry,
         },
+        get_u32(b, 12) & FLAG_RESYNC != 0,
     ))
 }
 
@@ -569,9 +605,9 @@ mod tests {
             created_ns: 11,
             geometry: Geometry::new(1 << 30, 4096).unwrap(),
         };
-        store_state(&dir, DiskId([5; 16]), &p).unwrap();
+        store_state(&dir, DiskId([5; 16]), &p, true).unwrap();
         let b = dir.read_all(STATE).unwrap();
-        assert_eq!(decode_state(&b).unwrap(), (DiskId([5; 16]), p));
+        assert_eq!(decode_state(&b).unwrap(), (DiskId([5; 16]), p, true));
         for i in 0..b.len() {
             let mut x = b.clone();
             x[i] ^= 0x10;
