@@ -9,7 +9,7 @@ use blockrep::log::{MappedLog, ReadOptions, WriterOptions};
 use blockrep::replica::Replica;
 use blockrep::source::{CycleOptions, Primary, Source};
 use blockrep::{DiskId, Geometry, Tracker};
-use common::{first_diff, Rng};
+use common::{first_diff, Rng, StopOnDrop};
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,14 +51,6 @@ fn points_equal_the_disk_at_the_cut_while_writers_race() {
                     writes.fetch_add(1, Ordering::SeqCst);
                 }
             });
-        }
-        // Stops the writers however this thread leaves the scope, so a
-        // failed assertion does not wait on them forever.
-        struct StopOnDrop<'a>(&'a AtomicBool);
-        impl Drop for StopOnDrop<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::SeqCst);
-            }
         }
         let _stop = StopOnDrop(&stop);
         for round in 0..30 {

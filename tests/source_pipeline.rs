@@ -10,7 +10,7 @@ use blockrep::replica::{ApplyOutcome, Replica};
 use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool, TransferOptions};
 use blockrep::tracker::PersistentTracker;
 use blockrep::{DiskId, Geometry, Result, Tracker};
-use common::{first_diff, Reads, Rng};
+use common::{first_diff, Reads, Rng, StopOnDrop};
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -70,14 +70,6 @@ fn image(r: &Replica, len: u64) -> Vec<u8> {
 
 fn mem_dir() -> Arc<dyn Dir> {
     Arc::new(MemDir::new(&FaultPlan::counting()))
-}
-
-/// Stops writer threads however the test thread leaves the scope.
-struct StopOnDrop<'a>(&'a AtomicBool);
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
 }
 
 #[test]

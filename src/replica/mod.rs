@@ -14,10 +14,12 @@
 //! crash in between rolls back with undo N first, so the replica is at
 //! exactly N-1 or N.
 
+mod group;
 mod retention;
 mod state;
 mod view;
 
+pub use group::ReplicaGroup;
 pub use retention::RetentionPolicy;
 pub use state::PointInfo;
 pub use view::{OverlayView, PointView};
@@ -285,6 +287,15 @@ impl Replica {
             applied: st.applied,
             digest: st.digest,
         }
+    }
+
+    /// Whether `h` is the next log for this replica: `None` when it is,
+    /// `Some` when it was applied already, an error naming what was
+    /// expected otherwise.
+    pub(crate) fn expects(&self, h: &LogHeader) -> Result<Option<ApplyOutcome>> {
+        let mut st = self.state.lock();
+        self.finish_interrupted(&mut st)?;
+        check_follows(&st, h)
     }
 
     /// The retention points, oldest first; the last is the latest.

@@ -123,6 +123,10 @@ pub struct Primary<T: Tracking = Tracker> {
     /// Whole blocks written with zeros or discarded.
     zeroed: Tracker,
     active: AtomicBool,
+    /// Set while a consistency group cuts its disks: completions wait, so
+    /// no write completes on one disk after its cut while a write it
+    /// depends on, completed on another, lands after that disk's cut.
+    hold: AtomicBool,
     cycle: Mutex<InFlight>,
 }
 
@@ -139,6 +143,9 @@ pub struct WriteGuard<'a, T: Tracking = Tracker> {
 impl<T: Tracking> Drop for WriteGuard<'_, T> {
     fn drop(&mut self) {
         let p = self.primary;
+        if p.hold.load(Ordering::SeqCst) {
+            p.wait_hold();
+        }
         if self.zero {
             p.mark_zeroed(self.offset, self.len);
         }
@@ -172,6 +179,7 @@ impl<T: Tracking> Primary<T> {
             disk,
             zeroed: Tracker::new(g),
             active: AtomicBool::new(false),
+            hold: AtomicBool::new(false),
             cycle: Mutex::new(InFlight::default()),
         }
     }
@@ -245,6 +253,18 @@ impl<T: Tracking> Primary<T> {
         if stop < g.block_count() && stop * bs < end {
             let _ = self.tracker().mark(stop * bs, end - stop * bs);
         }
+    }
+
+    #[cold]
+    fn wait_hold(&self) {
+        while self.hold.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Holds (or releases) write completions while a group cuts.
+    pub(crate) fn set_hold(&self, on: bool) {
+        self.hold.store(on, Ordering::SeqCst);
     }
 
     #[cold]

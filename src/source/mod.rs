@@ -8,14 +8,17 @@
 //!   such.
 //! * [`Spool`]: logs waiting for the transport, bounded and crash-safe.
 //! * [`Pipeline`]: the three together, as an integration runs them.
+//! * [`ConsistencyGroup`]: several disks cut at one instant.
 //! * [`Throttle`]: a bandwidth limit; [`Progress`] reports for long copies.
 
 mod cow;
+mod group;
 mod pipeline;
 mod spool;
 mod throttle;
 
 pub use cow::{CycleHandle, Primary, Tracking, WriteGuard};
+pub use group::ConsistencyGroup;
 pub use pipeline::{CycleReport, Pipeline, PipelineCycle};
 pub use spool::{ChainPoint, FoldBack, Spool, SpoolStatus, SpooledLog};
 pub use throttle::{Progress, Throttle, TransferOptions};

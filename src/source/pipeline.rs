@@ -26,10 +26,10 @@ pub struct CycleReport {
 /// a time (a second caller waits); the spool may be used by the transport
 /// concurrently.
 pub struct Pipeline<T: Tracking = Tracker> {
-    primary: Primary<T>,
-    spool: Spool,
-    writer: WriterOptions,
-    cycles: Mutex<()>,
+    pub(crate) primary: Primary<T>,
+    pub(crate) spool: Spool,
+    pub(crate) writer: WriterOptions,
+    pub(crate) cycles: Mutex<()>,
 }
 
 impl<T: Tracking> std::fmt::Debug for Pipeline<T> {

@@ -28,7 +28,7 @@ use crate::geometry::{Extent, Geometry};
 use crate::id::DiskId;
 use crate::io::{Dir, Storage};
 use crate::le::{get_u32, get_u64, put_u32, put_u64};
-use crate::log::{Consistency, WriterOptions};
+use crate::log::{Consistency, GroupInfo, WriterOptions};
 use crate::log::{Digest, LogFile, LogHeader, LogKind, LogSummary, MappedLog, ReadOptions};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -68,6 +68,8 @@ pub struct SpooledLog {
     pub kind: LogKind,
     /// Crash- or app-consistent.
     pub consistency: Consistency,
+    /// The consistency group cut it belongs to, if any.
+    pub group: Option<GroupInfo>,
     /// Its size in bytes.
     pub bytes: u64,
     /// Its file name in the spool directory.
@@ -196,9 +198,11 @@ impl Spool {
             })?;
         let mut logs = VecDeque::new();
         let mut head = acked;
+        let mut removed = false;
         for name in dir.list()? {
             if name.ends_with(".partial") || name.ends_with(".tmp") {
                 dir.remove(&name)?;
+                removed = true;
                 continue;
             }
             let Some(seq) = name
@@ -209,6 +213,7 @@ impl Spool {
             };
             if seq <= acked.sequence {
                 dir.remove(&name)?;
+                removed = true;
                 continue;
             }
             let lost = |m: String| {
@@ -236,7 +241,9 @@ impl Spool {
             head = entry.point;
             logs.push_back(entry);
         }
-        dir.sync()?;
+        if removed {
+            dir.sync()?;
+        }
         Ok(Spool {
             dir,
             limit: limit_bytes,
@@ -407,6 +414,42 @@ impl Spool {
             .iter()
             .rposition(|l| l.point.sequence <= st.handed || l.kind != LogKind::Delta)
             .map_or(0, |i| i + 1);
+        self.fold(&mut st, keep, mark)
+    }
+
+    /// Folds back the logs from `sequence` on (the tail of an incomplete
+    /// consistency-group cut), as [`fold_back`](Self::fold_back) does.
+    pub(crate) fn fold_back_from(
+        &self,
+        sequence: u64,
+        mark: &mut dyn FnMut(Extent) -> Result<()>,
+    ) -> Result<FoldBack> {
+        let mut st = self.inner.lock();
+        let keep = st
+            .logs
+            .iter()
+            .take_while(|l| l.point.sequence < sequence)
+            .count();
+        if st
+            .logs
+            .iter()
+            .skip(keep)
+            .any(|l| l.point.sequence <= st.handed)
+        {
+            return Err(Error::new(
+                ErrorKind::Misuse,
+                format!("log {sequence} was handed to the transport: it cannot be folded back"),
+            ));
+        }
+        self.fold(&mut st, keep, mark)
+    }
+
+    fn fold(
+        &self,
+        st: &mut Inner,
+        keep: usize,
+        mark: &mut dyn FnMut(Extent) -> Result<()>,
+    ) -> Result<FoldBack> {
         let mut done = FoldBack::default();
         for l in st.logs.iter().skip(keep) {
             let log = read_log(&*self.dir, &l.name)?;
@@ -425,6 +468,20 @@ impl Spool {
         }
         st.folded += done.logs;
         Ok(done)
+    }
+
+    /// Removes the committed file of log `sequence` that was never pushed
+    /// (a consistency-group cut that failed on another disk).
+    pub(crate) fn discard_unpushed(&self, sequence: u64) -> Result<()> {
+        let st = self.inner.lock();
+        if st.logs.iter().any(|l| l.point.sequence == sequence) {
+            return Err(Error::new(
+                ErrorKind::Misuse,
+                format!("log {sequence} is in the spool"),
+            ));
+        }
+        self.dir.remove(&log_name(sequence))?;
+        self.dir.sync()
     }
 
     /// Drops every log and restarts the chain at `start`, the point the
@@ -513,6 +570,7 @@ fn entry_of(
         },
         kind: h.kind,
         consistency: h.consistency,
+        group: h.group,
         bytes: bytes as u64,
         name: name.to_owned(),
         path: dir.path_of(name),

@@ -218,3 +218,13 @@ impl<S: Storage> Storage for Reads<S> {
         self.inner.next_data(offset)
     }
 }
+
+/// Sets the flag when dropped: stops writer threads however the test
+/// thread leaves a scope, so a failed assertion does not wait on them.
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
