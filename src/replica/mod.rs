@@ -25,16 +25,18 @@ pub use state::PointInfo;
 pub use view::{OverlayView, PointView};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::geometry::Extent;
+use crate::geometry::{Extent, Geometry};
 use crate::io::{Dir, Storage, StorageWriter};
 use crate::log::{
     block_digests, BlockDigests, Digest, LogFile, LogHeader, LogKind, MappedLog, ReadOptions,
     WriterOptions,
 };
+use crate::tracker::BlockSet;
 use parking_lot::{Mutex, RwLock};
 use state::{Phase, State};
 use std::collections::BTreeMap;
 use std::io::BufWriter;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 const IMAGE: &str = "image";
@@ -60,8 +62,11 @@ pub enum ApplyOutcome {
 pub struct Replica {
     dir: Arc<dyn Dir>,
     image: Arc<dyn Storage>,
-    /// Fixed for the replica's life; kept apart so readers need no lock.
-    geometry: crate::geometry::Geometry,
+    /// The latest point's size in bytes (the block size never changes);
+    /// kept apart so readers need no lock. Changed under `state` after
+    /// the undo log that restores the old size is registered.
+    size: AtomicU64,
+    block_size: u32,
     state: Mutex<State>,
     /// The undo logs of the retained points, by sequence. A view holds this
     /// for reading while it looks a block up and reads the image; an apply
@@ -140,7 +145,8 @@ impl Replica {
         Replica {
             dir,
             image,
-            geometry: st.geometry,
+            size: AtomicU64::new(st.geometry.size()),
+            block_size: st.geometry.block_size(),
             state: Mutex::new(st),
             undo: RwLock::new(BTreeMap::new()),
             pins: Mutex::new(BTreeMap::new()),
@@ -195,10 +201,18 @@ impl Replica {
     /// Idempotent: a crash during it leaves the phase set and it runs again.
     fn undo_step(&self, st: &mut State, n: u64) -> Result<()> {
         let undo = self.read_undo(n)?;
+        let before = undo.header().geometry;
+        if before.size() > self.image.len()? {
+            self.image.set_len(before.size())?;
+        }
         write_log(&*self.image, &undo, false)?;
+        if before.size() != self.image.len()? {
+            self.image.set_len(before.size())?;
+        }
         self.image.sync()?;
         let mut next = st.clone();
         next.phase = Phase::Idle;
+        next.geometry = before;
         if let Some(last) = next.points.last() {
             if last.sequence == n {
                 next.points.pop();
@@ -212,6 +226,7 @@ impl Replica {
         next.store(&*self.dir)?;
         *st = next;
         self.undo.write().remove(&n);
+        self.size.store(before.size(), Ordering::Release);
         self.dir.remove(&undo_name(n))?;
         Ok(())
     }
@@ -345,7 +360,18 @@ impl Replica {
         // record: from here a crash is undone on open.
         st.phase = Phase::Applying(n);
         self.undo.write().insert(n, Arc::new(undo));
-        let written = write_log(&*self.image, log, false).and_then(|_| self.image.sync());
+        let size = h.geometry.size();
+        let written = (|| {
+            // Grow before the log's blocks land, shrink after.
+            if size > st.geometry.size() {
+                self.image.set_len(size)?;
+            }
+            write_log(&*self.image, log, false)?;
+            if size < st.geometry.size() {
+                self.image.set_len(size)?;
+            }
+            self.image.sync()
+        })();
         if let Err(e) = written {
             // Put the previous point back now; if that fails too, the next
             // open does it.
@@ -356,6 +382,7 @@ impl Replica {
         done.phase = Phase::Idle;
         done.applied = n;
         done.epoch = h.epoch;
+        done.geometry = h.geometry;
         done.digest = log.trailer().digest;
         done.points.push(point_of(h, done.digest, undo_bytes));
         if let Err(e) = done.store(&*self.dir) {
@@ -371,6 +398,7 @@ impl Replica {
             return Err(e.with_sequence(n));
         }
         *st = done;
+        self.size.store(size, Ordering::Release);
         Ok(ApplyOutcome::Applied(n))
     }
 
@@ -421,8 +449,8 @@ impl Replica {
             };
             let mut w = LogFile::create_in(self.dir.clone(), &name, uh, opts)?;
             let mut buf = Vec::new();
-            for e in log.extents()? {
-                for part in chunks(e.extent, st.geometry.block_size()) {
+            for e in undo_blocks(st.geometry, log)?.extents() {
+                for part in chunks(e, st.geometry.block_size()) {
                     let (off, len) = st.geometry.extent_bytes(part);
                     buf.resize(len as usize, 0);
                     self.image.read_at(&mut buf, off)?;
@@ -440,6 +468,26 @@ impl Replica {
     }
 }
 
+/// The blocks an undo log for `log` saves, in the replica's current
+/// geometry `old`: those the log writes that exist now, and when the log
+/// shrinks the disk, every block it cuts off (whole, a partly cut one
+/// included).
+fn undo_blocks(old: Geometry, log: &MappedLog) -> Result<BlockSet> {
+    let count = old.block_count();
+    let mut extents: Vec<Extent> = log
+        .extents()?
+        .iter()
+        .filter(|e| e.extent.start < count)
+        .map(|e| Extent::new(e.extent.start, e.extent.count.min(count - e.extent.start)))
+        .collect();
+    let new = log.header().geometry.size();
+    if new < old.size() {
+        let first = new >> old.block_shift();
+        extents.push(Extent::new(first, count - first));
+    }
+    BlockSet::from_extents(count, extents)
+}
+
 /// Checks that `h` is the next log for the replica in `st`. `Some` when it
 /// was applied already.
 fn check_follows(st: &State, h: &LogHeader) -> Result<Option<ApplyOutcome>> {
@@ -451,7 +499,8 @@ fn check_follows(st: &State, h: &LogHeader) -> Result<Option<ApplyOutcome>> {
             h.disk_id, st.disk_id
         ));
     }
-    if h.geometry != st.geometry {
+    // A size change is a resize the log ships; the block size is fixed.
+    if h.geometry.block_size() != st.geometry.block_size() {
         return err(format!(
             "log geometry {} differs from the replica's {}",
             h.geometry, st.geometry

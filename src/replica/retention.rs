@@ -103,8 +103,9 @@ impl Replica {
             dropped.push(gone.sequence);
         }
         for k in middle {
-            self.merge_drop(&mut st, k)?;
-            dropped.push(k);
+            if self.merge_drop(&mut st, k)? {
+                dropped.push(k);
+            }
         }
         Ok(dropped)
     }
@@ -117,7 +118,10 @@ impl Replica {
     /// the state without k is stored, then the merged log is renamed over
     /// `undo-X`. On open, a `.merged` file leading back to X's predecessor
     /// in the state is renamed into place; any other is removed.
-    fn merge_drop(&self, st: &mut super::state::State, k: u64) -> Result<()> {
+    ///
+    /// Returns `false`, keeping k, when the disk was resized between P and
+    /// X (undo k and undo X of different sizes do not merge).
+    fn merge_drop(&self, st: &mut super::state::State, k: u64) -> Result<bool> {
         let i = st
             .points
             .iter()
@@ -139,9 +143,12 @@ impl Replica {
             };
             (get(k)?, get(x)?)
         };
+        if uk.header().geometry != ux.header().geometry {
+            return Ok(false);
+        }
         let name = undo_name(x);
         let merged_name = format!("{name}.merged");
-        let g = st.geometry;
+        let g = uk.header().geometry;
         let summary = {
             let mut h = LogHeader::new(st.disk_id, g, LogKind::Undo, st.points[i + 1].epoch, x)?;
             h.base_sequence = pred;
@@ -178,7 +185,8 @@ impl Replica {
             undo.remove(&k);
             undo.insert(x, std::sync::Arc::new(merged));
         }
-        self.dir.remove(&undo_name(k))
+        self.dir.remove(&undo_name(k))?;
+        Ok(true)
     }
 
     /// Returns the replica to retained point `sequence`, applying undo logs

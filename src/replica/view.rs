@@ -3,11 +3,13 @@
 
 use super::Replica;
 use crate::error::{Error, ErrorKind, Result};
+use crate::geometry::Geometry;
 use crate::io::{FileStorage, Storage};
 use crate::log::BlockLookup;
 use crate::tracker::Tracker;
 use parking_lot::Mutex;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl Replica {
@@ -41,10 +43,20 @@ impl Replica {
         self.pins.lock().keys().copied().collect()
     }
 
+    /// The geometry of retained point `sequence`: the one its successor's
+    /// undo log leads back to, or the latest point's.
+    fn geometry_of(&self, sequence: u64) -> Result<Geometry> {
+        let undo = self.undo.read();
+        match undo.range(sequence + 1..).next() {
+            Some((_, l)) => Ok(l.header().geometry),
+            None => Geometry::new(self.size.load(Ordering::Acquire), self.block_size),
+        }
+    }
+
     /// Reads bytes of point `sequence`: each block from the first undo log
     /// after the point that holds it, else from the image.
     fn read_point(&self, sequence: u64, buf: &mut [u8], offset: u64) -> Result<()> {
-        let g = self.geometry;
+        let g = self.geometry_of(sequence)?;
         let end = offset
             .checked_add(buf.len() as u64)
             .filter(|&e| e <= g.size())
@@ -85,17 +97,25 @@ impl Replica {
     /// Logs may go on applying underneath; the view stays at its point.
     pub fn view(self: &Arc<Self>, sequence: u64) -> Result<PointView> {
         self.pin(sequence)?;
-        Ok(PointView {
-            replica: self.clone(),
-            sequence,
-        })
+        // Pinned: the undo logs that give the point's size stay.
+        match self.geometry_of(sequence) {
+            Ok(geometry) => Ok(PointView {
+                replica: self.clone(),
+                sequence,
+                geometry,
+            }),
+            Err(e) => {
+                self.unpin(sequence);
+                Err(e)
+            }
+        }
     }
 
     /// Writes point `sequence` as a raw image file at `path`, sparse where
     /// the point holds zeros.
     pub fn export(self: &Arc<Self>, sequence: u64, path: impl AsRef<Path>) -> Result<()> {
         let view = self.view(sequence)?;
-        let g = view.replica.geometry;
+        let g = view.geometry;
         let out = FileStorage::create(path, g.size())?;
         let mut buf = vec![0u8; 1 << 20];
         let mut off = 0;
@@ -119,6 +139,7 @@ impl Replica {
 pub struct PointView {
     replica: Arc<Replica>,
     sequence: u64,
+    geometry: Geometry,
 }
 
 impl std::fmt::Debug for PointView {
@@ -135,6 +156,12 @@ impl PointView {
         self.sequence
     }
 
+    /// The point's geometry (its size may differ from the latest point's
+    /// when the disk was resized since).
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
     /// Reads bytes of the point.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.replica.read_point(self.sequence, buf, offset)
@@ -144,7 +171,7 @@ impl PointView {
     /// file), reads see the overlay, then the point. The replica is never
     /// written; dropping the overlay view leaves no trace in it.
     pub fn with_overlay(self, overlay: Arc<dyn Storage>) -> Result<OverlayView> {
-        let g = self.replica.geometry;
+        let g = self.geometry;
         overlay.set_len(g.size())?;
         Ok(OverlayView {
             view: self,

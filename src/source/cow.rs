@@ -58,11 +58,16 @@ pub trait Tracking: Send + Sync {
     fn mark_durable(&self, extent: Extent) -> Result<()> {
         self.tracker().mark_extent(extent)
     }
+    /// Changes the disk size (I/O drained): a grown range is marked.
+    fn resize(&mut self, size: u64) -> Result<()>;
 }
 
 impl Tracking for Tracker {
     fn tracker(&self) -> &Tracker {
         self
+    }
+    fn resize(&mut self, size: u64) -> Result<()> {
+        Tracker::resize(self, size)
     }
     #[inline]
     fn begin_write(&self, _offset: u64, _len: u64) -> Result<()> {
@@ -80,6 +85,9 @@ impl Tracking for Tracker {
 impl Tracking for PersistentTracker {
     fn tracker(&self) -> &Tracker {
         PersistentTracker::tracker(self)
+    }
+    fn resize(&mut self, size: u64) -> Result<()> {
+        PersistentTracker::resize(self, size)
     }
     fn begin_write(&self, offset: u64, len: u64) -> Result<()> {
         self.begin_write_unguarded(offset, len)
@@ -192,6 +200,18 @@ impl<T: Tracking> Primary<T> {
     /// The tracking.
     pub fn tracking(&self) -> &T {
         &self.tracking
+    }
+
+    /// The disk was resized to `size` bytes (by the integration, with its
+    /// I/O drained: `&mut self` proves no guard is held). A grown range is
+    /// marked as changed; the next cycle's log carries the new size.
+    pub fn resize(&mut self, size: u64) -> Result<()> {
+        self.tracking.resize(size)?;
+        // Zeroed blocks past a new end are dropped by the reclaim.
+        let zeroed = Tracker::new(self.tracking.tracker().geometry());
+        zeroed.reclaim(&self.zeroed.snapshot());
+        self.zeroed = zeroed;
+        Ok(())
     }
 
     /// The disk.

@@ -127,7 +127,7 @@ impl<'a, T: Tracking> ConsistencyGroup<'a, T> {
         let mut failure = None;
         for (p, h) in self.members.iter().zip(handles.iter_mut()) {
             let r = (|| {
-                let header = p.spool.source().header_for(LogKind::Delta, &opts)?;
+                let header = p.source().header_for(LogKind::Delta, &opts)?;
                 let seq = header.sequence;
                 let mut f = p.spool.begin(header, p.writer)?;
                 h.fill(&mut f)?;

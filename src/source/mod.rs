@@ -200,15 +200,15 @@ impl Source {
         remote: &BlockDigests,
         t: &mut TransferOptions<'_>,
     ) -> Result<BlockSet> {
-        if remote.disk_id != self.disk_id || remote.geometry != self.geometry {
+        let g = self.geometry;
+        if remote.disk_id != self.disk_id || remote.geometry.block_size() != g.block_size() {
             return Err(Error::mismatch(format!(
                 "digests of disk {} ({}) for disk {} ({})",
-                remote.disk_id, remote.geometry, self.disk_id, self.geometry
+                remote.disk_id, remote.geometry, self.disk_id, g
             )));
         }
         // In slabs, so limits and progress apply as the disk is read.
-        let g = self.geometry;
-        let mut local = vec![[0u8; 32]; remote.blocks.len()];
+        let mut local = vec![[0u8; 32]; g.block_count() as usize];
         let per = (DIGEST_SLAB / g.block_size() as u64).max(1) as usize;
         for (i, slab) in local.chunks_mut(per).enumerate() {
             let first = (i * per) as u64;
@@ -217,7 +217,21 @@ impl Source {
             digest_blocks(disk, g, first, slab, 0)?;
             t.report(off + len, g.size());
         }
-        let differ = remote.differing(&local)?;
+        let differ = if remote.geometry == g {
+            remote.differing(&local)?
+        } else {
+            // Resized since: the blocks both have are compared (the last
+            // of them differs in length on one side), the rest is sent.
+            let common = g.block_count().min(remote.geometry.block_count());
+            let mut differ: Vec<Extent> = (0..common)
+                .filter(|&b| b + 1 == common || remote.blocks[b as usize] != local[b as usize])
+                .map(|b| Extent::new(b, 1))
+                .collect();
+            if g.block_count() > common {
+                differ.push(Extent::new(common, g.block_count() - common));
+            }
+            BlockSet::from_extents(g.block_count(), differ)?
+        };
         self.epoch = self.epoch.max(remote.epoch) + 1;
         self.sequence = remote.sequence;
         self.digest = remote.digest;

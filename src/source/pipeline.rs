@@ -42,10 +42,11 @@ impl<T: Tracking> std::fmt::Debug for Pipeline<T> {
 }
 
 impl<T: Tracking> Pipeline<T> {
-    /// Joins a primary and its spool, which must be of the same geometry.
+    /// Joins a primary and its spool, which must be of the same block size
+    /// (a different disk size is a resize the next log ships).
     pub fn new(primary: Primary<T>, spool: Spool, writer: WriterOptions) -> Result<Self> {
         let (a, b) = (primary.tracker().geometry(), spool.head().geometry);
-        if a != b {
+        if a.block_size() != b.block_size() {
             return Err(Error::mismatch(format!(
                 "the tracker's geometry {a} differs from the spool's {b}"
             )));
@@ -68,16 +69,24 @@ impl<T: Tracking> Pipeline<T> {
         &self.spool
     }
 
-    /// The chain's head as a [`Source`].
+    /// The chain's head as a [`Source`], at the disk's current size.
     pub fn source(&self) -> Source {
-        self.spool.source()
+        let mut s = self.spool.source();
+        s.geometry = self.primary.tracker().geometry();
+        s
+    }
+
+    /// The disk was resized to `size` bytes (with its I/O drained); the
+    /// next log ships the new size and the replica follows it.
+    pub fn resize(&mut self, size: u64) -> Result<()> {
+        self.primary.resize(size)
     }
 
     /// Writes the full log of the disk into the spool (the first log of a
     /// chain). Writers may run: what they change goes into the next cycle.
     pub fn initial_sync(&self, mut t: TransferOptions<'_>) -> Result<LogSummary> {
         let _one = self.cycles.lock();
-        let mut source = self.spool.source();
+        let mut source = self.source();
         if source.sequence != 0 {
             return Err(Error::new(
                 ErrorKind::Misuse,
@@ -138,7 +147,7 @@ impl<T: Tracking> Pipeline<T> {
             geometry: remote.geometry,
         })?;
         let handle = self.primary.begin_resync();
-        let mut source = self.spool.source();
+        let mut source = self.source();
         let disk = &**self.primary.disk();
         let differ = source.resync_blocks(disk, remote, &mut t)?;
         let mut f = self
@@ -175,7 +184,7 @@ impl<T: Tracking> PipelineCycle<'_, T> {
     pub fn write(mut self, cycle: &CycleOptions) -> Result<CycleReport> {
         let spool = &self.pipeline.spool;
         let blocks = self.handle.blocks();
-        let h = spool.source().header_for(LogKind::Delta, cycle)?;
+        let h = self.pipeline.source().header_for(LogKind::Delta, cycle)?;
         let seq = h.sequence;
         let summary = (|| {
             let mut f = spool.begin(h, self.pipeline.writer)?;

@@ -1,0 +1,176 @@
+//! A disk resized while replicating: the next log ships the new size, the
+//! replica grows or shrinks with it, older points keep their own size for
+//! views and rollbacks, and a crash at every step of a resizing apply
+//! leaves the old point or the new one.
+
+mod common;
+
+use blockrep::io::{Dir, Fault, FaultPlan, MemDir, MemStorage, Storage};
+use blockrep::log::WriterOptions;
+use blockrep::log::{Digest, LogHeader, LogKind, LogWriter, MappedLog, ReadOptions};
+use blockrep::replica::Replica;
+use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool};
+use blockrep::{DiskId, ErrorKind, Geometry, Tracker};
+use common::{first_diff, Rng};
+use std::sync::Arc;
+
+const ID: DiskId = DiskId([0x33; 16]);
+
+fn log_of(spool: &Spool, seq: u64) -> MappedLog {
+    let l = spool
+        .pending()
+        .into_iter()
+        .find(|l| l.point.sequence == seq)
+        .unwrap();
+    let f = spool.open_log(seq).unwrap();
+    let mut b = vec![0u8; l.bytes as usize];
+    f.read_at(&mut b, 0).unwrap();
+    MappedLog::from_bytes(b, &l.name, &ReadOptions::default()).unwrap()
+}
+
+fn image(r: &Replica) -> Vec<u8> {
+    let mut b = vec![0u8; r.status().geometry.size() as usize];
+    r.read_at(&mut b, 0).unwrap();
+    b
+}
+
+struct Run {
+    /// The disk at each point, by sequence.
+    points: Vec<(u64, Vec<u8>)>,
+    /// The logs, by sequence (1 is the full log).
+    logs: Vec<MappedLog>,
+}
+
+/// Replicates a disk through grow, write, shrink, write; returns every
+/// point's content and log.
+fn replicate() -> Run {
+    let g = Geometry::new(4 << 20, 4096).unwrap();
+    let mut d = vec![0u8; g.size() as usize];
+    let mut rng = Rng(8);
+    rng.fill(&mut d);
+    let disk = Arc::new(MemStorage::from_vec(d));
+    let start = ChainPoint {
+        epoch: 1,
+        sequence: 0,
+        digest: Digest::default(),
+        created_ns: 0,
+        geometry: g,
+    };
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let spool = Spool::create(dir, ID, start, 1 << 30).unwrap();
+    let opts = WriterOptions::default();
+    let mut p = Pipeline::new(Primary::new(Tracker::new(g), disk.clone()), spool, opts).unwrap();
+    let mut run = Run {
+        points: Vec::new(),
+        logs: Vec::new(),
+    };
+    let s = p.initial_sync(opts.into()).unwrap();
+    run.points.push((1, disk.to_vec()));
+    run.logs.push(log_of(p.spool(), s.header.sequence));
+    let write = |p: &Pipeline, rng: &mut Rng| {
+        let size = p.primary().tracker().geometry().size();
+        for _ in 0..5 {
+            let off = rng.below(size - 9000);
+            let mut d = vec![0u8; 9000];
+            rng.fill(&mut d);
+            let _g = p.primary().write_guard(off, 9000).unwrap();
+            disk.write_at(&d, off).unwrap();
+        }
+    };
+    for size in [0, (6 << 20) + 1000, 0, (3 << 20) + 500, 0, (5 << 20) + 7] {
+        if size > 0 {
+            // The hypervisor resizes the disk with its I/O drained.
+            disk.set_len(size).unwrap();
+            p.resize(size).unwrap();
+        }
+        write(&p, &mut rng);
+        let r = p.cycle(&CycleOptions::default()).unwrap();
+        let seq = r.summary.header.sequence;
+        assert_eq!(r.summary.header.geometry.size(), disk.len().unwrap());
+        run.points.push((seq, disk.to_vec()));
+        run.logs.push(log_of(p.spool(), seq));
+    }
+    run
+}
+
+#[test]
+fn the_replica_follows_resizes_and_old_points_keep_their_size() {
+    let run = replicate();
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let r = Arc::new(Replica::create(dir, &run.logs[0]).unwrap());
+    for (log, (seq, want)) in run.logs.iter().zip(&run.points).skip(1) {
+        r.apply(log).unwrap();
+        assert_eq!(first_diff(&image(&r), want), None, "point {seq}");
+    }
+    // Every point reads back at its own size.
+    for (seq, want) in &run.points {
+        let v = r.view(*seq).unwrap();
+        assert_eq!(v.geometry().size(), want.len() as u64, "point {seq}");
+        let mut b = vec![0u8; want.len()];
+        v.read_at(&mut b, 0).unwrap();
+        assert_eq!(first_diff(&b, want), None, "view of point {seq}");
+        let mut past = [0u8; 1];
+        assert!(v.read_at(&mut past, want.len() as u64).is_err());
+    }
+    // Rolling back across the shrink and the grow restores size and bytes.
+    for (seq, want) in run.points.iter().rev().skip(1) {
+        r.rollback(*seq).unwrap();
+        assert_eq!(r.status().geometry.size(), want.len() as u64);
+        assert_eq!(first_diff(&image(&r), want), None, "rolled back to {seq}");
+    }
+    // A log of another block size never applies.
+    let h = {
+        let g = Geometry::new(4 << 20, 8192).unwrap();
+        let mut h = LogHeader::new(ID, g, LogKind::Delta, 1, 2).unwrap();
+        h.base_sequence = 1;
+        h.base_digest = r.status().digest;
+        h
+    };
+    let (bytes, _) = LogWriter::new(Vec::new(), h, WriterOptions::default())
+        .unwrap()
+        .finish()
+        .unwrap();
+    let bad = MappedLog::from_bytes(bytes, "bad", &ReadOptions::default()).unwrap();
+    assert_eq!(r.apply(&bad).unwrap_err().kind(), ErrorKind::Mismatch);
+}
+
+#[test]
+fn a_crash_at_every_step_of_a_resizing_apply_leaves_old_or_new() {
+    let run = replicate();
+    // Base: the replica at each point before a resizing log (grow: 2 to 3,
+    // shrink: 4 to 5).
+    for target in [3usize, 5] {
+        let base = Arc::new(MemDir::new(&FaultPlan::counting()));
+        let r = Replica::create(base.clone(), &run.logs[0]).unwrap();
+        for log in &run.logs[1..target - 1] {
+            r.apply(log).unwrap();
+        }
+        drop(r);
+        let (old, new) = (&run.points[target - 2].1, &run.points[target - 1].1);
+        let mut n = 1;
+        loop {
+            let plan = FaultPlan::at(n, Fault::PowerLoss { torn: n % 2 == 0 });
+            let dir = Arc::new(base.recover(&plan));
+            let result = Replica::open(dir.clone()).and_then(|r| r.apply(&run.logs[target - 1]));
+            assert_eq!(
+                result.is_err(),
+                plan.fired(),
+                "log {target} step {n}: {result:?}"
+            );
+            if result.is_ok() {
+                assert!(n > 5, "only {n} steps");
+                break;
+            }
+            let r = Replica::open(Arc::new(dir.recover(&FaultPlan::counting()))).unwrap();
+            let img = image(&r);
+            assert!(
+                img == *old || img == *new,
+                "log {target} step {n}: neither the old point nor the new (size {})",
+                img.len()
+            );
+            r.apply(&run.logs[target - 1]).unwrap();
+            assert_eq!(first_diff(&image(&r), new), None, "log {target} step {n}");
+            n += 1;
+        }
+    }
+}
