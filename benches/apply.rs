@@ -15,7 +15,7 @@
 mod common;
 
 use blockrep::io::{Dir, FileStorage, FsDir, Storage};
-use blockrep::log::{LogHeader, LogKind, LogWriter, MappedLog, ReadOptions, WriterOptions};
+use blockrep::log::{Block, LogHeader, LogKind, LogWriter, MappedLog, ReadOptions, WriterOptions};
 use blockrep::replica::Replica;
 use blockrep::{DiskId, Extent, Geometry};
 use common::{realistic_block, Rng};
@@ -137,9 +137,16 @@ fn apply(c: &mut Criterion) {
                         let rec = rec.unwrap();
                         for (blk, d) in rec.blocks(s.g) {
                             match d {
-                                Some(d) => s.image.write_at(d, blk * BS).unwrap(),
+                                Block::Data(d) => s.image.write_at(d, blk * BS).unwrap(),
                                 // As the applier does: zeros for small runs.
-                                None => s.image.write_at(&[0u8; BS as usize], blk * BS).unwrap(),
+                                Block::Zero => {
+                                    s.image.write_at(&[0u8; BS as usize], blk * BS).unwrap()
+                                }
+                                Block::CopyOf(src) => {
+                                    let mut c = [0u8; BS as usize];
+                                    s.image.read_at(&mut c, src * BS).unwrap();
+                                    s.image.write_at(&c, blk * BS).unwrap();
+                                }
                             }
                         }
                     }

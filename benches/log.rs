@@ -77,7 +77,13 @@ fn geometry() -> Geometry {
 }
 
 fn write_log(data: &[u8], threads: usize) -> Vec<u8> {
-    let h = LogHeader::new(DiskId([1; 16]), geometry(), LogKind::Full, 1, 1).unwrap();
+    write_log_with(data, threads, true)
+}
+
+/// `copies`: repeated blocks stored once (the default) or not looked for.
+fn write_log_with(data: &[u8], threads: usize, copies: bool) -> Vec<u8> {
+    let mut h = LogHeader::new(DiskId([1; 16]), geometry(), LogKind::Full, 1, 1).unwrap();
+    h.copies = copies;
     let opts = WriterOptions {
         record_bytes: CHUNK,
         threads,
@@ -145,6 +151,9 @@ fn write(c: &mut Criterion) {
     });
     g.bench_function("writer_1thread", |b| {
         b.iter(|| black_box(write_log(&data, 1)))
+    });
+    g.bench_function("writer_1thread_no_copies", |b| {
+        b.iter(|| black_box(write_log_with(&data, 1, false)))
     });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     g.bench_function(format!("writer_{cores}threads"), |b| {

@@ -12,7 +12,8 @@ fn geo() -> Geometry {
     Geometry::new(1 << 20, 4096).unwrap()
 }
 
-/// A small log: three compressible records, a zero extent, a raw record.
+/// A small log: compressible records, a zero extent, a raw record, and a
+/// copy of the raw record's block.
 fn small_log(salt: u64) -> Vec<u8> {
     let mut h = LogHeader::new(DiskId([5; 16]), geo(), LogKind::Delta, 3, 12).unwrap();
     h.salt = salt;
@@ -33,6 +34,7 @@ fn small_log(salt: u64) -> Vec<u8> {
     common::Rng(3).fill(&mut rnd);
     w.add_block(40, &rnd[..]).unwrap();
     w.add_block(41, &[b'c'; 4096]).unwrap();
+    w.add_block(42, &rnd[..]).unwrap(); // a copy of block 40
     w.finish().unwrap().0
 }
 
@@ -68,7 +70,7 @@ fn every_truncation_is_refused_or_a_verified_prefix() {
     let log = small_log(9);
     let (all, complete) = records(&log, false).unwrap();
     assert!(complete);
-    assert_eq!(all.len(), 4);
+    assert_eq!(all.len(), 5);
     let ends = record_ends(&log);
     let header_len = all[0].offset as usize;
     for cut in 0..log.len() {
@@ -160,7 +162,7 @@ fn wrong_disk_or_epoch_is_a_mismatch() {
         epoch: Some(3),
         tail_tolerant: false,
     };
-    assert_eq!(verify(&log[..], right).unwrap().trailer.blocks, 9);
+    assert_eq!(verify(&log[..], right).unwrap().trailer.blocks, 10);
 }
 
 fn fix_header_crc(b: &mut [u8]) {
@@ -183,7 +185,7 @@ fn unknown_features_codecs_and_absurd_lengths_are_refused() {
     let (recs, _) = records(&log, false).unwrap();
 
     let mut b = log.clone();
-    b[12] = 1; // an incompatible feature bit this build does not know
+    b[12] = 2; // an incompatible feature bit this build does not know
     fix_header_crc(&mut b);
     assert_eq!(
         verify(&b[..], ReadOptions::default()).unwrap_err().kind(),
@@ -246,6 +248,48 @@ fn mapped_reader_refuses_incomplete_and_corrupt_files() {
             .unwrap()
             .trailer()
             .records,
-        4
+        5
+    );
+}
+
+#[test]
+fn a_copy_of_a_block_not_carried_earlier_is_refused() {
+    let mut h = LogHeader::new(DiskId([5; 16]), geo(), LogKind::Delta, 3, 12).unwrap();
+    h.salt = 77;
+    let opts = WriterOptions {
+        record_bytes: 1 << 20,
+        threads: 1,
+    };
+    let mut w = LogWriter::new(Vec::new(), h, opts).unwrap();
+    let mut rnd = vec![0u8; 4096];
+    common::Rng(9).fill(&mut rnd);
+    w.add_block(0, &rnd).unwrap();
+    w.add_block(5, &rnd).unwrap();
+    let log = w.finish().unwrap().0;
+    let (recs, _) = records(&log, false).unwrap();
+    assert_eq!(recs.len(), 1);
+    assert!(recs[0].extents[1].copy, "block 5 is stored as a copy");
+    // One raw record: header, two extents, 4096 data bytes, the source.
+    let at = recs[0].offset as usize;
+    let payload = at + 24 + 2 * 16;
+    let source = payload + 4096;
+    let crc_at = source + 8;
+    for bad in [1u64, 5, 6, u64::MAX - 1] {
+        let mut b = log.clone();
+        b[source..source + 8].copy_from_slice(&bad.to_le_bytes());
+        let raw_crc = crc32fast::hash(&b[payload..crc_at]);
+        b[at + 16..at + 20].copy_from_slice(&raw_crc.to_le_bytes());
+        fix_record_crc(&mut b, at, crc_at, 77);
+        let e = verify(&b[..], ReadOptions::default()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "source {bad}");
+        assert!(e.to_string().contains("copy"), "source {bad}: {e}");
+    }
+    // A log whose header does not allow copies may not hold one.
+    let mut b = log.clone();
+    b[12] = 0;
+    fix_header_crc(&mut b);
+    assert_eq!(
+        verify(&b[..], ReadOptions::default()).unwrap_err().kind(),
+        ErrorKind::Corrupt
     );
 }

@@ -10,6 +10,7 @@ use blockrep::{DiskId, Extent, Geometry};
 use common::{read_all, realistic_block, Rng};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 fn header(g: Geometry, salt: u64) -> LogHeader {
     let mut h = LogHeader::new(DiskId([3; 16]), g, LogKind::Delta, 2, 9).unwrap();
@@ -156,10 +157,15 @@ fn log_through_a_pipe_between_threads() {
         },
     )
     .unwrap();
-    let mut got = BTreeMap::new();
+    let mut got: BTreeMap<u64, Option<Vec<u8>>> = BTreeMap::new();
     while let Some(rec) = r.next_record().unwrap() {
         for (b, d) in rec.blocks(g) {
-            got.insert(b, d.map(|d| d.to_vec()));
+            let d = match d {
+                blockrep::log::Block::Zero => None,
+                blockrep::log::Block::Data(d) => Some(d.to_vec()),
+                blockrep::log::Block::CopyOf(s) => got[&s].clone(),
+            };
+            got.insert(b, d);
         }
     }
     let summary = producer.join().unwrap();
@@ -191,4 +197,90 @@ fn log_file_appears_only_when_committed() {
     let mut buf = vec![0u8; 4096];
     assert_eq!(m.read_block(3, &mut buf).unwrap(), BlockLookup::Data);
     assert_eq!(buf, vec![1u8; 4096]);
+}
+
+#[test]
+fn repeated_blocks_are_stored_once_as_copies_and_read_back_exactly() {
+    use blockrep::io::{Dir, FaultPlan, MemDir};
+    use blockrep::log::Digest;
+    use blockrep::replica::Replica;
+    let g = Geometry::new(16 << 20, 4096).unwrap();
+    let mut rng = Rng(21);
+    let patterns: Vec<Vec<u8>> = (0..200)
+        .map(|_| {
+            let mut b = vec![0u8; 4096];
+            rng.fill(&mut b);
+            b
+        })
+        .collect();
+    let write = |kind: LogKind, base: Digest, copies: bool, blocks: &[(u64, usize)]| {
+        let seq = if kind == LogKind::Full { 1 } else { 2 };
+        let mut h = LogHeader::new(DiskId([3; 16]), g, kind, 2, seq).unwrap();
+        h.copies = copies;
+        h.base_digest = base;
+        let mut w = LogWriter::new(Vec::new(), h, WriterOptions::default()).unwrap();
+        let mut next = 0;
+        for &(b, p) in blocks {
+            if b > next && kind == LogKind::Full {
+                w.add_zero(Extent::new(next, b - next)).unwrap();
+            }
+            w.add_block(b, &patterns[p]).unwrap();
+            next = b + 1;
+        }
+        if kind == LogKind::Full && next < g.block_count() {
+            w.add_zero(Extent::new(next, g.block_count() - next))
+                .unwrap();
+        }
+        w.finish().unwrap()
+    };
+    let full: Vec<(u64, usize)> = (0..3000).map(|b| (b, rng.below(200) as usize)).collect();
+    let (with, summary) = write(LogKind::Full, Digest::default(), true, &full);
+    let (without, _) = write(LogKind::Full, Digest::default(), false, &full);
+    assert!(
+        with.len() * 5 < without.len(),
+        "{} bytes with copies, {} without",
+        with.len(),
+        without.len()
+    );
+    assert_eq!(summary.trailer.data_blocks, 200);
+    let (got, complete) = read_all(&with, g);
+    assert!(complete);
+    for &(b, p) in &full {
+        assert_eq!(got[&b].as_deref(), Some(&patterns[p][..]), "block {b}");
+    }
+    let mapped = MappedLog::from_bytes(with, "full", &ReadOptions::default()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    for &(b, p) in full.iter().step_by(7) {
+        assert_eq!(mapped.read_block(b, &mut buf).unwrap(), BlockLookup::Data);
+        assert_eq!(buf, patterns[p], "mapped block {b}");
+    }
+    // A replica from the full log, then a delta whose copies come from its
+    // own earlier blocks, then a rollback through an undo log with copies.
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let r = Replica::create(dir, &mapped).unwrap();
+    let image = |r: &Replica| {
+        let mut b = vec![0u8; g.size() as usize];
+        r.read_at(&mut b, 0).unwrap();
+        b
+    };
+    let mut model = vec![0u8; g.size() as usize];
+    for &(b, p) in &full {
+        model[b as usize * 4096..][..4096].copy_from_slice(&patterns[p]);
+    }
+    assert!(image(&r) == model);
+    let before = model.clone();
+    let mut delta: Vec<(u64, usize)> = (0..400)
+        .map(|_| (rng.below(4000), rng.below(20) as usize))
+        .collect();
+    delta.sort_unstable_by_key(|d| d.0);
+    delta.dedup_by_key(|d| d.0);
+    let (bytes, _) = write(LogKind::Delta, r.status().digest, true, &delta);
+    let log = MappedLog::from_bytes(bytes, "delta", &ReadOptions::default()).unwrap();
+    r.apply(&log).unwrap();
+    for &(b, p) in &delta {
+        model[b as usize * 4096..][..4096].copy_from_slice(&patterns[p]);
+    }
+    assert!(image(&r) == model);
+    r.rollback(1).unwrap();
+    assert!(image(&r) == before);
 }

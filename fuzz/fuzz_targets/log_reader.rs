@@ -3,7 +3,7 @@
 //! and every record handed out verifies.
 #![no_main]
 
-use blockrep::log::{verify, LogReader, MappedLog, ReadOptions};
+use blockrep::log::{verify, Block, LogReader, MappedLog, ReadOptions};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,8 +13,12 @@ fuzz_target!(|data: &[u8]| {
             let g = r.header().geometry;
             while let Ok(Some(rec)) = r.next_record() {
                 // A record handed out is internally consistent.
-                let n: u64 = rec.blocks(g).map(|(_, d)| d.map_or(0, |d| d.len() as u64)).sum();
-                assert_eq!(n, rec.data.len() as u64);
+                let n: u64 = rec
+                    .blocks(g)
+                    .map(|(_, d)| if let Block::Data(d) = d { d.len() as u64 } else { 0 })
+                    .sum();
+                let copies = rec.extents.iter().filter(|e| e.copy).count() as u64;
+                assert_eq!(n + 8 * copies, rec.data.len() as u64);
             }
         }
     }

@@ -13,8 +13,10 @@ pub(crate) const VERSION: u16 = 1;
 pub(crate) const RECORD_TAG: [u8; 4] = *b"BRRC";
 pub(crate) const TRAILER_TAG: [u8; 4] = *b"BRTR";
 
-/// Incompatible feature bits this build understands (none yet).
-pub(crate) const KNOWN_INCOMPAT: u32 = 0;
+/// Incompatible feature bit: the log may hold copy extents.
+pub(crate) const INCOMPAT_COPIES: u32 = 1;
+/// Incompatible feature bits this build understands.
+pub(crate) const KNOWN_INCOMPAT: u32 = INCOMPAT_COPIES;
 
 /// Fixed part of the header, before the label.
 pub(crate) const HEADER_FIXED: usize = 144;
@@ -32,6 +34,9 @@ pub(crate) const TRAILER_FIXED: usize = 96;
 pub(crate) const FOOTER_LEN: usize = 16;
 
 pub(crate) const EXTENT_ZERO: u32 = 1;
+pub(crate) const EXTENT_COPY: u32 = 2;
+/// Payload bytes of a copy extent: its source's first block.
+pub(crate) const COPY_LEN: u64 = 8;
 
 /// How a record's payload is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +68,7 @@ impl LogHeader {
         b[0..8].copy_from_slice(&MAGIC);
         b[8..10].copy_from_slice(&VERSION.to_le_bytes());
         b[10..12].copy_from_slice(&(len as u16).to_le_bytes());
-        put_u32(&mut b, 12, 0);
+        put_u32(&mut b, 12, if self.copies { INCOMPAT_COPIES } else { 0 });
         put_u32(&mut b, 16, 0);
         b[20] = self.kind as u8;
         b[21] = self.consistency as u8;
@@ -161,17 +166,44 @@ impl LogHeader {
             label,
             group,
             created_ns: get_u64(b, 136),
+            copies: incompat & INCOMPAT_COPIES != 0,
         })
     }
 }
 
-/// One extent of a record: a run of blocks, zero or carrying data.
+/// One extent of a record: a run of blocks, zero, carrying data, or a
+/// copy of blocks earlier in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogExtent {
     /// The blocks.
     pub extent: Extent,
     /// Whether the blocks are zeros (no payload).
     pub zero: bool,
+    /// Whether the blocks are copies of as many blocks carried as data
+    /// earlier in the log; the payload holds the source's first block
+    /// (8 bytes) instead of the data.
+    pub copy: bool,
+}
+
+impl LogExtent {
+    /// Payload bytes the extent takes in its record.
+    pub(crate) fn payload_len(&self, g: Geometry) -> u64 {
+        match (self.zero, self.copy) {
+            (true, _) => 0,
+            (_, true) => COPY_LEN,
+            _ => g.extent_bytes(self.extent).1,
+        }
+    }
+
+    fn flags(&self) -> u32 {
+        if self.zero {
+            EXTENT_ZERO
+        } else if self.copy {
+            EXTENT_COPY
+        } else {
+            0
+        }
+    }
 }
 
 /// The decoded fixed part of a record header.
@@ -245,18 +277,20 @@ impl RecordHead {
 pub(crate) fn encode_extent(e: &LogExtent, out: &mut Vec<u8>) {
     out.extend_from_slice(&e.extent.start.to_le_bytes());
     out.extend_from_slice(&(e.extent.count as u32).to_le_bytes());
-    out.extend_from_slice(&(if e.zero { EXTENT_ZERO } else { 0 }).to_le_bytes());
+    out.extend_from_slice(&e.flags().to_le_bytes());
 }
 
 /// Decodes and checks a record's extent table: each extent non-empty,
 /// inside the disk, after `prev_end` (extents ascend through the whole log),
-/// and the data extents' bytes adding up to `head.raw`.
+/// and the data and copy extents' payload adding up to `head.raw`. Copy
+/// extents are allowed when `copies` (the header's feature bit).
 pub(crate) fn decode_extents(
     b: &[u8],
     head: &RecordHead,
     geometry: Geometry,
     mut prev_end: u64,
     offset: u64,
+    copies: bool,
 ) -> Result<(Vec<LogExtent>, u64)> {
     let mut out = Vec::with_capacity(head.extents);
     let mut raw = 0u64;
@@ -265,7 +299,8 @@ pub(crate) fn decode_extents(
         let start = get_u64(c, 0);
         let count = get_u32(c, 8) as u64;
         let flags = get_u32(c, 12);
-        if flags & !EXTENT_ZERO != 0 {
+        let known = if copies { EXTENT_COPY } else { 0 } | EXTENT_ZERO;
+        if flags & !known != 0 || flags == EXTENT_ZERO | EXTENT_COPY {
             return Err(corrupt_at(
                 at + 12,
                 format!("unknown extent flags {flags:#x}"),
@@ -282,11 +317,13 @@ pub(crate) fn decode_extents(
             ));
         }
         prev_end = extent.end();
-        let zero = flags & EXTENT_ZERO != 0;
-        if !zero {
-            raw += geometry.extent_bytes(extent).1;
-        }
-        out.push(LogExtent { extent, zero });
+        let e = LogExtent {
+            extent,
+            zero: flags & EXTENT_ZERO != 0,
+            copy: flags & EXTENT_COPY != 0,
+        };
+        raw += e.payload_len(geometry);
+        out.push(e);
     }
     let data = out.iter().any(|e| !e.zero);
     if raw != head.raw as u64 || data != (head.codec != Codec::Zero) {
@@ -421,7 +458,7 @@ impl DigestChain {
         for e in extents {
             self.0.update(&e.extent.start.to_le_bytes());
             self.0.update(&e.extent.count.to_le_bytes());
-            self.0.update(&[e.zero as u8]);
+            self.0.update(&[e.flags() as u8]);
         }
         self.0.update(&raw_crc.to_le_bytes());
     }

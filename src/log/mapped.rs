@@ -1,11 +1,12 @@
 //! Random access to a log file through a memory map and the trailer's index.
 
 use super::format::{
-    corrupt_at, decode_extents, LogExtent, RecordHead, Trailer, EXTENT_LEN, RECORD_FIXED,
+    corrupt_at, decode_extents, LogExtent, RecordHead, Trailer, COPY_LEN, EXTENT_LEN, RECORD_FIXED,
 };
 use super::reader::{decode_payload, LogReader, ReadOptions};
 use super::LogHeader;
 use crate::error::{Error, Result};
+use crate::le::get_u64;
 use crate::tracker::BlockSet;
 use bytes::Bytes;
 use memmap2::Mmap;
@@ -190,7 +191,7 @@ impl MappedLog {
             let head = RecordHead::decode(bytes.try_into().expect("record header length"), off)?;
             let table_at = off + RECORD_FIXED as u64;
             let table = self.slice(table_at, (head.extents * EXTENT_LEN) as u64)?;
-            out.extend(decode_extents(table, &head, g, 0, table_at)?.0);
+            out.extend(decode_extents(table, &head, g, 0, table_at, self.header.copies)?.0);
         }
         Ok(out)
     }
@@ -222,7 +223,7 @@ impl MappedLog {
         let head = RecordHead::decode(bytes.try_into().expect("record header length"), off)?;
         let table_at = off + RECORD_FIXED as u64;
         let table = self.slice(table_at, (head.extents * EXTENT_LEN) as u64)?;
-        let (extents, _) = decode_extents(table, &head, g, 0, table_at)?;
+        let (extents, _) = decode_extents(table, &head, g, 0, table_at, self.header.copies)?;
         let mut data_at = 0u64;
         for e in &extents {
             if e.extent.contains(block) {
@@ -233,13 +234,18 @@ impl MappedLog {
                 let payload_at = table_at + table.len() as u64;
                 let payload = self.slice(payload_at, head.stored as u64)?.to_vec();
                 let raw = decode_payload(&head, payload, payload_at)?;
-                let start = (data_at + g.block_offset(block - e.extent.start)) as usize;
+                let at = data_at as usize;
+                if e.copy {
+                    // Checked when the log was opened: the source is data
+                    // earlier in the log, so this recursion ends there.
+                    let source = get_u64(&raw[at..at + COPY_LEN as usize], 0);
+                    return self.read_block(source + (block - e.extent.start), buf);
+                }
+                let start = at + g.block_offset(block - e.extent.start) as usize;
                 buf.copy_from_slice(&raw[start..start + want]);
                 return Ok(BlockLookup::Data);
             }
-            if !e.zero {
-                data_at += g.extent_bytes(e.extent).1;
-            }
+            data_at += e.payload_len(g);
         }
         Ok(BlockLookup::Absent)
     }

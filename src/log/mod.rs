@@ -11,7 +11,7 @@
 //!   block through the trailer's index.
 //!
 //! ```
-//! use blockrep::log::{LogHeader, LogKind, LogReader, LogWriter, ReadOptions, WriterOptions};
+//! use blockrep::log::{Block, LogHeader, LogKind, LogReader, LogWriter, ReadOptions, WriterOptions};
 //! use blockrep::{DiskId, Geometry};
 //!
 //! let geometry = Geometry::new(1 << 20, 4096)?;
@@ -25,8 +25,8 @@
 //! let mut r = LogReader::new(&bytes[..], ReadOptions::default())?;
 //! let record = r.next_record()?.unwrap();
 //! let blocks: Vec<_> = record.blocks(geometry).collect();
-//! assert_eq!(blocks[0], (3, Some(&[7u8; 4096][..])));
-//! assert_eq!(blocks[1], (4, None));
+//! assert_eq!(blocks[0], (3, Block::Data(&[7u8; 4096][..])));
+//! assert_eq!(blocks[1], (4, Block::Zero));
 //! assert!(r.next_record()?.is_none() && r.is_complete());
 //! # Ok::<(), blockrep::Error>(())
 //! ```
@@ -44,6 +44,7 @@ pub use digests::{block_digests, BlockDigests};
 pub use file::LogFile;
 pub use format::{Codec, LogExtent, Trailer, MAX_LABEL, MAX_RECORD_EXTENTS, MAX_RECORD_RAW};
 pub use mapped::{BlockLookup, MappedLog};
+pub use reader::Block;
 pub use reader::{verify, LogReader, ReadOptions, Record};
 pub use writer::{LogBuilder, LogSummary, LogWriter, WriterOptions};
 
@@ -155,11 +156,16 @@ pub struct LogHeader {
     pub group: Option<GroupInfo>,
     /// Creation time, nanoseconds since the Unix epoch.
     pub created_ns: u64,
+    /// Whether the log may hold copy extents: blocks whose content already
+    /// appears earlier in the same log, stored as a reference to it
+    /// (incompatible feature bit 0: older readers refuse such logs).
+    pub copies: bool,
 }
 
 impl LogHeader {
     /// A crash-consistent header with a random salt, the current time, no
-    /// label and no group, building on `sequence - 1` with a zero digest.
+    /// label and no group, building on `sequence - 1` with a zero digest;
+    /// copies of repeated blocks allowed.
     pub fn new(
         disk_id: DiskId,
         geometry: Geometry,
@@ -183,6 +189,7 @@ impl LogHeader {
             label: String::new(),
             group: None,
             created_ns,
+            copies: true,
         })
     }
 

@@ -2,13 +2,14 @@
 
 use super::format::{
     corrupt_at, decode_extents, record_hasher, Codec, DigestChain, LogExtent, RecordHead, Trailer,
-    END_MAGIC, EXTENT_LEN, FOOTER_LEN, HEADER_FIXED, RECORD_FIXED, RECORD_TAG, TRAILER_FIXED,
-    TRAILER_TAG,
+    COPY_LEN, END_MAGIC, EXTENT_LEN, FOOTER_LEN, HEADER_FIXED, RECORD_FIXED, RECORD_TAG,
+    TRAILER_FIXED, TRAILER_TAG,
 };
 use super::{LogHeader, LogSummary};
 use crate::error::{Error, ErrorKind, Result};
-use crate::geometry::Geometry;
+use crate::geometry::{Extent, Geometry};
 use crate::id::DiskId;
+use crate::le::get_u64;
 use bytes::Bytes;
 use std::io::Read;
 
@@ -38,24 +39,39 @@ pub struct Record {
     pub data: Bytes,
 }
 
+/// One block of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Block<'a> {
+    /// A zero block.
+    Zero,
+    /// A block's data.
+    Data(&'a [u8]),
+    /// A copy of this earlier block of the log (carried as data).
+    CopyOf(u64),
+}
+
 impl Record {
-    /// Every block of the record with its data, `None` for a zero block.
-    pub fn blocks(&self, geometry: Geometry) -> impl Iterator<Item = (u64, Option<&[u8]>)> + '_ {
+    /// Every block of the record, in order.
+    pub fn blocks(&self, geometry: Geometry) -> impl Iterator<Item = (u64, Block<'_>)> + '_ {
         let mut at = 0usize;
         self.extents.iter().flat_map(move |e| {
             let start_at = at;
-            if !e.zero {
-                at += geometry.extent_bytes(e.extent).1 as usize;
-            }
+            at += e.payload_len(geometry) as usize;
             let data = &self.data;
+            let source = e
+                .copy
+                .then(|| get_u64(&data[start_at..start_at + COPY_LEN as usize], 0));
             (e.extent.start..e.extent.end()).scan(start_at, move |pos, b| {
                 if e.zero {
-                    return Some((b, None));
+                    return Some((b, Block::Zero));
+                }
+                if let Some(s) = source {
+                    return Some((b, Block::CopyOf(s + (b - e.extent.start))));
                 }
                 let len = geometry.block_len(b) as usize;
                 let slice = &data[*pos..*pos + len];
                 *pos += len;
-                Some((b, Some(slice)))
+                Some((b, Block::Data(slice)))
             })
         })
     }
@@ -77,6 +93,9 @@ pub struct LogReader<R: Read> {
     counts: Trailer,
     chain: crc32fast::Hasher,
     digest: DigestChain,
+    /// The runs of blocks carried as data so far: copies must come from
+    /// them.
+    data_runs: Vec<Extent>,
 }
 
 impl<R: Read> LogReader<R> {
@@ -119,6 +138,7 @@ impl<R: Read> LogReader<R> {
             complete: false,
             counts: Trailer::default(),
             chain: crc32fast::Hasher::new(),
+            data_runs: Vec::new(),
         })
     }
 
@@ -197,6 +217,7 @@ impl<R: Read> LogReader<R> {
             self.header.geometry,
             self.prev_end,
             at + RECORD_FIXED as u64,
+            self.header.copies,
         )?;
         let mut payload = vec![0u8; head.stored];
         let payload_at = self.pos;
@@ -215,12 +236,13 @@ impl<R: Read> LogReader<R> {
             ));
         }
         let data = decode_payload(&head, payload, payload_at)?;
+        self.check_copies(&extents, &data, at)?;
         self.prev_end = prev_end;
         let c = &mut self.counts;
         c.records += 1;
         for e in &extents {
             c.blocks += e.extent.count;
-            if !e.zero {
+            if !e.zero && !e.copy {
                 c.data_blocks += e.extent.count;
             }
         }
@@ -234,6 +256,43 @@ impl<R: Read> LogReader<R> {
             extents,
             data,
         }))
+    }
+
+    /// Checks that every copy extent takes blocks carried as data earlier
+    /// in the log, and records this record's data runs.
+    fn check_copies(&mut self, extents: &[LogExtent], data: &[u8], at: u64) -> Result<()> {
+        let g = self.header.geometry;
+        let mut pos = 0usize;
+        for e in extents {
+            if e.copy {
+                let source = get_u64(&data[pos..pos + COPY_LEN as usize], 0);
+                let end = source.checked_add(e.extent.count);
+                let run = self.data_runs.partition_point(|r| r.end() <= source);
+                let covered = end.is_some_and(|end| {
+                    end <= e.extent.start
+                        && self
+                            .data_runs
+                            .get(run)
+                            .is_some_and(|r| r.start <= source && end <= r.end())
+                });
+                if !covered {
+                    return Err(corrupt_at(
+                        at,
+                        format!(
+                            "copy of {} blocks at {} from block {source}, which is not data earlier in the log",
+                            e.extent.count, e.extent.start
+                        ),
+                    ));
+                }
+            } else if !e.zero {
+                match self.data_runs.last_mut() {
+                    Some(r) if r.end() == e.extent.start => r.count += e.extent.count,
+                    _ => self.data_runs.push(e.extent),
+                }
+            }
+            pos += e.payload_len(g) as usize;
+        }
+        Ok(())
     }
 
     fn read_trailer(&mut self, at: u64) -> Result<()> {

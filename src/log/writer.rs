@@ -3,7 +3,7 @@
 
 use super::format::{
     encode_extent, lz4_bound, record_hasher, Codec, DigestChain, LogExtent, RecordHead, Trailer,
-    MAX_RECORD_EXTENTS, MAX_RECORD_RAW,
+    COPY_LEN, MAX_RECORD_EXTENTS, MAX_RECORD_RAW,
 };
 use super::pool::EncodePool;
 use super::LogHeader;
@@ -43,12 +43,23 @@ pub struct LogSummary {
     pub bytes: u64,
 }
 
+/// What [`LogWriter::push`] adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Zero,
+    Data,
+    /// Copies of the blocks from this one on.
+    Copy(u64),
+}
+
 /// A record being gathered, then encoded. Its buffers are reused for later
 /// records, so the steady state allocates (and zero-fills) nothing.
 #[derive(Default)]
 pub(super) struct Pending {
     extents: Vec<LogExtent>,
     raw: Vec<u8>,
+    /// The source block that would extend the last extent, when a copy.
+    copy_next: Option<u64>,
     /// Record header and extent table, once encoded.
     head: Vec<u8>,
     /// LZ4 output; kept at its full length between uses.
@@ -128,6 +139,49 @@ pub struct LogWriter<W: Write> {
     trailer: Trailer,
     digest: DigestChain,
     chain: crc32fast::Hasher,
+    /// Recent data blocks, to store repeats as copies (when the header
+    /// allows copies).
+    window: CopyWindow,
+}
+
+/// Bytes of recent data blocks a writer remembers to find repeats.
+const WINDOW_BYTES: usize = 8 << 20;
+
+/// The last [`WINDOW_BYTES`] of full data blocks written, in a ring, with
+/// each one's CRC32 pointing at its newest copy. A candidate is compared
+/// byte for byte, so a CRC collision never makes a wrong copy.
+#[derive(Default)]
+struct CopyWindow {
+    ring: Vec<u8>,
+    /// Bytes ever put in the ring.
+    written: usize,
+    /// CRC32 of a block's content -> (block, position in `written` terms).
+    seen: std::collections::HashMap<u32, (u64, usize)>,
+}
+
+impl CopyWindow {
+    /// An earlier data block with exactly `data`'s content (a whole block;
+    /// the block size divides the window), if remembered; otherwise
+    /// remembers `block` as holding it.
+    fn find_or_remember(&mut self, block: u64, data: &[u8]) -> Option<u64> {
+        let crc = crc32fast::hash(data);
+        let len = data.len();
+        if let Some(&(source, at)) = self.seen.get(&crc) {
+            // The ring holds the bytes from `written - WINDOW_BYTES` on.
+            let i = at % WINDOW_BYTES;
+            if self.written - at <= WINDOW_BYTES && self.ring.get(i..i + len) == Some(data) {
+                return Some(source);
+            }
+        }
+        let i = self.written % WINDOW_BYTES;
+        if self.ring.len() < i + len {
+            self.ring.resize(i + len, 0);
+        }
+        self.ring[i..i + len].copy_from_slice(data);
+        self.seen.insert(crc, (block, self.written));
+        self.written += len;
+        None
+    }
 }
 
 /// Whether every byte of `b` is zero.
@@ -175,6 +229,7 @@ impl<W: Write> LogWriter<W> {
             free: Vec::new(),
             trailer: Trailer::default(),
             chain: crc32fast::Hasher::new(),
+            window: CopyWindow::default(),
         })
     }
 
@@ -213,9 +268,14 @@ impl<W: Write> LogWriter<W> {
             )));
         }
         if is_zero(data) {
-            return self.push(Extent::new(block, 1), true, &[]);
+            return self.push(Extent::new(block, 1), Kind::Zero, &[]);
         }
-        self.push(Extent::new(block, 1), false, data)
+        if self.header.copies && data.len() == self.header.geometry.block_size() as usize {
+            if let Some(source) = self.window.find_or_remember(block, data) {
+                return self.push(Extent::new(block, 1), Kind::Copy(source), &[]);
+            }
+        }
+        self.push(Extent::new(block, 1), Kind::Data, data)
     }
 
     /// Adds the contiguous blocks of `extent` from `data` (their bytes, the
@@ -239,34 +299,42 @@ impl<W: Write> LogWriter<W> {
     /// Adds zero blocks (a discard or a zero write): no payload is stored.
     pub fn add_zero(&mut self, extent: Extent) -> Result<()> {
         self.check_next(extent)?;
-        self.push(extent, true, &[])
+        self.push(extent, Kind::Zero, &[])
     }
 
-    fn push(&mut self, extent: Extent, zero: bool, data: &[u8]) -> Result<()> {
+    fn push(&mut self, extent: Extent, kind: Kind, data: &[u8]) -> Result<()> {
         // Records end once they reach `record_bytes` (at most 1 MiB) and data
         // comes a power-of-two block at a time, so this only guards the limit.
-        if self.cur.raw.len() + data.len() > MAX_RECORD_RAW {
+        if self.cur.raw.len() + data.len() + COPY_LEN as usize > MAX_RECORD_RAW {
             self.seal()?;
         }
         self.next_block = extent.end();
         self.trailer.blocks += extent.count;
-        if !zero {
+        if kind == Kind::Data {
             self.trailer.data_blocks += extent.count;
-            self.trailer.raw_bytes += data.len() as u64;
         }
+        let (zero, copy) = (kind == Kind::Zero, matches!(kind, Kind::Copy(_)));
         let mut left = extent;
         while left.count > 0 {
-            // Extend the record's last extent when contiguous and alike.
+            // Extend the record's last extent when contiguous and alike (a
+            // copy also from the next source block).
             let room = u32::MAX as u64;
             let cur = &mut self.cur;
+            let source = match kind {
+                Kind::Copy(s) => Some(s + (left.start - extent.start)),
+                _ => None,
+            };
             match cur.extents.last_mut() {
                 Some(last)
                     if last.zero == zero
+                        && last.copy == copy
                         && last.extent.end() == left.start
-                        && last.extent.count < room =>
+                        && last.extent.count < room
+                        && source.is_none_or(|s| cur.copy_next == Some(s)) =>
                 {
                     let n = left.count.min(room - last.extent.count);
                     last.extent.count += n;
+                    cur.copy_next = source.map(|s| s + n);
                     left = Extent::new(left.start + n, left.count - n);
                 }
                 _ => {
@@ -278,16 +346,21 @@ impl<W: Write> LogWriter<W> {
                     cur.extents.push(LogExtent {
                         extent: Extent::new(left.start, n),
                         zero,
+                        copy,
                     });
+                    if let Some(s) = source {
+                        cur.raw.extend_from_slice(&s.to_le_bytes());
+                    }
+                    cur.copy_next = source.map(|s| s + n);
                     left = Extent::new(left.start + n, left.count - n);
                 }
             }
         }
-        if !zero {
+        if kind == Kind::Data {
             self.cur.raw.extend_from_slice(data);
-            if self.cur.raw.len() >= self.opts.record_bytes {
-                self.seal()?;
-            }
+        }
+        if self.cur.raw.len() >= self.opts.record_bytes {
+            self.seal()?;
         }
         Ok(())
     }
@@ -346,6 +419,7 @@ impl<W: Write> LogWriter<W> {
         self.write_record(&p)?;
         p.extents.clear();
         p.raw.clear();
+        p.copy_next = None;
         self.free.push(p);
         Ok(())
     }
@@ -361,6 +435,7 @@ impl<W: Write> LogWriter<W> {
             self.written += part.len() as u64;
         }
         self.trailer.records += 1;
+        self.trailer.raw_bytes += p.raw.len() as u64;
         self.chain.update(&p.crc.to_le_bytes());
         self.digest.record(&p.extents, p.raw_crc);
         Ok(())

@@ -566,6 +566,7 @@ fn chunks(e: Extent, block_size: u32) -> impl Iterator<Item = Extent> {
 fn write_log(image: &dyn Storage, log: &MappedLog, fresh: bool) -> Result<()> {
     let g = log.header().geometry;
     let zeros = vec![0u8; CHUNK as usize];
+    let mut copy = Vec::new();
     for rec in log.reader()? {
         let rec = rec?;
         let mut at = 0usize;
@@ -583,6 +584,19 @@ fn write_log(image: &dyn Storage, log: &MappedLog, fresh: bool) -> Result<()> {
                     let n = (len - done).min(CHUNK);
                     image.write_at(&zeros[..n as usize], off + done)?;
                     done += n;
+                }
+            } else if e.copy {
+                // The source blocks come earlier in this log, so the image
+                // holds their new content already.
+                let source = u64::from_le_bytes(rec.data[at..at + 8].try_into().expect("8 bytes"));
+                at += 8;
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(CHUNK) as usize;
+                    copy.resize(n, 0);
+                    image.read_at(&mut copy, g.block_offset(source) + done)?;
+                    image.write_at(&copy, off + done)?;
+                    done += n as u64;
                 }
             } else {
                 image.write_at(&rec.data[at..at + len as usize], off)?;

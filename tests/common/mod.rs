@@ -3,7 +3,7 @@
 
 use blockrep::io::Storage;
 use blockrep::log::{
-    Digest, LogHeader, LogKind, LogReader, LogWriter, MappedLog, ReadOptions, WriterOptions,
+    Block, Digest, LogHeader, LogKind, LogReader, LogWriter, MappedLog, ReadOptions, WriterOptions,
 };
 use blockrep::Result;
 use blockrep::{DiskId, Extent, Geometry};
@@ -62,16 +62,19 @@ pub fn realistic_block(rng: &mut Rng, len: usize) -> Vec<u8> {
     b
 }
 
-/// Reads a whole log into block -> content (`None` for zero blocks).
+/// Reads a whole log into block -> content (`None` for zero blocks),
+/// copies resolved.
 pub fn read_all(bytes: &[u8], g: Geometry) -> (BTreeMap<u64, Option<Vec<u8>>>, bool) {
     let mut r = LogReader::new(bytes, ReadOptions::default()).unwrap();
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<u64, Option<Vec<u8>>> = BTreeMap::new();
     while let Some(rec) = r.next_record().unwrap() {
         for (b, d) in rec.blocks(g) {
-            assert!(
-                out.insert(b, d.map(|d| d.to_vec())).is_none(),
-                "block {b} twice"
-            );
+            let d = match d {
+                Block::Zero => None,
+                Block::Data(d) => Some(d.to_vec()),
+                Block::CopyOf(s) => out[&s].clone(),
+            };
+            assert!(out.insert(b, d).is_none(), "block {b} twice");
         }
     }
     (out, r.is_complete())
