@@ -42,3 +42,8 @@ pub use error::{Error, ErrorKind, Result};
 pub use geometry::{Extent, Geometry};
 pub use id::DiskId;
 pub use tracker::{BlockSet, FrozenSet, PersistentTracker, Tracker};
+
+/// The README's Rust examples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
