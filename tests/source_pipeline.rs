@@ -399,3 +399,40 @@ fn spool_state_matches_the_golden_file() {
     let reopened = Spool::open(dir, 1).unwrap();
     assert_eq!(reopened.head(), at);
 }
+
+#[test]
+fn initial_sync_reports_progress_and_pays_its_limits() {
+    use blockrep::source::{Progress, Throttle};
+    let g = Geometry::new(8 << 20, 4096).unwrap();
+    let mem = MemStorage::zeroed(g.size()).unwrap();
+    let mut d = vec![0u8; 3 << 20];
+    Rng(4).fill(&mut d);
+    mem.write_at(&d, 1 << 20).unwrap();
+    let spool = Spool::create(mem_dir(), ID, start(g), 1 << 40).unwrap();
+    let p = Pipeline::new(Primary::new(Tracker::new(g), Arc::new(mem)), spool, opts()).unwrap();
+    // Generous limits: they account every byte without slowing the test.
+    let (reads, writes) = (Throttle::new(1 << 40), Throttle::new(1 << 40));
+    let mut seen = Vec::new();
+    let mut progress = |p: Progress| seen.push(p);
+    let summary = p
+        .initial_sync(TransferOptions {
+            writer: opts(),
+            read_limit: Some(&reads),
+            write_limit: Some(&writes),
+            progress: Some(&mut progress),
+        })
+        .unwrap();
+    // MemStorage knows no holes: the whole disk is read, once.
+    assert_eq!(reads.consumed(), g.size());
+    // The output paid for is the log as records were written out (the
+    // last ones, written when it finishes, are not held back).
+    assert!(writes.consumed() <= summary.bytes && writes.consumed() > 2 << 20);
+    assert!(seen.windows(2).all(|w| w[0].done <= w[1].done));
+    assert_eq!(
+        seen.last(),
+        Some(&Progress {
+            done: g.size(),
+            total: g.size()
+        })
+    );
+}

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct Throttle {
     bytes_per_sec: u64,
+    consumed: std::sync::atomic::AtomicU64,
     /// When the bytes consumed so far are paid for at the rate.
     paid_until: Mutex<Instant>,
 }
@@ -20,6 +21,7 @@ impl Throttle {
     pub fn new(bytes_per_sec: u64) -> Self {
         Throttle {
             bytes_per_sec: bytes_per_sec.max(1),
+            consumed: Default::default(),
             paid_until: Mutex::new(Instant::now()),
         }
     }
@@ -29,8 +31,15 @@ impl Throttle {
         self.bytes_per_sec
     }
 
+    /// Bytes accounted so far.
+    pub fn consumed(&self) -> u64 {
+        self.consumed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Accounts for `bytes`, sleeping as long as the rate requires.
     pub fn consume(&self, bytes: u64) {
+        self.consumed
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
         let wait = {
             let mut paid = self.paid_until.lock();
