@@ -144,20 +144,27 @@ pub struct Primary<T: Tracking = Tracker> {
 pub struct WriteGuard<'a, T: Tracking = Tracker> {
     primary: &'a Primary<T>,
     offset: u64,
+    /// The length, with [`ZERO_WRITE`] set for a zero write: a guard of
+    /// three words is as cheap to pass around as the old two-field one.
     len: u64,
-    zero: bool,
 }
 
+/// Flags a zero write in [`WriteGuard::len`] (lengths fit in 63 bits: they
+/// were checked against the disk's size).
+const ZERO_WRITE: u64 = 1 << 63;
+
 impl<T: Tracking> Drop for WriteGuard<'_, T> {
+    #[inline]
     fn drop(&mut self) {
         let p = self.primary;
         if p.hold.load(Ordering::SeqCst) {
             p.wait_hold();
         }
-        if self.zero {
-            p.mark_zeroed(self.offset, self.len);
+        let (len, zero) = (self.len & !ZERO_WRITE, self.len & ZERO_WRITE != 0);
+        if zero {
+            p.mark_zeroed(self.offset, len);
         }
-        p.tracking.end_write(self.offset, self.len, !self.zero);
+        p.tracking.end_write(self.offset, len, !zero);
     }
 }
 
@@ -240,8 +247,7 @@ impl<T: Tracking> Primary<T> {
         let guard = WriteGuard {
             primary: self,
             offset,
-            len,
-            zero,
+            len: if zero { len | ZERO_WRITE } else { len },
         };
         if self.active.load(Ordering::Acquire) {
             self.save_old(e)?;
