@@ -247,10 +247,17 @@ fn logs_from_a_stream_are_spooled_and_verified_first() {
     let mut rng = Rng(61);
     let mut src = Source::new(&mut rng);
     let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
-    let r = Replica::create(dir.clone(), &src.full()).unwrap();
+    let r = Arc::new(Replica::create(dir.clone(), &src.full()).unwrap());
     let before = (image(&r, src.g), r.points());
     let log = src.change(&mut rng);
     let bytes = log.bytes().to_vec();
+    // Chunks pushed by a transport, abandoned half way: nothing left.
+    {
+        let mut incoming = r.receive().unwrap();
+        incoming.write(&bytes[..100]).unwrap();
+        assert!(dir.list().unwrap().iter().any(|n| n.contains("incoming")));
+    }
+    assert!(!dir.list().unwrap().iter().any(|n| n.contains("incoming")));
     // A transfer cut short: refused, nothing changed, no spool left behind.
     let e = r
         .apply_stream(&bytes[..bytes.len() - 7], &ReadOptions::default())

@@ -26,7 +26,7 @@ pub use view::{OverlayView, PointView};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::geometry::{Extent, Geometry};
-use crate::io::{Dir, Storage, StorageWriter};
+use crate::io::{Dir, Storage};
 use crate::log::{
     block_digests, BlockDigests, Digest, LogFile, LogHeader, LogKind, MappedLog, ReadOptions,
     WriterOptions,
@@ -35,7 +35,6 @@ use crate::tracker::BlockSet;
 use parking_lot::{Mutex, RwLock};
 use state::{Phase, State};
 use std::collections::BTreeMap;
-use std::io::BufWriter;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -403,30 +402,39 @@ impl Replica {
     }
 
     /// Applies a log arriving as a stream (from the transport): it is
-    /// spooled to `incoming.partial` in the replica's directory and verified
-    /// whole before the replica is touched, so a broken transfer changes
-    /// nothing. `opts` may name the disk and epoch expected.
+    /// spooled in the replica's directory and verified whole before the
+    /// replica is touched, so a broken transfer changes nothing. `opts` may
+    /// name the disk and epoch expected.
     pub fn apply_stream(
-        &self,
+        self: &Arc<Self>,
         mut stream: impl std::io::Read,
         opts: &ReadOptions,
     ) -> Result<ApplyOutcome> {
-        const SPOOL: &str = "incoming.partial";
-        let spooled = (|| {
-            let f = self.dir.create(SPOOL)?;
-            let mut w = BufWriter::with_capacity(1 << 20, StorageWriter::new(f.clone(), 0));
-            std::io::copy(&mut stream, &mut w).map_err(|e| Error::io("receive log", e))?;
-            w.into_inner()
-                .map_err(|e| Error::io("spool log", e.into_error()))?;
-            f.sync()?;
-            match self.dir.path_of(SPOOL) {
-                Some(p) => MappedLog::open(p, opts),
-                None => MappedLog::from_bytes(self.dir.read_all(SPOOL)?, SPOOL, opts),
-            }
-        })();
-        let result = spooled.and_then(|log| self.apply(&log));
-        let _ = self.dir.remove(SPOOL);
-        result
+        let mut incoming = self.receive()?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("receive log", e)),
+            };
+            incoming.write(&buf[..n])?;
+        }
+        incoming.apply(opts)
+    }
+
+    /// Starts receiving a log in chunks (as a transport pushes them); see
+    /// [`IncomingLog`]. Several may be received at once.
+    pub fn receive(self: &Arc<Self>) -> Result<IncomingLog> {
+        let name = format!("incoming-{:016x}.partial", crate::id::random_u64()?);
+        let file = self.dir.create(&name)?;
+        Ok(IncomingLog {
+            replica: self.clone(),
+            name,
+            file,
+            pos: 0,
+        })
     }
 
     /// Writes undo N: the image's current content of every block of `log`,
@@ -605,6 +613,57 @@ fn write_log(image: &dyn Storage, log: &MappedLog, fresh: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A log being received in chunks, spooled to a `.partial` file in the
+/// replica's directory; [`apply`](IncomingLog::apply) verifies it whole,
+/// then applies it. Dropped before, it leaves nothing behind.
+pub struct IncomingLog {
+    replica: Arc<Replica>,
+    name: String,
+    file: Arc<dyn Storage>,
+    pos: u64,
+}
+
+impl std::fmt::Debug for IncomingLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingLog")
+            .field("name", &self.name)
+            .field("bytes", &self.pos)
+            .finish()
+    }
+}
+
+impl IncomingLog {
+    /// Appends the next chunk.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        self.file.write_at(chunk, self.pos)?;
+        self.pos += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.pos
+    }
+
+    /// Makes the log durable, verifies it whole (and against `opts`), and
+    /// applies it. On any error the replica is unchanged.
+    pub fn apply(self, opts: &ReadOptions) -> Result<ApplyOutcome> {
+        let r = &self.replica;
+        self.file.sync()?;
+        let log = match r.dir.path_of(&self.name) {
+            Some(p) => MappedLog::open(p, opts)?,
+            None => MappedLog::from_bytes(r.dir.read_all(&self.name)?, &self.name, opts)?,
+        };
+        r.apply(&log)
+    }
+}
+
+impl Drop for IncomingLog {
+    fn drop(&mut self) {
+        let _ = self.replica.dir.remove(&self.name);
+    }
 }
 
 /// A replica's identity and position.

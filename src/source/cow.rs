@@ -156,15 +156,7 @@ const ZERO_WRITE: u64 = 1 << 63;
 impl<T: Tracking> Drop for WriteGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        let p = self.primary;
-        if p.hold.load(Ordering::SeqCst) {
-            p.wait_hold();
-        }
-        let (len, zero) = (self.len & !ZERO_WRITE, self.len & ZERO_WRITE != 0);
-        if zero {
-            p.mark_zeroed(self.offset, len);
-        }
-        p.tracking.end_write(self.offset, len, !zero);
+        self.primary.complete_write(self.offset, self.len);
     }
 }
 
@@ -279,6 +271,36 @@ impl<T: Tracking> Primary<T> {
         if stop < g.block_count() && stop * bs < end {
             let _ = self.tracker().mark(stop * bs, end - stop * bs);
         }
+    }
+
+    /// [`write_guard`](Self::write_guard) (or, with `zero`,
+    /// [`zero_guard`](Self::zero_guard)) for callers that cannot hold a
+    /// guard (the C ABI): on success, pair it with
+    /// [`end_write`](Self::end_write) over the same range once the write
+    /// completed.
+    pub fn begin_write(&self, offset: u64, len: u64, zero: bool) -> Result<()> {
+        std::mem::forget(self.guard(offset, len, zero)?);
+        Ok(())
+    }
+
+    /// Completes a write begun with [`begin_write`](Self::begin_write).
+    pub fn end_write(&self, offset: u64, len: u64, zero: bool) -> Result<()> {
+        self.tracker().geometry().blocks_for_range(offset, len)?;
+        self.complete_write(offset, if zero { len | ZERO_WRITE } else { len });
+        Ok(())
+    }
+
+    /// What dropping a guard does: waits out a group cut, then marks.
+    #[inline]
+    fn complete_write(&self, offset: u64, flagged_len: u64) {
+        if self.hold.load(Ordering::SeqCst) {
+            self.wait_hold();
+        }
+        let (len, zero) = (flagged_len & !ZERO_WRITE, flagged_len & ZERO_WRITE != 0);
+        if zero {
+            self.mark_zeroed(offset, len);
+        }
+        self.tracking.end_write(offset, len, !zero);
     }
 
     #[cold]
