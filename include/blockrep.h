@@ -83,9 +83,21 @@ typedef uint32_t blockrep_open_state;
 // `blockrep_blockset_free`; read-only calls may run from many threads.
 typedef struct blockrep_blockset blockrep_blockset;
 
+// A log being received in chunks (`blockrep_replica_receive`). Not
+// thread-safe: one thread feeds it.
+typedef struct blockrep_incoming blockrep_incoming;
+
 // A log file being written (as `PATH.partial` until committed). One thread
 // at a time.
 typedef struct blockrep_log_writer blockrep_log_writer;
+
+// One replicated disk on the primary: its tracking (in memory or in a
+// tracker file), copy-before-write, and the spool of logs to ship.
+// `_write_begin`/`_write_end`, `_zero_begin`/`_zero_end` may run from
+// any number of threads at once; cycles run one at a time (a second
+// caller waits); the spool calls may run concurrently with both. Only
+// `_close` and `_free` need the handle to themselves.
+typedef struct blockrep_pipeline blockrep_pipeline;
 
 // A tracker persisted in a memory-mapped file (write-intent map and
 // checkpoint). All calls but `_close` and `_free` may run from many
@@ -130,6 +142,64 @@ typedef struct {
   // The content digest after applying it.
   uint8_t digest[32];
 } blockrep_log_info;
+
+// What a cycle (or an initial sync, or a resync) wrote.
+typedef struct {
+  // The log's sequence.
+  uint64_t sequence;
+  // Its epoch.
+  uint64_t epoch;
+  // Blocks it ships (data, zero and copies).
+  uint64_t blocks;
+  // Its size in bytes.
+  uint64_t bytes;
+  // Logs folded back from an overflowing spool before the cut.
+  uint64_t folded_logs;
+} blockrep_cycle_info;
+
+// A log waiting in the spool.
+typedef struct {
+  // Its sequence.
+  uint64_t sequence;
+  // Its epoch.
+  uint64_t epoch;
+  // Its size in bytes.
+  uint64_t bytes;
+  // When its point was cut (ns since the Unix epoch).
+  uint64_t created_ns;
+  // 1 full, 2 delta, 3 resync.
+  uint32_t kind;
+  // 1 crash-consistent, 2 app-consistent.
+  uint32_t consistency;
+} blockrep_spooled_log;
+
+// The pipeline's state, for a console.
+typedef struct {
+  // Logs not yet acknowledged, and their bytes.
+  uint64_t pending_logs;
+  // Bytes of the logs not yet acknowledged.
+  uint64_t pending_bytes;
+  // Of the pending logs, those handed to the transport.
+  uint64_t in_flight_logs;
+  // The spool's byte limit.
+  uint64_t limit_bytes;
+  // When the oldest pending point was cut (0: none pending).
+  uint64_t oldest_pending_ns;
+  // The last acknowledged sequence (what the replica holds).
+  uint64_t acked_sequence;
+  // When that point was cut: now minus this is the achieved RPO.
+  uint64_t acked_ns;
+  // The sequence the next log builds on.
+  uint64_t head_sequence;
+  // The epoch of the chain's head.
+  uint64_t epoch;
+  // Logs folded back into the tracker since the pipeline was opened.
+  uint64_t folded_logs;
+  // Blocks marked in the tracker now.
+  uint64_t dirty_blocks;
+  // 1 when the chain waits for a resync (deltas are refused).
+  uint32_t resync_required;
+} blockrep_pipeline_status;
 
 // One retained point.
 typedef struct {
@@ -214,6 +284,190 @@ blockrep_status blockrep_log_writer_free(blockrep_log_writer *w);
 // # Safety
 // `path` NUL-terminated; `out` writable. Nulls are refused.
 blockrep_status blockrep_log_verify(const char *path, blockrep_log_info *out);
+
+// Starts replicating the disk image (or block device) at `disk_path`:
+// its size is the disk's, in blocks of `block_size` bytes. Creates the
+// spool in directory `spool_dir` (at most about `spool_limit` bytes of
+// unshipped logs) for disk `disk_id` (16 bytes) in epoch `epoch`, and, when
+// `tracker_path` is not null, a tracker file there (else tracking is in
+// memory and lost at exit). Run `blockrep_pipeline_initial_sync` next. The
+// handle (`*out`) is the caller's; release it with `_close` or `_free`.
+//
+// # Safety
+// Paths NUL-terminated (`tracker_path` may be null), `disk_id` 16
+// readable bytes, `out` writable.
+blockrep_status blockrep_pipeline_create(const char *disk_path,
+                                         const char *spool_dir,
+                                         const uint8_t *disk_id,
+                                         uint64_t epoch,
+                                         uint32_t block_size,
+                                         uint64_t spool_limit,
+                                         const char *tracker_path,
+                                         blockrep_pipeline **out);
+
+// Reopens a pipeline after a restart: the spool in `spool_dir` (logs
+// already acknowledged are dropped, the rest are shipped again) and the
+// tracker file at `tracker_path`. `*out_state` says how the tracker was
+// found; `BLOCKREP_OPEN_INVALID` (or a null `tracker_path`: tracking in
+// memory did not survive) means tracking was lost: get the replica's
+// block digests and call `blockrep_pipeline_resync` before any cycle.
+//
+// # Safety
+// Paths NUL-terminated (`tracker_path` may be null), outputs writable.
+blockrep_status blockrep_pipeline_open(const char *disk_path,
+                                       const char *spool_dir,
+                                       uint64_t spool_limit,
+                                       const char *tracker_path,
+                                       blockrep_open_state *out_state,
+                                       blockrep_pipeline **out);
+
+// Call before submitting a guest write of `len` bytes at `offset`; on
+// success pair it with `blockrep_pipeline_write_end` over the same range
+// once the write completed (failed or not). While a cycle reads, it
+// first saves the old content of blocks the cycle still needs.
+// Thread-safe.
+//
+// # Safety
+// `p` null (refused) or live.
+blockrep_status blockrep_pipeline_write_begin(const blockrep_pipeline *p,
+                                              uint64_t offset,
+                                              uint64_t len);
+
+// Completes a write begun with `blockrep_pipeline_write_begin`: marks its
+// blocks. Thread-safe.
+//
+// # Safety
+// `p` null (refused) or live.
+blockrep_status blockrep_pipeline_write_end(const blockrep_pipeline *p,
+                                            uint64_t offset,
+                                            uint64_t len);
+
+// As `blockrep_pipeline_write_begin`, for a write of zeros or a discard
+// that leaves the range reading as zeros: its whole blocks ship as zero
+// extents without being read. Pair with `blockrep_pipeline_zero_end`.
+// Thread-safe.
+//
+// # Safety
+// `p` null (refused) or live.
+blockrep_status blockrep_pipeline_zero_begin(const blockrep_pipeline *p,
+                                             uint64_t offset,
+                                             uint64_t len);
+
+// Completes a zero write or discard begun with
+// `blockrep_pipeline_zero_begin`. Thread-safe.
+//
+// # Safety
+// `p` null (refused) or live.
+blockrep_status blockrep_pipeline_zero_end(const blockrep_pipeline *p,
+                                           uint64_t offset,
+                                           uint64_t len);
+
+// Writes the full log of the disk into the spool (the chain's first log;
+// writes may run meanwhile and go into the next cycle). `out` may be null.
+//
+// # Safety
+// `p` null (refused) or live; `out` null or writable.
+blockrep_status blockrep_pipeline_initial_sync(const blockrep_pipeline *p,
+                                               blockrep_cycle_info *out);
+
+// One cycle: cuts at this instant (writers keep running), writes the
+// changed blocks as the next log into the spool. `consistency`: 1 crash,
+// 2 app-consistent (the integration quiesced the guest); `label` may be
+// null. On failure the blocks stay tracked. `out` may be null.
+//
+// # Safety
+// `p` live; `label` null or NUL-terminated UTF-8; `out` null or writable.
+blockrep_status blockrep_pipeline_cycle(const blockrep_pipeline *p,
+                                        uint32_t consistency,
+                                        const char *label,
+                                        blockrep_cycle_info *out);
+
+// The oldest log not yet handed to the transport, now counted as in
+// flight: writes it to `*out` and 1 to `*out_found`, or 0 to
+// `*out_found` when every log was handed out. Read it with
+// `blockrep_pipeline_log_read` (or open `blockrep_pipeline_log_path`),
+// deliver it, then `blockrep_pipeline_ack`.
+//
+// # Safety
+// `p` live; outputs writable.
+blockrep_status blockrep_pipeline_next_log(const blockrep_pipeline *p,
+                                           blockrep_spooled_log *out,
+                                           uint32_t *out_found);
+
+// Copies the path of spooled log `sequence` into `buf` (NUL-terminated,
+// `len` bytes) and its length without the NUL into `*out_len`. A buffer
+// too small is refused (`BLOCKREP_STATUS_INVALID_ARGUMENT`) after
+// `*out_len` is written, so the caller can retry.
+//
+// # Safety
+// `p` live; `buf` null or `len` writable bytes; `out_len` writable.
+blockrep_status blockrep_pipeline_log_path(const blockrep_pipeline *p,
+                                           uint64_t sequence,
+                                           char *buf,
+                                           size_t len,
+                                           size_t *out_len);
+
+// Reads `len` bytes of spooled log `sequence` at `offset` into `buf`:
+// the transport's chunks. The range must lie within the log.
+// Thread-safe.
+//
+// # Safety
+// `p` live; `buf` `len` writable bytes (null refused when `len` > 0).
+blockrep_status blockrep_pipeline_log_read(const blockrep_pipeline *p,
+                                           uint64_t sequence,
+                                           uint64_t offset,
+                                           uint8_t *buf,
+                                           size_t len);
+
+// The replica has every log up to `sequence`: recorded durably, then
+// those logs are deleted. After a restart, acknowledge what the replica
+// reports it holds before shipping. Thread-safe.
+//
+// # Safety
+// `p` null (refused) or live.
+blockrep_status blockrep_pipeline_ack(const blockrep_pipeline *p, uint64_t sequence);
+
+// The transport reconnected: shipping starts again at the oldest
+// unacknowledged log. Thread-safe.
+//
+// # Safety
+// `p` null (refused) or live.
+blockrep_status blockrep_pipeline_rewind(const blockrep_pipeline *p);
+
+// Writes the pipeline's state to `*out`. Thread-safe.
+//
+// # Safety
+// `p` live; `out` writable.
+blockrep_status blockrep_pipeline_get_status(const blockrep_pipeline *p,
+                                             blockrep_pipeline_status *out);
+
+// Resync after tracking was lost or the replica left the chain: reads the
+// replica's block digest list from the file `digests_path` (written by
+// `blockrep_replica_block_digests`), drops the spool's logs, and spools a
+// resync log of exactly the blocks that differ, in a new epoch. `out` may
+// be null.
+//
+// # Safety
+// `p` live; `digests_path` NUL-terminated; `out` null or writable.
+blockrep_status blockrep_pipeline_resync(const blockrep_pipeline *p,
+                                         const char *digests_path,
+                                         blockrep_cycle_info *out);
+
+// Stops the pipeline cleanly and releases it: a tracker file records the
+// blocks still to ship, so the next open is clean. Consumes the handle
+// (also on failure). No other call may run on it meanwhile.
+//
+// # Safety
+// `p` null (refused), or a handle not yet released (a second release is
+// refused while the address was not reused).
+blockrep_status blockrep_pipeline_close(blockrep_pipeline *p);
+
+// Releases the pipeline without a clean stop (as a crash would: a
+// tracker file is recovered from its write-intent map on the next open).
+//
+// # Safety
+// As `blockrep_pipeline_close`.
+blockrep_status blockrep_pipeline_free(blockrep_pipeline *p);
 
 // Opens the tracker file at `path` (a NUL-terminated UTF-8 path) for the
 // disk `disk_id` (16 bytes) of `size` bytes in `block_size` blocks, or
@@ -382,6 +636,45 @@ blockrep_status blockrep_view_free(blockrep_view *v);
 // # Safety
 // `r` null (refused) or live; no other call may use it meanwhile or after.
 blockrep_status blockrep_replica_free(blockrep_replica *r);
+
+// Starts receiving a log pushed in chunks by a transport: `*out` is the
+// caller's; feed it with `blockrep_incoming_write`, then
+// `blockrep_incoming_apply` (or drop it with `blockrep_incoming_free`).
+// Nothing is applied until the whole log is verified. Thread-safe on `r`.
+//
+// # Safety
+// `r` live; `out` writable.
+blockrep_status blockrep_replica_receive(const blockrep_replica *r, blockrep_incoming **out);
+
+// Appends `len` bytes of the log being received.
+//
+// # Safety
+// `i` live, used by one thread; `buf` `len` readable bytes.
+blockrep_status blockrep_incoming_write(blockrep_incoming *i, const uint8_t *buf, size_t len);
+
+// Verifies the received log whole and applies it (as
+// `blockrep_replica_apply`; same outputs). Consumes the handle, also on
+// failure, which leaves the replica unchanged.
+//
+// # Safety
+// `i` a live handle; outputs null or writable.
+blockrep_status blockrep_incoming_apply(blockrep_incoming *i,
+                                        uint64_t *out_sequence,
+                                        uint32_t *out_applied);
+
+// Abandons a log being received; nothing is left behind.
+//
+// # Safety
+// `i` null (refused) or a handle not yet released.
+blockrep_status blockrep_incoming_free(blockrep_incoming *i);
+
+// Writes the BLAKE3 digest of every block of the latest point to the file
+// `path` (through a temporary file and a rename), for the primary's
+// `blockrep_pipeline_resync`. Uses every core; applies wait meanwhile.
+//
+// # Safety
+// `r` live; `path` NUL-terminated.
+blockrep_status blockrep_replica_block_digests(const blockrep_replica *r, const char *path);
 
 // Copies the message of the calling thread's last failed call into `buf`
 // (NUL terminated, truncated to `len` bytes) and writes its full length

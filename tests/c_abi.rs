@@ -170,3 +170,8 @@ fn persistent_tracker_c_program_under_sanitizers_and_valgrind() {
 fn logs_and_replica_c_program_under_sanitizers_and_valgrind() {
     c_program("replica");
 }
+
+#[test]
+fn pipeline_c_program_with_threads_under_sanitizers_and_valgrind() {
+    c_program("pipeline");
+}

@@ -11,6 +11,7 @@
 #![allow(non_camel_case_types)]
 
 mod log;
+mod pipeline;
 mod ptracker;
 mod replica;
 mod status;
@@ -21,16 +22,27 @@ pub use log::{
     blockrep_log_writer_add_zero, blockrep_log_writer_commit, blockrep_log_writer_create,
     blockrep_log_writer_free,
 };
+pub use pipeline::{
+    blockrep_cycle_info, blockrep_pipeline, blockrep_pipeline_ack, blockrep_pipeline_close,
+    blockrep_pipeline_create, blockrep_pipeline_cycle, blockrep_pipeline_free,
+    blockrep_pipeline_get_status, blockrep_pipeline_initial_sync, blockrep_pipeline_log_path,
+    blockrep_pipeline_log_read, blockrep_pipeline_next_log, blockrep_pipeline_open,
+    blockrep_pipeline_resync, blockrep_pipeline_rewind, blockrep_pipeline_status,
+    blockrep_pipeline_write_begin, blockrep_pipeline_write_end, blockrep_pipeline_zero_begin,
+    blockrep_pipeline_zero_end, blockrep_spooled_log,
+};
 pub use ptracker::{
     blockrep_open_state, blockrep_ptracker, blockrep_ptracker_begin_write, blockrep_ptracker_close,
     blockrep_ptracker_commit, blockrep_ptracker_cut, blockrep_ptracker_end_write,
     blockrep_ptracker_free, blockrep_ptracker_open, blockrep_ptracker_reclaim,
 };
 pub use replica::{
-    blockrep_point, blockrep_replica, blockrep_replica_apply, blockrep_replica_create,
-    blockrep_replica_export, blockrep_replica_free, blockrep_replica_open, blockrep_replica_points,
-    blockrep_replica_prune, blockrep_replica_rollback, blockrep_view, blockrep_view_free,
-    blockrep_view_open, blockrep_view_read,
+    blockrep_incoming, blockrep_incoming_apply, blockrep_incoming_free, blockrep_incoming_write,
+    blockrep_point, blockrep_replica, blockrep_replica_apply, blockrep_replica_block_digests,
+    blockrep_replica_create, blockrep_replica_export, blockrep_replica_free, blockrep_replica_open,
+    blockrep_replica_points, blockrep_replica_prune, blockrep_replica_receive,
+    blockrep_replica_rollback, blockrep_view, blockrep_view_free, blockrep_view_open,
+    blockrep_view_read,
 };
 
 pub use status::{blockrep_last_error, blockrep_status, blockrep_version};

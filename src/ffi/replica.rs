@@ -5,13 +5,19 @@ use super::status::{blockrep_status, guard, null, register, unregister};
 use crate::error::Error;
 use crate::io::FsDir;
 use crate::log::{Consistency, MappedLog, ReadOptions};
-use crate::replica::{ApplyOutcome, PointView, Replica, RetentionPolicy};
+use crate::replica::{ApplyOutcome, IncomingLog, PointView, Replica, RetentionPolicy};
 use std::sync::Arc;
 
 /// A replica in a directory. All calls but `_free` may run from many
 /// threads at once; applies, rollbacks and prunes serialise inside.
 pub struct blockrep_replica {
     inner: Arc<Replica>,
+}
+
+/// A log being received in chunks (`blockrep_replica_receive`). Not
+/// thread-safe: one thread feeds it.
+pub struct blockrep_incoming {
+    inner: IncomingLog,
 }
 
 /// A read-only view of one retained point; pins it while open.
@@ -104,19 +110,7 @@ pub unsafe extern "C" fn blockrep_replica_apply(
     guard(|| {
         let r = live(r)?;
         let log = MappedLog::open(c_path(path)?, &ReadOptions::default())?;
-        let (seq, applied) = match r.apply(&log)? {
-            ApplyOutcome::Applied(s) => (s, 1),
-            ApplyOutcome::AlreadyApplied(s) => (s, 0),
-        };
-        // SAFETY: outputs are null or writable per the contract.
-        unsafe {
-            if let Some(o) = out_sequence.as_mut() {
-                *o = seq;
-            }
-            if let Some(o) = out_applied.as_mut() {
-                *o = applied;
-            }
-        }
+        outcome_out(r.apply(&log)?, out_sequence, out_applied);
         Ok(())
     })
 }
@@ -281,4 +275,122 @@ pub unsafe extern "C" fn blockrep_view_free(v: *mut blockrep_view) -> blockrep_s
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_replica_free(r: *mut blockrep_replica) -> blockrep_status {
     guard(|| unregister(r, "replica").map(drop))
+}
+
+fn outcome_out(o: ApplyOutcome, out_sequence: *mut u64, out_applied: *mut u32) {
+    let (seq, applied) = match o {
+        ApplyOutcome::Applied(s) => (s, 1),
+        ApplyOutcome::AlreadyApplied(s) => (s, 0),
+    };
+    // SAFETY: outputs are null or writable per the callers' contracts.
+    unsafe {
+        if let Some(o) = out_sequence.as_mut() {
+            *o = seq;
+        }
+        if let Some(o) = out_applied.as_mut() {
+            *o = applied;
+        }
+    }
+}
+
+/// Starts receiving a log pushed in chunks by a transport: `*out` is the
+/// caller's; feed it with `blockrep_incoming_write`, then
+/// `blockrep_incoming_apply` (or drop it with `blockrep_incoming_free`).
+/// Nothing is applied until the whole log is verified. Thread-safe on `r`.
+///
+/// # Safety
+/// `r` live; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_receive(
+    r: *const blockrep_replica,
+    out: *mut *mut blockrep_incoming,
+) -> blockrep_status {
+    guard(|| {
+        let r = live(r)?;
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        let inner = r.receive()?;
+        // SAFETY: `out` is non-null and writable per the contract.
+        unsafe { *out = register(Box::new(blockrep_incoming { inner })) };
+        Ok(())
+    })
+}
+
+/// Appends `len` bytes of the log being received.
+///
+/// # Safety
+/// `i` live, used by one thread; `buf` `len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_incoming_write(
+    i: *mut blockrep_incoming,
+    buf: *const u8,
+    len: usize,
+) -> blockrep_status {
+    guard(|| {
+        // SAFETY: null (refused) or a live handle used by one thread.
+        let i = unsafe { i.as_mut() }.ok_or_else(|| null("incoming"))?;
+        if len == 0 {
+            return Ok(());
+        }
+        if buf.is_null() {
+            return Err(null("buf"));
+        }
+        // SAFETY: `buf` holds `len` readable bytes per the contract.
+        i.inner
+            .write(unsafe { std::slice::from_raw_parts(buf, len) })
+    })
+}
+
+/// Verifies the received log whole and applies it (as
+/// `blockrep_replica_apply`; same outputs). Consumes the handle, also on
+/// failure, which leaves the replica unchanged.
+///
+/// # Safety
+/// `i` a live handle; outputs null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_incoming_apply(
+    i: *mut blockrep_incoming,
+    out_sequence: *mut u64,
+    out_applied: *mut u32,
+) -> blockrep_status {
+    guard(|| {
+        let i = unregister(i, "incoming log")?;
+        outcome_out(
+            i.inner.apply(&ReadOptions::default())?,
+            out_sequence,
+            out_applied,
+        );
+        Ok(())
+    })
+}
+
+/// Abandons a log being received; nothing is left behind.
+///
+/// # Safety
+/// `i` null (refused) or a handle not yet released.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_incoming_free(i: *mut blockrep_incoming) -> blockrep_status {
+    guard(|| unregister(i, "incoming log").map(drop))
+}
+
+/// Writes the BLAKE3 digest of every block of the latest point to the file
+/// `path` (through a temporary file and a rename), for the primary's
+/// `blockrep_pipeline_resync`. Uses every core; applies wait meanwhile.
+///
+/// # Safety
+/// `r` live; `path` NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_block_digests(
+    r: *const blockrep_replica,
+    path: *const std::ffi::c_char,
+) -> blockrep_status {
+    guard(|| {
+        let r = live(r)?;
+        let path = std::path::Path::new(c_path(path)?);
+        let bytes = r.block_digests(0)?.encode();
+        let tmp = path.with_extension("partial");
+        std::fs::write(&tmp, &bytes).map_err(|e| Error::io("write digests", e).with_path(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io("rename digests", e).with_path(path))
+    })
 }

@@ -201,6 +201,14 @@ impl<T: Tracking> Primary<T> {
         &self.tracking
     }
 
+    /// Takes the tracking back (to close a persistent tracker cleanly).
+    /// Blocks zeroed since the last cut are marked in it first, so they
+    /// are not lost.
+    pub fn into_tracking(self) -> T {
+        self.tracking.tracker().reclaim(&self.zeroed.snapshot());
+        self.tracking
+    }
+
     /// The disk was resized to `size` bytes (by the integration, with its
     /// I/O drained: `&mut self` proves no guard is held). A grown range is
     /// marked as changed; the next cycle's log carries the new size.

@@ -64,6 +64,11 @@ impl<T: Tracking> Pipeline<T> {
         &self.primary
     }
 
+    /// Takes the primary back (to close its tracking cleanly).
+    pub fn into_primary(self) -> Primary<T> {
+        self.primary
+    }
+
     /// The spool: logs to ship, acknowledgements.
     pub fn spool(&self) -> &Spool {
         &self.spool

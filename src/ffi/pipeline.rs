@@ -1,0 +1,662 @@
+//! The primary-side pipeline through the C ABI: write begin/end pairs
+//! around guest writes, cycles into the spool, shipping, resync.
+
+use super::log::c_path;
+use super::ptracker::blockrep_open_state;
+use super::status::{blockrep_status, guard, null, register, unregister};
+use crate::error::{Error, ErrorKind, Result};
+use crate::geometry::Geometry;
+use crate::id::DiskId;
+use crate::io::{FileStorage, FsDir, Storage};
+use crate::log::{BlockDigests, Consistency, Digest, LogKind};
+use crate::source::{
+    ChainPoint, CycleOptions, CycleReport, Pipeline, Primary, Spool, SpooledLog, Tracking,
+};
+use crate::tracker::{OpenState, PersistentTracker, Tracker, INTENT_REGION_DEFAULT};
+use std::ffi::c_char;
+use std::sync::Arc;
+
+/// The tracking a pipeline runs on, seen the same way by the C calls.
+trait Engine: Send + Sync {
+    fn begin(&self, offset: u64, len: u64, zero: bool) -> Result<()>;
+    fn end(&self, offset: u64, len: u64, zero: bool) -> Result<()>;
+    fn pipeline_spool(&self) -> &Spool;
+    fn initial_sync(&self) -> Result<CycleReport>;
+    fn cycle(&self, c: &CycleOptions) -> Result<CycleReport>;
+    fn resync(&self, d: &BlockDigests) -> Result<CycleReport>;
+    fn dirty_blocks(&self) -> u64;
+    fn close(self: Box<Self>) -> Result<()>;
+}
+
+/// Stops tracking: cleanly for a persistent tracker (the next open is
+/// clean), a no-op for one in memory (its marks are lost).
+trait CloseTracking {
+    fn close_tracking(self) -> Result<()>;
+}
+
+impl CloseTracking for Tracker {
+    fn close_tracking(self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl CloseTracking for PersistentTracker {
+    fn close_tracking(self) -> Result<()> {
+        self.close()
+    }
+}
+
+impl<T: Tracking + CloseTracking> Engine for Pipeline<T> {
+    fn begin(&self, offset: u64, len: u64, zero: bool) -> Result<()> {
+        self.primary().begin_write(offset, len, zero)
+    }
+    fn end(&self, offset: u64, len: u64, zero: bool) -> Result<()> {
+        self.primary().end_write(offset, len, zero)
+    }
+    fn pipeline_spool(&self) -> &Spool {
+        self.spool()
+    }
+    fn initial_sync(&self) -> Result<CycleReport> {
+        let summary = Pipeline::initial_sync(self, Default::default())?;
+        Ok(CycleReport {
+            blocks: summary.trailer.blocks,
+            summary,
+            folded: None,
+        })
+    }
+    fn cycle(&self, c: &CycleOptions) -> Result<CycleReport> {
+        Pipeline::cycle(self, c)
+    }
+    fn resync(&self, d: &BlockDigests) -> Result<CycleReport> {
+        Pipeline::resync(self, d, Default::default())
+    }
+    fn dirty_blocks(&self) -> u64 {
+        self.primary().tracker().snapshot().count()
+    }
+    fn close(self: Box<Self>) -> Result<()> {
+        self.into_primary().into_tracking().close_tracking()
+    }
+}
+
+/// One replicated disk on the primary: its tracking (in memory or in a
+/// tracker file), copy-before-write, and the spool of logs to ship.
+/// `_write_begin`/`_write_end`, `_zero_begin`/`_zero_end` may run from
+/// any number of threads at once; cycles run one at a time (a second
+/// caller waits); the spool calls may run concurrently with both. Only
+/// `_close` and `_free` need the handle to themselves.
+pub struct blockrep_pipeline {
+    inner: Box<dyn Engine>,
+}
+
+/// What a cycle (or an initial sync, or a resync) wrote.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct blockrep_cycle_info {
+    /// The log's sequence.
+    pub sequence: u64,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Blocks it ships (data, zero and copies).
+    pub blocks: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Logs folded back from an overflowing spool before the cut.
+    pub folded_logs: u64,
+}
+
+/// A log waiting in the spool.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct blockrep_spooled_log {
+    /// Its sequence.
+    pub sequence: u64,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// When its point was cut (ns since the Unix epoch).
+    pub created_ns: u64,
+    /// 1 full, 2 delta, 3 resync.
+    pub kind: u32,
+    /// 1 crash-consistent, 2 app-consistent.
+    pub consistency: u32,
+}
+
+/// The pipeline's state, for a console.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct blockrep_pipeline_status {
+    /// Logs not yet acknowledged, and their bytes.
+    pub pending_logs: u64,
+    /// Bytes of the logs not yet acknowledged.
+    pub pending_bytes: u64,
+    /// Of the pending logs, those handed to the transport.
+    pub in_flight_logs: u64,
+    /// The spool's byte limit.
+    pub limit_bytes: u64,
+    /// When the oldest pending point was cut (0: none pending).
+    pub oldest_pending_ns: u64,
+    /// The last acknowledged sequence (what the replica holds).
+    pub acked_sequence: u64,
+    /// When that point was cut: now minus this is the achieved RPO.
+    pub acked_ns: u64,
+    /// The sequence the next log builds on.
+    pub head_sequence: u64,
+    /// The epoch of the chain's head.
+    pub epoch: u64,
+    /// Logs folded back into the tracker since the pipeline was opened.
+    pub folded_logs: u64,
+    /// Blocks marked in the tracker now.
+    pub dirty_blocks: u64,
+    /// 1 when the chain waits for a resync (deltas are refused).
+    pub resync_required: u32,
+}
+
+fn live<'a>(p: *const blockrep_pipeline) -> Result<&'a dyn Engine> {
+    // SAFETY: callers pass null (refused) or a live handle per contract.
+    unsafe { p.as_ref() }
+        .map(|p| &*p.inner)
+        .ok_or_else(|| null("pipeline"))
+}
+
+fn disk_id_of(p: *const u8) -> Result<DiskId> {
+    if p.is_null() {
+        return Err(null("disk_id"));
+    }
+    let mut id = [0u8; 16];
+    // SAFETY: non-null; 16 readable bytes per the contract.
+    unsafe { std::ptr::copy_nonoverlapping(p, id.as_mut_ptr(), 16) };
+    Ok(DiskId(id))
+}
+
+fn opt_path<'a>(p: *const c_char) -> Result<Option<&'a str>> {
+    if p.is_null() {
+        Ok(None)
+    } else {
+        c_path(p).map(Some)
+    }
+}
+
+fn make(
+    disk: Arc<dyn Storage>,
+    tracker: Option<PersistentTracker>,
+    g: Geometry,
+    spool: Spool,
+) -> Result<Box<dyn Engine>> {
+    let opts = Default::default();
+    Ok(match tracker {
+        Some(t) => Box::new(Pipeline::new(Primary::new(t, disk), spool, opts)?),
+        None => Box::new(Pipeline::new(
+            Primary::new(Tracker::new(g), disk),
+            spool,
+            opts,
+        )?),
+    })
+}
+
+fn write_out<T>(out: *mut T, v: T) {
+    // SAFETY: callers checked `out` is non-null; writable per contract.
+    unsafe { *out = v };
+}
+
+/// Starts replicating the disk image (or block device) at `disk_path`:
+/// its size is the disk's, in blocks of `block_size` bytes. Creates the
+/// spool in directory `spool_dir` (at most about `spool_limit` bytes of
+/// unshipped logs) for disk `disk_id` (16 bytes) in epoch `epoch`, and, when
+/// `tracker_path` is not null, a tracker file there (else tracking is in
+/// memory and lost at exit). Run `blockrep_pipeline_initial_sync` next. The
+/// handle (`*out`) is the caller's; release it with `_close` or `_free`.
+///
+/// # Safety
+/// Paths NUL-terminated (`tracker_path` may be null), `disk_id` 16
+/// readable bytes, `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_create(
+    disk_path: *const c_char,
+    spool_dir: *const c_char,
+    disk_id: *const u8,
+    epoch: u64,
+    block_size: u32,
+    spool_limit: u64,
+    tracker_path: *const c_char,
+    out: *mut *mut blockrep_pipeline,
+) -> blockrep_status {
+    guard(|| {
+        let (disk_path, spool_dir) = (c_path(disk_path)?, c_path(spool_dir)?);
+        let tracker_path = opt_path(tracker_path)?;
+        let id = disk_id_of(disk_id)?;
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        let disk = FileStorage::open_read_only(disk_path)?;
+        let g = Geometry::new(disk.len()?, block_size)?;
+        let start = ChainPoint {
+            epoch,
+            sequence: 0,
+            digest: Digest::default(),
+            created_ns: 0,
+            geometry: g,
+        };
+        let tracker = match tracker_path {
+            Some(p) => Some(PersistentTracker::create(p, id, g, INTENT_REGION_DEFAULT)?),
+            None => None,
+        };
+        let spool = Spool::create(Arc::new(FsDir::new(spool_dir)?), id, start, spool_limit)?;
+        let inner = make(Arc::new(disk), tracker, g, spool)?;
+        write_out(out, register(Box::new(blockrep_pipeline { inner })));
+        Ok(())
+    })
+}
+
+/// Reopens a pipeline after a restart: the spool in `spool_dir` (logs
+/// already acknowledged are dropped, the rest are shipped again) and the
+/// tracker file at `tracker_path`. `*out_state` says how the tracker was
+/// found; `BLOCKREP_OPEN_INVALID` (or a null `tracker_path`: tracking in
+/// memory did not survive) means tracking was lost: get the replica's
+/// block digests and call `blockrep_pipeline_resync` before any cycle.
+///
+/// # Safety
+/// Paths NUL-terminated (`tracker_path` may be null), outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_open(
+    disk_path: *const c_char,
+    spool_dir: *const c_char,
+    spool_limit: u64,
+    tracker_path: *const c_char,
+    out_state: *mut blockrep_open_state,
+    out: *mut *mut blockrep_pipeline,
+) -> blockrep_status {
+    guard(|| {
+        let (disk_path, spool_dir) = (c_path(disk_path)?, c_path(spool_dir)?);
+        let tracker_path = opt_path(tracker_path)?;
+        if out.is_null() || out_state.is_null() {
+            return Err(null("out"));
+        }
+        let spool = Spool::open(Arc::new(FsDir::new(spool_dir)?), spool_limit)?;
+        let disk = FileStorage::open_read_only(disk_path)?;
+        let g = Geometry::new(disk.len()?, spool.head().geometry.block_size())?;
+        let (tracker, state) = match tracker_path {
+            Some(p) => {
+                let (t, s) = PersistentTracker::open(p, spool.disk_id(), g)?;
+                let s = match s {
+                    OpenState::Created => blockrep_open_state::BLOCKREP_OPEN_CREATED,
+                    OpenState::Clean { .. } => blockrep_open_state::BLOCKREP_OPEN_CLEAN,
+                    OpenState::Recovered { .. } => blockrep_open_state::BLOCKREP_OPEN_RECOVERED,
+                    OpenState::Invalid(_) => blockrep_open_state::BLOCKREP_OPEN_INVALID,
+                };
+                (Some(t), s)
+            }
+            None => (None, blockrep_open_state::BLOCKREP_OPEN_INVALID),
+        };
+        let inner = make(Arc::new(disk), tracker, g, spool)?;
+        write_out(out_state, state);
+        write_out(out, register(Box::new(blockrep_pipeline { inner })));
+        Ok(())
+    })
+}
+
+/// Call before submitting a guest write of `len` bytes at `offset`; on
+/// success pair it with `blockrep_pipeline_write_end` over the same range
+/// once the write completed (failed or not). While a cycle reads, it
+/// first saves the old content of blocks the cycle still needs.
+/// Thread-safe.
+///
+/// # Safety
+/// `p` null (refused) or live.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_write_begin(
+    p: *const blockrep_pipeline,
+    offset: u64,
+    len: u64,
+) -> blockrep_status {
+    guard(|| live(p)?.begin(offset, len, false))
+}
+
+/// Completes a write begun with `blockrep_pipeline_write_begin`: marks its
+/// blocks. Thread-safe.
+///
+/// # Safety
+/// `p` null (refused) or live.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_write_end(
+    p: *const blockrep_pipeline,
+    offset: u64,
+    len: u64,
+) -> blockrep_status {
+    guard(|| live(p)?.end(offset, len, false))
+}
+
+/// As `blockrep_pipeline_write_begin`, for a write of zeros or a discard
+/// that leaves the range reading as zeros: its whole blocks ship as zero
+/// extents without being read. Pair with `blockrep_pipeline_zero_end`.
+/// Thread-safe.
+///
+/// # Safety
+/// `p` null (refused) or live.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_zero_begin(
+    p: *const blockrep_pipeline,
+    offset: u64,
+    len: u64,
+) -> blockrep_status {
+    guard(|| live(p)?.begin(offset, len, true))
+}
+
+/// Completes a zero write or discard begun with
+/// `blockrep_pipeline_zero_begin`. Thread-safe.
+///
+/// # Safety
+/// `p` null (refused) or live.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_zero_end(
+    p: *const blockrep_pipeline,
+    offset: u64,
+    len: u64,
+) -> blockrep_status {
+    guard(|| live(p)?.end(offset, len, true))
+}
+
+fn info_out(out: *mut blockrep_cycle_info, r: &CycleReport) {
+    if out.is_null() {
+        return;
+    }
+    write_out(
+        out,
+        blockrep_cycle_info {
+            sequence: r.summary.header.sequence,
+            epoch: r.summary.header.epoch,
+            blocks: r.blocks,
+            bytes: r.summary.bytes,
+            folded_logs: r.folded.map_or(0, |f| f.logs),
+        },
+    );
+}
+
+/// Writes the full log of the disk into the spool (the chain's first log;
+/// writes may run meanwhile and go into the next cycle). `out` may be null.
+///
+/// # Safety
+/// `p` null (refused) or live; `out` null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_initial_sync(
+    p: *const blockrep_pipeline,
+    out: *mut blockrep_cycle_info,
+) -> blockrep_status {
+    guard(|| {
+        let r = live(p)?.initial_sync()?;
+        info_out(out, &r);
+        Ok(())
+    })
+}
+
+/// One cycle: cuts at this instant (writers keep running), writes the
+/// changed blocks as the next log into the spool. `consistency`: 1 crash,
+/// 2 app-consistent (the integration quiesced the guest); `label` may be
+/// null. On failure the blocks stay tracked. `out` may be null.
+///
+/// # Safety
+/// `p` live; `label` null or NUL-terminated UTF-8; `out` null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_cycle(
+    p: *const blockrep_pipeline,
+    consistency: u32,
+    label: *const c_char,
+    out: *mut blockrep_cycle_info,
+) -> blockrep_status {
+    guard(|| {
+        let engine = live(p)?;
+        let consistency = match consistency {
+            1 => Consistency::Crash,
+            2 => Consistency::App,
+            c => return Err(Error::invalid(format!("consistency {c} (1 crash, 2 app)"))),
+        };
+        let c = CycleOptions {
+            consistency,
+            label: opt_path(label)?.unwrap_or("").to_owned(),
+            group: None,
+        };
+        let r = engine.cycle(&c)?;
+        info_out(out, &r);
+        Ok(())
+    })
+}
+
+fn spooled_out(out: *mut blockrep_spooled_log, l: &SpooledLog) {
+    write_out(
+        out,
+        blockrep_spooled_log {
+            sequence: l.point.sequence,
+            epoch: l.point.epoch,
+            bytes: l.bytes,
+            created_ns: l.point.created_ns,
+            kind: match l.kind {
+                LogKind::Full => 1,
+                LogKind::Delta => 2,
+                LogKind::Resync => 3,
+                LogKind::Undo => 4,
+            },
+            consistency: l.consistency as u32,
+        },
+    );
+}
+
+/// The oldest log not yet handed to the transport, now counted as in
+/// flight: writes it to `*out` and 1 to `*out_found`, or 0 to
+/// `*out_found` when every log was handed out. Read it with
+/// `blockrep_pipeline_log_read` (or open `blockrep_pipeline_log_path`),
+/// deliver it, then `blockrep_pipeline_ack`.
+///
+/// # Safety
+/// `p` live; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_next_log(
+    p: *const blockrep_pipeline,
+    out: *mut blockrep_spooled_log,
+    out_found: *mut u32,
+) -> blockrep_status {
+    guard(|| {
+        let engine = live(p)?;
+        if out.is_null() || out_found.is_null() {
+            return Err(null("out"));
+        }
+        match engine.pipeline_spool().next_to_ship() {
+            Some(l) => {
+                spooled_out(out, &l);
+                write_out(out_found, 1);
+            }
+            None => write_out(out_found, 0),
+        }
+        Ok(())
+    })
+}
+
+/// Copies the path of spooled log `sequence` into `buf` (NUL-terminated,
+/// `len` bytes) and its length without the NUL into `*out_len`. A buffer
+/// too small is refused (`BLOCKREP_STATUS_INVALID_ARGUMENT`) after
+/// `*out_len` is written, so the caller can retry.
+///
+/// # Safety
+/// `p` live; `buf` null or `len` writable bytes; `out_len` writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_log_path(
+    p: *const blockrep_pipeline,
+    sequence: u64,
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+) -> blockrep_status {
+    guard(|| {
+        let engine = live(p)?;
+        if out_len.is_null() {
+            return Err(null("out_len"));
+        }
+        let path = engine
+            .pipeline_spool()
+            .pending()
+            .into_iter()
+            .find(|l| l.point.sequence == sequence)
+            .and_then(|l| l.path)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::OutOfRange,
+                    format!("log {sequence} is not spooled"),
+                )
+            })?;
+        let s = path
+            .to_str()
+            .ok_or_else(|| Error::invalid("spool path is not UTF-8"))?;
+        write_out(out_len, s.len());
+        if buf.is_null() || len <= s.len() {
+            return Err(Error::invalid(format!(
+                "path of {} bytes does not fit a buffer of {len}",
+                s.len()
+            )));
+        }
+        // SAFETY: `buf` holds `len` > s.len() writable bytes per contract.
+        unsafe {
+            std::ptr::copy_nonoverlapping(s.as_ptr(), buf.cast::<u8>(), s.len());
+            *buf.add(s.len()) = 0;
+        }
+        Ok(())
+    })
+}
+
+/// Reads `len` bytes of spooled log `sequence` at `offset` into `buf`:
+/// the transport's chunks. The range must lie within the log.
+/// Thread-safe.
+///
+/// # Safety
+/// `p` live; `buf` `len` writable bytes (null refused when `len` > 0).
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_log_read(
+    p: *const blockrep_pipeline,
+    sequence: u64,
+    offset: u64,
+    buf: *mut u8,
+    len: usize,
+) -> blockrep_status {
+    guard(|| {
+        let engine = live(p)?;
+        if len == 0 {
+            return Ok(());
+        }
+        if buf.is_null() {
+            return Err(null("buf"));
+        }
+        let f = engine.pipeline_spool().open_log(sequence)?;
+        // SAFETY: `buf` holds `len` writable bytes per the contract.
+        let out = unsafe { std::slice::from_raw_parts_mut(buf, len) };
+        f.read_at(out, offset)
+    })
+}
+
+/// The replica has every log up to `sequence`: recorded durably, then
+/// those logs are deleted. After a restart, acknowledge what the replica
+/// reports it holds before shipping. Thread-safe.
+///
+/// # Safety
+/// `p` null (refused) or live.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_ack(
+    p: *const blockrep_pipeline,
+    sequence: u64,
+) -> blockrep_status {
+    guard(|| live(p)?.pipeline_spool().ack(sequence))
+}
+
+/// The transport reconnected: shipping starts again at the oldest
+/// unacknowledged log. Thread-safe.
+///
+/// # Safety
+/// `p` null (refused) or live.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_rewind(p: *const blockrep_pipeline) -> blockrep_status {
+    guard(|| {
+        live(p)?.pipeline_spool().rewind();
+        Ok(())
+    })
+}
+
+/// Writes the pipeline's state to `*out`. Thread-safe.
+///
+/// # Safety
+/// `p` live; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_get_status(
+    p: *const blockrep_pipeline,
+    out: *mut blockrep_pipeline_status,
+) -> blockrep_status {
+    guard(|| {
+        let engine = live(p)?;
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        let s = engine.pipeline_spool().status();
+        write_out(
+            out,
+            blockrep_pipeline_status {
+                pending_logs: s.pending_logs,
+                pending_bytes: s.pending_bytes,
+                in_flight_logs: s.in_flight_logs,
+                limit_bytes: s.limit_bytes,
+                oldest_pending_ns: s.oldest_pending_ns.unwrap_or(0),
+                acked_sequence: s.acked.sequence,
+                acked_ns: s.acked.created_ns,
+                head_sequence: s.head.sequence,
+                epoch: s.head.epoch,
+                folded_logs: s.folded_logs,
+                dirty_blocks: engine.dirty_blocks(),
+                resync_required: s.resync_required as u32,
+            },
+        );
+        Ok(())
+    })
+}
+
+/// Resync after tracking was lost or the replica left the chain: reads the
+/// replica's block digest list from the file `digests_path` (written by
+/// `blockrep_replica_block_digests`), drops the spool's logs, and spools a
+/// resync log of exactly the blocks that differ, in a new epoch. `out` may
+/// be null.
+///
+/// # Safety
+/// `p` live; `digests_path` NUL-terminated; `out` null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_resync(
+    p: *const blockrep_pipeline,
+    digests_path: *const c_char,
+    out: *mut blockrep_cycle_info,
+) -> blockrep_status {
+    guard(|| {
+        let engine = live(p)?;
+        let path = c_path(digests_path)?;
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::io("read digests", e).with_path(path))?;
+        let d = BlockDigests::decode(&bytes).map_err(|e| e.with_path(path))?;
+        let r = engine.resync(&d)?;
+        info_out(out, &r);
+        Ok(())
+    })
+}
+
+/// Stops the pipeline cleanly and releases it: a tracker file records the
+/// blocks still to ship, so the next open is clean. Consumes the handle
+/// (also on failure). No other call may run on it meanwhile.
+///
+/// # Safety
+/// `p` null (refused), or a handle not yet released (a second release is
+/// refused while the address was not reused).
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_close(p: *mut blockrep_pipeline) -> blockrep_status {
+    guard(|| unregister(p, "pipeline")?.inner.close())
+}
+
+/// Releases the pipeline without a clean stop (as a crash would: a
+/// tracker file is recovered from its write-intent map on the next open).
+///
+/// # Safety
+/// As `blockrep_pipeline_close`.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_free(p: *mut blockrep_pipeline) -> blockrep_status {
+    guard(|| unregister(p, "pipeline").map(drop))
+}
