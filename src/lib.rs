@@ -12,7 +12,10 @@
 //! * [`tracker`]: the lock-free dirty-block tracker, in memory or persistent;
 //! * [`log`]: the delta log shipped between sites: writer, readers, format;
 //! * [`replica`]: the crash-safe applier and the retention points;
-//! * [`source`]: the primary side: initial sync and delta cycles.
+//! * [`source`]: the primary side: initial sync, cycles, the spool,
+//!   consistency groups, resync;
+//! * [`failover`]: promotion, commit and reverse replication;
+//! * [`ffi`]: the C ABI.
 //!
 //! ```
 //! use blockrep::{Geometry, Tracker};
@@ -28,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod failover;
 pub mod ffi;
 pub mod geometry;
 pub mod id;

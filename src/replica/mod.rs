@@ -15,11 +15,14 @@
 //! exactly N-1 or N.
 
 mod group;
+mod promote;
 mod retention;
 mod state;
 mod view;
 
 pub use group::ReplicaGroup;
+pub use promote::{AdoptAt, FailoverPhase};
+pub(crate) use promote::{FailoverRecord, OVERLAY};
 pub use retention::RetentionPolicy;
 pub use state::PointInfo;
 pub use view::{OverlayView, PointView};
@@ -75,6 +78,8 @@ pub struct Replica {
     /// Points pinned by open views, exports and rollbacks, with counts.
     /// Locked after `state` when both are needed.
     pins: Mutex<BTreeMap<u64, usize>>,
+    /// Set once the replica was promoted (failover): no log applies.
+    failover: Mutex<Option<FailoverRecord>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -149,6 +154,7 @@ impl Replica {
             state: Mutex::new(st),
             undo: RwLock::new(BTreeMap::new()),
             pins: Mutex::new(BTreeMap::new()),
+            failover: Mutex::new(None),
         }
     }
 
@@ -170,6 +176,7 @@ impl Replica {
             undo.insert(p.sequence, Arc::new(r.read_undo(p.sequence)?));
         }
         drop((undo, st));
+        r.load_failover()?;
         Ok(r)
     }
 
@@ -346,6 +353,13 @@ impl Replica {
     /// with the replica still at its previous point, history intact, and a
     /// retry may succeed; a crash is undone on the next open.
     pub fn apply(&self, log: &MappedLog) -> Result<ApplyOutcome> {
+        if let Some((_, point)) = self.failover_phase() {
+            return Err(Error::new(
+                ErrorKind::Misuse,
+                format!("the replica was promoted at point {point}: no log applies"),
+            )
+            .with_sequence(log.header().sequence));
+        }
         let mut st = self.state.lock();
         self.finish_interrupted(&mut st)?;
         let h = log.header();

@@ -213,6 +213,16 @@ impl OverlayView {
         self.view.sequence
     }
 
+    /// The blocks written into the overlay so far.
+    pub fn written(&self) -> crate::tracker::BlockSet {
+        self.written.snapshot()
+    }
+
+    /// Makes the overlay's writes durable.
+    pub fn sync(&self) -> Result<()> {
+        self.overlay.sync()
+    }
+
     /// Reads bytes: from the overlay where written, else from the point.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let g = self.written.geometry();

@@ -367,6 +367,11 @@ impl<T: Tracking> Primary<T> {
         }
     }
 
+    /// Every block marked now, written or zeroed (a moment's view).
+    pub fn marked(&self) -> BlockSet {
+        self.tracker().snapshot().union(&self.zeroed.snapshot())
+    }
+
     /// Marks the blocks of a log handed back (folded) from the spool:
     /// durably, as written.
     pub(crate) fn mark_durable(&self, extent: Extent) -> Result<()> {

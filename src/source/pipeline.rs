@@ -5,8 +5,9 @@
 use super::{copy_disk, CycleOptions, Primary, Spool, SpoolStatus, Tracking, TransferOptions};
 use super::{send_blocks, ChainPoint, CycleHandle, FoldBack, Source};
 use crate::error::{Error, ErrorKind, Result};
+use crate::geometry::Extent;
 use crate::log::{BlockDigests, LogKind, LogSummary, WriterOptions};
-use crate::tracker::Tracker;
+use crate::tracker::{BlockSet, Tracker};
 use parking_lot::{Mutex, MutexGuard};
 
 /// What a cycle did.
@@ -169,6 +170,48 @@ impl<T: Tracking> Pipeline<T> {
         })
     }
 
+    /// The blocks this side changed that the replica may not hold: marked
+    /// in the tracker, or in a log of the spool not acknowledged. After a
+    /// failover this is the old primary's part of the divergence that
+    /// reverse replication sends back from the new primary.
+    pub fn divergence(&self) -> Result<BlockSet> {
+        let mut set = self.primary.marked();
+        let n = set.universe();
+        for l in self.spool.pending() {
+            let log = self.spool.read(&l)?;
+            let blocks = BlockSet::from_extents(
+                n,
+                log.extents()?
+                    .into_iter()
+                    .map(|e| e.extent)
+                    .filter(|e| e.start < n)
+                    .map(|e| Extent::new(e.start, e.count.min(n - e.start))),
+            )?;
+            set = set.union(&blocks);
+        }
+        Ok(set)
+    }
+
+    /// Reverse replication from this (new) primary: marks `other` (the
+    /// blocks that may differ on the other side, and those the failover
+    /// rolled back) durably, cuts, and spools a resync log in a new epoch
+    /// holding every marked block as of the cut. Its base is the spool's
+    /// head, the failover point; the other side adopts that point
+    /// ([`Replica::adopt`](crate::replica::Replica::adopt)) and applies it.
+    pub fn reverse_sync(&self, other: &BlockSet) -> Result<CycleReport> {
+        let one = self.cycles.lock();
+        for e in other.extents() {
+            self.primary.mark_durable(e)?;
+        }
+        let cycle = PipelineCycle {
+            pipeline: self,
+            handle: self.primary.begin_cycle(),
+            folded: None,
+            _one: one,
+        };
+        cycle.write_as(LogKind::Resync, &CycleOptions::default())
+    }
+
     /// The spool's status: pending logs and bytes, acknowledged point.
     pub fn status(&self) -> SpoolStatus {
         self.spool.status()
@@ -186,10 +229,19 @@ pub struct PipelineCycle<'a, T: Tracking = Tracker> {
 impl<T: Tracking> PipelineCycle<'_, T> {
     /// Reads the frozen blocks as of the cut and writes the next log into
     /// the spool. On failure the blocks go back to the tracker.
-    pub fn write(mut self, cycle: &CycleOptions) -> Result<CycleReport> {
+    pub fn write(self, cycle: &CycleOptions) -> Result<CycleReport> {
+        self.write_as(LogKind::Delta, cycle)
+    }
+
+    /// Writes the log as a delta, or as a resync starting a new epoch.
+    fn write_as(mut self, kind: LogKind, cycle: &CycleOptions) -> Result<CycleReport> {
         let spool = &self.pipeline.spool;
         let blocks = self.handle.blocks();
-        let h = self.pipeline.source().header_for(LogKind::Delta, cycle)?;
+        let mut source = self.pipeline.source();
+        if kind == LogKind::Resync {
+            source.epoch += 1;
+        }
+        let h = source.header_for(kind, cycle)?;
         let seq = h.sequence;
         let summary = (|| {
             let mut f = spool.begin(h, self.pipeline.writer)?;

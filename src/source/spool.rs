@@ -345,6 +345,11 @@ impl Spool {
         st.handed = st.acked.sequence;
     }
 
+    /// Reads and checks a spooled log whole.
+    pub fn read(&self, log: &SpooledLog) -> Result<MappedLog> {
+        read_log(&*self.dir, &log.name)
+    }
+
     /// Opens a spooled log for reading, as bytes the transport reads in
     /// chunks.
     pub fn open_log(&self, sequence: u64) -> Result<Arc<dyn Storage>> {

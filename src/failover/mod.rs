@@ -1,0 +1,250 @@
+//! Failover: promoting a replica to be the new primary's disk, switching
+//! its point until commit, committing, and the pieces of reverse
+//! replication (what differs between the two sides since the failover
+//! point).
+//!
+//! * **Test failover** is a [`PointView`](crate::replica::PointView) with
+//!   an overlay ([`test_failover`]): the replica goes on applying logs
+//!   underneath and dropping the view leaves no trace.
+//! * **Promotion** ([`Failover::promote`]) records the failover point
+//!   durably (no log applies from then on) and serves a writable disk
+//!   ([`Failover::disk`]): the point, with the new primary's writes in an
+//!   overlay file in the replica's directory. Until
+//!   [`commit`](Failover::commit) the point may change
+//!   ([`switch`](Failover::switch)), which discards those writes.
+//! * **Commit** records the blocks written since the point and the blocks
+//!   of the later points it drops, then rolls the image back to the point,
+//!   copies the written blocks in and keeps only that point. A crash during
+//!   the commit is finished when the replica is opened again. The disk
+//!   then reads and writes the image directly.
+//! * **Reverse replication**: the new primary's pipeline (over
+//!   [`Failover::disk`], its spool starting at the failover point) sends
+//!   one resync log of every block that may differ:
+//!   [`Committed::divergence`] on its side, and on the old primary's side
+//!   what its tracker and spool hold
+//!   ([`Pipeline::divergence`](crate::source::Pipeline::divergence)). The
+//!   old primary's disk becomes a replica at the failover point
+//!   ([`Replica::adopt`]) and applies it. Failback is the same done again.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::io::Storage;
+use crate::replica::{FailoverPhase, FailoverRecord, OverlayView, Replica, OVERLAY};
+use crate::tracker::BlockSet;
+use parking_lot::RwLock;
+use std::sync::Arc;
+
+/// A writable view of `point` for a test machine: reads see the overlay,
+/// then the point; the replica is never written and keeps applying logs.
+/// Dropping it discards the test failover without a trace.
+pub fn test_failover(
+    replica: &Arc<Replica>,
+    point: Option<u64>,
+    overlay: Arc<dyn Storage>,
+) -> Result<OverlayView> {
+    let point = match point {
+        Some(p) => p,
+        None => replica.status().applied,
+    };
+    replica.view(point)?.with_overlay(overlay)
+}
+
+enum Mode {
+    /// Before commit: the point, with writes in the overlay.
+    Overlay(OverlayView),
+    /// After commit: the image itself.
+    Committed,
+}
+
+/// A replica promoted to be the new primary's disk; see the module docs.
+pub struct Failover {
+    replica: Arc<Replica>,
+    /// Writers hold it for reading; switching and committing for writing,
+    /// so no write is in flight while the disk changes underneath.
+    mode: RwLock<Mode>,
+}
+
+impl std::fmt::Debug for Failover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Failover")
+            .field("phase", &self.replica.failover_phase())
+            .finish()
+    }
+}
+
+/// What a commit fixed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The failover point.
+    pub point: u64,
+    /// Blocks the new primary wrote since the point (before the commit).
+    pub written: BlockSet,
+    /// Blocks of the later points the commit dropped.
+    pub rolled_back: BlockSet,
+}
+
+impl Committed {
+    /// The blocks that may differ between the new primary and the old one
+    /// on the new primary's side: written here since the point, or rolled
+    /// back by the failover. Add what the new primary's tracker marked
+    /// since the commit, and the old primary's own divergence.
+    pub fn divergence(&self) -> BlockSet {
+        self.written.union(&self.rolled_back)
+    }
+}
+
+impl Failover {
+    /// Promotes `replica` at `point` (the latest when `None`): from now on
+    /// no log applies to it, and [`disk`](Self::disk) serves the point
+    /// with writes going to an overlay in the replica's directory, until
+    /// [`commit`](Self::commit). A replica promoted before (and not
+    /// committed) is taken up again at its recorded point; its earlier
+    /// writes are gone (they lived in the overlay only).
+    pub fn promote(replica: Arc<Replica>, point: Option<u64>) -> Result<Arc<Failover>> {
+        if let Some((phase, p)) = replica.failover_phase() {
+            if phase == FailoverPhase::Committed {
+                return Ok(Arc::new(Failover {
+                    replica,
+                    mode: RwLock::new(Mode::Committed),
+                }));
+            }
+            if point.is_some_and(|q| q != p) {
+                return Err(Error::new(
+                    ErrorKind::Misuse,
+                    format!("promoted at point {p} already: switch instead"),
+                ));
+            }
+        }
+        let point = point.unwrap_or_else(|| replica.status().applied);
+        let view = Self::overlay_at(&replica, point)?;
+        Ok(Arc::new(Failover {
+            replica,
+            mode: RwLock::new(Mode::Overlay(view)),
+        }))
+    }
+
+    /// Records the promotion at `point` and opens a fresh overlay on it.
+    fn overlay_at(replica: &Arc<Replica>, point: u64) -> Result<OverlayView> {
+        let view = replica.view(point)?;
+        replica.store_failover(Some(FailoverRecord {
+            phase: FailoverPhase::Promoted,
+            point,
+            written: Vec::new(),
+            rolled_back: Vec::new(),
+        }))?;
+        let overlay = replica.dir().create(OVERLAY)?;
+        view.with_overlay(overlay)
+    }
+
+    /// The replica promoted.
+    pub fn replica(&self) -> &Arc<Replica> {
+        &self.replica
+    }
+
+    /// The failover point.
+    pub fn point(&self) -> u64 {
+        self.replica.failover_phase().map_or(0, |(_, p)| p)
+    }
+
+    /// Whether the failover was committed.
+    pub fn is_committed(&self) -> bool {
+        matches!(*self.mode.read(), Mode::Committed)
+    }
+
+    /// Moves the failover to another retained point before commit. The
+    /// writes made since the promotion are discarded; the new primary's
+    /// tracker must start again too.
+    pub fn switch(&self, point: u64) -> Result<()> {
+        let mut mode = self.mode.write();
+        if matches!(*mode, Mode::Committed) {
+            return Err(Error::new(
+                ErrorKind::Misuse,
+                "the failover is committed: its point is fixed",
+            ));
+        }
+        // The old view (and its pin) goes before the new overlay is made.
+        *mode = Mode::Committed;
+        match Self::overlay_at(&self.replica, point) {
+            Ok(v) => {
+                *mode = Mode::Overlay(v);
+                Ok(())
+            }
+            Err(e) => {
+                // Back on the recorded point, with an empty overlay.
+                *mode = Mode::Overlay(Self::overlay_at(&self.replica, self.point())?);
+                Err(e)
+            }
+        }
+    }
+
+    /// Fixes the failover point: the image becomes the point plus the
+    /// writes made since, the later points are dropped. Writers wait while
+    /// it runs. Crash-safe: the commit is recorded first and finished on
+    /// the next open.
+    pub fn commit(&self) -> Result<Committed> {
+        let mut mode = self.mode.write();
+        let Mode::Overlay(view) = &*mode else {
+            return Err(Error::new(
+                ErrorKind::Misuse,
+                "the failover is committed already",
+            ));
+        };
+        let point = view.sequence();
+        view.sync()?;
+        let written = view.written();
+        let rolled_back = self.replica.blocks_after(point)?;
+        let rec = FailoverRecord {
+            phase: FailoverPhase::Committing,
+            point,
+            written: written.extents().collect(),
+            rolled_back: rolled_back.extents().collect(),
+        };
+        self.replica.store_failover(Some(rec.clone()))?;
+        // The view pins the point; the rollback to it needs no later pin.
+        *mode = Mode::Committed;
+        self.replica.finish_commit(rec)?;
+        Ok(Committed {
+            point,
+            written,
+            rolled_back,
+        })
+    }
+
+    /// The new primary's disk: the point with the overlay before commit,
+    /// the image after. Give it to the new primary's pipeline.
+    pub fn disk(self: &Arc<Self>) -> Arc<dyn Storage> {
+        Arc::new(FailoverDisk(self.clone()))
+    }
+}
+
+/// See [`Failover::disk`].
+struct FailoverDisk(Arc<Failover>);
+
+impl Storage for FailoverDisk {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        match &*self.0.mode.read() {
+            Mode::Overlay(v) => v.read_at(buf, offset),
+            Mode::Committed => self.0.replica.image().read_at(buf, offset),
+        }
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        match &*self.0.mode.read() {
+            Mode::Overlay(v) => v.write_at(buf, offset),
+            Mode::Committed => self.0.replica.image().write_at(buf, offset),
+        }
+    }
+    fn sync(&self) -> Result<()> {
+        match &*self.0.mode.read() {
+            Mode::Overlay(v) => v.sync(),
+            Mode::Committed => self.0.replica.image().sync(),
+        }
+    }
+    fn len(&self) -> Result<u64> {
+        Ok(self.0.replica.status().geometry.size())
+    }
+    fn set_len(&self, _len: u64) -> Result<()> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "a failover disk is resized through its pipeline",
+        ))
+    }
+}

@@ -1,0 +1,311 @@
+//! Failover: a planned failover and failback round trip, an unplanned
+//! failover to an older point while the old primary had writes that never
+//! shipped, and a test failover while logs keep applying. Disks are
+//! compared byte for byte after every step, and the blocks reverse
+//! replication sends are counted against the true divergence.
+
+mod common;
+
+use blockrep::failover::{test_failover, Failover};
+use blockrep::io::{Dir, FaultPlan, MemDir, MemStorage, Storage};
+use blockrep::log::{Digest, LogKind, ReadOptions};
+use blockrep::replica::{AdoptAt, Replica};
+use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool};
+use blockrep::tracker::BlockSet;
+use blockrep::{DiskId, Geometry, Tracker};
+use common::{first_diff, Rng};
+use std::sync::Arc;
+
+const ID: DiskId = DiskId([0x66; 16]);
+
+fn geo() -> Geometry {
+    Geometry::new(4 << 20, 4096).unwrap()
+}
+
+fn mem_dir() -> Arc<dyn Dir> {
+    Arc::new(MemDir::new(&FaultPlan::counting()))
+}
+
+fn read_all(s: &dyn Storage) -> Vec<u8> {
+    let mut b = vec![0u8; geo().size() as usize];
+    s.read_at(&mut b, 0).unwrap();
+    b
+}
+
+/// A pipeline over `disk` whose chain starts at `at` (sequence 0 for a
+/// new disk, the failover point for a new primary).
+fn pipeline(disk: Arc<dyn Storage>, at: ChainPoint) -> Pipeline {
+    let spool = Spool::create(mem_dir(), ID, at, 1 << 30).unwrap();
+    Pipeline::new(
+        Primary::new(Tracker::new(geo()), disk),
+        spool,
+        Default::default(),
+    )
+    .unwrap()
+}
+
+fn start() -> ChainPoint {
+    ChainPoint {
+        epoch: 1,
+        sequence: 0,
+        digest: Digest::default(),
+        created_ns: 0,
+        geometry: geo(),
+    }
+}
+
+/// The chain point a replica (or promoted replica) holds.
+fn point_of(r: &Replica) -> ChainPoint {
+    let s = r.status();
+    ChainPoint {
+        epoch: s.epoch,
+        sequence: s.applied,
+        digest: s.digest,
+        created_ns: 0,
+        geometry: s.geometry,
+    }
+}
+
+fn adopt_at(r: &Replica) -> AdoptAt {
+    let s = r.status();
+    AdoptAt {
+        disk_id: s.disk_id,
+        epoch: s.epoch,
+        sequence: s.applied,
+        digest: s.digest,
+        geometry: s.geometry,
+    }
+}
+
+/// The transport: every unshipped log to `replica` (created from a full
+/// log when `None`), acknowledged. Returns the blocks of the logs shipped.
+fn ship(p: &Pipeline, rdir: &Arc<dyn Dir>, replica: &mut Option<Arc<Replica>>) -> u64 {
+    let mut blocks = 0;
+    while let Some(l) = p.spool().next_to_ship() {
+        let f = p.spool().open_log(l.point.sequence).unwrap();
+        let mut b = vec![0u8; l.bytes as usize];
+        f.read_at(&mut b, 0).unwrap();
+        let log =
+            blockrep::log::MappedLog::from_bytes(b, &l.name, &ReadOptions::default()).unwrap();
+        blocks += log.trailer().blocks;
+        match replica {
+            None => *replica = Some(Arc::new(Replica::create(rdir.clone(), &log).unwrap())),
+            Some(r) => {
+                r.apply(&log).unwrap();
+            }
+        }
+        p.spool().ack(l.point.sequence).unwrap();
+    }
+    blocks
+}
+
+/// Guest writes through `p`'s guards; returns the blocks written.
+fn scribble(p: &Pipeline, disk: &dyn Storage, rng: &mut Rng, n: usize) -> BlockSet {
+    let g = geo();
+    let mut blocks = Vec::new();
+    for _ in 0..n {
+        let off = rng.below(g.size() - 20_000);
+        let mut d = vec![0u8; 1 + rng.below(20_000) as usize];
+        rng.fill(&mut d);
+        let _g = p.primary().write_guard(off, d.len() as u64).unwrap();
+        disk.write_at(&d, off).unwrap();
+        let e = g.blocks_for_range(off, d.len() as u64).unwrap();
+        blocks.extend(e.start..e.end());
+    }
+    BlockSet::from_blocks(g.block_count(), blocks).unwrap()
+}
+
+#[test]
+fn planned_failover_reverse_replication_and_failback_round_trip() {
+    let mut rng = Rng(31);
+    let g = geo();
+    let mut init = vec![0u8; g.size() as usize];
+    rng.fill(&mut init);
+    let disk_a: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(init));
+    let pa = pipeline(disk_a.clone(), start());
+    pa.initial_sync(Default::default()).unwrap();
+    let dir_b = mem_dir();
+    let mut rep_b = None;
+    ship(&pa, &dir_b, &mut rep_b);
+    for _ in 0..3 {
+        scribble(&pa, &*disk_a, &mut rng, 10);
+        pa.cycle(&CycleOptions::default()).unwrap();
+        ship(&pa, &dir_b, &mut rep_b);
+    }
+    // Planned failover: writes stopped, a last cycle ships everything.
+    scribble(&pa, &*disk_a, &mut rng, 5);
+    pa.cycle(&CycleOptions::default()).unwrap();
+    ship(&pa, &dir_b, &mut rep_b);
+    let rep_b = rep_b.unwrap();
+    let fo_b = Failover::promote(rep_b.clone(), None).unwrap();
+    let disk_b = fo_b.disk();
+    assert_eq!(first_diff(&read_all(&*disk_b), &read_all(&*disk_a)), None);
+    let pb = pipeline(disk_b.clone(), point_of(&rep_b));
+    let c = fo_b.commit().unwrap();
+    assert!(c.divergence().is_empty());
+    assert_eq!(rep_b.points().len(), 1);
+    // A log for the promoted replica no longer applies.
+    assert!(ship_one_more_is_refused(&pa, &*disk_a, &rep_b, &mut rng));
+
+    // The new primary runs; then reverse replication to the old one.
+    let written_b = scribble(&pb, &*disk_b, &mut rng, 12);
+    let diverged_a = pa.divergence().unwrap();
+    let report = pb.reverse_sync(&diverged_a.union(&c.divergence())).unwrap();
+    assert_eq!(report.summary.header.kind, LogKind::Resync);
+    // The true divergence at block granularity: what either side wrote
+    // since the failover point (the old side's unshipped test write too).
+    let truth = written_b.union(&diverged_a);
+    assert_eq!(report.blocks, truth.count());
+    let dir_a = mem_dir();
+    let rep_a = Arc::new(Replica::adopt(dir_a.clone(), disk_a.clone(), adopt_at(&rep_b)).unwrap());
+    drop(pa);
+    ship(&pb, &dir_a, &mut Some(rep_a.clone()));
+    assert_eq!(first_diff(&read_all(&*disk_a), &read_all(&*disk_b)), None);
+    assert_eq!(rep_a.status().epoch, 2);
+
+    // More writes on B, replicated to A in the new epoch.
+    scribble(&pb, &*disk_b, &mut rng, 8);
+    pb.cycle(&CycleOptions::default()).unwrap();
+    ship(&pb, &dir_a, &mut Some(rep_a.clone()));
+    assert_eq!(first_diff(&read_all(&*disk_a), &read_all(&*disk_b)), None);
+
+    // Failback: planned failover back to A, reverse replication to B.
+    pb.cycle(&CycleOptions::default()).unwrap();
+    ship(&pb, &dir_a, &mut Some(rep_a.clone()));
+    let fo_a = Failover::promote(rep_a.clone(), None).unwrap();
+    let disk_a2 = fo_a.disk();
+    let pa2 = pipeline(disk_a2.clone(), point_of(&rep_a));
+    let ca = fo_a.commit().unwrap();
+    let diverged_b = pb.divergence().unwrap();
+    assert!(diverged_b.is_empty(), "everything shipped before failback");
+    let report = pa2
+        .reverse_sync(&diverged_b.union(&ca.divergence()))
+        .unwrap();
+    assert_eq!(report.blocks, 0);
+    let dir_b2 = mem_dir();
+    let rep_b2 =
+        Arc::new(Replica::adopt(dir_b2.clone(), disk_b.clone(), adopt_at(&rep_a)).unwrap());
+    drop(pb);
+    ship(&pa2, &dir_b2, &mut Some(rep_b2.clone()));
+    // The original direction again.
+    scribble(&pa2, &*disk_a2, &mut rng, 10);
+    pa2.cycle(&CycleOptions::default()).unwrap();
+    ship(&pa2, &dir_b2, &mut Some(rep_b2.clone()));
+    assert_eq!(first_diff(&read_all(&*disk_b), &read_all(&*disk_a2)), None);
+    assert_eq!(rep_b2.status().epoch, 3);
+}
+
+/// A cycle of the old primary after the failover: its log is refused by
+/// the promoted replica.
+fn ship_one_more_is_refused(
+    pa: &Pipeline,
+    disk_a: &dyn Storage,
+    rep_b: &Replica,
+    rng: &mut Rng,
+) -> bool {
+    scribble(pa, disk_a, rng, 1);
+    pa.cycle(&CycleOptions::default()).unwrap();
+    let l = pa.spool().next_to_ship().unwrap();
+    let log = pa.spool().read(&l).unwrap();
+    pa.spool().rewind();
+    rep_b.apply(&log).is_err()
+}
+
+#[test]
+fn unplanned_failover_to_an_older_point_converges_exactly() {
+    let mut rng = Rng(37);
+    let g = geo();
+    let mut init = vec![0u8; g.size() as usize];
+    rng.fill(&mut init);
+    let disk_a: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(init));
+    let pa = pipeline(disk_a.clone(), start());
+    pa.initial_sync(Default::default()).unwrap();
+    let dir_b = mem_dir();
+    let mut rep_b = None;
+    ship(&pa, &dir_b, &mut rep_b);
+    let mut at = vec![(1u64, read_all(&*disk_a))];
+    for _ in 0..3 {
+        scribble(&pa, &*disk_a, &mut rng, 10);
+        let r = pa.cycle(&CycleOptions::default()).unwrap();
+        ship(&pa, &dir_b, &mut rep_b);
+        at.push((r.summary.header.sequence, read_all(&*disk_a)));
+    }
+    // Writes that never ship: one log spooled, more in the tracker.
+    scribble(&pa, &*disk_a, &mut rng, 6);
+    pa.cycle(&CycleOptions::default()).unwrap();
+    scribble(&pa, &*disk_a, &mut rng, 4);
+    // Disaster. Promote B at an older point, look at another, settle.
+    let rep_b = rep_b.unwrap();
+    let (older, oldest) = (at[2].0, at[1].0);
+    let fo = Failover::promote(rep_b.clone(), Some(older)).unwrap();
+    assert_eq!(first_diff(&read_all(&*fo.disk()), &at[2].1), None);
+    fo.disk().write_at(&[9u8; 5000], 0).unwrap(); // discarded by the switch
+    fo.switch(oldest).unwrap();
+    assert_eq!(first_diff(&read_all(&*fo.disk()), &at[1].1), None);
+    fo.switch(older).unwrap();
+    assert_eq!(first_diff(&read_all(&*fo.disk()), &at[2].1), None);
+    let disk_b = fo.disk();
+    let pb = pipeline(disk_b.clone(), point_of_view(&rep_b, older));
+    let written_b = scribble(&pb, &*disk_b, &mut rng, 8);
+    let c = fo.commit().unwrap();
+    assert_eq!(c.written, written_b);
+    assert!(!c.rolled_back.is_empty(), "point 4 was rolled back");
+    // Reverse replication sends the union of both sides' changes.
+    let diverged_a = pa.divergence().unwrap();
+    let send = diverged_a.union(&c.divergence());
+    let report = pb.reverse_sync(&send).unwrap();
+    assert_eq!(report.blocks, send.count());
+    let dir_a = mem_dir();
+    let mut adopt = adopt_at(&rep_b);
+    adopt.sequence = older;
+    adopt.digest = rep_b.points()[0].digest;
+    let rep_a = Arc::new(Replica::adopt(dir_a.clone(), disk_a.clone(), adopt).unwrap());
+    drop(pa);
+    ship(&pb, &dir_a, &mut Some(rep_a));
+    assert_eq!(first_diff(&read_all(&*disk_a), &read_all(&*disk_b)), None);
+}
+
+/// The chain point of retained point `seq` of a promoted replica.
+fn point_of_view(r: &Replica, seq: u64) -> ChainPoint {
+    let p = r.points().into_iter().find(|p| p.sequence == seq).unwrap();
+    ChainPoint {
+        epoch: p.epoch,
+        sequence: p.sequence,
+        digest: p.digest,
+        created_ns: p.created_ns,
+        geometry: geo(),
+    }
+}
+
+#[test]
+fn a_test_failover_stays_at_its_point_while_ten_logs_apply() {
+    let mut rng = Rng(41);
+    let g = geo();
+    let mut init = vec![0u8; g.size() as usize];
+    rng.fill(&mut init);
+    let disk: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(init));
+    let pa = pipeline(disk.clone(), start());
+    pa.initial_sync(Default::default()).unwrap();
+    let dir_b = mem_dir();
+    let mut rep = None;
+    ship(&pa, &dir_b, &mut rep);
+    let rep = rep.unwrap();
+    let at = read_all(&*disk);
+    let test = test_failover(&rep, None, Arc::new(MemStorage::new())).unwrap();
+    test.write_at(&[7u8; 10_000], 123_456).unwrap();
+    let mut expect = at.clone();
+    expect[123_456..133_456].fill(7);
+    for _ in 0..10 {
+        scribble(&pa, &*disk, &mut rng, 5);
+        pa.cycle(&CycleOptions::default()).unwrap();
+        ship(&pa, &dir_b, &mut Some(rep.clone()));
+        let mut b = vec![0u8; g.size() as usize];
+        test.read_at(&mut b, 0).unwrap();
+        assert_eq!(first_diff(&b, &expect), None);
+    }
+    drop(test);
+    let mut b = vec![0u8; g.size() as usize];
+    rep.read_at(&mut b, 0).unwrap();
+    assert_eq!(first_diff(&b, &read_all(&*disk)), None);
+    assert_eq!(rep.points().len(), 11);
+}
