@@ -309,3 +309,128 @@ fn a_test_failover_stays_at_its_point_while_ten_logs_apply() {
     assert_eq!(first_diff(&b, &read_all(&*disk)), None);
     assert_eq!(rep.points().len(), 11);
 }
+
+/// A replica with a few points, as a base every crash run copies.
+fn replicated_base() -> (Arc<MemDir>, Vec<(u64, Vec<u8>)>) {
+    let mut rng = Rng(43);
+    let g = geo();
+    let mut init = vec![0u8; g.size() as usize];
+    rng.fill(&mut init);
+    let disk: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(init));
+    let pa = pipeline(disk.clone(), start());
+    pa.initial_sync(Default::default()).unwrap();
+    let base = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let dir: Arc<dyn Dir> = base.clone();
+    let mut rep = None;
+    ship(&pa, &dir, &mut rep);
+    let mut at = vec![(1u64, read_all(&*disk))];
+    for _ in 0..3 {
+        scribble(&pa, &*disk, &mut rng, 8);
+        let r = pa.cycle(&CycleOptions::default()).unwrap();
+        ship(&pa, &dir, &mut rep);
+        at.push((r.summary.header.sequence, read_all(&*disk)));
+    }
+    (base, at)
+}
+
+#[test]
+fn a_crash_at_every_step_of_promotion_and_commit_can_be_retried() {
+    let (base, at) = replicated_base();
+    let (point, ref want_at_point) = at[1];
+    // The promoted disk's writes, replayed on every attempt.
+    let writes: Vec<(u64, Vec<u8>)> = (0..5u8)
+        .map(|i| (u64::from(i) * 300_000 + 77, vec![i + 1; 9000]))
+        .collect();
+    let mut want = want_at_point.clone();
+    for (off, d) in &writes {
+        want[*off as usize..*off as usize + d.len()].copy_from_slice(d);
+    }
+    let attempt = |dir: Arc<dyn Dir>| -> blockrep::Result<()> {
+        let r = Arc::new(Replica::open(dir)?);
+        let fo = Failover::promote(r, Some(point))?;
+        if fo.is_committed() {
+            return Ok(());
+        }
+        for (off, d) in &writes {
+            fo.disk().write_at(d, *off)?;
+        }
+        fo.commit()?;
+        Ok(())
+    };
+    let mut n = 1;
+    loop {
+        let plan = FaultPlan::at(n, blockrep::io::Fault::PowerLoss { torn: n % 2 == 0 });
+        let dir = Arc::new(base.recover(&plan));
+        let result = attempt(dir.clone());
+        assert_eq!(result.is_err(), plan.fired(), "step {n}: {result:?}");
+        if result.is_ok() {
+            assert!(n > 10, "only {n} steps");
+            break;
+        }
+        // Back up: open (finishing a commit under way), retry the
+        // failover; the disk ends at the point plus the writes, exactly.
+        let dir: Arc<dyn Dir> = Arc::new(dir.recover(&FaultPlan::counting()));
+        attempt(dir.clone()).unwrap();
+        let r = Arc::new(Replica::open(dir).unwrap());
+        let fo = Failover::promote(r.clone(), None).unwrap();
+        assert!(fo.is_committed(), "step {n}");
+        assert_eq!(first_diff(&read_all(&*fo.disk()), &want), None, "step {n}");
+        assert_eq!(r.points().len(), 1, "step {n}");
+        n += 1;
+    }
+}
+
+#[test]
+fn a_crash_at_every_step_of_reverse_replication_can_be_retried() {
+    let (base, at) = replicated_base();
+    // The new primary at the latest point, with writes, and its reverse log.
+    let dir_b: Arc<dyn Dir> = Arc::new(base.recover(&FaultPlan::counting()));
+    let rep_b = Arc::new(Replica::open(dir_b).unwrap());
+    let fo = Failover::promote(rep_b.clone(), None).unwrap();
+    let disk_b = fo.disk();
+    let pb = pipeline(disk_b.clone(), point_of(&rep_b));
+    fo.commit().unwrap();
+    let mut rng = Rng(47);
+    scribble(&pb, &*disk_b, &mut rng, 10);
+    // The old primary changed blocks after the point too (never shipped).
+    let mut old = at.last().unwrap().1.clone();
+    let mut old_changed = Vec::new();
+    for b in [3u64, 500, 900] {
+        old[b as usize * 4096..][..4096].fill(0xee);
+        old_changed.push(b);
+    }
+    let diverged_a = BlockSet::from_blocks(geo().block_count(), old_changed).unwrap();
+    pb.reverse_sync(&diverged_a).unwrap();
+    let l = pb.spool().next_to_ship().unwrap();
+    let log = pb.spool().read(&l).unwrap();
+    let want = read_all(&*disk_b);
+    let adopt = adopt_at(&rep_b);
+    let mut n = 1;
+    loop {
+        let plan = FaultPlan::at(n, blockrep::io::Fault::PowerLoss { torn: n % 2 == 1 });
+        let dir_a = Arc::new(MemDir::new(&plan));
+        let disk_a = Arc::new(blockrep::io::FaultStorage::new(
+            MemStorage::from_vec(old.clone()),
+            &plan,
+        ));
+        let result =
+            Replica::adopt(dir_a.clone(), disk_a.clone(), adopt).and_then(|r| r.apply(&log));
+        assert_eq!(result.is_err(), plan.fired(), "step {n}: {result:?}");
+        if result.is_ok() {
+            assert!(n > 5, "only {n} steps");
+            break;
+        }
+        // Restart A: open its replica (or adopt again if the crash came
+        // first), apply the log again; A ends equal to B.
+        let dir_a: Arc<dyn Dir> = Arc::new(dir_a.recover(&FaultPlan::counting()));
+        let disk_a: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(disk_a.inner().to_vec()));
+        let r = if dir_a.exists("state") {
+            Replica::open_with_image(dir_a, disk_a.clone()).unwrap()
+        } else {
+            Replica::adopt(dir_a, disk_a.clone(), adopt).unwrap()
+        };
+        r.apply(&log).unwrap();
+        assert_eq!(first_diff(&read_all(&*disk_a), &want), None, "step {n}");
+        n += 1;
+    }
+}
