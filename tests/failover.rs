@@ -434,3 +434,131 @@ fn a_crash_at_every_step_of_reverse_replication_can_be_retried() {
         n += 1;
     }
 }
+
+/// Hooks that record their calls and fail where told.
+struct Hooks {
+    calls: Vec<String>,
+    fail_before: Option<usize>,
+}
+
+impl blockrep::failover::PlanHooks for Hooks {
+    fn before_group(
+        &mut self,
+        i: usize,
+        g: &blockrep::failover::PlanGroup,
+        _: blockrep::failover::PlanMode,
+    ) -> blockrep::Result<()> {
+        self.calls.push(format!("before {}", g.name));
+        if self.fail_before == Some(i) {
+            return Err(blockrep::Error::invalid("the network is not ready"));
+        }
+        Ok(())
+    }
+    fn after_group(
+        &mut self,
+        _: usize,
+        g: &blockrep::failover::PlanGroup,
+        _: blockrep::failover::PlanMode,
+    ) -> blockrep::Result<()> {
+        self.calls.push(format!("after {}", g.name));
+        Ok(())
+    }
+    fn test_overlay(&mut self, m: &str, d: usize) -> blockrep::Result<Arc<dyn Storage>> {
+        self.calls.push(format!("overlay {m}/{d}"));
+        Ok(Arc::new(MemStorage::new()))
+    }
+}
+
+#[test]
+fn a_recovery_plan_stops_at_the_failing_hook_and_reports() {
+    use blockrep::failover::{
+        DiskFailover, DiskStatus, PlanGroup, PlanMachine, PlanMode, RecoveryPlan, Role,
+    };
+    // Three machines' disks, replicated.
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let (base, _) = replicated_base();
+        let dir: Arc<dyn Dir> = Arc::new(base.recover(&FaultPlan::counting()));
+        replicas.push(Arc::new(Replica::open(dir).unwrap()));
+    }
+    let machine = |name: &str, r: &Arc<Replica>| PlanMachine {
+        name: name.into(),
+        disks: vec![(r.clone(), None)],
+    };
+    let plan = RecoveryPlan {
+        groups: vec![
+            PlanGroup {
+                name: "database".into(),
+                machines: vec![machine("db", &replicas[0])],
+            },
+            PlanGroup {
+                name: "apps".into(),
+                machines: vec![machine("app1", &replicas[1]), machine("app2", &replicas[2])],
+            },
+        ],
+    };
+    // A test run goes through and changes nothing.
+    let mut hooks = Hooks {
+        calls: Vec::new(),
+        fail_before: None,
+    };
+    let report = plan.run(PlanMode::Test, &mut hooks);
+    assert!(report.succeeded());
+    assert_eq!(
+        hooks.calls,
+        [
+            "before database",
+            "overlay db/0",
+            "after database",
+            "before apps",
+            "overlay app1/0",
+            "overlay app2/0",
+            "after apps"
+        ]
+    );
+    assert!(matches!(
+        report.groups[1].1[1].disks[0],
+        DiskFailover::Test(_)
+    ));
+    drop(report);
+    assert!(replicas.iter().all(|r| r.failover_phase().is_none()));
+    // An unplanned run whose hook fails before the second group: the first
+    // group is failed over, the second untouched, and the report says so.
+    let mut hooks = Hooks {
+        calls: Vec::new(),
+        fail_before: Some(1),
+    };
+    let report = plan.run(PlanMode::Unplanned, &mut hooks);
+    let failure = report.failure.as_ref().unwrap();
+    assert_eq!(failure.group, (1, "apps".to_string()));
+    assert_eq!(failure.step, "before hook");
+    assert_eq!(report.groups.len(), 1);
+    assert_eq!(report.groups[0].1[0].machine, "db");
+    assert_eq!(
+        hooks.calls,
+        ["before database", "after database", "before apps"]
+    );
+    assert!(replicas[0].failover_phase().is_some());
+    assert!(replicas[1].failover_phase().is_none() && replicas[2].failover_phase().is_none());
+    // The console view of each disk.
+    let s = DiskStatus::of_replica(&replicas[0], u64::MAX);
+    assert_eq!((s.role, s.latest_point), (Role::Promoted, 4));
+    assert!(s.to_json().contains("\"role\":\"promoted\""));
+    assert_eq!(DiskStatus::of_replica(&replicas[1], 0).role, Role::Replica);
+}
+
+#[test]
+fn a_primary_status_shows_pending_logs_and_rpo() {
+    use blockrep::failover::{DiskStatus, Role};
+    let mut rng = Rng(53);
+    let disk: Arc<dyn Storage> = Arc::new(MemStorage::zeroed(geo().size()).unwrap());
+    let p = pipeline(disk.clone(), start());
+    p.initial_sync(Default::default()).unwrap();
+    let s = DiskStatus::of_pipeline(&p, 1);
+    assert_eq!((s.role, s.pending_logs, s.rpo_ns), (Role::Primary, 1, None));
+    ship(&p, &mem_dir(), &mut None);
+    scribble(&p, &*disk, &mut rng, 3);
+    let s = DiskStatus::of_pipeline(&p, u64::MAX);
+    assert!(s.dirty_blocks > 0 && s.rpo_ns.is_some());
+    assert!(s.to_json().starts_with("{\"disk_id\":"));
+}
