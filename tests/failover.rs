@@ -245,7 +245,7 @@ fn unplanned_failover_to_an_older_point_converges_exactly() {
     fo.switch(older).unwrap();
     assert_eq!(first_diff(&read_all(&*fo.disk()), &at[2].1), None);
     let disk_b = fo.disk();
-    let pb = pipeline(disk_b.clone(), point_of_view(&rep_b, older));
+    let pb = pipeline(disk_b.clone(), fo.chain_point().unwrap());
     let written_b = scribble(&pb, &*disk_b, &mut rng, 8);
     let c = fo.commit().unwrap();
     assert_eq!(c.written, written_b);
@@ -256,25 +256,11 @@ fn unplanned_failover_to_an_older_point_converges_exactly() {
     let report = pb.reverse_sync(&send).unwrap();
     assert_eq!(report.blocks, send.count());
     let dir_a = mem_dir();
-    let mut adopt = adopt_at(&rep_b);
-    adopt.sequence = older;
-    adopt.digest = rep_b.points()[0].digest;
-    let rep_a = Arc::new(Replica::adopt(dir_a.clone(), disk_a.clone(), adopt).unwrap());
+    let rep_a =
+        Arc::new(Replica::adopt(dir_a.clone(), disk_a.clone(), fo.adopt_at().unwrap()).unwrap());
     drop(pa);
     ship(&pb, &dir_a, &mut Some(rep_a));
     assert_eq!(first_diff(&read_all(&*disk_a), &read_all(&*disk_b)), None);
-}
-
-/// The chain point of retained point `seq` of a promoted replica.
-fn point_of_view(r: &Replica, seq: u64) -> ChainPoint {
-    let p = r.points().into_iter().find(|p| p.sequence == seq).unwrap();
-    ChainPoint {
-        epoch: p.epoch,
-        sequence: p.sequence,
-        digest: p.digest,
-        created_ns: p.created_ns,
-        geometry: geo(),
-    }
 }
 
 #[test]
@@ -561,4 +547,49 @@ fn a_primary_status_shows_pending_logs_and_rpo() {
     let s = DiskStatus::of_pipeline(&p, u64::MAX);
     assert!(s.dirty_blocks > 0 && s.rpo_ns.is_some());
     assert!(s.to_json().starts_with("{\"disk_id\":"));
+}
+
+#[test]
+fn reverse_replication_after_the_old_primary_lost_tracking_uses_digests() {
+    let mut rng = Rng(59);
+    let g = geo();
+    let mut init = vec![0u8; g.size() as usize];
+    rng.fill(&mut init);
+    let disk_a: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(init));
+    let pa = pipeline(disk_a.clone(), start());
+    pa.initial_sync(Default::default()).unwrap();
+    let dir_b = mem_dir();
+    let mut rep_b = None;
+    for _ in 0..2 {
+        ship(&pa, &dir_b, &mut rep_b);
+        scribble(&pa, &*disk_a, &mut rng, 6);
+        pa.cycle(&CycleOptions::default()).unwrap();
+    }
+    ship(&pa, &dir_b, &mut rep_b);
+    // The old primary writes, then crashes with its tracking lost.
+    scribble(&pa, &*disk_a, &mut rng, 7);
+    drop(pa);
+    let rep_b = rep_b.unwrap();
+    let fo = Failover::promote(rep_b.clone(), None).unwrap();
+    let disk_b = fo.disk();
+    let pb = pipeline(disk_b.clone(), fo.chain_point().unwrap());
+    fo.commit().unwrap();
+    scribble(&pb, &*disk_b, &mut rng, 5);
+    // The old primary adopts the failover point and sends its digests;
+    // the new primary sends exactly the blocks that differ.
+    let dir_a = mem_dir();
+    let rep_a =
+        Arc::new(Replica::adopt(dir_a.clone(), disk_a.clone(), fo.adopt_at().unwrap()).unwrap());
+    let (a, b) = (read_all(&*disk_a), read_all(&*disk_b));
+    let truth = a
+        .chunks(4096)
+        .zip(b.chunks(4096))
+        .filter(|(x, y)| x != y)
+        .count() as u64;
+    let report = pb
+        .resync(&rep_a.block_digests(0).unwrap(), Default::default())
+        .unwrap();
+    assert_eq!(report.blocks, truth);
+    ship(&pb, &dir_a, &mut Some(rep_a));
+    assert_eq!(first_diff(&read_all(&*disk_a), &read_all(&*disk_b)), None);
 }

@@ -40,7 +40,8 @@ pub use status::{DiskStatus, Role};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::Storage;
-use crate::replica::{FailoverPhase, FailoverRecord, OverlayView, Replica, OVERLAY};
+use crate::replica::{AdoptAt, FailoverPhase, FailoverRecord, OverlayView, Replica, OVERLAY};
+use crate::source::ChainPoint;
 use crate::tracker::BlockSet;
 use parking_lot::RwLock;
 use std::sync::Arc;
@@ -155,6 +156,40 @@ impl Failover {
     /// The failover point.
     pub fn point(&self) -> u64 {
         self.replica.failover_phase().map_or(0, |(_, p)| p)
+    }
+
+    /// The failover point as the start of the new primary's chain: give it
+    /// to [`Spool::create`](crate::source::Spool::create) for the new
+    /// primary's pipeline over [`disk`](Self::disk), before its first
+    /// write, so its tracking starts at the failover point.
+    pub fn chain_point(&self) -> Result<ChainPoint> {
+        let point = self.point();
+        let p = self
+            .replica
+            .points()
+            .into_iter()
+            .find(|p| p.sequence == point)
+            .ok_or_else(|| Error::corrupt(format!("failover point {point} is not retained")))?;
+        Ok(ChainPoint {
+            epoch: p.epoch,
+            sequence: p.sequence,
+            digest: p.digest,
+            created_ns: p.created_ns,
+            geometry: self.replica.status().geometry,
+        })
+    }
+
+    /// What the old primary adopts as its replica state for reverse
+    /// replication: the failover point.
+    pub fn adopt_at(&self) -> Result<AdoptAt> {
+        let c = self.chain_point()?;
+        Ok(AdoptAt {
+            disk_id: self.replica.status().disk_id,
+            epoch: c.epoch,
+            sequence: c.sequence,
+            digest: c.digest,
+            geometry: c.geometry,
+        })
     }
 
     /// Whether the failover was committed.
