@@ -83,6 +83,11 @@ typedef uint32_t blockrep_open_state;
 // `blockrep_blockset_free`; read-only calls may run from many threads.
 typedef struct blockrep_blockset blockrep_blockset;
 
+// A replica promoted by a failover: the new primary's disk. Reads and
+// writes may run from many threads; `_switch` and `_commit` wait for
+// them.
+typedef struct blockrep_failover blockrep_failover;
+
 // A log being received in chunks (`blockrep_replica_receive`). Not
 // thread-safe: one thread feeds it.
 typedef struct blockrep_incoming blockrep_incoming;
@@ -108,6 +113,10 @@ typedef struct blockrep_ptracker blockrep_ptracker;
 // threads at once; applies, rollbacks and prunes serialise inside.
 typedef struct blockrep_replica blockrep_replica;
 
+// A test failover: a writable view of a point, discarded when freed.
+// Reads and writes may run from many threads.
+typedef struct blockrep_test_failover blockrep_test_failover;
+
 // An in-memory dirty-block tracker. Create with `blockrep_tracker_new`,
 // free with `blockrep_tracker_free`. `blockrep_tracker_mark`,
 // `blockrep_tracker_cut` and `blockrep_tracker_reclaim` may be called from
@@ -116,6 +125,37 @@ typedef struct blockrep_tracker blockrep_tracker;
 
 // A read-only view of one retained point; pins it while open.
 typedef struct blockrep_view blockrep_view;
+
+// The point a disk is declared to hold when adopted as a replica (the
+// failover point, for the old primary in reverse replication).
+typedef struct {
+  // The disk (16 bytes).
+  uint8_t disk_id[16];
+  // The point's epoch.
+  uint64_t epoch;
+  // Its sequence.
+  uint64_t sequence;
+  // Its content digest.
+  uint8_t digest[32];
+  // The disk's size in bytes.
+  uint64_t disk_size;
+  // Its block size.
+  uint32_t block_size;
+} blockrep_adopt_point;
+
+// What a cycle (or an initial sync, or a resync) wrote.
+typedef struct {
+  // The log's sequence.
+  uint64_t sequence;
+  // Its epoch.
+  uint64_t epoch;
+  // Blocks it ships (data, zero and copies).
+  uint64_t blocks;
+  // Its size in bytes.
+  uint64_t bytes;
+  // Logs folded back from an overflowing spool before the cut.
+  uint64_t folded_logs;
+} blockrep_cycle_info;
 
 // What a log holds, as the C ABI reports it.
 typedef struct {
@@ -142,20 +182,6 @@ typedef struct {
   // The content digest after applying it.
   uint8_t digest[32];
 } blockrep_log_info;
-
-// What a cycle (or an initial sync, or a resync) wrote.
-typedef struct {
-  // The log's sequence.
-  uint64_t sequence;
-  // Its epoch.
-  uint64_t epoch;
-  // Blocks it ships (data, zero and copies).
-  uint64_t blocks;
-  // Its size in bytes.
-  uint64_t bytes;
-  // Logs folded back from an overflowing spool before the cut.
-  uint64_t folded_logs;
-} blockrep_cycle_info;
 
 // A log waiting in the spool.
 typedef struct {
@@ -226,6 +252,169 @@ typedef struct {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+// Opens a test failover of retained point `point` (0: the latest) of
+// `r`: writes go to a sparse overlay file created at `overlay_path`; the
+// replica keeps applying logs underneath. Free it to discard it (the
+// overlay file is the caller's to delete).
+//
+// # Safety
+// `r` live; `overlay_path` NUL-terminated; `out` writable.
+blockrep_status blockrep_test_failover_open(const blockrep_replica *r,
+                                            uint64_t point,
+                                            const char *overlay_path,
+                                            blockrep_test_failover **out);
+
+// Reads `len` bytes at `offset` of a test failover.
+//
+// # Safety
+// `t` live; `buf` `len` writable bytes.
+blockrep_status blockrep_test_failover_read(const blockrep_test_failover *t,
+                                            uint8_t *buf,
+                                            size_t len,
+                                            uint64_t offset);
+
+// Writes `len` bytes at `offset` of a test failover (into its overlay).
+//
+// # Safety
+// `t` live; `buf` `len` readable bytes.
+blockrep_status blockrep_test_failover_write(const blockrep_test_failover *t,
+                                             const uint8_t *buf,
+                                             size_t len,
+                                             uint64_t offset);
+
+// Discards a test failover: the replica is as if it never happened.
+//
+// # Safety
+// `t` null (refused) or a handle not yet released.
+blockrep_status blockrep_test_failover_free(blockrep_test_failover *t);
+
+// Promotes `r` at retained point `point` (0: the latest): no log applies
+// to it from now on, and the handle serves the new primary's disk (the
+// point, with writes in an overlay in the replica's directory, until
+// `blockrep_failover_commit`).
+//
+// # Safety
+// `r` live; `out` writable.
+blockrep_status blockrep_failover_promote(const blockrep_replica *r,
+                                          uint64_t point,
+                                          blockrep_failover **out);
+
+// Moves an uncommitted failover to another retained point; the writes
+// made since the promotion are discarded (start the new primary's
+// pipeline again).
+//
+// # Safety
+// `f` null (refused) or live.
+blockrep_status blockrep_failover_switch(const blockrep_failover *f, uint64_t point);
+
+// Commits the failover: the image becomes the point plus the writes made
+// since; later points are dropped. Crash-safe (finished on the next
+// open). Writes `*out_divergence` (the caller's, may be null): the
+// blocks written since the point and those rolled back, the new
+// primary's part of what reverse replication sends.
+//
+// # Safety
+// `f` live; `out_divergence` null or writable.
+blockrep_status blockrep_failover_commit(const blockrep_failover *f,
+                                         blockrep_blockset **out_divergence);
+
+// Reads `len` bytes at `offset` of the new primary's disk.
+//
+// # Safety
+// `f` live; `buf` `len` writable bytes.
+blockrep_status blockrep_failover_read(const blockrep_failover *f,
+                                       uint8_t *buf,
+                                       size_t len,
+                                       uint64_t offset);
+
+// Writes `len` bytes at `offset` of the new primary's disk. Track it
+// like any guest write (`blockrep_pipeline_write_begin`/`_end` of the
+// pipeline from `blockrep_failover_start_pipeline`).
+//
+// # Safety
+// `f` live; `buf` `len` readable bytes.
+blockrep_status blockrep_failover_write(const blockrep_failover *f,
+                                        const uint8_t *buf,
+                                        size_t len,
+                                        uint64_t offset);
+
+// Starts the new primary's pipeline over the failover disk, its chain
+// (spool in the new directory `spool_dir`) beginning at the failover
+// point and its tracking (in memory) from now: call it before the first
+// write of the new primary.
+//
+// # Safety
+// `f` live; `spool_dir` NUL-terminated; `out` writable.
+blockrep_status blockrep_failover_start_pipeline(const blockrep_failover *f,
+                                                 const char *spool_dir,
+                                                 uint64_t spool_limit,
+                                                 blockrep_pipeline **out);
+
+// Writes the point the old primary adopts for reverse replication (the
+// failover point) to `*out`.
+//
+// # Safety
+// `f` live; `out` writable.
+blockrep_status blockrep_failover_adopt_point(const blockrep_failover *f,
+                                              blockrep_adopt_point *out);
+
+// Releases a failover handle (the failover itself stays recorded).
+//
+// # Safety
+// `f` null (refused) or a handle not yet released.
+blockrep_status blockrep_failover_free(blockrep_failover *f);
+
+// Makes the disk at `disk_path` (the old primary's) a replica in the new
+// directory `dir` at point `*at`, for reverse replication: the next log
+// it takes is the new primary's resync log.
+//
+// # Safety
+// Paths NUL-terminated; `at` readable; `out` writable.
+blockrep_status blockrep_replica_adopt(const char *dir,
+                                       const char *disk_path,
+                                       const blockrep_adopt_point *at,
+                                       blockrep_replica **out);
+
+// The blocks this primary changed that its replica may not hold (its
+// tracker and unacknowledged logs): after a failover, the old primary's
+// part of what reverse replication sends. `*out` is the caller's.
+//
+// # Safety
+// `p` live; `out` writable.
+blockrep_status blockrep_pipeline_divergence(const blockrep_pipeline *p, blockrep_blockset **out);
+
+// Reverse replication from the new primary: spools a resync log, in a
+// new epoch, of every block of `other` (the old primary's divergence
+// unioned with the commit's, see `blockrep_blockset_union`; null for
+// none) and every block this pipeline tracked.
+//
+// # Safety
+// `p` live; `other` null or live; `out` null or writable.
+blockrep_status blockrep_pipeline_reverse_sync(const blockrep_pipeline *p,
+                                               const blockrep_blockset *other,
+                                               blockrep_cycle_info *out);
+
+// The replica's status (role, epoch, latest point, RPO...) as one JSON
+// object, NUL-terminated in `buf`; its length goes to `*out_len` first,
+// so a buffer too small is refused (`BLOCKREP_STATUS_INVALID_ARGUMENT`)
+// and the call can be repeated.
+//
+// # Safety
+// `r` live; `buf` null or `len` writable bytes; `out_len` writable.
+blockrep_status blockrep_replica_status_json(const blockrep_replica *r,
+                                             char *buf,
+                                             size_t len,
+                                             size_t *out_len);
+
+// The primary's status as JSON; as `blockrep_replica_status_json`.
+//
+// # Safety
+// `p` live; `buf` null or `len` writable bytes; `out_len` writable.
+blockrep_status blockrep_pipeline_status_json(const blockrep_pipeline *p,
+                                              char *buf,
+                                              size_t len,
+                                              size_t *out_len);
 
 // Starts writing the log file `path`: for disk `disk_id` (16 bytes) of
 // `size` bytes in `block_size` blocks, of `kind` (1 full, 2 delta,
@@ -761,6 +950,15 @@ blockrep_status blockrep_blockset_extents(const blockrep_blockset *set,
 // # Safety
 // `set` must be null or a handle from `blockrep_tracker_cut`.
 blockrep_status blockrep_blockset_free(blockrep_blockset *set);
+
+// Writes to `*out` (the caller's) a new set of the blocks in `a` or `b`
+// (sets of the same disk). Thread-safe.
+//
+// # Safety
+// `a` and `b` live; `out` writable.
+blockrep_status blockrep_blockset_union(const blockrep_blockset *a,
+                                        const blockrep_blockset *b,
+                                        blockrep_blockset **out);
 
 #ifdef __cplusplus
 }  // extern "C"

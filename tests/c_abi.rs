@@ -280,3 +280,8 @@ fn nbdkit_filter_replicates_what_qemu_io_writes_through_nbd() {
         String::from_utf8_lossy(&cmp.stdout)
     );
 }
+
+#[test]
+fn failover_c_program_under_sanitizers_and_valgrind() {
+    c_program("failover");
+}

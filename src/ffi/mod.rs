@@ -10,6 +10,7 @@
 
 #![allow(non_camel_case_types)]
 
+mod failover;
 mod log;
 mod pipeline;
 mod ptracker;
@@ -17,6 +18,15 @@ mod replica;
 mod status;
 mod tracker;
 
+pub use failover::{
+    blockrep_adopt_point, blockrep_failover, blockrep_failover_adopt_point,
+    blockrep_failover_commit, blockrep_failover_free, blockrep_failover_promote,
+    blockrep_failover_read, blockrep_failover_start_pipeline, blockrep_failover_switch,
+    blockrep_failover_write, blockrep_pipeline_divergence, blockrep_pipeline_reverse_sync,
+    blockrep_pipeline_status_json, blockrep_replica_adopt, blockrep_replica_status_json,
+    blockrep_test_failover, blockrep_test_failover_free, blockrep_test_failover_open,
+    blockrep_test_failover_read, blockrep_test_failover_write,
+};
 pub use log::{
     blockrep_log_info, blockrep_log_verify, blockrep_log_writer, blockrep_log_writer_add_block,
     blockrep_log_writer_add_zero, blockrep_log_writer_commit, blockrep_log_writer_create,
@@ -48,6 +58,7 @@ pub use replica::{
 pub use status::{blockrep_last_error, blockrep_status, blockrep_version};
 pub use tracker::{
     blockrep_blockset, blockrep_blockset_count, blockrep_blockset_extents, blockrep_blockset_free,
-    blockrep_blockset_generation, blockrep_extent, blockrep_tracker, blockrep_tracker_cut,
-    blockrep_tracker_free, blockrep_tracker_mark, blockrep_tracker_new, blockrep_tracker_reclaim,
+    blockrep_blockset_generation, blockrep_blockset_union, blockrep_extent, blockrep_tracker,
+    blockrep_tracker_cut, blockrep_tracker_free, blockrep_tracker_mark, blockrep_tracker_new,
+    blockrep_tracker_reclaim,
 };

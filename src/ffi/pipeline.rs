@@ -5,6 +5,7 @@ use super::log::c_path;
 use super::ptracker::blockrep_open_state;
 use super::status::{blockrep_status, guard, null, register, unregister};
 use crate::error::{Error, ErrorKind, Result};
+use crate::failover::DiskStatus;
 use crate::geometry::Geometry;
 use crate::id::DiskId;
 use crate::io::{FileStorage, FsDir, Storage};
@@ -12,12 +13,12 @@ use crate::log::{BlockDigests, Consistency, Digest, LogKind};
 use crate::source::{
     ChainPoint, CycleOptions, CycleReport, Pipeline, Primary, Spool, SpooledLog, Tracking,
 };
-use crate::tracker::{OpenState, PersistentTracker, Tracker, INTENT_REGION_DEFAULT};
+use crate::tracker::{BlockSet, OpenState, PersistentTracker, Tracker, INTENT_REGION_DEFAULT};
 use std::ffi::c_char;
 use std::sync::Arc;
 
 /// The tracking a pipeline runs on, seen the same way by the C calls.
-trait Engine: Send + Sync {
+pub(super) trait Engine: Send + Sync {
     fn begin(&self, offset: u64, len: u64, zero: bool) -> Result<()>;
     fn end(&self, offset: u64, len: u64, zero: bool) -> Result<()>;
     fn pipeline_spool(&self) -> &Spool;
@@ -25,12 +26,15 @@ trait Engine: Send + Sync {
     fn cycle(&self, c: &CycleOptions) -> Result<CycleReport>;
     fn resync(&self, d: &BlockDigests) -> Result<CycleReport>;
     fn dirty_blocks(&self) -> u64;
+    fn divergence(&self) -> Result<BlockSet>;
+    fn reverse_sync(&self, other: Option<&BlockSet>) -> Result<CycleReport>;
+    fn status_json(&self, now_ns: u64) -> String;
     fn close(self: Box<Self>) -> Result<()>;
 }
 
 /// Stops tracking: cleanly for a persistent tracker (the next open is
 /// clean), a no-op for one in memory (its marks are lost).
-trait CloseTracking {
+pub(super) trait CloseTracking {
     fn close_tracking(self) -> Result<()>;
 }
 
@@ -71,7 +75,17 @@ impl<T: Tracking + CloseTracking> Engine for Pipeline<T> {
         Pipeline::resync(self, d, Default::default())
     }
     fn dirty_blocks(&self) -> u64 {
-        self.primary().tracker().snapshot().count()
+        self.primary().marked().count()
+    }
+    fn divergence(&self) -> Result<BlockSet> {
+        Pipeline::divergence(self)
+    }
+    fn reverse_sync(&self, other: Option<&BlockSet>) -> Result<CycleReport> {
+        let none = BlockSet::new(self.primary().tracker().geometry().block_count());
+        Pipeline::reverse_sync(self, other.unwrap_or(&none))
+    }
+    fn status_json(&self, now_ns: u64) -> String {
+        DiskStatus::of_pipeline(self, now_ns).to_json()
     }
     fn close(self: Box<Self>) -> Result<()> {
         self.into_primary().into_tracking().close_tracking()
@@ -152,7 +166,14 @@ pub struct blockrep_pipeline_status {
     pub resync_required: u32,
 }
 
-fn live<'a>(p: *const blockrep_pipeline) -> Result<&'a dyn Engine> {
+/// Registers a pipeline as a C handle.
+pub(super) fn boxed<T: Tracking + CloseTracking + 'static>(
+    p: Pipeline<T>,
+) -> *mut blockrep_pipeline {
+    register(Box::new(blockrep_pipeline { inner: Box::new(p) }))
+}
+
+pub(super) fn live<'a>(p: *const blockrep_pipeline) -> Result<&'a dyn Engine> {
     // SAFETY: callers pass null (refused) or a live handle per contract.
     unsafe { p.as_ref() }
         .map(|p| &*p.inner)
@@ -356,7 +377,7 @@ pub unsafe extern "C" fn blockrep_pipeline_zero_end(
     guard(|| live(p)?.end(offset, len, true))
 }
 
-fn info_out(out: *mut blockrep_cycle_info, r: &CycleReport) {
+pub(super) fn info_out(out: *mut blockrep_cycle_info, r: &CycleReport) {
     if out.is_null() {
         return;
     }

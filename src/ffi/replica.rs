@@ -41,14 +41,14 @@ pub struct blockrep_point {
     pub consistency: u32,
 }
 
-fn live<'a>(r: *const blockrep_replica) -> Result<&'a Arc<Replica>, Error> {
+pub(super) fn live<'a>(r: *const blockrep_replica) -> Result<&'a Arc<Replica>, Error> {
     // SAFETY: callers pass null (refused) or a live handle per contract.
     unsafe { r.as_ref() }
         .map(|r| &r.inner)
         .ok_or_else(|| null("replica"))
 }
 
-fn out_handle(r: Replica, out: *mut *mut blockrep_replica) -> Result<(), Error> {
+pub(super) fn out_handle(r: Replica, out: *mut *mut blockrep_replica) -> Result<(), Error> {
     let p = register(Box::new(blockrep_replica { inner: Arc::new(r) }));
     // SAFETY: callers checked `out` is non-null; writable per contract.
     unsafe { *out = p };

@@ -238,3 +238,32 @@ pub unsafe extern "C" fn blockrep_blockset_extents(
 pub unsafe extern "C" fn blockrep_blockset_free(set: *mut blockrep_blockset) -> blockrep_status {
     guard(|| unregister(set, "set").map(drop))
 }
+
+/// Writes to `*out` (the caller's) a new set of the blocks in `a` or `b`
+/// (sets of the same disk). Thread-safe.
+///
+/// # Safety
+/// `a` and `b` live; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_blockset_union(
+    a: *const blockrep_blockset,
+    b: *const blockrep_blockset,
+    out: *mut *mut blockrep_blockset,
+) -> blockrep_status {
+    guard(|| {
+        // SAFETY: null (refused) or live handles per the contract.
+        let (a, b) = unsafe { (a.as_ref(), b.as_ref()) };
+        let (a, b) = a.zip(b).ok_or_else(|| null("set"))?;
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        if a.inner.universe() != b.inner.universe() {
+            return Err(crate::Error::mismatch("sets of disks of different sizes"));
+        }
+        let set = FrozenSet::new(0, a.inner.union(&b.inner));
+        let p = register(Box::new(blockrep_blockset { inner: set }));
+        // SAFETY: `out` is non-null and writable per the contract.
+        unsafe { *out = p };
+        Ok(())
+    })
+}
