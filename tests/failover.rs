@@ -593,3 +593,17 @@ fn reverse_replication_after_the_old_primary_lost_tracking_uses_digests() {
     ship(&pb, &dir_a, &mut Some(rep_a));
     assert_eq!(first_diff(&read_all(&*disk_a), &read_all(&*disk_b)), None);
 }
+
+#[test]
+fn statuses_carry_the_last_error_until_a_success() {
+    use blockrep::failover::DiskStatus;
+    let disk: Arc<dyn Storage> = Arc::new(MemStorage::zeroed(geo().size()).unwrap());
+    let p = pipeline(disk, start());
+    // A second initial sync is refused, and the status says why.
+    p.initial_sync(Default::default()).unwrap();
+    assert!(p.initial_sync(Default::default()).is_err());
+    let s = DiskStatus::of_pipeline(&p, 0);
+    assert!(s.last_error.as_deref().unwrap().contains("initial sync"));
+    p.cycle(&CycleOptions::default()).unwrap();
+    assert_eq!(DiskStatus::of_pipeline(&p, 0).last_error, None);
+}

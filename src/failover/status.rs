@@ -72,7 +72,7 @@ impl DiskStatus {
             pending_bytes: s.pending_bytes,
             dirty_blocks: p.primary().marked().count(),
             resync_required: s.resync_required,
-            last_error: None,
+            last_error: p.last_error(),
         }
     }
 
@@ -99,7 +99,7 @@ impl DiskStatus {
             pending_bytes: 0,
             dirty_blocks: 0,
             resync_required: false,
-            last_error: None,
+            last_error: r.last_error(),
         }
     }
 

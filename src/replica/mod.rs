@@ -80,6 +80,8 @@ pub struct Replica {
     pins: Mutex<BTreeMap<u64, usize>>,
     /// Set once the replica was promoted (failover): no log applies.
     failover: Mutex<Option<FailoverRecord>>,
+    /// The message of the last failed apply, cleared by a success.
+    last_error: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -155,6 +157,7 @@ impl Replica {
             undo: RwLock::new(BTreeMap::new()),
             pins: Mutex::new(BTreeMap::new()),
             failover: Mutex::new(None),
+            last_error: Mutex::new(None),
         }
     }
 
@@ -353,6 +356,17 @@ impl Replica {
     /// with the replica still at its previous point, history intact, and a
     /// retry may succeed; a crash is undone on the next open.
     pub fn apply(&self, log: &MappedLog) -> Result<ApplyOutcome> {
+        let r = self.apply_inner(log);
+        *self.last_error.lock() = r.as_ref().err().map(|e| e.to_string());
+        r
+    }
+
+    /// The message of the last failed apply, until one succeeds.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().clone()
+    }
+
+    fn apply_inner(&self, log: &MappedLog) -> Result<ApplyOutcome> {
         if let Some((_, point)) = self.failover_phase() {
             return Err(Error::new(
                 ErrorKind::Misuse,
