@@ -1,0 +1,585 @@
+//! `blockrep demo`: blockrep's main job end to end on a real image file.
+
+use super::{human, now_ns, Progress};
+use blockrep::failover::{test_failover, Failover};
+use blockrep::io::{FileStorage, FsDir, Storage};
+use blockrep::log::{Digest, MappedLog, ReadOptions};
+use blockrep::replica::{Replica, RetentionPolicy};
+use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool, Tracking};
+use blockrep::tracker::PersistentTracker;
+use blockrep::{DiskId, Error, Geometry, Result, Tracker};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BS: u64 = 4096;
+const ID: DiskId = DiskId(*b"blockrep-demo-01");
+
+/// Options of the demo.
+pub struct DemoOptions {
+    pub size: u64,
+    pub seconds: u64,
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Default)]
+struct Stats {
+    cycles: u64,
+    blocks: u64,
+    shipped: u64,
+    rpo_max_ns: u64,
+    rpo_sum_ns: u64,
+    rpo_n: u64,
+    checks: Vec<(String, bool)>,
+    initial: Duration,
+    delta_time: Duration,
+}
+
+/// A small deterministic generator.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn fill(&mut self, b: &mut [u8]) {
+        for c in b.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+    /// Disk-like content: about 40 % zero blocks, 30 % text, 30 % random.
+    fn block(&mut self, b: &mut [u8]) {
+        match self.next() % 10 {
+            0..=3 => b.fill(0),
+            4..=6 => {
+                const WORDS: [&[u8]; 6] =
+                    [b"replica ", b"block ", b"the ", b"disk\n", b"log ", b"of "];
+                let mut at = 0;
+                while at < b.len() {
+                    let w = WORDS[(self.next() % 6) as usize];
+                    let n = w.len().min(b.len() - at);
+                    b[at..at + n].copy_from_slice(&w[..n]);
+                    at += n;
+                }
+            }
+            _ => self.fill(b),
+        }
+    }
+}
+
+/// The transport: every unshipped log to the replica in `rdir` (created
+/// from the full log), acknowledged; RPO sampled at each acknowledgement.
+fn ship<T: Tracking>(
+    p: &Pipeline<T>,
+    rdir: &Path,
+    replica: &mut Option<Arc<Replica>>,
+    stats: &mut Stats,
+) -> Result<()> {
+    while let Some(l) = p.spool().next_to_ship() {
+        let path = l.path.clone().expect("spool on a file system");
+        let log = MappedLog::open(&path, &ReadOptions::default())?;
+        match replica {
+            None => {
+                *replica = Some(Arc::new(Replica::create(
+                    Arc::new(FsDir::new(rdir)?),
+                    &log,
+                )?))
+            }
+            Some(r) => {
+                r.apply(&log)?;
+                stats.shipped += l.bytes;
+            }
+        }
+        p.spool().ack(l.point.sequence)?;
+        let rpo = now_ns().saturating_sub(l.point.created_ns);
+        stats.rpo_max_ns = stats.rpo_max_ns.max(rpo);
+        stats.rpo_sum_ns += rpo;
+        stats.rpo_n += 1;
+    }
+    Ok(())
+}
+
+/// Compares two storages of `size` bytes chunk by chunk.
+fn same(a: &dyn Storage, b: &dyn Storage, size: u64) -> Result<bool> {
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(1 << 20) as usize;
+        a.read_at(&mut x[..n], off)?;
+        b.read_at(&mut y[..n], off)?;
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+        off += n as u64;
+    }
+    Ok(true)
+}
+
+/// `qemu-img compare`, when installed.
+fn qemu_compare(a: &Path, b: &Path) -> Option<bool> {
+    std::process::Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "raw", "-F", "raw"])
+        .arg(a)
+        .arg(b)
+        .status()
+        .ok()
+        .map(|s| s.success())
+}
+
+fn check(stats: &mut Stats, name: &str, ok: bool) -> Result<()> {
+    eprintln!("  {} {name}", if ok { "ok  " } else { "FAIL" });
+    stats.checks.push((name.to_owned(), ok));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::mismatch(format!("check failed: {name}")))
+    }
+}
+
+fn check_equal(stats: &mut Stats, name: &str, a: &Path, b: &Path, size: u64) -> Result<()> {
+    let eq = same(
+        &FileStorage::open_read_only(a)?,
+        &FileStorage::open_read_only(b)?,
+        size,
+    )?;
+    check(stats, &format!("{name}: byte for byte"), eq)?;
+    if let Some(q) = qemu_compare(a, b) {
+        check(stats, &format!("{name}: qemu-img compare"), q)?;
+    }
+    Ok(())
+}
+
+/// Guest-like writers on `disk` through `p`'s guards until `stop`:
+/// random 4 KiB writes, sequential 64 KiB runs, zero writes.
+fn writers<T: Tracking>(
+    p: &Pipeline<T>,
+    disk: &dyn Storage,
+    stop: &AtomicBool,
+    writes: &AtomicU64,
+) {
+    let size = p.primary().tracker().geometry().size();
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            s.spawn(move || {
+                let mut rng = Rng(0x9e37_79b9 ^ (t + 1) * 0x1234_5678 ^ now_ns());
+                let mut buf = vec![0u8; 64 << 10];
+                while !stop.load(Ordering::Relaxed) {
+                    let kind = rng.next() % 10;
+                    let (len, zero) = match kind {
+                        0..=6 => (BS, false),
+                        7..=8 => (64 << 10, false),
+                        _ => (16 << 10, true),
+                    };
+                    let off = rng.next() % (size / BS - len / BS) * BS;
+                    let b = &mut buf[..len as usize];
+                    if zero {
+                        b.fill(0);
+                    } else {
+                        for c in b.chunks_mut(BS as usize) {
+                            rng.block(c);
+                        }
+                    }
+                    let g = if zero {
+                        p.primary().zero_guard(off, len)
+                    } else {
+                        p.primary().write_guard(off, len)
+                    };
+                    let Ok(g) = g else { return };
+                    if disk.write_at(b, off).is_err() {
+                        return;
+                    }
+                    drop(g);
+                    writes.fetch_add(1, Ordering::Relaxed);
+                    // A guest that also computes.
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            });
+        }
+    });
+}
+
+/// Runs writers for `secs` while cycling every 250 ms and shipping.
+fn run_writes<T: Tracking>(
+    p: &Pipeline<T>,
+    disk: &dyn Storage,
+    rdir: &Path,
+    replica: &mut Option<Arc<Replica>>,
+    stats: &mut Stats,
+    secs: u64,
+) -> Result<()> {
+    let stop = AtomicBool::new(false);
+    let writes = AtomicU64::new(0);
+    let bar = Progress::new("writing and replicating", secs * 1000);
+    let start = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        s.spawn(|| writers(p, disk, &stop, &writes));
+        let result = (|| {
+            while start.elapsed() < Duration::from_secs(secs) {
+                std::thread::sleep(Duration::from_millis(250));
+                let app = stats.cycles % 4 == 3;
+                let opts = if app {
+                    CycleOptions::app_consistent(format!("demo {}", stats.cycles))
+                } else {
+                    CycleOptions::default()
+                };
+                let t = Instant::now();
+                let r = p.cycle(&opts)?;
+                stats.cycles += 1;
+                stats.blocks += r.blocks;
+                ship(p, rdir, replica, stats)?;
+                stats.delta_time += t.elapsed();
+                if let Some(rep) = replica {
+                    rep.prune(
+                        &RetentionPolicy {
+                            keep_last: 8,
+                            keep_app_last: 2,
+                            ..RetentionPolicy::default()
+                        },
+                        now_ns(),
+                    )?;
+                }
+                bar.set(start.elapsed().as_millis() as u64);
+            }
+            Ok(())
+        })();
+        stop.store(true, Ordering::Relaxed);
+        result
+    })?;
+    bar.done();
+    // The writers stopped: a last cycle ships everything.
+    let r = p.cycle(&CycleOptions::default())?;
+    stats.cycles += 1;
+    stats.blocks += r.blocks;
+    ship(p, rdir, replica, stats)?;
+    eprintln!(
+        "  {} guest writes, {} cycles so far",
+        writes.load(Ordering::Relaxed),
+        stats.cycles
+    );
+    Ok(())
+}
+
+fn make_image(path: &Path, size: u64) -> Result<()> {
+    let f = FileStorage::create(path, size)?;
+    let bar = Progress::new("making the image", size);
+    let mut rng = Rng(42);
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(1 << 20) as usize;
+        // Runs of 1 to 16 blocks of one kind, so zeros come in extents.
+        let mut b = 0;
+        while b < n {
+            let run = ((1 + rng.next() % 16) * BS) as usize;
+            let end = (b + run).min(n);
+            let mut first = vec![0u8; BS as usize];
+            rng.block(&mut first);
+            for c in chunk[b..end].chunks_mut(BS as usize) {
+                c.copy_from_slice(&first[..c.len()]);
+                if first.iter().any(|&x| x != 0) {
+                    rng.fill(&mut c[..8]); // not identical blocks
+                }
+            }
+            b = end;
+        }
+        for (i, c) in chunk[..n].chunks(BS as usize).enumerate() {
+            if c.iter().any(|&x| x != 0) {
+                f.write_at(c, off + (i as u64) * BS)?;
+            }
+        }
+        off += n as u64;
+        bar.set(off);
+    }
+    f.sync()?;
+    bar.done();
+    Ok(())
+}
+
+/// The whole demo; prints the summary table at the end.
+pub fn run(o: DemoOptions) -> Result<()> {
+    let tmp;
+    let dir = match &o.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io("create directory", e).with_path(d))?;
+            d.clone()
+        }
+        None => {
+            tmp = TempDir::new()?;
+            tmp.0.clone()
+        }
+    };
+    let size = o.size / BS * BS;
+    let g = Geometry::new(size, BS as u32)?;
+    let image = dir.join("primary.img");
+    let rdir = dir.join("replica");
+    let mut stats = Stats::default();
+    eprintln!(
+        "blockrep demo in {} ({} disk, {} s of writes)",
+        dir.display(),
+        human(size),
+        o.seconds
+    );
+
+    eprintln!("1. a disk image with realistic content");
+    make_image(&image, size)?;
+
+    eprintln!("2. initial replication");
+    let disk: Arc<dyn Storage> = Arc::new(FileStorage::open(&image)?);
+    let tracker = PersistentTracker::create(
+        dir.join("tracker"),
+        ID,
+        g,
+        blockrep::tracker::INTENT_REGION_DEFAULT,
+    )?;
+    let start = ChainPoint {
+        epoch: 1,
+        sequence: 0,
+        digest: Digest::default(),
+        created_ns: 0,
+        geometry: g,
+    };
+    let spool = Spool::create(Arc::new(FsDir::new(dir.join("spool"))?), ID, start, 1 << 30)?;
+    let pa = Pipeline::new(
+        Primary::new(tracker, disk.clone()),
+        spool,
+        Default::default(),
+    )?;
+    let bar = Progress::new("initial sync", size);
+    let t = Instant::now();
+    let mut progress = |p: blockrep::source::Progress| bar.set(p.done);
+    pa.initial_sync(blockrep::source::TransferOptions {
+        progress: Some(&mut progress),
+        ..Default::default()
+    })?;
+    let mut rep_b = None;
+    ship(&pa, &rdir, &mut rep_b, &mut stats)?;
+    stats.initial = t.elapsed();
+    bar.done();
+    check_equal(
+        &mut stats,
+        "replica after initial sync",
+        &image,
+        &rdir.join("image"),
+        size,
+    )?;
+
+    eprintln!("3. guest writes while cycles ship logs (retention: last 8, 2 app-consistent)");
+    run_writes(&pa, &*disk, &rdir, &mut rep_b, &mut stats, o.seconds)?;
+    check_equal(
+        &mut stats,
+        "replica after delta cycles",
+        &image,
+        &rdir.join("image"),
+        size,
+    )?;
+    let rep_b = rep_b.expect("created by the initial sync");
+    let points = rep_b.points();
+    eprintln!("  {} retention points kept", points.len());
+
+    eprintln!("4. test failover of an older point while replication goes on");
+    let older = points[points.len() / 2].sequence;
+    let overlay = Arc::new(FileStorage::create(dir.join("test-overlay"), 0)?);
+    let test = test_failover(&rep_b, Some(older), overlay)?;
+    let mut pattern = vec![0u8; 1 << 20];
+    Rng(5).fill(&mut pattern);
+    test.write_at(&pattern, 0)?;
+    let mut back = vec![0u8; 1 << 20];
+    test.read_at(&mut back, 0)?;
+    check(
+        &mut stats,
+        "test failover reads its own writes",
+        back == pattern,
+    )?;
+    drop(test);
+    std::fs::remove_file(dir.join("test-overlay")).ok();
+    check_equal(
+        &mut stats,
+        "replica untouched by the test failover",
+        &image,
+        &rdir.join("image"),
+        size,
+    )?;
+
+    eprintln!("5. planned failover to the replica, writes there, reverse replication");
+    let fo_b = Failover::promote(rep_b.clone(), None)?;
+    let disk_b = fo_b.disk();
+    check(
+        &mut stats,
+        "promoted disk equals the primary",
+        same(&*disk_b, &*disk, size)?,
+    )?;
+    let spool_b = Spool::create(
+        Arc::new(FsDir::new(dir.join("spool-b"))?),
+        ID,
+        fo_b.chain_point()?,
+        1 << 30,
+    )?;
+    let pb = Pipeline::new(
+        Primary::new(Tracker::new(g), disk_b.clone()),
+        spool_b,
+        Default::default(),
+    )?;
+    let committed = fo_b.commit()?;
+    let dir_a = dir.join("replica-a");
+    let mut rep_a;
+    {
+        // The old primary's writes stopped; its divergence is what it
+        // still tracks or holds unshipped.
+        let diverged = pa.divergence()?;
+        drop(pa);
+        run_writes_on(&pb, &*disk_b, o.seconds.div_ceil(3));
+        let r = pb.reverse_sync(&diverged.union(&committed.divergence()))?;
+        eprintln!("  reverse replication sends {} blocks", r.blocks);
+        let adopted = Replica::adopt(
+            Arc::new(FsDir::new(&dir_a)?),
+            disk.clone(),
+            fo_b.adopt_at()?,
+        )?;
+        rep_a = Some(Arc::new(adopted));
+        ship(&pb, &dir_a, &mut rep_a, &mut stats)?;
+    }
+    check_equal(
+        &mut stats,
+        "old primary equals the new one",
+        &image,
+        &rdir.join("image"),
+        size,
+    )?;
+
+    eprintln!("6. failback to the original primary, then replication again");
+    pb.cycle(&CycleOptions::default())?;
+    ship(&pb, &dir_a, &mut rep_a, &mut stats)?;
+    let rep_a = rep_a.expect("adopted");
+    let fo_a = Failover::promote(rep_a, None)?;
+    let disk_a2 = fo_a.disk();
+    let spool_a2 = Spool::create(
+        Arc::new(FsDir::new(dir.join("spool-a2"))?),
+        ID,
+        fo_a.chain_point()?,
+        1 << 30,
+    )?;
+    let pa2 = Pipeline::new(
+        Primary::new(Tracker::new(g), disk_a2.clone()),
+        spool_a2,
+        Default::default(),
+    )?;
+    let committed = fo_a.commit()?;
+    let diverged = pb.divergence()?;
+    drop(pb);
+    let r = pa2.reverse_sync(&diverged.union(&committed.divergence()))?;
+    eprintln!("  failback resync sends {} blocks", r.blocks);
+    let dir_b2 = dir.join("replica-b2");
+    let image_b: Arc<dyn Storage> = Arc::new(FileStorage::open(rdir.join("image"))?);
+    let mut rep_b2 = Some(Arc::new(Replica::adopt(
+        Arc::new(FsDir::new(&dir_b2)?),
+        image_b,
+        fo_a.adopt_at()?,
+    )?));
+    ship(&pa2, &dir_b2, &mut rep_b2, &mut stats)?;
+    run_writes(
+        &pa2,
+        &*disk_a2,
+        &dir_b2,
+        &mut rep_b2,
+        &mut stats,
+        o.seconds.div_ceil(3),
+    )?;
+    check_equal(
+        &mut stats,
+        "replica after failback",
+        &image,
+        &rdir.join("image"),
+        size,
+    )?;
+
+    summary(&stats, size);
+    Ok(())
+}
+
+/// Writes on a new primary without shipping (its replica is not set up
+/// yet): the reverse replication carries them.
+fn run_writes_on<T: Tracking>(p: &Pipeline<T>, disk: &dyn Storage, secs: u64) {
+    let stop = AtomicBool::new(false);
+    let writes = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| writers(p, disk, &stop, &writes));
+        std::thread::sleep(Duration::from_secs(secs));
+        stop.store(true, Ordering::Relaxed);
+    });
+    eprintln!(
+        "  {} guest writes on the new primary",
+        writes.load(Ordering::Relaxed)
+    );
+}
+
+fn summary(s: &Stats, size: u64) {
+    let dirty = s.blocks * BS;
+    let ratio = if dirty > 0 {
+        s.shipped as f64 / dirty as f64
+    } else {
+        0.0
+    };
+    let rpo_avg = if s.rpo_n > 0 {
+        s.rpo_sum_ns / s.rpo_n
+    } else {
+        0
+    };
+    let mbps = |bytes: u64, d: Duration| bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9);
+    println!();
+    println!("| figure | value |");
+    println!("| --- | --- |");
+    println!("| disk | {} |", human(size));
+    println!(
+        "| initial replication | {:.1} s, {:.0} MB/s |",
+        s.initial.as_secs_f64(),
+        mbps(size, s.initial)
+    );
+    println!("| cycles | {} |", s.cycles);
+    println!(
+        "| blocks dirtied (shipped by cycles) | {} ({}) |",
+        s.blocks,
+        human(dirty)
+    );
+    println!(
+        "| bytes shipped in delta logs | {} ({ratio:.2} of dirty bytes) |",
+        human(s.shipped)
+    );
+    println!(
+        "| delta cycle throughput (cut, read, log, apply) | {:.0} MB/s of dirty data |",
+        mbps(dirty, s.delta_time)
+    );
+    println!(
+        "| achieved RPO (at acknowledgement) | avg {:.0} ms, max {:.0} ms |",
+        rpo_avg as f64 / 1e6,
+        s.rpo_max_ns as f64 / 1e6
+    );
+    let passed = s.checks.iter().filter(|c| c.1).count();
+    println!("| checks passed | {passed} of {} |", s.checks.len());
+    for (name, ok) in &s.checks {
+        println!(
+            "| check: {name} | {} |",
+            if *ok { "passed" } else { "FAILED" }
+        );
+    }
+}
+
+/// A temporary directory removed at the end.
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new() -> Result<Self> {
+        let base = std::env::temp_dir().join(format!("blockrep-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&base)
+            .map_err(|e| Error::io("create directory", e).with_path(&base))?;
+        Ok(TempDir(base))
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

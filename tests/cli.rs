@@ -1,0 +1,111 @@
+//! The `blockrep` command: the demo end to end on a small disk, the
+//! operator commands on what it leaves, `sync` twice, and one-line errors.
+
+use std::process::{Command, Output};
+
+fn blockrep(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_blockrep"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = blockrep(args);
+    assert!(
+        out.status.success(),
+        "blockrep {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_demo_runs_end_to_end_and_leaves_inspectable_files() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("demo");
+    let d = dir.to_str().unwrap();
+    let table = ok(&["demo", "--size", "8M", "--seconds", "1", "--dir", d]);
+    assert!(table.contains("| checks passed |"), "{table}");
+    let passed = table
+        .lines()
+        .find(|l| l.starts_with("| checks passed"))
+        .unwrap();
+    let n: Vec<&str> = passed.split_whitespace().collect();
+    assert_eq!((n[4], n[6]), (n[6], n[6]), "{passed}");
+    // Operator commands on what the demo left.
+    // The final replica: an adopted disk, its image outside its directory.
+    let replica = dir.join("replica-b2");
+    let r = replica.to_str().unwrap();
+    let image = dir.join("replica/image");
+    let im = image.to_str().unwrap();
+    assert!(ok(&["replica", "status", r, "--image", im, "--json"]).contains("\"role\":\"replica\""));
+    assert!(ok(&["replica", "points", r, "--image", im, "--json"]).starts_with('['));
+    assert!(ok(&["replica", "verify", r, "--image", im]).contains("ok"));
+    let exported = t.path().join("point.raw");
+    let latest: u64 = {
+        let s = ok(&["replica", "status", r, "--image", im, "--json"]);
+        let i = s.find("\"latest_point\":").unwrap() + 15;
+        s[i..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    ok(&[
+        "replica",
+        "export",
+        r,
+        "--image",
+        im,
+        "--point",
+        &latest.to_string(),
+        exported.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(&exported).unwrap(),
+        std::fs::read(dir.join("primary.img")).unwrap()
+    );
+    assert!(ok(&[
+        "tracker",
+        "inspect",
+        dir.join("tracker").to_str().unwrap(),
+        "--json"
+    ])
+    .contains("\"block_size\":4096"));
+}
+
+#[test]
+fn sync_copies_then_sends_only_what_changed_and_errors_are_one_line() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("disk.img");
+    let mut data = vec![0u8; 4 << 20];
+    for (i, b) in data.iter_mut().enumerate().skip(1 << 20) {
+        *b = (i % 251) as u8;
+    }
+    std::fs::write(&img, &data).unwrap();
+    let dir = t.path().join("replica");
+    let (i, d) = (img.to_str().unwrap(), dir.to_str().unwrap());
+    assert!(ok(&["sync", i, d, "--json"]).contains("\"run\":\"initial sync\""));
+    data[2 << 20..(2 << 20) + 10].fill(0xff);
+    data[3 << 20] = 1;
+    std::fs::write(&img, &data).unwrap();
+    let second = ok(&["sync", i, d, "--json"]);
+    assert!(second.contains("\"run\":\"digest resync\""), "{second}");
+    assert!(second.contains("\"blocks_sent\":2"), "{second}");
+    assert_eq!(std::fs::read(dir.join("image")).unwrap(), data);
+    // A log inspect of something that is not a log: one line, non-zero.
+    let out = blockrep(&["log", "inspect", i]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("blockrep: ") && err.contains(&*img.to_string_lossy()),
+        "{err}"
+    );
+    assert!(!blockrep(&["replica", "status", "/nonexistent"])
+        .status
+        .success());
+    assert!(!blockrep(&["frobnicate"]).status.success());
+}
