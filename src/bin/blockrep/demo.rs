@@ -165,7 +165,7 @@ fn writers<T: Tracking>(
     std::thread::scope(|s| {
         for t in 0..2u64 {
             s.spawn(move || {
-                let mut rng = Rng(0x9e37_79b9 ^ (t + 1) * 0x1234_5678 ^ now_ns());
+                let mut rng = Rng(0x9e37_79b9 ^ ((t + 1) * 0x1234_5678) ^ now_ns());
                 let mut buf = vec![0u8; 64 << 10];
                 while !stop.load(Ordering::Relaxed) {
                     let kind = rng.next() % 10;
@@ -524,11 +524,7 @@ fn summary(s: &Stats, size: u64) {
     } else {
         0.0
     };
-    let rpo_avg = if s.rpo_n > 0 {
-        s.rpo_sum_ns / s.rpo_n
-    } else {
-        0
-    };
+    let rpo_avg = s.rpo_sum_ns.checked_div(s.rpo_n).unwrap_or(0);
     let mbps = |bytes: u64, d: Duration| bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9);
     println!();
     println!("| figure | value |");
