@@ -113,6 +113,10 @@ typedef struct blockrep_ptracker blockrep_ptracker;
 // threads at once; applies, rollbacks and prunes serialise inside.
 typedef struct blockrep_replica blockrep_replica;
 
+// The replicas of one machine's disks, applied together. Calls on it
+// serialise inside; it may be used from several threads.
+typedef struct blockrep_replica_group blockrep_replica_group;
+
 // A test failover: a writable view of a point, discarded when freed.
 // Reads and writes may run from many threads.
 typedef struct blockrep_test_failover blockrep_test_failover;
@@ -415,6 +419,68 @@ blockrep_status blockrep_pipeline_status_json(const blockrep_pipeline *p,
                                               char *buf,
                                               size_t len,
                                               size_t *out_len);
+
+// One group cycle over the `n` pipelines of `members` (one machine's
+// disks, all with trackers of the same kind): cut at one instant, their
+// logs sharing a group id, spooled all or none. `consistency` 1 crash, 2
+// app; `label` may be null; `out` null or `n` writable entries, in the
+// members' order. Also folds back a group cut a crash left incomplete.
+//
+// # Safety
+// `members` `n` live pipeline pointers; `label` null or NUL-terminated;
+// `out` null or `n` writable entries.
+blockrep_status blockrep_group_cycle(const blockrep_pipeline *const *members,
+                                     size_t n,
+                                     uint32_t consistency,
+                                     const char *label,
+                                     blockrep_cycle_info *out);
+
+// Groups the `n` replicas of `members` (distinct disks), keeping the
+// group's journal in `dir`, and finishes a group apply a crash
+// interrupted. The replicas stay the caller's too.
+//
+// # Safety
+// `dir` NUL-terminated; `members` `n` live replica pointers; `out`
+// writable.
+blockrep_status blockrep_replica_group_open(const char *dir,
+                                            const blockrep_replica *const *members,
+                                            size_t n,
+                                            blockrep_replica_group **out);
+
+// Applies one group cut: the `n` log files of `paths`, one per member
+// (any order), all or none. Writes 1 to `*out_applied` when applied now,
+// 0 when it was applied before (may be null).
+//
+// # Safety
+// `g` live; `paths` `n` NUL-terminated strings; `out_applied` null or
+// writable.
+blockrep_status blockrep_replica_group_apply(const blockrep_replica_group *g,
+                                             const char *const *paths,
+                                             size_t n,
+                                             uint32_t *out_applied);
+
+// Releases a replica group (its replicas stay).
+//
+// # Safety
+// `g` null (refused) or a handle not yet released.
+blockrep_status blockrep_replica_group_free(blockrep_replica_group *g);
+
+// The disk was resized to `size` bytes (by the integration, with its I/O
+// drained): the next cycle's log ships the new size and the replica
+// follows. No other call may run on `p` meanwhile.
+//
+// # Safety
+// `p` null (refused) or live, used by no other thread during the call.
+blockrep_status blockrep_pipeline_resize(blockrep_pipeline *p, uint64_t size);
+
+// Marks retained point `sequence` app-consistent with `label` (the
+// integration quiesced the guest for it). Thread-safe.
+//
+// # Safety
+// `r` live; `label` NUL-terminated.
+blockrep_status blockrep_replica_tag(const blockrep_replica *r,
+                                     uint64_t sequence,
+                                     const char *label);
 
 // Starts writing the log file `path`: for disk `disk_id` (16 bytes) of
 // `size` bytes in `block_size` blocks, of `kind` (1 full, 2 delta,

@@ -285,3 +285,8 @@ fn nbdkit_filter_replicates_what_qemu_io_writes_through_nbd() {
 fn failover_c_program_under_sanitizers_and_valgrind() {
     c_program("failover");
 }
+
+#[test]
+fn groups_resize_and_tags_c_program_under_sanitizers_and_valgrind() {
+    c_program("group");
+}

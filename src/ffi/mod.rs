@@ -11,6 +11,7 @@
 #![allow(non_camel_case_types)]
 
 mod failover;
+mod group;
 mod log;
 mod pipeline;
 mod ptracker;
@@ -26,6 +27,11 @@ pub use failover::{
     blockrep_pipeline_status_json, blockrep_replica_adopt, blockrep_replica_status_json,
     blockrep_test_failover, blockrep_test_failover_free, blockrep_test_failover_open,
     blockrep_test_failover_read, blockrep_test_failover_write,
+};
+pub use group::{
+    blockrep_group_cycle, blockrep_pipeline_resize, blockrep_replica_group,
+    blockrep_replica_group_apply, blockrep_replica_group_free, blockrep_replica_group_open,
+    blockrep_replica_tag,
 };
 pub use log::{
     blockrep_log_info, blockrep_log_verify, blockrep_log_writer, blockrep_log_writer_add_block,

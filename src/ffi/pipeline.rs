@@ -29,6 +29,8 @@ pub(super) trait Engine: Send + Sync {
     fn divergence(&self) -> Result<BlockSet>;
     fn reverse_sync(&self, other: Option<&BlockSet>) -> Result<CycleReport>;
     fn status_json(&self, now_ns: u64) -> String;
+    fn resize(&mut self, size: u64) -> Result<()>;
+    fn as_any(&self) -> &dyn std::any::Any;
     fn close(self: Box<Self>) -> Result<()>;
 }
 
@@ -50,7 +52,7 @@ impl CloseTracking for PersistentTracker {
     }
 }
 
-impl<T: Tracking + CloseTracking> Engine for Pipeline<T> {
+impl<T: Tracking + CloseTracking + 'static> Engine for Pipeline<T> {
     fn begin(&self, offset: u64, len: u64, zero: bool) -> Result<()> {
         self.primary().begin_write(offset, len, zero)
     }
@@ -87,6 +89,12 @@ impl<T: Tracking + CloseTracking> Engine for Pipeline<T> {
     fn status_json(&self, now_ns: u64) -> String {
         DiskStatus::of_pipeline(self, now_ns).to_json()
     }
+    fn resize(&mut self, size: u64) -> Result<()> {
+        Pipeline::resize(self, size)
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn close(self: Box<Self>) -> Result<()> {
         self.into_primary().into_tracking().close_tracking()
     }
@@ -100,6 +108,16 @@ impl<T: Tracking + CloseTracking> Engine for Pipeline<T> {
 /// `_close` and `_free` need the handle to themselves.
 pub struct blockrep_pipeline {
     inner: Box<dyn Engine>,
+}
+
+impl blockrep_pipeline {
+    pub(super) fn engine(&self) -> &dyn Engine {
+        &*self.inner
+    }
+
+    pub(super) fn engine_mut(&mut self) -> &mut dyn Engine {
+        &mut *self.inner
+    }
 }
 
 /// What a cycle (or an initial sync, or a resync) wrote.
