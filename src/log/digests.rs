@@ -238,6 +238,7 @@ mod tests {
             blocks: blocks.clone(),
         };
         let b = d.encode();
+        crate::assert_golden("digests_v1", &b);
         assert_eq!(BlockDigests::decode(&b).unwrap(), d);
         for i in 0..b.len() {
             let mut x = b.clone();

@@ -233,6 +233,7 @@ mod tests {
             },
         ];
         let b = encode(&[7; 16], &moves);
+        crate::assert_golden("group_journal_v1", &b);
         assert_eq!(decode(&b).unwrap(), moves);
         for i in 0..b.len() {
             let mut x = b.clone();

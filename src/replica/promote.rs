@@ -302,6 +302,7 @@ mod tests {
             rolled_back: vec![Extent::new(100, 5)],
         };
         let b = r.encode();
+        crate::assert_golden("failover_v1.rec", &b);
         assert_eq!(FailoverRecord::decode(&b).unwrap(), r);
         for i in 0..b.len() {
             let mut x = b.clone();

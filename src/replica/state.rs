@@ -233,6 +233,7 @@ mod tests {
     fn round_trip_and_every_flip_detected() {
         let s = sample();
         let b = s.encode();
+        crate::assert_golden("replica_state_v1", &b);
         assert_eq!(State::decode(&b).unwrap(), s);
         for i in 0..b.len() {
             let mut x = b.clone();
