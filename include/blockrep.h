@@ -245,6 +245,19 @@ typedef struct {
   uint32_t consistency;
 } blockrep_point;
 
+// A retention policy: a point is kept when any rule keeps it; the latest
+// point and points in use by views are always kept. Zero disables a rule.
+typedef struct {
+  // Keep the newest this many points.
+  uint32_t keep_last;
+  // Keep the newest this many app-consistent points.
+  uint32_t keep_app_last;
+  // Keep points younger than this many seconds.
+  uint64_t keep_for_secs;
+  // Keep app-consistent points younger than this many seconds.
+  uint64_t keep_app_for_secs;
+} blockrep_retention;
+
 // A run of `count` blocks from block `start`.
 typedef struct {
   // The first block.
@@ -930,6 +943,18 @@ blockrep_status blockrep_incoming_free(blockrep_incoming *i);
 // # Safety
 // `r` live; `path` NUL-terminated.
 blockrep_status blockrep_replica_block_digests(const blockrep_replica *r, const char *path);
+
+// Prunes points by `*policy` as of `now_ns` (ns since the Unix epoch; 0:
+// the current time). Points between kept ones are dropped by merging
+// their undo logs. Writes how many were dropped to `*out_dropped` when
+// not null. Thread-safe.
+//
+// # Safety
+// `r` live; `policy` readable; `out_dropped` null or writable.
+blockrep_status blockrep_replica_prune_policy(const blockrep_replica *r,
+                                              const blockrep_retention *policy,
+                                              uint64_t now_ns,
+                                              size_t *out_dropped);
 
 // Copies the message of the calling thread's last failed call into `buf`
 // (NUL terminated, truncated to `len` bytes) and writes its full length

@@ -52,12 +52,17 @@ pub use tracker::{BlockSet, FrozenSet, PersistentTracker, Tracker};
 /// format fails until its version is bumped on purpose.
 #[cfg(test)]
 pub(crate) fn assert_golden(name: &str, bytes: &[u8]) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
     if std::env::var_os("BLOCKREP_BLESS").is_some() {
         std::fs::write(&path, bytes).unwrap();
     }
     let want = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(want == bytes, "{name} changed: bump its version or bless it");
+    assert!(
+        want == bytes,
+        "{name} changed: bump its version or bless it"
+    );
 }
 
 /// The README's Rust examples, compiled and run as doc tests.

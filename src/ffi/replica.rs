@@ -394,3 +394,59 @@ pub unsafe extern "C" fn blockrep_replica_block_digests(
         std::fs::rename(&tmp, path).map_err(|e| Error::io("rename digests", e).with_path(path))
     })
 }
+
+/// A retention policy: a point is kept when any rule keeps it; the latest
+/// point and points in use by views are always kept. Zero disables a rule.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct blockrep_retention {
+    /// Keep the newest this many points.
+    pub keep_last: u32,
+    /// Keep the newest this many app-consistent points.
+    pub keep_app_last: u32,
+    /// Keep points younger than this many seconds.
+    pub keep_for_secs: u64,
+    /// Keep app-consistent points younger than this many seconds.
+    pub keep_app_for_secs: u64,
+}
+
+/// Prunes points by `*policy` as of `now_ns` (ns since the Unix epoch; 0:
+/// the current time). Points between kept ones are dropped by merging
+/// their undo logs. Writes how many were dropped to `*out_dropped` when
+/// not null. Thread-safe.
+///
+/// # Safety
+/// `r` live; `policy` readable; `out_dropped` null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_prune_policy(
+    r: *const blockrep_replica,
+    policy: *const blockrep_retention,
+    now_ns: u64,
+    out_dropped: *mut usize,
+) -> blockrep_status {
+    guard(|| {
+        let r = live(r)?;
+        // SAFETY: null (refused) or readable per the contract.
+        let p = unsafe { policy.as_ref() }.ok_or_else(|| null("policy"))?;
+        let secs = |s: u64| (s > 0).then(|| std::time::Duration::from_secs(s));
+        let policy = RetentionPolicy {
+            keep_last: p.keep_last as usize,
+            keep_for: secs(p.keep_for_secs),
+            keep_app_last: p.keep_app_last as usize,
+            keep_app_for: secs(p.keep_app_for_secs),
+        };
+        let now = if now_ns == 0 {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        } else {
+            now_ns
+        };
+        let dropped = r.prune(&policy, now)?;
+        // SAFETY: null or writable per the contract.
+        if let Some(o) = unsafe { out_dropped.as_mut() } {
+            *o = dropped.len();
+        }
+        Ok(())
+    })
+}

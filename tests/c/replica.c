@@ -118,6 +118,10 @@ int main(void) {
   CHECK(blockrep_replica_rollback(r, 2) == BLOCKREP_STATUS_MISUSE);
   CHECK(blockrep_view_free(v) == BLOCKREP_STATUS_OK);
   size_t dropped = 0;
+  blockrep_retention keep_young = {0, 0, 3600, 0};
+  CHECK(blockrep_replica_prune_policy(r, NULL, 0, &dropped) == BLOCKREP_STATUS_INVALID_ARGUMENT);
+  CHECK(blockrep_replica_prune_policy(r, &keep_young, 0, &dropped) == BLOCKREP_STATUS_OK &&
+        dropped == 0); /* every point is younger than an hour */
   CHECK(blockrep_replica_prune(r, 2, 0, &dropped) == BLOCKREP_STATUS_OK && dropped == 2);
   CHECK(blockrep_replica_rollback(r, 3) == BLOCKREP_STATUS_OK);
   CHECK(blockrep_replica_free(r) == BLOCKREP_STATUS_OK);
