@@ -115,18 +115,31 @@ fn scribble(p: &Pipeline, disk: &dyn Storage, rng: &mut Rng, n: usize) -> BlockS
     BlockSet::from_blocks(g.block_count(), blocks).unwrap()
 }
 
+/// A primary disk, its pipeline, the replica's directory and the replica.
+type Replicated = (
+    Arc<dyn Storage>,
+    Pipeline,
+    Arc<dyn Dir>,
+    Option<Arc<Replica>>,
+);
+
+/// A primary disk of random content, replicated once to a new replica.
+fn replicated(rng: &mut Rng) -> Replicated {
+    let mut init = vec![0u8; geo().size() as usize];
+    rng.fill(&mut init);
+    let disk: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(init));
+    let p = pipeline(disk.clone(), start());
+    p.initial_sync(Default::default()).unwrap();
+    let dir = mem_dir();
+    let mut rep = None;
+    ship(&p, &dir, &mut rep);
+    (disk, p, dir, rep)
+}
+
 #[test]
 fn planned_failover_reverse_replication_and_failback_round_trip() {
     let mut rng = Rng(31);
-    let g = geo();
-    let mut init = vec![0u8; g.size() as usize];
-    rng.fill(&mut init);
-    let disk_a: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(init));
-    let pa = pipeline(disk_a.clone(), start());
-    pa.initial_sync(Default::default()).unwrap();
-    let dir_b = mem_dir();
-    let mut rep_b = None;
-    ship(&pa, &dir_b, &mut rep_b);
+    let (disk_a, pa, dir_b, mut rep_b) = replicated(&mut rng);
     for _ in 0..3 {
         scribble(&pa, &*disk_a, &mut rng, 10);
         pa.cycle(&CycleOptions::default()).unwrap();
@@ -214,15 +227,7 @@ fn ship_one_more_is_refused(
 #[test]
 fn unplanned_failover_to_an_older_point_converges_exactly() {
     let mut rng = Rng(37);
-    let g = geo();
-    let mut init = vec![0u8; g.size() as usize];
-    rng.fill(&mut init);
-    let disk_a: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(init));
-    let pa = pipeline(disk_a.clone(), start());
-    pa.initial_sync(Default::default()).unwrap();
-    let dir_b = mem_dir();
-    let mut rep_b = None;
-    ship(&pa, &dir_b, &mut rep_b);
+    let (disk_a, pa, dir_b, mut rep_b) = replicated(&mut rng);
     let mut at = vec![(1u64, read_all(&*disk_a))];
     for _ in 0..3 {
         scribble(&pa, &*disk_a, &mut rng, 10);

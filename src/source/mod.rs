@@ -287,9 +287,7 @@ pub(crate) fn copy_disk<W: Write>(
     let g = w.header().geometry;
     let bs = g.block_size() as u64;
     let mut next_block = 0u64;
-    let mut buf = Vec::new();
     let mut at = 0u64;
-    let mut paid = w.written();
     while let Some((start, len)) = disk.next_data(at)? {
         // Whole blocks covering the data range; a block part hole, part
         // data is read whole.
@@ -298,19 +296,13 @@ pub(crate) fn copy_disk<W: Write>(
         if first > next_block {
             w.add_zero(Extent::new(next_block, first - next_block))?;
         }
-        let mut b = first;
-        while b < end_block {
-            let n = (end_block - b).min(READ_CHUNK / bs);
-            let e = Extent::new(b, n);
-            let (off, elen) = g.extent_bytes(e);
-            buf.resize(elen as usize, 0);
-            t.read(elen);
-            disk.read_at(&mut buf, off)?;
-            w.add_extent(e, &buf)?;
-            t.wrote(w.written() - paid);
-            paid = w.written();
-            b += n;
-            t.report(off + elen, g.size());
+        if end_block > first {
+            read_extents(
+                disk,
+                w,
+                std::iter::once(Extent::new(first, end_block - first)),
+                t,
+            )?;
         }
         next_block = next_block.max(end_block);
         at = start + len;
