@@ -11,6 +11,8 @@ command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
 command -v g++ >/dev/null 2>&1 || need_pkgs+=(g++)
 command -v nbdkit >/dev/null 2>&1 || need_pkgs+=(nbdkit)
 [ -f /usr/include/nbdkit-filter.h ] || need_pkgs+=(nbdkit-plugin-dev)
+command -v rsync >/dev/null 2>&1 || need_pkgs+=(rsync)
+command -v lz4 >/dev/null 2>&1 || need_pkgs+=(lz4)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null

@@ -109,3 +109,27 @@ fn sync_copies_then_sends_only_what_changed_and_errors_are_one_line() {
         .success());
     assert!(!blockrep(&["frobnicate"]).status.success());
 }
+
+#[test]
+fn the_bench_harness_verifies_and_prints_one_line_per_figure() {
+    let t = tempfile::tempdir().unwrap();
+    let out = ok(&[
+        "bench",
+        "--size",
+        "16M",
+        "--dir",
+        t.path().to_str().unwrap(),
+    ]);
+    for figure in [
+        "initial.blockrep",
+        "initial.cp",
+        "cycle.1%.blockrep",
+        "cycle.1%.bare_copy",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("bench {figure} seconds="))),
+            "{figure} missing:\n{out}"
+        );
+    }
+}

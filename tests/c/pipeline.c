@@ -185,6 +185,14 @@ int main(void) {
   CHECK(blockrep_pipeline_log_read(p, 77, 0, one, sizeof one) ==
         BLOCKREP_STATUS_OUT_OF_RANGE); /* no such log */
   CHECK(blockrep_pipeline_ack(p, 9) == BLOCKREP_STATUS_MISUSE); /* past the head */
+  {
+    /* Handed out, then the transport reconnects: shipped again. */
+    blockrep_spooled_log l;
+    uint32_t found = 0;
+    CHECK(blockrep_pipeline_next_log(p, &l, &found) == BLOCKREP_STATUS_OK && found);
+    CHECK(blockrep_pipeline_next_log(p, &l, &found) == BLOCKREP_STATUS_OK && !found);
+    CHECK(blockrep_pipeline_rewind(p) == BLOCKREP_STATUS_OK);
+  }
   CHECK(ship(p, &r) == 1);
   check_equal(r, 2);
   blockrep_point pts[8];

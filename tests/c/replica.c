@@ -58,6 +58,19 @@ int main(void) {
   blockrep_replica *r = NULL;
   CHECK(blockrep_replica_create(rdir, path, &r) == BLOCKREP_STATUS_OK);
 
+  /* A writer abandoned half way leaves nothing behind. */
+  char scratch[300];
+  snprintf(scratch, sizeof scratch, "%s/abandoned", dir);
+  blockrep_log_writer *aw = NULL;
+  CHECK(blockrep_log_writer_create(scratch, id, SIZE, BS, 2, 1, 2, digest, &aw) ==
+        BLOCKREP_STATUS_OK);
+  CHECK(blockrep_log_writer_add_zero(aw, 0, 4) == BLOCKREP_STATUS_OK);
+  CHECK(blockrep_log_writer_add_zero(aw, 2, 1) == BLOCKREP_STATUS_INVALID_ARGUMENT);
+  CHECK(blockrep_log_writer_add_zero(aw, BLOCKS, 1) == BLOCKREP_STATUS_OUT_OF_RANGE);
+  CHECK(blockrep_log_writer_free(aw) == BLOCKREP_STATUS_OK);
+  CHECK(blockrep_log_writer_free(aw) == BLOCKREP_STATUS_MISUSE);
+  CHECK(access(scratch, F_OK) != 0);
+
   /* Points 2..4: deltas, each applied twice (the second is a no-op). */
   for (unsigned p = 1; p < POINTS; p++) {
     memcpy(disk[p], disk[p - 1], SIZE);

@@ -263,7 +263,9 @@ fn run_writes<T: Tracking>(
     Ok(())
 }
 
-fn make_image(path: &Path, size: u64) -> Result<()> {
+/// Writes an image of `size` bytes with disk-like content, sparse where
+/// it holds zeros.
+pub(super) fn make_image(path: &Path, size: u64) -> Result<()> {
     let f = FileStorage::create(path, size)?;
     let bar = Progress::new("making the image", size);
     let mut rng = Rng(42);
@@ -309,7 +311,7 @@ pub fn run(o: DemoOptions) -> Result<()> {
             d.clone()
         }
         None => {
-            tmp = TempDir::new()?;
+            tmp = TempDir::new("demo")?;
             tmp.0.clone()
         }
     };
@@ -565,10 +567,10 @@ fn summary(s: &Stats, size: u64) {
 }
 
 /// A temporary directory removed at the end.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(pub(super) PathBuf);
 impl TempDir {
-    fn new() -> Result<Self> {
-        let base = std::env::temp_dir().join(format!("blockrep-demo-{}", std::process::id()));
+    pub(super) fn new(what: &str) -> Result<Self> {
+        let base = std::env::temp_dir().join(format!("blockrep-{what}-{}", std::process::id()));
         std::fs::create_dir_all(&base)
             .map_err(|e| Error::io("create directory", e).with_path(&base))?;
         Ok(TempDir(base))

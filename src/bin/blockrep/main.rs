@@ -1,6 +1,7 @@
 //! The `blockrep` command: the end-to-end demo, and operator commands to
 //! inspect logs, replicas and trackers and to sync an image.
 
+mod bench;
 mod demo;
 mod ops;
 
@@ -11,6 +12,7 @@ use std::time::Instant;
 
 const USAGE: &str = "usage:
   blockrep demo [--size SIZE] [--seconds N] [--dir DIR]
+  blockrep bench [--size SIZE] [--dir DIR]
   blockrep log inspect FILE [--json]
   blockrep replica status|points|verify DIR [--image PATH] [--json]
   blockrep replica export DIR [--image PATH] --point N OUT
@@ -42,6 +44,7 @@ fn run(args: &[String]) -> Result<()> {
     };
     match words.as_slice() {
         ["demo", rest @ ..] => demo::run(demo_options(rest)?),
+        ["bench", rest @ ..] => bench::run(bench_options(rest)?),
         ["log", "inspect", file, ..] => ops::log_inspect(file, json),
         ["replica", "status", dir, ..] => ops::replica_status(dir, image, json),
         ["replica", "points", dir, ..] => ops::replica_points(dir, image, json),
@@ -79,6 +82,32 @@ fn demo_options(rest: &[&str]) -> Result<demo::DemoOptions> {
     }
     if o.size < 1 << 20 {
         return Err(Error::invalid("the demo disk is at least 1M"));
+    }
+    Ok(o)
+}
+
+fn bench_options(rest: &[&str]) -> Result<bench::BenchOptions> {
+    let mut o = bench::BenchOptions {
+        size: 4 << 30,
+        dir: None,
+    };
+    let mut it = rest.iter();
+    while let Some(&flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| Error::invalid(format!("{flag} needs a value")))?;
+        match flag {
+            "--size" => o.size = parse_size(value)?,
+            "--dir" => o.dir = Some(value.into()),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "unknown bench flag {flag}\n{USAGE}"
+                )))
+            }
+        }
+    }
+    if o.size < 16 << 20 {
+        return Err(Error::invalid("the bench image is at least 16M"));
     }
     Ok(o)
 }

@@ -1,0 +1,348 @@
+//! `blockrep bench`: blockrep's incremental cycle and initial replication
+//! against the tools users run today, on one workload built here, every
+//! result verified by comparison. One machine-readable line per figure
+//! (`bench NAME seconds=S ...`), then a table.
+
+use super::{human, now_ns};
+use blockrep::io::{FileStorage, FsDir, Storage};
+use blockrep::log::{Digest, MappedLog, ReadOptions};
+use blockrep::replica::{Replica, RetentionPolicy};
+use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool};
+use blockrep::{DiskId, Error, Geometry, Result, Tracker};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+const BS: u64 = 4096;
+const ID: DiskId = DiskId(*b"blockrep-bench-1");
+
+/// Options of the harness.
+pub struct BenchOptions {
+    pub size: u64,
+    pub dir: Option<PathBuf>,
+}
+
+fn run_cmd(c: &mut Command) -> Result<()> {
+    let out = c
+        .output()
+        .map_err(|e| Error::io(format!("run {:?}", c.get_program()), e))?;
+    if !out.status.success() {
+        return Err(Error::new(
+            blockrep::ErrorKind::Io,
+            format!(
+                "{:?} failed: {}",
+                c.get_program(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok()
+}
+
+/// Times `f`, in seconds.
+fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn sync_file(p: &Path) -> Result<()> {
+    FileStorage::open(p)?.sync()
+}
+
+fn same_files(a: &Path, b: &Path, size: u64) -> Result<bool> {
+    let (x, y) = (
+        FileStorage::open_read_only(a)?,
+        FileStorage::open_read_only(b)?,
+    );
+    if y.len()? != size {
+        return Ok(false);
+    }
+    let (mut p, mut q) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(1 << 20) as usize;
+        x.read_at(&mut p[..n], off)?;
+        y.read_at(&mut q[..n], off)?;
+        if p[..n] != q[..n] {
+            return Ok(false);
+        }
+        off += n as u64;
+    }
+    Ok(true)
+}
+
+fn verify(what: &str, ok: bool) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::mismatch(format!(
+            "{what}: the copy differs from the source"
+        )))
+    }
+}
+
+/// Prints the machine-readable line of one figure.
+fn line(name: &str, seconds: f64, extra: &str) {
+    println!("bench {name} seconds={seconds:.4}{extra}");
+}
+
+/// The harness; see the module docs.
+pub fn run(o: BenchOptions) -> Result<()> {
+    let tmp;
+    let dir = match &o.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io("create directory", e).with_path(d))?;
+            d.clone()
+        }
+        None => {
+            tmp = super::demo::TempDir::new("bench")?;
+            tmp.0.clone()
+        }
+    };
+    let size = o.size / BS * BS;
+    let g = Geometry::new(size, BS as u32)?;
+    let src = dir.join("source.img");
+    eprintln!(
+        "blockrep bench in {} ({} image)",
+        dir.display(),
+        human(size)
+    );
+    super::demo::make_image(&src, size)?;
+    sync_file(&src)?;
+
+    // Initial replication: blockrep (full log into the spool, then the
+    // replica built from it) against cp and qemu-img convert.
+    let disk: Arc<dyn Storage> = Arc::new(FileStorage::open(&src)?);
+    let start = ChainPoint {
+        epoch: 1,
+        sequence: 0,
+        digest: Digest::default(),
+        created_ns: 0,
+        geometry: g,
+    };
+    let spool = Spool::create(Arc::new(FsDir::new(dir.join("spool"))?), ID, start, 1 << 40)?;
+    let p = Pipeline::new(
+        Primary::new(Tracker::new(g), disk.clone()),
+        spool,
+        Default::default(),
+    )?;
+    let rdir = dir.join("replica");
+    let mut replica = None;
+    let mut log_len = 0;
+    let t_init = timed(|| {
+        log_len = p.initial_sync(Default::default())?.bytes;
+        ship(&p, &rdir, &mut replica)
+    })?;
+    let replica = replica.expect("created");
+    verify(
+        "blockrep initial replication",
+        same_files(&src, &rdir.join("image"), size)?,
+    )?;
+    line("initial.blockrep", t_init, "");
+    let cp = dir.join("cp.img");
+    let t_cp = timed(|| {
+        run_cmd(Command::new("cp").arg("--sparse=auto").arg(&src).arg(&cp))?;
+        sync_file(&cp)
+    })?;
+    verify("cp", same_files(&src, &cp, size)?)?;
+    line(
+        "initial.cp",
+        t_cp,
+        &format!(" blockrep_ratio={:.3}", t_init / t_cp),
+    );
+    let mut rows = vec![("initial replication", "cp", t_init, t_cp)];
+    if have("qemu-img") {
+        let conv = dir.join("convert.img");
+        let t = timed(|| {
+            run_cmd(
+                Command::new("qemu-img")
+                    .args(["convert", "-O", "raw"])
+                    .arg(&src)
+                    .arg(&conv),
+            )?;
+            sync_file(&conv)
+        })?;
+        verify("qemu-img convert", same_files(&src, &conv, size)?)?;
+        line(
+            "initial.qemu_img_convert",
+            t,
+            &format!(" blockrep_ratio={:.3}", t_init / t),
+        );
+        rows.push(("initial replication", "qemu-img convert -O raw", t_init, t));
+        std::fs::remove_file(&conv).ok();
+    }
+    // The full log's size against lz4 -1 of the same bytes.
+    if have("lz4") {
+        let lz = dir.join("source.lz4");
+        run_cmd(
+            Command::new("lz4")
+                .args(["-1", "-q", "-f"])
+                .arg(&src)
+                .arg(&lz),
+        )?;
+        let lz_len = std::fs::metadata(&lz)
+            .map_err(|e| Error::io("stat", e).with_path(&lz))?
+            .len();
+        println!(
+            "bench size.log_vs_lz4 log_bytes={log_len} lz4_bytes={lz_len} ratio={:.3}",
+            log_len as f64 / lz_len as f64
+        );
+        std::fs::remove_file(&lz).ok();
+    }
+
+    // Incremental cycles at 0.1 %, 1 % and 10 % of the 4 KiB blocks.
+    let rsync_dst = dir.join("rsync.img");
+    let bare_dst = dir.join("bare.img");
+    std::fs::rename(&cp, &rsync_dst).map_err(|e| Error::io("rename", e).with_path(&cp))?;
+    run_cmd(
+        Command::new("cp")
+            .arg("--sparse=auto")
+            .arg(&src)
+            .arg(&bare_dst),
+    )?;
+    // Flushed now, so no timed step pays for these copies' writeback.
+    sync_file(&bare_dst)?;
+    sync_file(&rsync_dst)?;
+    let mut rng = 0x5eed_u64 ^ now_ns();
+    for (pct, label) in [(0.001, "0.1%"), (0.01, "1%"), (0.1, "10%")] {
+        let n = ((g.block_count() as f64) * pct) as u64;
+        let mut blocks: Vec<u64> = (0..n)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % g.block_count()
+            })
+            .collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        // The guest writes (not timed): tracked by blockrep's tracker.
+        let mut data = vec![0u8; BS as usize];
+        for &b in &blocks {
+            for c in data.chunks_mut(8) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                c.copy_from_slice(&rng.to_le_bytes());
+            }
+            let guard = p.primary().write_guard(b * BS, BS)?;
+            disk.write_at(&data, b * BS)?;
+            drop(guard);
+        }
+        disk.sync()?;
+        let dirty = blocks.len() as u64 * BS;
+        // blockrep: cut, read, log into the spool, apply with retention.
+        let mut rep = Some(replica.clone());
+        let t_b = timed(|| {
+            p.cycle(&CycleOptions::default())?;
+            ship(&p, &rdir, &mut rep)?;
+            replica.prune(
+                &RetentionPolicy {
+                    keep_last: 4,
+                    ..Default::default()
+                },
+                now_ns(),
+            )?;
+            Ok(())
+        })?;
+        verify(
+            "blockrep cycle",
+            same_files(&src, &rdir.join("image"), size)?,
+        )?;
+        line(
+            &format!("cycle.{label}.blockrep"),
+            t_b,
+            &format!(" dirty_bytes={dirty}"),
+        );
+        // The limit: copy exactly the dirty blocks.
+        let t_bare = timed(|| {
+            let (s, d) = (
+                FileStorage::open_read_only(&src)?,
+                FileStorage::open(&bare_dst)?,
+            );
+            let mut buf = vec![0u8; BS as usize];
+            for &b in &blocks {
+                s.read_at(&mut buf, b * BS)?;
+                d.write_at(&buf, b * BS)?;
+            }
+            d.sync()
+        })?;
+        verify("bare copy", same_files(&src, &bare_dst, size)?)?;
+        line(
+            &format!("cycle.{label}.bare_copy"),
+            t_bare,
+            &format!(" blockrep_ratio={:.3}", t_b / t_bare),
+        );
+        rows.push((
+            "cycle",
+            leak(format!("{label} bare copy of the dirty blocks")),
+            t_b,
+            t_bare,
+        ));
+        if have("rsync") {
+            let t = timed(|| {
+                run_cmd(
+                    Command::new("rsync")
+                        .args(["--inplace", "--no-whole-file", "--ignore-times"])
+                        .arg(&src)
+                        .arg(&rsync_dst),
+                )?;
+                sync_file(&rsync_dst)
+            })?;
+            verify("rsync", same_files(&src, &rsync_dst, size)?)?;
+            line(
+                &format!("cycle.{label}.rsync"),
+                t,
+                &format!(" blockrep_speedup={:.1}", t / t_b),
+            );
+            rows.push((
+                "cycle",
+                leak(format!("{label} rsync --inplace --no-whole-file -I")),
+                t_b,
+                t,
+            ));
+        }
+    }
+
+    println!();
+    println!("| step | peer | blockrep s | peer s | blockrep / peer |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (step, peer, b, t) in rows {
+        println!("| {step} | {peer} | {b:.3} | {t:.3} | {:.3} |", b / t);
+    }
+    Ok(())
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// The transport: every unshipped log applied to the replica in `rdir`.
+fn ship(p: &Pipeline, rdir: &Path, replica: &mut Option<Arc<Replica>>) -> Result<()> {
+    while let Some(l) = p.spool().next_to_ship() {
+        let log = MappedLog::open(
+            l.path.as_ref().expect("spool on a file system"),
+            &ReadOptions::default(),
+        )?;
+        match replica {
+            None => {
+                *replica = Some(Arc::new(Replica::create(
+                    Arc::new(FsDir::new(rdir)?),
+                    &log,
+                )?))
+            }
+            Some(r) => {
+                r.apply(&log)?;
+            }
+        }
+        p.spool().ack(l.point.sequence)?;
+    }
+    Ok(())
+}
