@@ -210,6 +210,12 @@ pub fn run(o: BenchOptions) -> Result<()> {
     // Flushed now, so no timed step pays for these copies' writeback.
     sync_file(&bare_dst)?;
     sync_file(&rsync_dst)?;
+    let qemu = if have("qemu-img") && have("qemu-io") && have("qemu-nbd") && have("nbdinfo") {
+        Some(QemuFlow::new(&dir, &src)?)
+    } else {
+        eprintln!("  qemu-img, qemu-io, qemu-nbd or nbdinfo missing: no QEMU comparison");
+        None
+    };
     let mut rng = 0x5eed_u64 ^ now_ns();
     for (pct, label) in [(0.001, "0.1%"), (0.01, "1%"), (0.1, "10%")] {
         let n = ((g.block_count() as f64) * pct) as u64;
@@ -237,6 +243,9 @@ pub fn run(o: BenchOptions) -> Result<()> {
             drop(guard);
         }
         disk.sync()?;
+        if let Some(q) = &qemu {
+            q.guest_writes(&blocks)?;
+        }
         let dirty = blocks.len() as u64 * BS;
         // blockrep: cut, read, log into the spool, apply with retention.
         let mut rep = Some(replica.clone());
@@ -309,6 +318,22 @@ pub fn run(o: BenchOptions) -> Result<()> {
                 t,
             ));
         }
+        if let Some(q) = &qemu {
+            let t = timed(|| q.incremental_copy())?;
+            verify("QEMU dirty-bitmap copy", q.target_matches()?)?;
+            line(
+                &format!("cycle.{label}.qemu_bitmap"),
+                t,
+                &format!(" blockrep_speedup={:.2}", t / t_b),
+            );
+            rows.push((
+                "cycle",
+                leak(format!("{label} qcow2 dirty bitmap via qemu-nbd -B")),
+                t_b,
+                t,
+            ));
+            q.clear()?;
+        }
     }
 
     println!();
@@ -345,4 +370,218 @@ fn ship(p: &Pipeline, rdir: &Path, replica: &mut Option<Arc<Replica>>) -> Result
         p.spool().ack(l.point.sequence)?;
     }
     Ok(())
+}
+
+/// QEMU's incremental flow: a qcow2 with a persistent dirty bitmap (4 KiB
+/// granularity, like blockrep's blocks) written through qemu-io; the dirty
+/// extents are found with `nbdinfo --map` on a `qemu-nbd -B` export and
+/// read over NBD into a raw copy.
+struct QemuFlow {
+    dir: PathBuf,
+    qcow2: PathBuf,
+    target: PathBuf,
+}
+
+impl QemuFlow {
+    fn new(dir: &Path, src: &Path) -> Result<Self> {
+        let q = QemuFlow {
+            dir: dir.to_path_buf(),
+            qcow2: dir.join("qemu.qcow2"),
+            target: dir.join("qemu-target.img"),
+        };
+        run_cmd(
+            Command::new("qemu-img")
+                .args(["convert", "-O", "qcow2"])
+                .arg(src)
+                .arg(&q.qcow2),
+        )?;
+        run_cmd(
+            Command::new("qemu-img")
+                .args(["bitmap", "--add", "--granularity", "4096"])
+                .arg(&q.qcow2)
+                .arg("b0"),
+        )?;
+        run_cmd(
+            Command::new("cp")
+                .arg("--sparse=auto")
+                .arg(src)
+                .arg(&q.target),
+        )?;
+        sync_file(&q.target)?;
+        Ok(q)
+    }
+
+    /// The same blocks written into the qcow2 by qemu-io (which marks the
+    /// bitmap), as a guest would.
+    fn guest_writes(&self, blocks: &[u64]) -> Result<()> {
+        use std::io::Write as _;
+        let mut child = Command::new("qemu-io")
+            .args(["-f", "qcow2"])
+            .arg(&self.qcow2)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| Error::io("run qemu-io", e))?;
+        {
+            let stdin = child.stdin.as_mut().expect("piped");
+            let mut script = String::new();
+            for (i, b) in blocks.iter().enumerate() {
+                let _ = writeln!(
+                    &mut script as &mut dyn std::fmt::Write,
+                    "write -P {} {} 4k",
+                    1 + i % 250,
+                    b * BS
+                );
+            }
+            script.push_str("quit\n");
+            stdin
+                .write_all(script.as_bytes())
+                .map_err(|e| Error::io("feed qemu-io", e))?;
+        }
+        let st = child.wait().map_err(|e| Error::io("wait for qemu-io", e))?;
+        if !st.success() {
+            return Err(Error::new(blockrep::ErrorKind::Io, "qemu-io failed"));
+        }
+        Ok(())
+    }
+
+    /// The timed part: export with the bitmap, map it, copy the dirty
+    /// extents, sync, stop the export.
+    fn incremental_copy(&self) -> Result<()> {
+        let sock = self.dir.join("qemu-nbd.sock");
+        let _ = std::fs::remove_file(&sock);
+        let mut server = Command::new("qemu-nbd")
+            .args(["-r", "-t", "-f", "qcow2", "-B", "b0", "--socket"])
+            .arg(&sock)
+            .arg(&self.qcow2)
+            .spawn()
+            .map_err(|e| Error::io("run qemu-nbd", e))?;
+        let result = (|| {
+            let start = Instant::now();
+            while !sock.exists() {
+                if start.elapsed().as_secs() > 20 {
+                    return Err(Error::new(
+                        blockrep::ErrorKind::Io,
+                        "qemu-nbd did not start",
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            let uri = format!("nbd+unix:///?socket={}", sock.display());
+            let out = Command::new("nbdinfo")
+                .arg("--map=qemu:dirty-bitmap:b0")
+                .arg(&uri)
+                .output()
+                .map_err(|e| Error::io("run nbdinfo", e))?;
+            if !out.status.success() {
+                return Err(Error::new(blockrep::ErrorKind::Io, "nbdinfo --map failed"));
+            }
+            let map = String::from_utf8_lossy(&out.stdout);
+            let dirty: Vec<(u64, u64)> = map
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() >= 3 && f[2] == "1").then(|| (f[0].parse().ok(), f[1].parse().ok()))
+                })
+                .filter_map(|(a, b)| Some((a?, b?)))
+                .collect();
+            let mut nbd = NbdClient::connect(&sock)?;
+            let target = FileStorage::open(&self.target)?;
+            let mut buf = Vec::new();
+            for (off, len) in dirty {
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(32 << 20);
+                    buf.resize(n as usize, 0);
+                    nbd.read(off + done, &mut buf)?;
+                    target.write_at(&buf, off + done)?;
+                    done += n;
+                }
+            }
+            target.sync()
+        })();
+        let _ = server.kill();
+        let _ = server.wait();
+        result
+    }
+
+    fn target_matches(&self) -> Result<bool> {
+        Ok(qemu_compare(&self.qcow2, "qcow2", &self.target))
+    }
+
+    /// Clears the bitmap for the next round (untimed).
+    fn clear(&self) -> Result<()> {
+        run_cmd(
+            Command::new("qemu-img")
+                .args(["bitmap", "--clear"])
+                .arg(&self.qcow2)
+                .arg("b0"),
+        )
+    }
+}
+
+fn qemu_compare(a: &Path, fmt: &str, raw: &Path) -> bool {
+    Command::new("qemu-img")
+        .args(["compare", "-q", "-f", fmt, "-F", "raw"])
+        .arg(a)
+        .arg(raw)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Just enough of an NBD client to read: the fixed newstyle handshake
+/// (NBD_OPT_EXPORT_NAME), then simple-reply reads.
+struct NbdClient {
+    s: std::os::unix::net::UnixStream,
+    handle: u64,
+}
+
+impl NbdClient {
+    fn connect(path: &Path) -> Result<Self> {
+        use std::io::{Read, Write};
+        let io = |e| Error::io("NBD handshake", e);
+        let mut s = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
+        let mut hello = [0u8; 18];
+        s.read_exact(&mut hello).map_err(io)?;
+        if &hello[..8] != b"NBDMAGIC" || &hello[8..16] != b"IHAVEOPT" {
+            return Err(Error::corrupt("not an NBD newstyle server"));
+        }
+        let no_zeroes = hello[17] & 2 != 0;
+        let flags: u32 = if no_zeroes { 3 } else { 1 };
+        s.write_all(&flags.to_be_bytes()).map_err(io)?;
+        // NBD_OPT_EXPORT_NAME with the default (empty) export.
+        let mut opt = Vec::new();
+        opt.extend_from_slice(b"IHAVEOPT");
+        opt.extend_from_slice(&1u32.to_be_bytes());
+        opt.extend_from_slice(&0u32.to_be_bytes());
+        s.write_all(&opt).map_err(io)?;
+        let mut reply = vec![0u8; if no_zeroes { 10 } else { 134 }];
+        s.read_exact(&mut reply).map_err(io)?;
+        Ok(NbdClient { s, handle: 0 })
+    }
+
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        use std::io::{Read, Write};
+        let io = |e| Error::io("NBD read", e);
+        self.handle += 1;
+        let mut req = Vec::with_capacity(28);
+        req.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        req.extend_from_slice(&0u16.to_be_bytes()); // flags
+        req.extend_from_slice(&0u16.to_be_bytes()); // NBD_CMD_READ
+        req.extend_from_slice(&self.handle.to_be_bytes());
+        req.extend_from_slice(&offset.to_be_bytes());
+        req.extend_from_slice(&(buf.len() as u32).to_be_bytes());
+        self.s.write_all(&req).map_err(io)?;
+        let mut rep = [0u8; 16];
+        self.s.read_exact(&mut rep).map_err(io)?;
+        let magic = u32::from_be_bytes(rep[0..4].try_into().expect("4"));
+        let error = u32::from_be_bytes(rep[4..8].try_into().expect("4"));
+        if magic != 0x6744_6698 || error != 0 || rep[8..16] != self.handle.to_be_bytes() {
+            return Err(Error::new(
+                blockrep::ErrorKind::Io,
+                format!("NBD read at {offset} failed (error {error})"),
+            ));
+        }
+        self.s.read_exact(buf).map_err(io)
+    }
 }
