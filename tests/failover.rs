@@ -348,26 +348,42 @@ fn a_crash_at_every_step_of_promotion_and_commit_can_be_retried() {
         fo.commit()?;
         Ok(())
     };
-    let mut n = 1;
-    loop {
-        let plan = FaultPlan::at(n, blockrep::io::Fault::PowerLoss { torn: n % 2 == 0 });
-        let dir = Arc::new(base.recover(&plan));
-        let result = attempt(dir.clone());
-        assert_eq!(result.is_err(), plan.fired(), "step {n}: {result:?}");
-        if result.is_ok() {
-            assert!(n > 10, "only {n} steps");
-            break;
+    // Power lost, or an I/O error (the process goes on, then restarts).
+    for power_loss in [true, false] {
+        let mut n = 1;
+        loop {
+            let fault = if power_loss {
+                blockrep::io::Fault::PowerLoss { torn: n % 2 == 0 }
+            } else {
+                blockrep::io::Fault::Error
+            };
+            let plan = FaultPlan::at(n, fault);
+            let dir = Arc::new(base.recover(&plan));
+            let result = attempt(dir.clone());
+            assert_eq!(
+                result.is_err(),
+                plan.fired(),
+                "step {n} {fault:?}: {result:?}"
+            );
+            if result.is_ok() {
+                assert!(n > 10, "only {n} steps");
+                break;
+            }
+            // Back up: open (finishing a commit under way), retry the
+            // failover; the disk ends at the point plus the writes, exactly.
+            let dir: Arc<dyn Dir> = Arc::new(dir.recover(&FaultPlan::counting()));
+            attempt(dir.clone()).unwrap();
+            let r = Arc::new(Replica::open(dir).unwrap());
+            let fo = Failover::promote(r.clone(), None).unwrap();
+            assert!(fo.is_committed(), "step {n} {fault:?}");
+            assert_eq!(
+                first_diff(&read_all(&*fo.disk()), &want),
+                None,
+                "step {n} {fault:?}"
+            );
+            assert_eq!(r.points().len(), 1, "step {n} {fault:?}");
+            n += 1;
         }
-        // Back up: open (finishing a commit under way), retry the
-        // failover; the disk ends at the point plus the writes, exactly.
-        let dir: Arc<dyn Dir> = Arc::new(dir.recover(&FaultPlan::counting()));
-        attempt(dir.clone()).unwrap();
-        let r = Arc::new(Replica::open(dir).unwrap());
-        let fo = Failover::promote(r.clone(), None).unwrap();
-        assert!(fo.is_committed(), "step {n}");
-        assert_eq!(first_diff(&read_all(&*fo.disk()), &want), None, "step {n}");
-        assert_eq!(r.points().len(), 1, "step {n}");
-        n += 1;
     }
 }
 

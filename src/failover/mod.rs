@@ -66,6 +66,9 @@ enum Mode {
     Overlay(OverlayView),
     /// After commit: the image itself.
     Committed,
+    /// A switch or a commit failed half way: reopening the replica
+    /// finishes or undoes it (see [`Failover::promote`]).
+    Unavailable,
 }
 
 /// A replica promoted to be the new primary's disk; see the module docs.
@@ -202,14 +205,18 @@ impl Failover {
     /// tracker must start again too.
     pub fn switch(&self, point: u64) -> Result<()> {
         let mut mode = self.mode.write();
-        if matches!(*mode, Mode::Committed) {
-            return Err(Error::new(
-                ErrorKind::Misuse,
-                "the failover is committed: its point is fixed",
-            ));
+        match *mode {
+            Mode::Committed => {
+                return Err(Error::new(
+                    ErrorKind::Misuse,
+                    "the failover is committed: its point is fixed",
+                ))
+            }
+            Mode::Unavailable => return Err(unavailable()),
+            Mode::Overlay(_) => {}
         }
         // The old view (and its pin) goes before the new overlay is made.
-        *mode = Mode::Committed;
+        *mode = Mode::Unavailable;
         match Self::overlay_at(&self.replica, point) {
             Ok(v) => {
                 *mode = Mode::Overlay(v);
@@ -230,10 +237,12 @@ impl Failover {
     pub fn commit(&self) -> Result<Committed> {
         let mut mode = self.mode.write();
         let Mode::Overlay(view) = &*mode else {
-            return Err(Error::new(
-                ErrorKind::Misuse,
-                "the failover is committed already",
-            ));
+            return Err(match *mode {
+                Mode::Committed => {
+                    Error::new(ErrorKind::Misuse, "the failover is committed already")
+                }
+                _ => unavailable(),
+            });
         };
         let point = view.sequence();
         view.sync()?;
@@ -247,8 +256,11 @@ impl Failover {
         };
         self.replica.store_failover(Some(rec.clone()))?;
         // The view pins the point; the rollback to it needs no later pin.
-        *mode = Mode::Committed;
+        // Until the commit is finished the disk is unavailable; if it
+        // fails, the next open of the replica finishes it.
+        *mode = Mode::Unavailable;
         self.replica.finish_commit(rec)?;
+        *mode = Mode::Committed;
         Ok(Committed {
             point,
             written,
@@ -266,23 +278,33 @@ impl Failover {
 /// See [`Failover::disk`].
 struct FailoverDisk(Arc<Failover>);
 
+fn unavailable() -> Error {
+    Error::new(
+        ErrorKind::Misuse,
+        "the failover disk is unavailable after a failed switch or commit: reopen the replica",
+    )
+}
+
 impl Storage for FailoverDisk {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         match &*self.0.mode.read() {
             Mode::Overlay(v) => v.read_at(buf, offset),
             Mode::Committed => self.0.replica.image().read_at(buf, offset),
+            Mode::Unavailable => Err(unavailable()),
         }
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         match &*self.0.mode.read() {
             Mode::Overlay(v) => v.write_at(buf, offset),
             Mode::Committed => self.0.replica.image().write_at(buf, offset),
+            Mode::Unavailable => Err(unavailable()),
         }
     }
     fn sync(&self) -> Result<()> {
         match &*self.0.mode.read() {
             Mode::Overlay(v) => v.sync(),
             Mode::Committed => self.0.replica.image().sync(),
+            Mode::Unavailable => Err(unavailable()),
         }
     }
     fn len(&self) -> Result<u64> {
