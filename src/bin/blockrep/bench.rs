@@ -157,7 +157,7 @@ pub fn run(o: BenchOptions) -> Result<()> {
         t_cp,
         &format!(" blockrep_ratio={:.3}", t_init / t_cp),
     );
-    let mut rows = vec![("initial replication", "cp", t_init, t_cp)];
+    let mut rows = vec![("initial replication", "cp".to_string(), t_init, t_cp)];
     if have("qemu-img") {
         let conv = dir.join("convert.img");
         let t = timed(|| {
@@ -175,7 +175,12 @@ pub fn run(o: BenchOptions) -> Result<()> {
             t,
             &format!(" blockrep_ratio={:.3}", t_init / t),
         );
-        rows.push(("initial replication", "qemu-img convert -O raw", t_init, t));
+        rows.push((
+            "initial replication",
+            "qemu-img convert -O raw".into(),
+            t_init,
+            t,
+        ));
         std::fs::remove_file(&conv).ok();
     }
     // The full log's size against lz4 -1 of the same bytes.
@@ -291,7 +296,7 @@ pub fn run(o: BenchOptions) -> Result<()> {
         );
         rows.push((
             "cycle",
-            leak(format!("{label} bare copy of the dirty blocks")),
+            format!("{label} bare copy of the dirty blocks"),
             t_b,
             t_bare,
         ));
@@ -313,7 +318,7 @@ pub fn run(o: BenchOptions) -> Result<()> {
             );
             rows.push((
                 "cycle",
-                leak(format!("{label} rsync --inplace --no-whole-file -I")),
+                format!("{label} rsync --inplace --no-whole-file -I"),
                 t_b,
                 t,
             ));
@@ -328,7 +333,7 @@ pub fn run(o: BenchOptions) -> Result<()> {
             );
             rows.push((
                 "cycle",
-                leak(format!("{label} qcow2 dirty bitmap via qemu-nbd -B")),
+                format!("{label} qcow2 dirty bitmap via qemu-nbd -B"),
                 t_b,
                 t,
             ));
@@ -343,10 +348,6 @@ pub fn run(o: BenchOptions) -> Result<()> {
         println!("| {step} | {peer} | {b:.3} | {t:.3} | {:.3} |", b / t);
     }
     Ok(())
-}
-
-fn leak(s: String) -> &'static str {
-    Box::leak(s.into_boxed_str())
 }
 
 /// The transport: every unshipped log applied to the replica in `rdir`.
