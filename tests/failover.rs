@@ -272,14 +272,7 @@ fn unplanned_failover_to_an_older_point_converges_exactly() {
 fn a_test_failover_stays_at_its_point_while_ten_logs_apply() {
     let mut rng = Rng(41);
     let g = geo();
-    let mut init = vec![0u8; g.size() as usize];
-    rng.fill(&mut init);
-    let disk: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(init));
-    let pa = pipeline(disk.clone(), start());
-    pa.initial_sync(Default::default()).unwrap();
-    let dir_b = mem_dir();
-    let mut rep = None;
-    ship(&pa, &dir_b, &mut rep);
+    let (disk, pa, dir_b, rep) = replicated(&mut rng);
     let rep = rep.unwrap();
     let at = read_all(&*disk);
     let test = test_failover(&rep, None, Arc::new(MemStorage::new())).unwrap();
@@ -573,14 +566,7 @@ fn a_primary_status_shows_pending_logs_and_rpo() {
 #[test]
 fn reverse_replication_after_the_old_primary_lost_tracking_uses_digests() {
     let mut rng = Rng(59);
-    let g = geo();
-    let mut init = vec![0u8; g.size() as usize];
-    rng.fill(&mut init);
-    let disk_a: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(init));
-    let pa = pipeline(disk_a.clone(), start());
-    pa.initial_sync(Default::default()).unwrap();
-    let dir_b = mem_dir();
-    let mut rep_b = None;
+    let (disk_a, pa, dir_b, mut rep_b) = replicated(&mut rng);
     for _ in 0..2 {
         ship(&pa, &dir_b, &mut rep_b);
         scribble(&pa, &*disk_a, &mut rng, 6);

@@ -104,7 +104,7 @@ fn ship<T: Tracking>(
 }
 
 /// Compares two storages of `size` bytes chunk by chunk.
-fn same(a: &dyn Storage, b: &dyn Storage, size: u64) -> Result<bool> {
+pub(super) fn same(a: &dyn Storage, b: &dyn Storage, size: u64) -> Result<bool> {
     let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     let mut off = 0;
     while off < size {
