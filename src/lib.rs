@@ -33,6 +33,7 @@
 pub mod error;
 pub mod failover;
 pub mod ffi;
+mod frame;
 pub mod geometry;
 pub mod id;
 pub mod io;

@@ -5,6 +5,7 @@
 
 use super::Digest;
 use crate::error::{Error, ErrorKind, Result};
+use crate::frame;
 use crate::geometry::{Extent, Geometry};
 use crate::id::DiskId;
 use crate::io::Storage;
@@ -108,9 +109,7 @@ impl BlockDigests {
 
     /// Encodes the list for shipping.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = vec![0u8; FIXED];
-        b[0..8].copy_from_slice(&MAGIC);
-        put_u32(&mut b, 8, VERSION);
+        let mut b = frame::start(&MAGIC, VERSION, FIXED);
         b[16..32].copy_from_slice(&self.disk_id.0);
         put_u64(&mut b, 32, self.epoch);
         put_u64(&mut b, 40, self.sequence);
@@ -122,9 +121,7 @@ impl BlockDigests {
         for d in &self.blocks {
             b.extend_from_slice(d);
         }
-        let crc = crc32fast::hash(&b);
-        b.extend_from_slice(&crc.to_le_bytes());
-        b
+        frame::seal(b)
     }
 
     /// Decodes and checks a shipped list.
@@ -132,22 +129,7 @@ impl BlockDigests {
         let bad = |at: usize, m: &str| {
             Error::corrupt(format!("block digest list: {m}")).with_offset(at as u64)
         };
-        if b.len() < FIXED + 4 {
-            return Err(bad(0, "truncated"));
-        }
-        if b[0..8] != MAGIC {
-            return Err(bad(0, "bad magic"));
-        }
-        if get_u32(b, 8) != VERSION {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("block digest list version {}", get_u32(b, 8)),
-            ));
-        }
-        let n = b.len() - 4;
-        if crc32fast::hash(&b[..n]) != get_u32(b, n) {
-            return Err(bad(n, "checksum mismatch"));
-        }
+        let n = frame::open(b, &MAGIC, VERSION, FIXED, "block digest list")?;
         if get_u32(b, 12) != 0 || get_u32(b, 92) != 0 || get_u64(b, 104) != 0 {
             return Err(bad(12, "reserved bytes are not zero"));
         }

@@ -9,7 +9,8 @@
 //! every member is at its old point or every member at its new one.
 
 use super::{ApplyOutcome, Replica};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
+use crate::frame;
 use crate::id::DiskId;
 use crate::io::Dir;
 use crate::le::{get_u32, get_u64, put_u32, put_u64};
@@ -167,9 +168,7 @@ impl ReplicaGroup {
 }
 
 fn encode(id: &[u8; 16], moves: &[Move]) -> Vec<u8> {
-    let mut b = vec![0u8; FIXED];
-    b[0..8].copy_from_slice(&MAGIC);
-    put_u32(&mut b, 8, VERSION);
+    let mut b = frame::start(&MAGIC, VERSION, FIXED);
     put_u32(&mut b, 12, moves.len() as u32);
     b[16..32].copy_from_slice(id);
     for m in moves {
@@ -179,26 +178,16 @@ fn encode(id: &[u8; 16], moves: &[Move]) -> Vec<u8> {
         put_u64(&mut e, 24, m.after);
         b.extend_from_slice(&e);
     }
-    let crc = crc32fast::hash(&b);
-    b.extend_from_slice(&crc.to_le_bytes());
-    b
+    frame::seal(b)
 }
 
 fn decode(b: &[u8]) -> Result<Vec<Move>> {
-    let bad = |m: &str| Error::corrupt(format!("group journal: {m}"));
-    if b.len() < FIXED + 4 || b[0..8] != MAGIC {
-        return Err(bad("truncated or bad magic"));
-    }
-    if get_u32(b, 8) != VERSION {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            format!("group journal version {}", get_u32(b, 8)),
-        ));
-    }
+    let end = frame::open(b, &MAGIC, VERSION, FIXED, "group journal")?;
     let n = get_u32(b, 12) as usize;
-    let end = b.len() - 4;
-    if end != FIXED + n * MEMBER || crc32fast::hash(&b[..end]) != get_u32(b, end) {
-        return Err(bad("length or checksum mismatch"));
+    if end != FIXED + n * MEMBER {
+        return Err(Error::corrupt(
+            "group journal: length does not match the member count",
+        ));
     }
     Ok(b[FIXED..end]
         .chunks_exact(MEMBER)

@@ -7,6 +7,7 @@
 use super::state::{Phase, PointInfo, State};
 use super::{undo_name, Replica, CHUNK};
 use crate::error::{Error, ErrorKind, Result};
+use crate::frame;
 use crate::geometry::{Extent, Geometry};
 use crate::id::DiskId;
 use crate::io::{Dir, Storage};
@@ -48,9 +49,7 @@ pub(crate) struct FailoverRecord {
 
 impl FailoverRecord {
     fn encode(&self) -> Vec<u8> {
-        let mut b = vec![0u8; FIXED];
-        b[0..8].copy_from_slice(&MAGIC);
-        put_u32(&mut b, 8, VERSION);
+        let mut b = frame::start(&MAGIC, VERSION, FIXED);
         b[12] = match self.phase {
             FailoverPhase::Promoted => 1,
             FailoverPhase::Committing => 2,
@@ -63,26 +62,12 @@ impl FailoverRecord {
             b.extend_from_slice(&e.start.to_le_bytes());
             b.extend_from_slice(&e.count.to_le_bytes());
         }
-        let crc = crc32fast::hash(&b);
-        b.extend_from_slice(&crc.to_le_bytes());
-        b
+        frame::seal(b)
     }
 
     fn decode(b: &[u8]) -> Result<Self> {
         let bad = |m: &str| Error::corrupt(format!("failover record: {m}"));
-        if b.len() < FIXED + 4 || b[0..8] != MAGIC {
-            return Err(bad("truncated or bad magic"));
-        }
-        if get_u32(b, 8) != VERSION {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("failover record version {}", get_u32(b, 8)),
-            ));
-        }
-        let end = b.len() - 4;
-        if crc32fast::hash(&b[..end]) != get_u32(b, end) {
-            return Err(bad("checksum mismatch"));
-        }
+        let end = frame::open(b, &MAGIC, VERSION, FIXED, "failover record")?;
         let phase = match b[12] {
             1 => FailoverPhase::Promoted,
             2 => FailoverPhase::Committing,

@@ -3,7 +3,8 @@
 //! docs/FORMAT.md ("Replica state"); written atomically (temporary file,
 //! sync, rename, directory sync) and checked on every read.
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
+use crate::frame;
 use crate::geometry::Geometry;
 use crate::id::DiskId;
 use crate::io::Dir;
@@ -60,9 +61,7 @@ pub(crate) struct State {
 
 impl State {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut b = vec![0u8; FIXED];
-        b[0..8].copy_from_slice(&MAGIC);
-        put_u32(&mut b, 8, VERSION);
+        let mut b = frame::start(&MAGIC, VERSION, FIXED);
         b[16..32].copy_from_slice(&self.disk_id.0);
         put_u64(&mut b, 32, self.epoch);
         put_u64(&mut b, 40, self.geometry.size());
@@ -91,33 +90,16 @@ impl State {
         }
         let total = b.len() as u32 + 4;
         put_u32(&mut b, 12, total);
-        let crc = crc32fast::hash(&b);
-        b.extend_from_slice(&crc.to_le_bytes());
-        b
+        frame::seal(b)
     }
 
     pub(crate) fn decode(b: &[u8]) -> Result<State> {
         let bad = |at: usize, m: &str| {
             Error::corrupt(format!("replica state: {m}")).with_offset(at as u64)
         };
-        if b.len() < FIXED + 4 {
-            return Err(bad(0, "truncated"));
-        }
-        if b[0..8] != MAGIC {
-            return Err(bad(0, "bad magic"));
-        }
-        if get_u32(b, 8) != VERSION {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("replica state version {}", get_u32(b, 8)),
-            ));
-        }
+        let n = frame::open(b, &MAGIC, VERSION, FIXED, "replica state")?;
         if get_u32(b, 12) as usize != b.len() {
             return Err(bad(12, "length does not match the file"));
-        }
-        let n = b.len() - 4;
-        if crc32fast::hash(&b[..n]) != get_u32(b, n) {
-            return Err(bad(n, "checksum mismatch (torn or corrupt)"));
         }
         let geometry =
             Geometry::new(get_u64(b, 40), get_u32(b, 48)).map_err(|e| bad(40, e.message()))?;

@@ -24,6 +24,7 @@
 
 use super::Source;
 use crate::error::{Error, ErrorKind, Result};
+use crate::frame;
 use crate::geometry::{Extent, Geometry};
 use crate::id::DiskId;
 use crate::io::{Dir, Storage};
@@ -593,9 +594,7 @@ fn read_log(dir: &dyn Dir, name: &str) -> Result<MappedLog> {
 const FLAG_RESYNC: u32 = 1;
 
 fn store_state(dir: &dyn Dir, disk_id: DiskId, p: &ChainPoint, resync: bool) -> Result<()> {
-    let mut b = vec![0u8; STATE_LEN];
-    b[0..8].copy_from_slice(&MAGIC);
-    put_u32(&mut b, 8, VERSION);
+    let mut b = frame::start(&MAGIC, VERSION, STATE_LEN - 4);
     put_u32(&mut b, 12, if resync { FLAG_RESYNC } else { 0 });
     b[16..32].copy_from_slice(&disk_id.0);
     put_u64(&mut b, 32, p.geometry.size());
@@ -604,9 +603,7 @@ fn store_state(dir: &dyn Dir, disk_id: DiskId, p: &ChainPoint, resync: bool) -> 
     put_u64(&mut b, 56, p.sequence);
     b[64..96].copy_from_slice(&p.digest.0);
     put_u64(&mut b, 96, p.created_ns);
-    let crc = crc32fast::hash(&b[..STATE_LEN - 4]);
-    put_u32(&mut b, STATE_LEN - 4, crc);
-    dir.store_atomic(STATE, &b)
+    dir.store_atomic(STATE, &frame::seal(b))
 }
 
 fn decode_state(b: &[u8]) -> Result<(DiskId, ChainPoint, bool)> {
@@ -615,18 +612,7 @@ fn decode_state(b: &[u8]) -> Result<(DiskId, ChainPoint, bool)> {
     if b.len() != STATE_LEN {
         return Err(bad(0, "wrong length"));
     }
-    if b[0..8] != MAGIC {
-        return Err(bad(0, "bad magic"));
-    }
-    if get_u32(b, 8) != VERSION {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            format!("spool state version {}", get_u32(b, 8)),
-        ));
-    }
-    if crc32fast::hash(&b[..STATE_LEN - 4]) != get_u32(b, STATE_LEN - 4) {
-        return Err(bad(STATE_LEN - 4, "checksum mismatch (torn or corrupt)"));
-    }
+    frame::open(b, &MAGIC, VERSION, STATE_LEN - 4, "spool state")?;
     if get_u32(b, 12) & !FLAG_RESYNC != 0
         || get_u32(b, 44) != 0
         || get_u32(b, 104) != 0
