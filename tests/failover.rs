@@ -8,7 +8,7 @@ mod common;
 
 use blockrep::failover::{test_failover, Failover};
 use blockrep::io::{Dir, FaultPlan, MemDir, MemStorage, Storage};
-use blockrep::log::{Digest, LogKind, ReadOptions};
+use blockrep::log::{LogKind, ReadOptions};
 use blockrep::replica::{AdoptAt, Replica};
 use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool};
 use blockrep::tracker::BlockSet;
@@ -45,13 +45,7 @@ fn pipeline(disk: Arc<dyn Storage>, at: ChainPoint) -> Pipeline {
 }
 
 fn start() -> ChainPoint {
-    ChainPoint {
-        epoch: 1,
-        sequence: 0,
-        digest: Digest::default(),
-        created_ns: 0,
-        geometry: geo(),
-    }
+    common::chain_start(geo())
 }
 
 /// The chain point a replica (or promoted replica) holds.

@@ -6,7 +6,7 @@
 mod common;
 
 use blockrep::io::{Dir, Fault, FaultPlan, MemDir, MemStorage, Storage};
-use blockrep::log::{Digest, MappedLog, ReadOptions, WriterOptions};
+use blockrep::log::{MappedLog, ReadOptions, WriterOptions};
 use blockrep::replica::{ApplyOutcome, Replica, ReplicaGroup};
 use blockrep::source::{ChainPoint, ConsistencyGroup, CycleOptions, Pipeline, Primary, Spool};
 use blockrep::tracker::PersistentTracker;
@@ -23,13 +23,7 @@ fn geo() -> Geometry {
 }
 
 fn start() -> ChainPoint {
-    ChainPoint {
-        epoch: 1,
-        sequence: 0,
-        digest: Digest::default(),
-        created_ns: 0,
-        geometry: geo(),
-    }
+    common::chain_start(geo())
 }
 
 fn opts() -> WriterOptions {

@@ -18,13 +18,7 @@ use std::sync::Arc;
 const ID: DiskId = DiskId([7; 16]);
 
 fn start(g: Geometry) -> ChainPoint {
-    ChainPoint {
-        epoch: 1,
-        sequence: 0,
-        digest: Digest::default(),
-        created_ns: 0,
-        geometry: g,
-    }
+    common::chain_start(g)
 }
 
 fn opts() -> WriterOptions {

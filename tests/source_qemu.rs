@@ -6,9 +6,9 @@
 mod common;
 
 use blockrep::io::{Dir, FileStorage, FsDir, Storage};
-use blockrep::log::{Digest, MappedLog, ReadOptions, WriterOptions};
+use blockrep::log::{MappedLog, ReadOptions, WriterOptions};
 use blockrep::replica::Replica;
-use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool};
+use blockrep::source::{CycleOptions, Pipeline, Primary, Spool};
 use blockrep::{DiskId, Geometry, Tracker};
 use common::{first_diff, Rng};
 use std::path::Path;
@@ -66,13 +66,7 @@ fn qemu_io_writes_zeroes_and_discards_replicate_exactly() {
 
     let g = Geometry::new(SIZE, 4096).unwrap();
     let disk: Arc<dyn Storage> = Arc::new(FileStorage::open(&image).unwrap());
-    let start = ChainPoint {
-        epoch: 1,
-        sequence: 0,
-        digest: Digest::default(),
-        created_ns: 0,
-        geometry: g,
-    };
+    let start = common::chain_start(g);
     let spool = Spool::create(
         Arc::new(FsDir::new(t.path().join("spool")).unwrap()),
         ID,

@@ -7,9 +7,9 @@ mod common;
 
 use blockrep::io::{Dir, Fault, FaultPlan, MemDir, MemStorage, Storage};
 use blockrep::log::WriterOptions;
-use blockrep::log::{Digest, LogHeader, LogKind, LogWriter, MappedLog, ReadOptions};
+use blockrep::log::{LogHeader, LogKind, LogWriter, MappedLog, ReadOptions};
 use blockrep::replica::Replica;
-use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool};
+use blockrep::source::{CycleOptions, Pipeline, Primary, Spool};
 use blockrep::{DiskId, ErrorKind, Geometry, Tracker};
 use common::{first_diff, Rng};
 use std::sync::Arc;
@@ -49,13 +49,7 @@ fn replicate() -> Run {
     let mut rng = Rng(8);
     rng.fill(&mut d);
     let disk = Arc::new(MemStorage::from_vec(d));
-    let start = ChainPoint {
-        epoch: 1,
-        sequence: 0,
-        digest: Digest::default(),
-        created_ns: 0,
-        geometry: g,
-    };
+    let start = common::chain_start(g);
     let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
     let spool = Spool::create(dir, ID, start, 1 << 30).unwrap();
     let opts = WriterOptions::default();

@@ -5,11 +5,9 @@
 mod common;
 
 use blockrep::io::{Dir, FaultPlan, MemDir, MemStorage, Storage};
-use blockrep::log::{Digest, MappedLog, ReadOptions, WriterOptions};
+use blockrep::log::{MappedLog, ReadOptions, WriterOptions};
 use blockrep::replica::Replica;
-use blockrep::source::{
-    ChainPoint, CycleOptions, Pipeline, Primary, Progress, Spool, TransferOptions,
-};
+use blockrep::source::{CycleOptions, Pipeline, Primary, Progress, Spool, TransferOptions};
 use blockrep::{DiskId, ErrorKind, Geometry, Tracker};
 use common::{first_diff, realistic_block, Reads, Rng};
 use std::sync::Arc;
@@ -58,13 +56,7 @@ fn resync_sends_only_the_blocks_that_differ_in_a_new_epoch() {
     // Reads are counted; this disk never fails one.
     let disk = Arc::new(Reads::new(mem, 0));
     let opts = WriterOptions::default();
-    let start = ChainPoint {
-        epoch: 1,
-        sequence: 0,
-        digest: Digest::default(),
-        created_ns: 0,
-        geometry: g,
-    };
+    let start = common::chain_start(g);
     let spool_dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
     let spool = Spool::create(spool_dir.clone(), ID, start, 1 << 40).unwrap();
     let p = Pipeline::new(Primary::new(Tracker::new(g), disk.clone()), spool, opts).unwrap();

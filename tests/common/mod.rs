@@ -231,3 +231,14 @@ impl Drop for StopOnDrop<'_> {
         self.0.store(true, Ordering::SeqCst);
     }
 }
+
+/// The start of a new disk's chain: epoch 1, before the first log.
+pub fn chain_start(g: Geometry) -> blockrep::source::ChainPoint {
+    blockrep::source::ChainPoint {
+        epoch: 1,
+        sequence: 0,
+        digest: blockrep::log::Digest::default(),
+        created_ns: 0,
+        geometry: g,
+    }
+}

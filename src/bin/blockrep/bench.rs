@@ -80,18 +80,8 @@ fn line(name: &str, seconds: f64, extra: &str) {
 
 /// The harness; see the module docs.
 pub fn run(o: BenchOptions) -> Result<()> {
-    let tmp;
-    let dir = match &o.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)
-                .map_err(|e| Error::io("create directory", e).with_path(d))?;
-            d.clone()
-        }
-        None => {
-            tmp = super::demo::TempDir::new("bench")?;
-            tmp.0.clone()
-        }
-    };
+    let work = super::demo::WorkDir::new(o.dir.as_deref(), "bench")?;
+    let dir = work.path().to_path_buf();
     let size = o.size / BS * BS;
     let g = Geometry::new(size, BS as u32)?;
     let src = dir.join("source.img");

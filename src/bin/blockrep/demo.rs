@@ -303,18 +303,8 @@ pub(super) fn make_image(path: &Path, size: u64) -> Result<()> {
 
 /// The whole demo; prints the summary table at the end.
 pub fn run(o: DemoOptions) -> Result<()> {
-    let tmp;
-    let dir = match &o.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)
-                .map_err(|e| Error::io("create directory", e).with_path(d))?;
-            d.clone()
-        }
-        None => {
-            tmp = TempDir::new("demo")?;
-            tmp.0.clone()
-        }
-    };
+    let work = WorkDir::new(o.dir.as_deref(), "demo")?;
+    let dir = work.path().to_path_buf();
     let size = o.size / BS * BS;
     let g = Geometry::new(size, BS as u32)?;
     let image = dir.join("primary.img");
@@ -566,18 +556,36 @@ fn summary(s: &Stats, size: u64) {
     }
 }
 
-/// A temporary directory removed at the end.
-pub(super) struct TempDir(pub(super) PathBuf);
-impl TempDir {
-    pub(super) fn new(what: &str) -> Result<Self> {
-        let base = std::env::temp_dir().join(format!("blockrep-{what}-{}", std::process::id()));
-        std::fs::create_dir_all(&base)
-            .map_err(|e| Error::io("create directory", e).with_path(&base))?;
-        Ok(TempDir(base))
+/// Where the demo or the bench works: the directory asked for (kept), or
+/// a temporary one removed at the end.
+pub(super) struct WorkDir {
+    path: PathBuf,
+    remove: bool,
+}
+
+impl WorkDir {
+    pub(super) fn new(keep: Option<&Path>, what: &str) -> Result<Self> {
+        let (path, remove) = match keep {
+            Some(d) => (d.to_path_buf(), false),
+            None => (
+                std::env::temp_dir().join(format!("blockrep-{what}-{}", std::process::id())),
+                true,
+            ),
+        };
+        std::fs::create_dir_all(&path)
+            .map_err(|e| Error::io("create directory", e).with_path(&path))?;
+        Ok(WorkDir { path, remove })
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
     }
 }
-impl Drop for TempDir {
+
+impl Drop for WorkDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
     }
 }
