@@ -79,6 +79,39 @@ typedef uint32_t blockrep_open_state;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// What a refused log or acknowledgement conflicts with (see
+// `blockrep_error_detail`). Values are stable and never reused.
+enum blockrep_detail
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // The last error carries no detail.
+  BLOCKREP_DETAIL_NONE = 0,
+  // Not the next log: `value` is the sequence the replica expects.
+  BLOCKREP_DETAIL_SEQUENCE_GAP = 1,
+  // Another disk's: `disk_id` is the one expected.
+  BLOCKREP_DETAIL_OTHER_DISK = 2,
+  // An older epoch: `value` is the current epoch.
+  BLOCKREP_DETAIL_EPOCH_BEHIND = 3,
+  // Builds on other content: `value` and `digest` are the replica's
+  // latest sequence and content digest.
+  BLOCKREP_DETAIL_DIVERGED_HISTORY = 4,
+  // Another log with this sequence is held: `value` is the sequence,
+  // `digest` the held log's content digest.
+  BLOCKREP_DETAIL_CONFLICT = 5,
+  // Not past the latest point, and its point is pruned: whether it was
+  // applied cannot be proved; `value` is the oldest retained sequence.
+  BLOCKREP_DETAIL_NOT_RETAINED = 6,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum blockrep_detail blockrep_detail;
+#else
+typedef uint32_t blockrep_detail;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // The blocks one cut took (a frozen, immutable set). Free with
 // `blockrep_blockset_free`; read-only calls may run from many threads.
 typedef struct blockrep_blockset blockrep_blockset;
@@ -201,6 +234,9 @@ typedef struct {
   uint32_t kind;
   // 1 crash-consistent, 2 app-consistent.
   uint32_t consistency;
+  // The content digest after it: with `sequence`, the log's identity,
+  // which `blockrep_pipeline_ack` names.
+  uint8_t digest[32];
 } blockrep_spooled_log;
 
 // The pipeline's state, for a console.
@@ -257,6 +293,18 @@ typedef struct {
   // Keep app-consistent points younger than this many seconds.
   uint64_t keep_app_for_secs;
 } blockrep_retention;
+
+// The typed detail of the calling thread's last failed call.
+typedef struct {
+  // Which detail (`BLOCKREP_DETAIL_NONE` when the error has none).
+  blockrep_detail detail;
+  // A sequence or epoch, as the detail says; 0 when unused.
+  uint64_t value;
+  // A content digest, as the detail says; zeros when unused.
+  uint8_t digest[32];
+  // A disk id, as the detail says; zeros when unused.
+  uint8_t disk_id[16];
+} blockrep_error_detail;
 
 // A run of `count` blocks from block `start`.
 typedef struct {
@@ -687,13 +735,18 @@ blockrep_status blockrep_pipeline_log_read(const blockrep_pipeline *p,
                                            uint8_t *buf,
                                            size_t len);
 
-// The replica has every log up to `sequence`: recorded durably, then
-// those logs are deleted. After a restart, acknowledge what the replica
-// reports it holds before shipping. Thread-safe.
+// The replica has every log up to `sequence`, the last of them with
+// content digest `digest` (32 bytes, as the replica reports it): recorded
+// durably, then those logs are deleted. An acknowledgement naming other
+// content than the spooled log is refused (`BLOCKREP_STATUS_MISMATCH`,
+// detail conflict) and changes nothing. After a restart, acknowledge what
+// the replica reports it holds before shipping. Thread-safe.
 //
 // # Safety
-// `p` null (refused) or live.
-blockrep_status blockrep_pipeline_ack(const blockrep_pipeline *p, uint64_t sequence);
+// `p` null (refused) or live; `digest` null (refused) or 32 readable bytes.
+blockrep_status blockrep_pipeline_ack(const blockrep_pipeline *p,
+                                      uint64_t sequence,
+                                      const uint8_t *digest);
 
 // The transport reconnected: shipping starts again at the oldest
 // unacknowledged log. Thread-safe.
@@ -955,6 +1008,16 @@ blockrep_status blockrep_replica_prune_policy(const blockrep_replica *r,
                                               const blockrep_retention *policy,
                                               uint64_t now_ns,
                                               size_t *out_dropped);
+
+// Writes the typed detail of the calling thread's last failed call to
+// `*out` (`BLOCKREP_DETAIL_NONE` when it had none), so a transport can
+// react to a gap, a conflict or an older epoch without parsing messages.
+// Thread-safe: each thread has its own. A null `out` is refused (and
+// becomes the last error, without detail).
+//
+// # Safety
+// `out` null (refused) or writable.
+blockrep_status blockrep_last_error_detail(blockrep_error_detail *out);
 
 // Copies the message of the calling thread's last failed call into `buf`
 // (NUL terminated, truncated to `len` bytes) and writes its full length

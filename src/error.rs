@@ -101,6 +101,69 @@ impl fmt::Display for Context {
     }
 }
 
+/// What a refused log or acknowledgement conflicts with, in a form a
+/// transport can act on without parsing messages. Reached through
+/// [`Error::detail`]; the C ABI exposes it through
+/// `blockrep_last_error_detail`.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// The log does not follow the replica: it expects `expected` next
+    /// (built on `expected - 1`).
+    SequenceGap {
+        /// The sequence the replica takes next.
+        expected: u64,
+    },
+    /// The log (or request) is for another disk than `expected`.
+    OtherDisk {
+        /// The disk the replica (or spool) holds.
+        expected: crate::id::DiskId,
+    },
+    /// The log's epoch is older than the replica's `current` one.
+    EpochBehind {
+        /// The replica's epoch.
+        current: u64,
+    },
+    /// The log builds on content the replica does not hold at its base
+    /// sequence: the histories diverged.
+    DivergedHistory {
+        /// The replica's latest sequence.
+        sequence: u64,
+        /// The replica's content digest there.
+        held: crate::log::Digest,
+    },
+    /// A different log with this sequence was applied (or, for an
+    /// acknowledgement, spooled): same sequence, other content.
+    Conflict {
+        /// The sequence both logs carry.
+        sequence: u64,
+        /// The digest of the one that is held.
+        held: crate::log::Digest,
+    },
+    /// The sequence is not past the replica's latest point, and its point
+    /// is no longer retained: whether this log was applied cannot be
+    /// proved, so it is neither applied nor reported as applied.
+    NotRetained {
+        /// The oldest retained sequence.
+        oldest: u64,
+    },
+}
+
+impl Detail {
+    /// A stable number for the variant, as the C ABI reports it (0 is "no
+    /// detail"); never reused.
+    pub fn code(&self) -> u32 {
+        match self {
+            Detail::SequenceGap { .. } => 1,
+            Detail::OtherDisk { .. } => 2,
+            Detail::EpochBehind { .. } => 3,
+            Detail::DivergedHistory { .. } => 4,
+            Detail::Conflict { .. } => 5,
+            Detail::NotRetained { .. } => 6,
+        }
+    }
+}
+
 /// The error of every blockrep operation.
 ///
 /// One pointer wide, so `Result<(), Error>` costs nothing on hot paths such
@@ -115,6 +178,7 @@ struct Inner {
     kind: ErrorKind,
     message: String,
     context: Context,
+    detail: Option<Detail>,
     #[source]
     source: Option<io::Error>,
 }
@@ -126,6 +190,7 @@ impl Error {
             kind,
             message: message.into(),
             context: Context::default(),
+            detail: None,
             source: None,
         }))
     }
@@ -141,6 +206,7 @@ impl Error {
             kind,
             message: format!("{}: {err}", what.into()),
             context: Context::default(),
+            detail: None,
             source: Some(err),
         }))
     }
@@ -181,6 +247,17 @@ impl Error {
     pub fn with_sequence(mut self, sequence: u64) -> Self {
         self.0.context.sequence = Some(sequence);
         self
+    }
+
+    /// Attaches a typed detail of what a log conflicts with.
+    pub fn with_detail(mut self, detail: Detail) -> Self {
+        self.0.detail = Some(detail);
+        self
+    }
+
+    /// The typed detail of a refused log or acknowledgement, if any.
+    pub fn detail(&self) -> Option<Detail> {
+        self.0.detail
     }
 
     /// The category of this error.

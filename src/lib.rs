@@ -43,7 +43,7 @@ pub mod replica;
 pub mod source;
 pub mod tracker;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Detail, Error, ErrorKind, Result};
 pub use geometry::{Extent, Geometry};
 pub use id::DiskId;
 pub use tracker::{BlockSet, FrozenSet, PersistentTracker, Tracker};

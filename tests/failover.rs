@@ -88,7 +88,7 @@ fn ship(p: &Pipeline, rdir: &Arc<dyn Dir>, replica: &mut Option<Arc<Replica>>) -
                 r.apply(&log).unwrap();
             }
         }
-        p.spool().ack(l.point.sequence).unwrap();
+        p.spool().ack(l.point.sequence, &l.point.digest).unwrap();
     }
     blocks
 }

@@ -7,7 +7,7 @@ mod common;
 
 use blockrep::io::{Dir, Fault, FaultPlan, MemDir, MemStorage, Storage};
 use blockrep::log::{MappedLog, ReadOptions, WriterOptions};
-use blockrep::replica::{ApplyOutcome, Replica, ReplicaGroup};
+use blockrep::replica::{Replica, ReplicaGroup};
 use blockrep::source::{ChainPoint, ConsistencyGroup, CycleOptions, Pipeline, Primary, Spool};
 use blockrep::tracker::PersistentTracker;
 use blockrep::{DiskId, Geometry, Tracker};
@@ -69,7 +69,7 @@ impl Secondary {
                 .map(|i| {
                     let l = spools[i].next_to_ship().unwrap();
                     let log = read_log(spools[i], l.point.sequence);
-                    spools[i].ack(l.point.sequence).unwrap();
+                    spools[i].ack(l.point.sequence, &l.point.digest).unwrap();
                     Arc::new(Replica::create(self.dirs[i].clone(), &log).unwrap())
                 })
                 .collect();
@@ -87,9 +87,9 @@ impl Secondary {
                         read_log(spools[1], b.point.sequence),
                     );
                     let out = g.apply(&[&la, &lb]).unwrap();
-                    assert!(matches!(out[0], ApplyOutcome::Applied(_)));
-                    spools[0].ack(a.point.sequence).unwrap();
-                    spools[1].ack(b.point.sequence).unwrap();
+                    assert!(out[0].applied_now());
+                    spools[0].ack(a.point.sequence, &a.point.digest).unwrap();
+                    spools[1].ack(b.point.sequence, &b.point.digest).unwrap();
                 }
                 other => panic!("unexpected logs to ship: {other:?}"),
             }

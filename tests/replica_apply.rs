@@ -16,6 +16,14 @@ fn image(r: &Replica, g: Geometry) -> Vec<u8> {
     buf
 }
 
+/// The outcome of applying `log` for the first time: its identity.
+fn applied(log: &MappedLog) -> ApplyOutcome {
+    ApplyOutcome::Applied {
+        sequence: log.header().sequence,
+        digest: log.trailer().digest,
+    }
+}
+
 #[test]
 fn replica_equals_the_source_after_every_log() {
     let mut rng = Rng(17);
@@ -25,10 +33,7 @@ fn replica_equals_the_source_after_every_log() {
     assert_eq!(first_diff(&image(&r, src.g), &src.data), None);
     for i in 0..20 {
         let log = src.change(&mut rng);
-        assert_eq!(
-            r.apply(&log).unwrap(),
-            ApplyOutcome::Applied(log.header().sequence)
-        );
+        assert_eq!(r.apply(&log).unwrap(), applied(&log));
         assert_eq!(
             first_diff(&image(&r, src.g), &src.data),
             None,
@@ -37,7 +42,10 @@ fn replica_equals_the_source_after_every_log() {
         // Applying it again is recognised and changes nothing.
         assert_eq!(
             r.apply(&log).unwrap(),
-            ApplyOutcome::AlreadyApplied(log.header().sequence)
+            ApplyOutcome::AlreadyApplied {
+                sequence: log.header().sequence,
+                digest: log.trailer().digest
+            }
         );
     }
     let points = r.points();
@@ -115,7 +123,7 @@ fn crash_at_every_step_of_an_apply() {
                     None,
                     "step {n}: image after a failed apply"
                 );
-                assert_eq!(r.apply(&log).unwrap(), ApplyOutcome::Applied(n_seq));
+                assert_eq!(r.apply(&log).unwrap(), applied(&log));
                 assert_eq!(first_diff(&image(&r, src.g), &after), None);
                 continue;
             }
@@ -271,10 +279,7 @@ fn logs_from_a_stream_are_spooled_and_verified_first() {
         epoch: Some(1),
         tail_tolerant: false,
     };
-    assert_eq!(
-        r.apply_stream(&bytes[..], &opts).unwrap(),
-        ApplyOutcome::Applied(log.header().sequence)
-    );
+    assert_eq!(r.apply_stream(&bytes[..], &opts).unwrap(), applied(&log));
     assert_eq!(first_diff(&image(&r, src.g), &src.data), None);
 }
 
@@ -293,7 +298,8 @@ fn a_resync_log_starts_a_new_epoch() {
         src.data[(b * 4096) as usize] ^= 0xff;
     }
     let resync = src.log(blockrep::log::LogKind::Resync, &blocks);
-    assert_eq!(r.apply(&resync).unwrap(), ApplyOutcome::Applied(3));
+    assert_eq!(r.apply(&resync).unwrap(), applied(&resync));
+    assert_eq!(resync.header().sequence, 3);
     assert_eq!(r.status().epoch, 2);
     assert_eq!(first_diff(&image(&r, src.g), &src.data), None);
     // Logs of the old epoch no longer apply.
@@ -310,5 +316,41 @@ fn a_resync_log_starts_a_new_epoch() {
     );
     // The new epoch's deltas do.
     r.apply(&src.change(&mut rng)).unwrap();
+    assert_eq!(first_diff(&image(&r, src.g), &src.data), None);
+}
+
+/// Creating a replica where one exists is refused before anything is
+/// touched: the image, every point and every undo log read back as before
+/// (a script run twice must not destroy the replica it created).
+#[test]
+fn create_where_a_replica_exists_leaves_it_untouched() {
+    let mut rng = Rng(1205);
+    let mut src = Source::new(&mut rng);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir: Arc<dyn Dir> = Arc::new(FsDir::new(tmp.path()).unwrap());
+    let full = src.full();
+    let r = Replica::create(dir.clone(), &full).unwrap();
+    for _ in 0..3 {
+        r.apply(&src.change(&mut rng)).unwrap();
+    }
+    let points = r.points();
+    let files: Vec<(String, Vec<u8>)> = dir
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.clone(), dir.read_all(&n).unwrap()))
+        .collect();
+    drop(r);
+    let e = Replica::create(dir.clone(), &full).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Misuse, "{e}");
+    let again: Vec<(String, Vec<u8>)> = dir
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.clone(), dir.read_all(&n).unwrap()))
+        .collect();
+    assert_eq!(files, again, "the directory changed");
+    let r = Replica::open(dir).unwrap();
+    assert_eq!(r.points(), points);
     assert_eq!(first_diff(&image(&r, src.g), &src.data), None);
 }

@@ -47,10 +47,16 @@ fn ship_all(spool: &Spool, replica_dir: &Arc<dyn Dir>, replica: &mut Option<Repl
             }
             Some(r) => {
                 let out = r.apply(&log).unwrap();
-                assert_eq!(out, ApplyOutcome::Applied(l.point.sequence));
+                assert_eq!(
+                    out,
+                    ApplyOutcome::Applied {
+                        sequence: l.point.sequence,
+                        digest: l.point.digest
+                    }
+                );
             }
         }
-        spool.ack(l.point.sequence).unwrap();
+        spool.ack(l.point.sequence, &l.point.digest).unwrap();
         n += 1;
     }
     n
@@ -287,7 +293,8 @@ impl Site {
     /// ships the rest.
     fn handshake_and_ship(&mut self, p: &Pipeline<PersistentTracker>) {
         if let Some(r) = &self.replica {
-            p.spool().ack(r.status().applied).unwrap();
+            let held = r.status();
+            p.spool().reconcile(held.applied, &held.digest).unwrap();
         }
         ship_all(p.spool(), &self.replica_dir, &mut self.replica);
     }
@@ -319,7 +326,7 @@ impl Site {
                             r.apply(&log)?;
                         }
                     }
-                    p.spool().ack(l.point.sequence)?;
+                    p.spool().ack(l.point.sequence, &l.point.digest)?;
                 }
             }
         }

@@ -88,7 +88,7 @@ fn qemu_io_writes_zeroes_and_discards_replicate_exactly() {
                     r.apply(&log).unwrap();
                 }
             }
-            p.spool().ack(l.point.sequence).unwrap();
+            p.spool().ack(l.point.sequence, &l.point.digest).unwrap();
         }
     };
     ship(&mut replica);

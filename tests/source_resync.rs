@@ -26,7 +26,7 @@ fn ship(p: &Pipeline, r: &mut Option<Replica>, rdir: &Arc<dyn Dir>) {
                 r.apply(&log).unwrap();
             }
         }
-        p.spool().ack(l.point.sequence).unwrap();
+        p.spool().ack(l.point.sequence, &l.point.digest).unwrap();
     }
 }
 

@@ -91,7 +91,7 @@ static int ship(void) {
     } else if (report("apply", blockrep_replica_apply(replica, path, NULL, NULL))) {
       return -1;
     }
-    if (report("ack", blockrep_pipeline_ack(pipeline, l.sequence))) return -1;
+    if (report("ack", blockrep_pipeline_ack(pipeline, l.sequence, l.digest))) return -1;
   }
 }
 

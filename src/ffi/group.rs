@@ -155,7 +155,7 @@ pub unsafe extern "C" fn blockrep_replica_group_apply(
         let out = g.inner.apply(&refs)?;
         // SAFETY: null or writable per the contract.
         if let Some(o) = unsafe { out_applied.as_mut() } {
-            *o = matches!(out.first(), Some(ApplyOutcome::Applied(_))) as u32;
+            *o = u32::from(out.first().is_some_and(ApplyOutcome::applied_now));
         }
         Ok(())
     })

@@ -61,7 +61,10 @@ pub use replica::{
     blockrep_view_read,
 };
 
-pub use status::{blockrep_last_error, blockrep_status, blockrep_version};
+pub use status::{
+    blockrep_detail, blockrep_error_detail, blockrep_last_error, blockrep_last_error_detail,
+    blockrep_status, blockrep_version,
+};
 pub use tracker::{
     blockrep_blockset, blockrep_blockset_count, blockrep_blockset_extents, blockrep_blockset_free,
     blockrep_blockset_generation, blockrep_blockset_union, blockrep_extent, blockrep_tracker,

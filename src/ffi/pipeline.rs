@@ -152,6 +152,9 @@ pub struct blockrep_spooled_log {
     pub kind: u32,
     /// 1 crash-consistent, 2 app-consistent.
     pub consistency: u32,
+    /// The content digest after it: with `sequence`, the log's identity,
+    /// which `blockrep_pipeline_ack` names.
+    pub digest: [u8; 32],
 }
 
 /// The pipeline's state, for a console.
@@ -475,6 +478,7 @@ fn spooled_out(out: *mut blockrep_spooled_log, l: &SpooledLog) {
                 LogKind::Undo => 4,
             },
             consistency: l.consistency as u32,
+            digest: l.point.digest.0,
         },
     );
 }
@@ -589,18 +593,32 @@ pub unsafe extern "C" fn blockrep_pipeline_log_read(
     })
 }
 
-/// The replica has every log up to `sequence`: recorded durably, then
-/// those logs are deleted. After a restart, acknowledge what the replica
-/// reports it holds before shipping. Thread-safe.
+/// The replica has every log up to `sequence`, the last of them with
+/// content digest `digest` (32 bytes, as the replica reports it): recorded
+/// durably, then those logs are deleted. An acknowledgement naming other
+/// content than the spooled log is refused (`BLOCKREP_STATUS_MISMATCH`,
+/// detail conflict) and changes nothing. After a restart, acknowledge what
+/// the replica reports it holds before shipping. Thread-safe.
 ///
 /// # Safety
-/// `p` null (refused) or live.
+/// `p` null (refused) or live; `digest` null (refused) or 32 readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_pipeline_ack(
     p: *const blockrep_pipeline,
     sequence: u64,
+    digest: *const u8,
 ) -> blockrep_status {
-    guard(|| live(p)?.pipeline_spool().ack(sequence))
+    guard(|| {
+        let p = live(p)?;
+        if digest.is_null() {
+            return Err(null("digest"));
+        }
+        // SAFETY: the caller promises 32 readable bytes at `digest`.
+        let d = unsafe { std::slice::from_raw_parts(digest, 32) };
+        let mut held = [0u8; 32];
+        held.copy_from_slice(d);
+        p.pipeline_spool().ack(sequence, &Digest(held))
+    })
 }
 
 /// The transport reconnected: shipping starts again at the oldest

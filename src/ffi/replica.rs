@@ -278,10 +278,7 @@ pub unsafe extern "C" fn blockrep_replica_free(r: *mut blockrep_replica) -> bloc
 }
 
 fn outcome_out(o: ApplyOutcome, out_sequence: *mut u64, out_applied: *mut u32) {
-    let (seq, applied) = match o {
-        ApplyOutcome::Applied(s) => (s, 1),
-        ApplyOutcome::AlreadyApplied(s) => (s, 0),
-    };
+    let (seq, applied) = (o.sequence(), u32::from(o.applied_now()));
     // SAFETY: outputs are null or writable per the callers' contracts.
     unsafe {
         if let Some(o) = out_sequence.as_mut() {

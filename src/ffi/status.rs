@@ -1,9 +1,9 @@
 //! Status codes, the last-error message, panic containment, handle
 //! bookkeeping and the version.
 
-use crate::error::{Error, ErrorKind};
+use crate::error::{Detail, Error, ErrorKind};
 use parking_lot::Mutex;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -56,6 +56,101 @@ impl From<ErrorKind> for blockrep_status {
 
 thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+    static LAST_DETAIL: Cell<Option<Detail>> = const { Cell::new(None) };
+}
+
+/// What a refused log or acknowledgement conflicts with (see
+/// `blockrep_error_detail`). Values are stable and never reused.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum blockrep_detail {
+    /// The last error carries no detail.
+    BLOCKREP_DETAIL_NONE = 0,
+    /// Not the next log: `value` is the sequence the replica expects.
+    BLOCKREP_DETAIL_SEQUENCE_GAP = 1,
+    /// Another disk's: `disk_id` is the one expected.
+    BLOCKREP_DETAIL_OTHER_DISK = 2,
+    /// An older epoch: `value` is the current epoch.
+    BLOCKREP_DETAIL_EPOCH_BEHIND = 3,
+    /// Builds on other content: `value` and `digest` are the replica's
+    /// latest sequence and content digest.
+    BLOCKREP_DETAIL_DIVERGED_HISTORY = 4,
+    /// Another log with this sequence is held: `value` is the sequence,
+    /// `digest` the held log's content digest.
+    BLOCKREP_DETAIL_CONFLICT = 5,
+    /// Not past the latest point, and its point is pruned: whether it was
+    /// applied cannot be proved; `value` is the oldest retained sequence.
+    BLOCKREP_DETAIL_NOT_RETAINED = 6,
+}
+
+/// The typed detail of the calling thread's last failed call.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct blockrep_error_detail {
+    /// Which detail (`BLOCKREP_DETAIL_NONE` when the error has none).
+    pub detail: blockrep_detail,
+    /// A sequence or epoch, as the detail says; 0 when unused.
+    pub value: u64,
+    /// A content digest, as the detail says; zeros when unused.
+    pub digest: [u8; 32],
+    /// A disk id, as the detail says; zeros when unused.
+    pub disk_id: [u8; 16],
+}
+
+impl From<Option<Detail>> for blockrep_error_detail {
+    fn from(d: Option<Detail>) -> Self {
+        use blockrep_detail::*;
+        let mut out = blockrep_error_detail {
+            detail: BLOCKREP_DETAIL_NONE,
+            value: 0,
+            digest: [0; 32],
+            disk_id: [0; 16],
+        };
+        match d {
+            None => {}
+            Some(Detail::SequenceGap { expected }) => {
+                (out.detail, out.value) = (BLOCKREP_DETAIL_SEQUENCE_GAP, expected)
+            }
+            Some(Detail::OtherDisk { expected }) => {
+                (out.detail, out.disk_id) = (BLOCKREP_DETAIL_OTHER_DISK, expected.0)
+            }
+            Some(Detail::EpochBehind { current }) => {
+                (out.detail, out.value) = (BLOCKREP_DETAIL_EPOCH_BEHIND, current)
+            }
+            Some(Detail::DivergedHistory { sequence, held }) => {
+                (out.detail, out.value, out.digest) =
+                    (BLOCKREP_DETAIL_DIVERGED_HISTORY, sequence, held.0)
+            }
+            Some(Detail::Conflict { sequence, held }) => {
+                (out.detail, out.value, out.digest) = (BLOCKREP_DETAIL_CONFLICT, sequence, held.0)
+            }
+            Some(Detail::NotRetained { oldest }) => {
+                (out.detail, out.value) = (BLOCKREP_DETAIL_NOT_RETAINED, oldest)
+            }
+        }
+        out
+    }
+}
+
+/// Writes the typed detail of the calling thread's last failed call to
+/// `*out` (`BLOCKREP_DETAIL_NONE` when it had none), so a transport can
+/// react to a gap, a conflict or an older epoch without parsing messages.
+/// Thread-safe: each thread has its own. A null `out` is refused (and
+/// becomes the last error, without detail).
+///
+/// # Safety
+/// `out` null (refused) or writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_last_error_detail(
+    out: *mut blockrep_error_detail,
+) -> blockrep_status {
+    let d = LAST_DETAIL.with(Cell::get);
+    guard(|| {
+        // SAFETY: the caller promises `out` is null or writable.
+        let out = unsafe { out.as_mut() }.ok_or_else(|| null("out"))?;
+        *out = d.into();
+        Ok(())
+    })
 }
 
 /// Runs `f`, turning its error or panic into a status and the thread's
@@ -65,13 +160,17 @@ thread_local! {
 pub(crate) fn guard(f: impl FnOnce() -> Result<(), Error>) -> blockrep_status {
     let (status, msg) = match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => return blockrep_status::BLOCKREP_STATUS_OK,
-        Ok(Err(e)) => (e.kind().into(), e.to_string()),
+        Ok(Err(e)) => {
+            LAST_DETAIL.with(|l| l.set(e.detail()));
+            (e.kind().into(), e.to_string())
+        }
         Err(p) => {
             let what = p
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
+            LAST_DETAIL.with(|l| l.set(None));
             (
                 blockrep_status::BLOCKREP_STATUS_INTERNAL,
                 format!("internal error: {what}"),

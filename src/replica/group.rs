@@ -100,7 +100,7 @@ impl ReplicaGroup {
                 .iter()
                 .find(|l| l.header().disk_id == id)
                 .ok_or_else(|| Error::mismatch(format!("no log for member disk {id}")))?;
-            let due = r.expects(log.header())?;
+            let due = r.expects(log)?;
             plan.push((r, *log, due));
         }
         let due = plan.iter().filter(|p| p.2.is_none()).count();

@@ -27,7 +27,7 @@ pub use retention::RetentionPolicy;
 pub use state::PointInfo;
 pub use view::{OverlayView, PointView};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Detail, Error, ErrorKind, Result};
 use crate::geometry::{Extent, Geometry};
 use crate::io::{Dir, Storage};
 use crate::log::{
@@ -51,13 +51,49 @@ fn undo_name(seq: u64) -> String {
     format!("undo-{seq:020}")
 }
 
-/// What [`Replica::apply`] did.
+/// What [`Replica::apply`] did, naming the log by its identity: sequence
+/// and content digest. A transport acknowledges exactly this pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyOutcome {
     /// The log was applied; the replica is at its sequence.
-    Applied(u64),
-    /// The log was applied before; nothing changed.
-    AlreadyApplied(u64),
+    Applied {
+        /// The log's sequence.
+        sequence: u64,
+        /// The content digest after it.
+        digest: Digest,
+    },
+    /// The same log (same sequence and digest) was applied before;
+    /// nothing changed.
+    AlreadyApplied {
+        /// The log's sequence.
+        sequence: u64,
+        /// The content digest after it, as the replica recorded it.
+        digest: Digest,
+    },
+}
+
+impl ApplyOutcome {
+    /// The log's sequence.
+    pub fn sequence(&self) -> u64 {
+        match *self {
+            ApplyOutcome::Applied { sequence, .. }
+            | ApplyOutcome::AlreadyApplied { sequence, .. } => sequence,
+        }
+    }
+
+    /// The content digest after the log, which the acknowledgement names.
+    pub fn digest(&self) -> Digest {
+        match *self {
+            ApplyOutcome::Applied { digest, .. } | ApplyOutcome::AlreadyApplied { digest, .. } => {
+                digest
+            }
+        }
+    }
+
+    /// Whether this call applied it (not an earlier one).
+    pub fn applied_now(&self) -> bool {
+        matches!(self, ApplyOutcome::Applied { .. })
+    }
 }
 
 /// A disk's replica; see the module docs.
@@ -94,9 +130,21 @@ impl std::fmt::Debug for Replica {
 
 impl Replica {
     /// Creates a replica in `dir` from a full log, with the image in `dir`.
+    ///
+    /// A directory that holds a replica already is refused before anything
+    /// in it is touched; the image is written under a temporary name and
+    /// renamed into place, so neither a second call nor a crash can damage
+    /// an existing replica.
     pub fn create(dir: Arc<dyn Dir>, full: &MappedLog) -> Result<Self> {
-        let image = dir.create(IMAGE)?;
-        Self::create_inner(dir, image, full, true)
+        refuse_existing(&*dir)?;
+        let partial = format!("{IMAGE}.partial");
+        let image = dir.create(&partial)?;
+        let st = Self::fill_image(&*image, full, true)?;
+        dir.rename(&partial, IMAGE)?;
+        dir.sync()?;
+        // The replica exists once its state does; a crash before leaves none.
+        st.store(&*dir)?;
+        Ok(Replica::assemble(dir, image, st))
     }
 
     /// Creates a replica from a full log onto a caller-given image (a block
@@ -106,16 +154,17 @@ impl Replica {
         image: Arc<dyn Storage>,
         full: &MappedLog,
     ) -> Result<Self> {
-        Self::create_inner(dir, image, full, false)
+        refuse_existing(&*dir)?;
+        let st = Self::fill_image(&*image, full, false)?;
+        // The replica exists once its state does; a crash before leaves none.
+        st.store(&*dir)?;
+        Ok(Replica::assemble(dir, image, st))
     }
 
-    /// `fresh`: the image was just created, so it reads as zeros already.
-    fn create_inner(
-        dir: Arc<dyn Dir>,
-        image: Arc<dyn Storage>,
-        full: &MappedLog,
-        fresh: bool,
-    ) -> Result<Self> {
+    /// Writes the full log's point onto `image` and syncs it; returns the
+    /// state recording that point. `fresh`: the image was just created, so
+    /// it reads as zeros already.
+    fn fill_image(image: &dyn Storage, full: &MappedLog, fresh: bool) -> Result<State> {
         let h = full.header();
         if h.kind != LogKind::Full {
             return Err(Error::mismatch(format!(
@@ -124,16 +173,10 @@ impl Replica {
             ))
             .with_sequence(h.sequence));
         }
-        if dir.exists(state::STATE) {
-            return Err(Error::new(
-                ErrorKind::Misuse,
-                "the directory already holds a replica",
-            ));
-        }
         image.set_len(h.geometry.size())?;
-        write_log(&*image, full, fresh)?;
+        write_log(image, full, fresh)?;
         image.sync()?;
-        let st = State {
+        Ok(State {
             disk_id: h.disk_id,
             epoch: h.epoch,
             geometry: h.geometry,
@@ -141,10 +184,7 @@ impl Replica {
             digest: full.trailer().digest,
             phase: Phase::Idle,
             points: vec![point_of(h, full.trailer().digest, 0)],
-        };
-        // The replica exists once its state does; a crash before leaves none.
-        st.store(&*dir)?;
-        Ok(Replica::assemble(dir, image, st))
+        })
     }
 
     fn assemble(dir: Arc<dyn Dir>, image: Arc<dyn Storage>, st: State) -> Self {
@@ -316,10 +356,11 @@ impl Replica {
     /// Whether `h` is the next log for this replica: `None` when it is,
     /// `Some` when it was applied already, an error naming what was
     /// expected otherwise.
-    pub(crate) fn expects(&self, h: &LogHeader) -> Result<Option<ApplyOutcome>> {
+    pub(crate) fn expects(&self, log: &MappedLog) -> Result<Option<ApplyOutcome>> {
+        let (h, log_digest) = (log.header(), log.trailer().digest);
         let mut st = self.state.lock();
         self.finish_interrupted(&mut st)?;
-        check_follows(&st, h)
+        check_follows(&st, h, &log_digest)
     }
 
     /// The retention points, oldest first; the last is the latest.
@@ -377,7 +418,7 @@ impl Replica {
         let mut st = self.state.lock();
         self.finish_interrupted(&mut st)?;
         let h = log.header();
-        if let Some(done) = check_follows(&st, h)? {
+        if let Some(done) = check_follows(&st, h, &log.trailer().digest)? {
             return Ok(done);
         }
         let n = h.sequence;
@@ -424,9 +465,13 @@ impl Replica {
             }
             return Err(e.with_sequence(n));
         }
+        let done_digest = done.digest;
         *st = done;
         self.size.store(size, Ordering::Release);
-        Ok(ApplyOutcome::Applied(n))
+        Ok(ApplyOutcome::Applied {
+            sequence: n,
+            digest: done_digest,
+        })
     }
 
     /// Applies a log arriving as a stream (from the transport): it is
@@ -504,6 +549,21 @@ impl Replica {
     }
 }
 
+/// Refuses a directory that holds a replica already (its state record).
+fn refuse_existing(dir: &dyn Dir) -> Result<()> {
+    if dir.exists(state::STATE) {
+        let e = Error::new(
+            ErrorKind::Misuse,
+            "the directory already holds a replica: it was left as it was",
+        );
+        return Err(match dir.path_of(state::STATE) {
+            Some(p) => e.with_path(p),
+            None => e,
+        });
+    }
+    Ok(())
+}
+
 /// The blocks an undo log for `log` saves, in the replica's current
 /// geometry `old`: those the log writes that exist now, and when the log
 /// shrinks the disk, every block it cuts off (whole, a partly cut one
@@ -524,55 +584,123 @@ fn undo_blocks(old: Geometry, log: &MappedLog) -> Result<BlockSet> {
     BlockSet::from_extents(count, extents)
 }
 
-/// Checks that `h` is the next log for the replica in `st`. `Some` when it
-/// was applied already.
-fn check_follows(st: &State, h: &LogHeader) -> Result<Option<ApplyOutcome>> {
+/// Checks that `h` (whose content digest is `digest`) is the next log for
+/// the replica in `st`. `Some` when this very log was applied already: a
+/// log is known by its sequence *and* digest, so a different log under a
+/// sequence already applied is refused ([`Detail::Conflict`]), never taken
+/// as applied. Each refusal carries a typed [`Detail`].
+fn check_follows(st: &State, h: &LogHeader, digest: &Digest) -> Result<Option<ApplyOutcome>> {
     let seq = h.sequence;
-    let err = |m: String| Err(Error::mismatch(m).with_sequence(seq));
+    let refuse = |m: String, d: Option<Detail>| {
+        let e = Error::mismatch(m).with_sequence(seq);
+        Err(match d {
+            Some(d) => e.with_detail(d),
+            None => e,
+        })
+    };
     if h.disk_id != st.disk_id {
-        return err(format!(
-            "log is for disk {}, this replica is of {}",
-            h.disk_id, st.disk_id
-        ));
+        return refuse(
+            format!(
+                "log is for disk {}, this replica is of {}",
+                h.disk_id, st.disk_id
+            ),
+            Some(Detail::OtherDisk {
+                expected: st.disk_id,
+            }),
+        );
     }
     // A size change is a resize the log ships; the block size is fixed.
     if h.geometry.block_size() != st.geometry.block_size() {
-        return err(format!(
-            "log geometry {} differs from the replica's {}",
-            h.geometry, st.geometry
-        ));
+        return refuse(
+            format!(
+                "log geometry {} differs from the replica's {}",
+                h.geometry, st.geometry
+            ),
+            None,
+        );
+    }
+    let chained = matches!(h.kind, LogKind::Delta | LogKind::Resync);
+    if chained && h.epoch == st.epoch && seq <= st.applied {
+        return applied_before(st, h, digest);
     }
     match h.kind {
         LogKind::Delta if h.epoch == st.epoch => {}
         LogKind::Resync if h.epoch > st.epoch => {}
         LogKind::Delta | LogKind::Resync => {
-            if h.epoch == st.epoch && seq <= st.applied {
-                return Ok(Some(ApplyOutcome::AlreadyApplied(seq)));
-            }
-            return err(format!(
-                "{:?} log of epoch {}, the replica is in epoch {}",
-                h.kind, h.epoch, st.epoch
-            ));
+            let behind = (h.epoch < st.epoch).then_some(Detail::EpochBehind { current: st.epoch });
+            return refuse(
+                format!(
+                    "{:?} log of epoch {}, the replica is in epoch {}",
+                    h.kind, h.epoch, st.epoch
+                ),
+                behind,
+            );
         }
-        k => return err(format!("a {k:?} log does not apply to an existing replica")),
-    }
-    if seq <= st.applied {
-        return Ok(Some(ApplyOutcome::AlreadyApplied(seq)));
+        k => {
+            return refuse(
+                format!("a {k:?} log does not apply to an existing replica"),
+                None,
+            )
+        }
     }
     if seq != st.applied + 1 || h.base_sequence != st.applied {
-        return err(format!(
-            "log {seq} builds on {}, the replica expects log {} next",
-            h.base_sequence,
-            st.applied + 1
-        ));
+        return refuse(
+            format!(
+                "log {seq} builds on {}, the replica expects log {} next",
+                h.base_sequence,
+                st.applied + 1
+            ),
+            Some(Detail::SequenceGap {
+                expected: st.applied + 1,
+            }),
+        );
     }
     if h.base_digest != st.digest {
-        return err(format!(
-            "log builds on content {}, the replica holds {}",
-            h.base_digest, st.digest
-        ));
+        return refuse(
+            format!(
+                "log builds on content {}, the replica holds {}",
+                h.base_digest, st.digest
+            ),
+            Some(Detail::DivergedHistory {
+                sequence: st.applied,
+                held: st.digest,
+            }),
+        );
     }
     Ok(None)
+}
+
+/// A log of the replica's epoch whose sequence is not past the latest
+/// point: applied before if, and only if, the retained point with that
+/// sequence has its digest.
+fn applied_before(st: &State, h: &LogHeader, digest: &Digest) -> Result<Option<ApplyOutcome>> {
+    let seq = h.sequence;
+    let e = match st.points.iter().find(|p| p.sequence == seq) {
+        Some(p) if p.epoch == h.epoch && p.digest == *digest => {
+            return Ok(Some(ApplyOutcome::AlreadyApplied {
+                sequence: seq,
+                digest: p.digest,
+            }))
+        }
+        Some(p) => Error::mismatch(format!(
+            "a different log {seq} was applied: the replica holds content {} there, this log leads to {digest}",
+            p.digest
+        ))
+        .with_detail(Detail::Conflict {
+            sequence: seq,
+            held: p.digest,
+        }),
+        None => {
+            let oldest = st.points.first().map_or(st.applied, |p| p.sequence);
+            Error::mismatch(format!(
+                "log {seq} is not past the latest point {} and its point is not retained \
+                 (oldest {oldest}): whether it was applied cannot be proved",
+                st.applied
+            ))
+            .with_detail(Detail::NotRetained { oldest })
+        }
+    };
+    Err(e.with_sequence(seq))
 }
 
 fn point_of(h: &LogHeader, digest: Digest, undo_bytes: u64) -> PointInfo {

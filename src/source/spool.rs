@@ -18,12 +18,23 @@
 //! transport has. Nothing is lost and the spool holds at most the limit,
 //! the logs in flight and one more log.
 //!
-//! **Restarts.** After a restart the transport should learn where the
-//! replica stands and [`ack`](Spool::ack) up to it before shipping: a log
-//! delivered whose acknowledgement was lost is then not sent again.
+//! **Identity.** A log is known by its sequence *and* content digest. An
+//! acknowledgement names both ([`ack`](Spool::ack)) and is refused when the
+//! spooled log under that sequence has other content. A log that may have
+//! reached the replica (handed to the transport, or spooled before a
+//! restart) is never folded back until the replica's answer for it is
+//! known ([`reconcile`](Spool::reconcile) or an ack): folding it would cut
+//! a new log under the same sequence, and a replica that applied the old
+//! one would hold content the primary no longer knows of.
+//!
+//! **Restarts.** After a restart (or a reconnect) the transport asks the
+//! replica what it holds and hands the answer to
+//! [`reconcile`](Spool::reconcile) before shipping: a log delivered whose
+//! acknowledgement was lost is then acknowledged by its digest, not sent
+//! again.
 
 use super::Source;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Detail, Error, ErrorKind, Result};
 use crate::frame;
 use crate::geometry::{Extent, Geometry};
 use crate::id::DiskId;
@@ -123,8 +134,13 @@ struct Inner {
     resync_required: bool,
     acked: ChainPoint,
     logs: VecDeque<SpooledLog>,
-    /// Logs up to this sequence were handed to the transport.
+    /// Logs up to this sequence were handed to the transport since the
+    /// last rewind.
     handed: u64,
+    /// Logs up to this sequence may have reached the replica (handed out
+    /// at some time, or spooled before the spool was opened) and the
+    /// replica's answer is not known: they are never folded back.
+    exposed: u64,
     folded: u64,
 }
 
@@ -180,6 +196,7 @@ impl Spool {
                 acked: start,
                 logs: VecDeque::new(),
                 handed: start.sequence,
+                exposed: start.sequence,
                 folded: 0,
             }),
         })
@@ -253,6 +270,8 @@ impl Spool {
                 resync_required,
                 acked,
                 handed: acked.sequence,
+                // Any of them may have been shipped before the restart.
+                exposed: head.sequence,
                 logs,
                 folded: 0,
             }),
@@ -336,11 +355,14 @@ impl Spool {
             .find(|l| l.point.sequence > handed)
             .cloned()?;
         st.handed = next.point.sequence;
+        st.exposed = st.exposed.max(st.handed);
         Some(next)
     }
 
     /// Forgets what was handed to the transport (it reconnected): shipping
-    /// starts again at the oldest unacknowledged log.
+    /// starts again at the oldest unacknowledged log. The logs handed out
+    /// stay exposed (never folded back) until [`reconcile`](Self::reconcile)
+    /// or an ack says what the replica holds.
     pub fn rewind(&self) {
         let mut st = self.inner.lock();
         st.handed = st.acked.sequence;
@@ -369,28 +391,27 @@ impl Spool {
         self.dir.open(&l.name)
     }
 
-    /// The replica has every log up to `sequence`: records it durably,
-    /// then deletes those logs. Acknowledging an older sequence again does
-    /// nothing; a sequence past the head is an error.
-    pub fn ack(&self, sequence: u64) -> Result<()> {
+    /// The replica has every log up to `sequence`, whose content digest
+    /// is `digest` (as the replica reports it): records it durably, then
+    /// deletes those logs. Acknowledging the acknowledged point again, or
+    /// an older sequence, does nothing; a sequence past the head is misuse;
+    /// a digest other than the spooled log's is refused as a
+    /// [`Detail::Conflict`] and changes nothing (the replica holds another
+    /// log under that sequence).
+    pub fn ack(&self, sequence: u64, digest: &Digest) -> Result<()> {
         let mut st = self.inner.lock();
+        self.ack_locked(&mut st, sequence, digest)
+    }
+
+    fn ack_locked(&self, st: &mut Inner, sequence: u64, digest: &Digest) -> Result<()> {
+        let acked = self.point_of(st, sequence, digest)?;
         if sequence <= st.acked.sequence {
             return Ok(());
         }
-        let Some(l) = st.logs.iter().find(|l| l.point.sequence == sequence) else {
-            return Err(Error::new(
-                ErrorKind::Misuse,
-                format!(
-                    "acknowledged log {sequence}, the spool's head is {}",
-                    st.head().sequence
-                ),
-            )
-            .with_sequence(sequence));
-        };
-        let acked = l.point;
         store_state(&*self.dir, st.disk_id, &acked, st.resync_required)?;
         st.acked = acked;
         st.handed = st.handed.max(sequence);
+        st.exposed = st.exposed.max(sequence);
         while st
             .logs
             .front()
@@ -403,13 +424,81 @@ impl Spool {
         Ok(())
     }
 
+    /// Takes the replica's answer to "what do you hold" (after a restart
+    /// or a reconnect): its latest `sequence` and content `digest`. Logs up
+    /// to it are acknowledged (by digest); the logs after it are known not
+    /// applied, so they may be folded back again; shipping restarts after
+    /// it. A replica behind the acknowledged point, past the spool's head,
+    /// or holding other content than the spool's log of that sequence has
+    /// a diverged history: an error of kind `Mismatch` with a typed
+    /// [`Detail`], and nothing changes.
+    pub fn reconcile(&self, sequence: u64, digest: &Digest) -> Result<()> {
+        let mut st = self.inner.lock();
+        let head = st.head();
+        if sequence < st.acked.sequence || sequence > head.sequence {
+            return Err(Error::mismatch(format!(
+                "the replica holds log {sequence}; the spool has logs {} to {} (acknowledged to {})",
+                st.acked.sequence, head.sequence, st.acked.sequence
+            ))
+            .with_sequence(sequence)
+            .with_detail(Detail::SequenceGap {
+                expected: st.acked.sequence,
+            }));
+        }
+        self.ack_locked(&mut st, sequence, digest)?;
+        st.exposed = sequence;
+        st.handed = sequence;
+        Ok(())
+    }
+
+    /// The acknowledged point or the spooled log with `sequence`, checked
+    /// to have content `digest`. An older sequence than the acknowledged
+    /// one gives the acknowledged point (it cannot be checked any more).
+    fn point_of(&self, st: &Inner, sequence: u64, digest: &Digest) -> Result<ChainPoint> {
+        let held = if sequence < st.acked.sequence {
+            return Ok(st.acked);
+        } else if sequence == st.acked.sequence {
+            st.acked
+        } else {
+            match st.logs.iter().find(|l| l.point.sequence == sequence) {
+                Some(l) => l.point,
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::Misuse,
+                        format!(
+                            "acknowledged log {sequence}, the spool's head is {}",
+                            st.head().sequence
+                        ),
+                    )
+                    .with_sequence(sequence))
+                }
+            }
+        };
+        if held.digest != *digest {
+            return Err(Error::mismatch(format!(
+                "the replica reports content {digest} for log {sequence}, the spool's log \
+                 leads to {}",
+                held.digest
+            ))
+            .with_sequence(sequence)
+            .with_detail(Detail::Conflict {
+                sequence,
+                held: held.digest,
+            }));
+        }
+        Ok(held)
+    }
+
     /// Whether the logs waiting exceed the limit.
     pub fn over_limit(&self) -> bool {
         self.inner.lock().pending_bytes() > self.limit
     }
 
-    /// Hands the blocks of every delta log not yet given to the transport
-    /// to `mark` (which must make them durable in the tracker), then
+    /// Hands the blocks of every delta log that cannot have reached the
+    /// replica (never handed to the transport, nor spooled before the spool
+    /// was opened, unless [`reconcile`](Self::reconcile) since said they
+    /// were not applied) to `mark` (which must make them durable in the
+    /// tracker), then
     /// deletes those logs, newest first, so a crash at any point leaves an
     /// unbroken chain. Logs up to the newest full or resync log stay: they
     /// start a chain and cannot be rebuilt from a tracker.
@@ -418,7 +507,7 @@ impl Spool {
         let keep = st
             .logs
             .iter()
-            .rposition(|l| l.point.sequence <= st.handed || l.kind != LogKind::Delta)
+            .rposition(|l| l.point.sequence <= st.exposed || l.kind != LogKind::Delta)
             .map_or(0, |i| i + 1);
         self.fold(&mut st, keep, mark)
     }
@@ -500,6 +589,7 @@ impl Spool {
         st.resync_required = true;
         st.acked = start;
         st.handed = start.sequence;
+        st.exposed = start.sequence;
         for l in std::mem::take(&mut st.logs) {
             let _ = self.dir.remove(&l.name);
         }

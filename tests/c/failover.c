@@ -41,7 +41,7 @@ static void ship(blockrep_pipeline *p, const char *rdir, blockrep_replica **r) {
       CHECK(blockrep_replica_create(rdir, path, r) == BLOCKREP_STATUS_OK);
     else
       CHECK(blockrep_replica_apply(*r, path, NULL, NULL) == BLOCKREP_STATUS_OK);
-    CHECK(blockrep_pipeline_ack(p, l.sequence) == BLOCKREP_STATUS_OK);
+    CHECK(blockrep_pipeline_ack(p, l.sequence, l.digest) == BLOCKREP_STATUS_OK);
   }
 }
 

@@ -24,13 +24,15 @@ struct disk {
   blockrep_replica *r;
 };
 
-static void next_log_path(blockrep_pipeline *p, char *path, size_t n, uint64_t *seq) {
+static void next_log_path(blockrep_pipeline *p, char *path, size_t n, uint64_t *seq,
+                          uint8_t digest[32]) {
   blockrep_spooled_log l;
   uint32_t found = 0;
   size_t len;
   CHECK(blockrep_pipeline_next_log(p, &l, &found) == BLOCKREP_STATUS_OK && found);
   CHECK(blockrep_pipeline_log_path(p, l.sequence, path, n, &len) == BLOCKREP_STATUS_OK);
   *seq = l.sequence;
+  memcpy(digest, l.digest, 32);
 }
 
 static void same(struct disk *d, uint64_t size) {
@@ -63,9 +65,10 @@ int main(void) {
     CHECK(blockrep_pipeline_initial_sync(d[i].p, NULL) == BLOCKREP_STATUS_OK);
     char path[512];
     uint64_t seq;
-    next_log_path(d[i].p, path, sizeof path, &seq);
+    uint8_t dg[32];
+    next_log_path(d[i].p, path, sizeof path, &seq, dg);
     CHECK(blockrep_replica_create(d[i].rdir, path, &d[i].r) == BLOCKREP_STATUS_OK);
-    CHECK(blockrep_pipeline_ack(d[i].p, seq) == BLOCKREP_STATUS_OK);
+    CHECK(blockrep_pipeline_ack(d[i].p, seq, dg) == BLOCKREP_STATUS_OK);
   }
 
   /* Writes on both, one group cycle, applied as one. */
@@ -89,16 +92,18 @@ int main(void) {
   CHECK(blockrep_replica_group_open(gdir, rs, 2, &g) == BLOCKREP_STATUS_OK);
   char p0[512], p1[512];
   uint64_t s0, s1;
-  next_log_path(d[0].p, p0, sizeof p0, &s0);
-  next_log_path(d[1].p, p1, sizeof p1, &s1);
+  uint8_t g0[32], g1[32];
+  next_log_path(d[0].p, p0, sizeof p0, &s0, g0);
+  next_log_path(d[1].p, p1, sizeof p1, &s1, g1);
   const char *one[1] = {p0};
   CHECK(blockrep_replica_group_apply(g, one, 1, NULL) == BLOCKREP_STATUS_MISMATCH);
   const char *paths[2] = {p1, p0};
   uint32_t applied = 9;
   CHECK(blockrep_replica_group_apply(g, paths, 2, &applied) == BLOCKREP_STATUS_OK && applied == 1);
   CHECK(blockrep_replica_group_apply(g, paths, 2, &applied) == BLOCKREP_STATUS_OK && applied == 0);
-  CHECK(blockrep_pipeline_ack(d[0].p, s0) == BLOCKREP_STATUS_OK);
-  CHECK(blockrep_pipeline_ack(d[1].p, s1) == BLOCKREP_STATUS_OK);
+  CHECK(blockrep_pipeline_ack(d[0].p, s0, g1) == BLOCKREP_STATUS_MISMATCH); /* other content */
+  CHECK(blockrep_pipeline_ack(d[0].p, s0, g0) == BLOCKREP_STATUS_OK);
+  CHECK(blockrep_pipeline_ack(d[1].p, s1, g1) == BLOCKREP_STATUS_OK);
   same(&d[0], SIZE);
   same(&d[1], SIZE);
   CHECK(blockrep_replica_group_free(g) == BLOCKREP_STATUS_OK);
@@ -117,7 +122,7 @@ int main(void) {
   CHECK(pwrite(d[1].fd, x, BS, SIZE + BS) == BS);
   CHECK(blockrep_pipeline_write_end(d[1].p, SIZE + BS, BS) == BLOCKREP_STATUS_OK);
   CHECK(blockrep_pipeline_cycle(d[1].p, 1, NULL, NULL) == BLOCKREP_STATUS_OK);
-  next_log_path(d[1].p, p1, sizeof p1, &s1);
+  next_log_path(d[1].p, p1, sizeof p1, &s1, g1);
   CHECK(blockrep_replica_apply(d[1].r, p1, NULL, NULL) == BLOCKREP_STATUS_OK);
   same(&d[1], 2 * SIZE);
 

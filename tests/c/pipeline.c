@@ -69,7 +69,8 @@ static unsigned ship(blockrep_pipeline *p, blockrep_replica **r) {
       CHECK(blockrep_incoming_apply(in, &seq, &applied) == BLOCKREP_STATUS_OK);
       CHECK(seq == l.sequence && applied == 1);
     }
-    CHECK(blockrep_pipeline_ack(p, l.sequence) == BLOCKREP_STATUS_OK);
+    CHECK(blockrep_pipeline_ack(p, l.sequence, NULL) == BLOCKREP_STATUS_INVALID_ARGUMENT);
+    CHECK(blockrep_pipeline_ack(p, l.sequence, l.digest) == BLOCKREP_STATUS_OK);
     n++;
   }
 }
@@ -184,7 +185,19 @@ int main(void) {
   unsigned char one[16];
   CHECK(blockrep_pipeline_log_read(p, 77, 0, one, sizeof one) ==
         BLOCKREP_STATUS_OUT_OF_RANGE); /* no such log */
-  CHECK(blockrep_pipeline_ack(p, 9) == BLOCKREP_STATUS_MISUSE); /* past the head */
+  {
+    uint8_t zero[32] = {0};
+    CHECK(blockrep_pipeline_ack(p, 9, zero) == BLOCKREP_STATUS_MISUSE); /* past the head */
+    /* Another log's content under the head's sequence: refused, typed. */
+    CHECK(blockrep_pipeline_ack(p, 2, zero) == BLOCKREP_STATUS_MISMATCH);
+    blockrep_error_detail d;
+    CHECK(blockrep_last_error_detail(&d) == BLOCKREP_STATUS_OK);
+    CHECK(d.detail == BLOCKREP_DETAIL_CONFLICT && d.value == 2);
+    CHECK(memcmp(d.digest, zero, 32) != 0); /* the spooled log's digest */
+    CHECK(blockrep_last_error_detail(NULL) == BLOCKREP_STATUS_INVALID_ARGUMENT);
+    CHECK(blockrep_last_error_detail(&d) == BLOCKREP_STATUS_OK);
+    CHECK(d.detail == BLOCKREP_DETAIL_NONE); /* the null pointer's error has none */
+  }
   {
     /* Handed out, then the transport reconnects: shipped again. */
     blockrep_spooled_log l;

@@ -57,6 +57,11 @@ int main(void) {
 
   blockrep_replica *r = NULL;
   CHECK(blockrep_replica_create(rdir, path, &r) == BLOCKREP_STATUS_OK);
+  {
+    /* A second create is refused and leaves the replica as it was. */
+    blockrep_replica *twice = NULL;
+    CHECK(blockrep_replica_create(rdir, path, &twice) == BLOCKREP_STATUS_MISUSE && !twice);
+  }
 
   /* A writer abandoned half way leaves nothing behind. */
   char scratch[300];

@@ -344,7 +344,7 @@ fn ship(p: &Pipeline, rdir: &Path, replica: &mut Option<Arc<Replica>>) -> Result
                 r.apply(&log)?;
             }
         }
-        p.spool().ack(l.point.sequence)?;
+        p.spool().ack(l.point.sequence, &l.point.digest)?;
     }
     Ok(())
 }

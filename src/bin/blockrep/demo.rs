@@ -94,7 +94,7 @@ fn ship<T: Tracking>(
                 stats.shipped += l.bytes;
             }
         }
-        p.spool().ack(l.point.sequence)?;
+        p.spool().ack(l.point.sequence, &l.point.digest)?;
         let rpo = now_ns().saturating_sub(l.point.created_ns);
         stats.rpo_max_ns = stats.rpo_max_ns.max(rpo);
         stats.rpo_sum_ns += rpo;
