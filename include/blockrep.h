@@ -67,8 +67,9 @@ enum blockrep_open_state
   // The last stop was unclean; the blocks that may differ are marked
   // again and the next cycle ships them.
   BLOCKREP_OPEN_RECOVERED = 3,
-  // The file could not be trusted and was recreated: tracking was lost,
-  // run a digest resync.
+  // The file could not be trusted, or the disk changed while nothing
+  // tracked it, and the file was recreated: tracking was lost, run a
+  // digest resync.
   BLOCKREP_OPEN_INVALID = 4,
 };
 #ifndef __cplusplus
@@ -796,10 +797,18 @@ blockrep_status blockrep_pipeline_free(blockrep_pipeline *p);
 // success writes the handle (owned by the caller) to `*out` and how the
 // file was found to `*out_state`.
 //
+// `disk_path` names the disk's file: its identity (inode, size, times) is
+// recorded at a clean close and compared at the next open, so writes made
+// while nothing tracked are detected (`BLOCKREP_OPEN_INVALID`). Null when
+// the disk offers no such signal (a block device): the integration then
+// declares that nothing writes to the disk while it is not tracked.
+//
 // # Safety
-// `path` must be a NUL-terminated string, `disk_id` 16 readable bytes,
-// `out` and `out_state` writable; null pointers are refused.
+// `path` must be a NUL-terminated string, `disk_path` null or one,
+// `disk_id` 16 readable bytes, `out` and `out_state` writable; other null
+// pointers are refused.
 blockrep_status blockrep_ptracker_open(const char *path,
+                                       const char *disk_path,
                                        const uint8_t *disk_id,
                                        uint64_t size,
                                        uint32_t block_size,

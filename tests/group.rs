@@ -276,7 +276,7 @@ fn a_group_cycle_failing_or_crashing_at_every_spool_step_loses_nothing() {
             let tracker = if create {
                 PersistentTracker::create(&paths[i], id, g, 1 << 20).unwrap()
             } else {
-                PersistentTracker::open(&paths[i], id, g).unwrap().0
+                PersistentTracker::open(&paths[i], id, g, None).unwrap().0
             };
             let dir: Arc<dyn Dir> = spool_dirs[i].clone();
             let spool = Spool::open(dir, 1 << 30).unwrap();
@@ -332,7 +332,7 @@ fn a_group_cycle_failing_or_crashing_at_every_spool_step_loses_nothing() {
             ];
             let reopen = |i: usize| {
                 let id = [A, B][i];
-                let (tracker, _) = PersistentTracker::open(&paths[i], id, g).unwrap();
+                let (tracker, _) = PersistentTracker::open(&paths[i], id, g, None).unwrap();
                 let dir: Arc<dyn Dir> = spool_dirs2[i].clone();
                 let spool = Spool::open(dir, 1 << 30).unwrap();
                 Pipeline::new(Primary::new(tracker, disks[i].clone()), spool, opts()).unwrap()

@@ -268,7 +268,7 @@ impl Site {
     fn pipeline(&self, g: Geometry) -> Result<Pipeline<PersistentTracker>> {
         let dir: Arc<dyn Dir> = self.spool_dir.clone();
         let (tracker, spool) = if dir.exists("spool.state") {
-            let (t, _state) = PersistentTracker::open(&self.tracker_path, ID, g)?;
+            let (t, _state) = PersistentTracker::open(&self.tracker_path, ID, g, None)?;
             (t, Spool::open(dir, LIMIT)?)
         } else {
             let t = PersistentTracker::create(&self.tracker_path, ID, g, 1 << 20)?;

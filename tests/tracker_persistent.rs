@@ -38,7 +38,7 @@ fn child_marker() {
         return;
     };
     let seed: u64 = std::env::var("BLOCKREP_SEED").unwrap().parse().unwrap();
-    let (pt, _) = PersistentTracker::open_or_create(&path, id(), geo(), REGION).unwrap();
+    let (pt, _) = PersistentTracker::open_or_create(&path, id(), geo(), REGION, None).unwrap();
     let mut rng = Rng(seed | 1);
     let mut step = 0u64;
     loop {
@@ -136,7 +136,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
     for round in 0..12 {
         let lines = 20 + (rng.next() % 3000) as usize;
         run_child(&path, rng.next(), lines, &mut model);
-        let (pt, state) = PersistentTracker::open(&path, id(), geo()).unwrap();
+        let (pt, state) = PersistentTracker::open(&path, id(), geo(), None).unwrap();
         let OpenState::Recovered { resend } = state else {
             panic!("round {round}: a killed tracker must open as recovered, got {state:?}")
         };
@@ -173,12 +173,12 @@ fn fresh(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("t.brt");
     let pt = PersistentTracker::create(&p, id(), geo(), INTENT_REGION_DEFAULT).unwrap();
     pt.begin_write(0, 4096).unwrap().finish();
-    pt.close().unwrap();
+    pt.close(None).unwrap();
     p
 }
 
 fn open_kind(p: &Path) -> ErrorKind {
-    PersistentTracker::open(p, id(), geo())
+    PersistentTracker::open(p, id(), geo(), None)
         .map(|_| ())
         .unwrap_err()
         .kind()
@@ -208,7 +208,7 @@ fn every_header_byte_flipped_is_refused() {
         );
         flip(&p, at);
     }
-    assert!(PersistentTracker::open(&p, id(), geo()).is_ok());
+    assert!(PersistentTracker::open(&p, id(), geo(), None).is_ok());
 }
 
 #[test]
@@ -238,11 +238,11 @@ fn corrupt_checkpoint_truncation_and_mismatch_each_have_their_kind() {
     }
 
     let other = Geometry::new(DISK, 8192).unwrap();
-    let k = PersistentTracker::open(&p, id(), other)
+    let k = PersistentTracker::open(&p, id(), other, None)
         .map(|_| ())
         .unwrap_err();
     assert_eq!(k.kind(), ErrorKind::Mismatch);
-    let k = PersistentTracker::open(&p, DiskId([8; 16]), geo())
+    let k = PersistentTracker::open(&p, DiskId([8; 16]), geo(), None)
         .map(|_| ())
         .unwrap_err();
     assert_eq!(k.kind(), ErrorKind::Mismatch);
@@ -250,7 +250,7 @@ fn corrupt_checkpoint_truncation_and_mismatch_each_have_their_kind() {
     // Untrusted files are never an empty set: open_or_create says Invalid.
     flip(&p, 40);
     let (_, st) =
-        PersistentTracker::open_or_create(&p, id(), geo(), INTENT_REGION_DEFAULT).unwrap();
+        PersistentTracker::open_or_create(&p, id(), geo(), INTENT_REGION_DEFAULT, None).unwrap();
     assert!(
         matches!(st, OpenState::Invalid(ref e) if e.kind() == ErrorKind::Corrupt),
         "{st:?}"
@@ -269,22 +269,72 @@ fn resize_rewrites_the_file_for_the_new_geometry() {
     drop(pt); // unclean
     let g2 = Geometry::new(DISK / 2 + 4096, BS).unwrap();
     assert_eq!(
-        PersistentTracker::open(&p, id(), geo())
+        PersistentTracker::open(&p, id(), geo(), None)
             .map(|_| ())
             .unwrap_err()
             .kind(),
         ErrorKind::Mismatch
     );
-    let (pt, st) = PersistentTracker::open(&p, id(), g2).unwrap();
+    let (pt, st) = PersistentTracker::open(&p, id(), g2, None).unwrap();
     let OpenState::Recovered { resend } = st else {
         panic!("{st:?}")
     };
     // Block 1 from before the resize, the new last block (grown) and the write after.
     assert!(resend.contains(1) && resend.contains(g2.block_count() - 1));
     assert!(resend.blocks().all(|b| b < g2.block_count()));
-    pt.close().unwrap();
-    let (pt, st) = PersistentTracker::open(&p, id(), g2).unwrap();
+    pt.close(None).unwrap();
+    let (pt, st) = PersistentTracker::open(&p, id(), g2, None).unwrap();
     assert!(matches!(st, OpenState::Clean { .. }));
     let b: Vec<u64> = pt.cut().blocks().collect();
     assert!(b.contains(&1) && b.contains(&(g2.block_count() - 1)));
+}
+
+/// A write made to the disk while no tracker was attached (closed cleanly,
+/// disk modified, reopened) is detected: tracking is reported lost, never
+/// a clean state with nothing dirty. Writes immediately after the close
+/// are caught too (the identity is taken once the clock has moved on).
+#[test]
+fn writes_while_nothing_tracks_are_detected() {
+    use blockrep::io::{FileStorage, Storage};
+    let dir = tempfile::tempdir().unwrap();
+    let (p, disk_path) = (dir.path().join("t.brt"), dir.path().join("disk.img"));
+    let g = Geometry::new(8 << 20, BS).unwrap();
+    let disk = FileStorage::create(&disk_path, g.size()).unwrap();
+    for round in 0..20u8 {
+        let (pt, _) =
+            PersistentTracker::open_or_create(&p, id(), g, REGION, disk.identity().unwrap())
+                .unwrap();
+        pt.begin_write(4096, 4096).unwrap().finish();
+        disk.write_at(&[round; 4096], 4096).unwrap();
+        pt.close(disk.identity().unwrap()).unwrap();
+        // Untouched: clean.
+        let (pt, st) = PersistentTracker::open(&p, id(), g, disk.identity().unwrap()).unwrap();
+        assert!(matches!(st, OpenState::Clean { dirty: 1 }), "{st:?}");
+        pt.close(disk.identity().unwrap()).unwrap();
+        // One byte written right after the close, nothing tracking.
+        disk.write_at(&[round.wrapping_add(1)], 3 * 4096 + 17)
+            .unwrap();
+        let e = PersistentTracker::open(&p, id(), g, disk.identity().unwrap())
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ResyncRequired, "round {round}: {e}");
+        let (pt, st) =
+            PersistentTracker::open_or_create(&p, id(), g, REGION, disk.identity().unwrap())
+                .unwrap();
+        assert!(matches!(st, OpenState::Invalid(_)), "{st:?}");
+        pt.close(disk.identity().unwrap()).unwrap();
+        std::fs::remove_file(&p).unwrap();
+    }
+    // A disk replaced by a copy (another inode) is detected as well.
+    let (pt, _) =
+        PersistentTracker::open_or_create(&p, id(), g, REGION, disk.identity().unwrap()).unwrap();
+    pt.close(disk.identity().unwrap()).unwrap();
+    let copy = dir.path().join("copy.img");
+    std::fs::copy(&disk_path, &copy).unwrap();
+    std::fs::rename(&copy, &disk_path).unwrap();
+    let replaced = FileStorage::open(&disk_path).unwrap();
+    let e = PersistentTracker::open(&p, id(), g, replaced.identity().unwrap())
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ResyncRequired);
 }

@@ -51,6 +51,15 @@ pub(super) fn c_path<'a>(p: *const c_char) -> Result<&'a str, Error> {
         .map_err(|_| Error::invalid("path is not UTF-8"))
 }
 
+/// A path that may be null (optional).
+pub(super) fn opt_path<'a>(p: *const c_char) -> Result<Option<&'a str>, Error> {
+    if p.is_null() {
+        Ok(None)
+    } else {
+        c_path(p).map(Some)
+    }
+}
+
 fn kind_of(k: u32) -> Result<LogKind, Error> {
     Ok(match k {
         1 => LogKind::Full,

@@ -1,14 +1,14 @@
 //! The primary-side pipeline through the C ABI: write begin/end pairs
 //! around guest writes, cycles into the spool, shipping, resync.
 
-use super::log::c_path;
+use super::log::{c_path, opt_path};
 use super::ptracker::blockrep_open_state;
 use super::status::{blockrep_status, guard, null, register, unregister};
 use crate::error::{Error, ErrorKind, Result};
 use crate::failover::DiskStatus;
 use crate::geometry::Geometry;
 use crate::id::DiskId;
-use crate::io::{FileStorage, FsDir, Storage};
+use crate::io::{DiskIdentity, FileStorage, FsDir, Storage};
 use crate::log::{BlockDigests, Consistency, Digest, LogKind};
 use crate::source::{
     ChainPoint, CycleOptions, CycleReport, Pipeline, Primary, Spool, SpooledLog, Tracking,
@@ -37,18 +37,18 @@ pub(super) trait Engine: Send + Sync {
 /// Stops tracking: cleanly for a persistent tracker (the next open is
 /// clean), a no-op for one in memory (its marks are lost).
 pub(super) trait CloseTracking {
-    fn close_tracking(self) -> Result<()>;
+    fn close_tracking(self, disk: Option<DiskIdentity>) -> Result<()>;
 }
 
 impl CloseTracking for Tracker {
-    fn close_tracking(self) -> Result<()> {
+    fn close_tracking(self, _disk: Option<DiskIdentity>) -> Result<()> {
         Ok(())
     }
 }
 
 impl CloseTracking for PersistentTracker {
-    fn close_tracking(self) -> Result<()> {
-        self.close()
+    fn close_tracking(self, disk: Option<DiskIdentity>) -> Result<()> {
+        self.close(disk)
     }
 }
 
@@ -96,7 +96,9 @@ impl<T: Tracking + CloseTracking + 'static> Engine for Pipeline<T> {
         self
     }
     fn close(self: Box<Self>) -> Result<()> {
-        self.into_primary().into_tracking().close_tracking()
+        let primary = self.into_primary();
+        let disk = primary.disk().identity()?;
+        primary.into_tracking().close_tracking(disk)
     }
 }
 
@@ -211,14 +213,6 @@ fn disk_id_of(p: *const u8) -> Result<DiskId> {
     Ok(DiskId(id))
 }
 
-fn opt_path<'a>(p: *const c_char) -> Result<Option<&'a str>> {
-    if p.is_null() {
-        Ok(None)
-    } else {
-        c_path(p).map(Some)
-    }
-}
-
 fn make(
     disk: Arc<dyn Storage>,
     tracker: Option<PersistentTracker>,
@@ -319,12 +313,21 @@ pub unsafe extern "C" fn blockrep_pipeline_open(
         let g = Geometry::new(disk.len()?, spool.head().geometry.block_size())?;
         let (tracker, state) = match tracker_path {
             Some(p) => {
-                let (t, s) = PersistentTracker::open(p, spool.disk_id(), g)?;
+                // A tracker file missing, untrustworthy, or closed before
+                // the disk changed unseen: recreated, and tracking is lost.
+                let (t, s) = PersistentTracker::open_or_create(
+                    p,
+                    spool.disk_id(),
+                    g,
+                    INTENT_REGION_DEFAULT,
+                    disk.identity()?,
+                )?;
                 let s = match s {
-                    OpenState::Created => blockrep_open_state::BLOCKREP_OPEN_CREATED,
                     OpenState::Clean { .. } => blockrep_open_state::BLOCKREP_OPEN_CLEAN,
                     OpenState::Recovered { .. } => blockrep_open_state::BLOCKREP_OPEN_RECOVERED,
-                    OpenState::Invalid(_) => blockrep_open_state::BLOCKREP_OPEN_INVALID,
+                    OpenState::Created | OpenState::Invalid(_) => {
+                        blockrep_open_state::BLOCKREP_OPEN_INVALID
+                    }
                 };
                 (Some(t), s)
             }

@@ -1,10 +1,12 @@
 //! The persistent tracker through the C ABI.
 
+use super::log::opt_path;
 use super::status::{blockrep_status, guard, null, register, unregister};
 use super::tracker::blockrep_blockset;
 use crate::error::Error;
 use crate::geometry::Geometry;
 use crate::id::DiskId;
+use crate::io::{FileStorage, Storage};
 use crate::tracker::{OpenState, PersistentTracker};
 use std::ffi::{c_char, CStr};
 
@@ -13,6 +15,9 @@ use std::ffi::{c_char, CStr};
 /// threads at once on the same handle.
 pub struct blockrep_ptracker {
     inner: PersistentTracker,
+    /// The disk, when named: its identity is recorded at a clean close and
+    /// checked at the next open.
+    disk: Option<FileStorage>,
 }
 
 /// How a persistent tracker file was found when opened.
@@ -26,8 +31,9 @@ pub enum blockrep_open_state {
     /// The last stop was unclean; the blocks that may differ are marked
     /// again and the next cycle ships them.
     BLOCKREP_OPEN_RECOVERED = 3,
-    /// The file could not be trusted and was recreated: tracking was lost,
-    /// run a digest resync.
+    /// The file could not be trusted, or the disk changed while nothing
+    /// tracked it, and the file was recreated: tracking was lost, run a
+    /// digest resync.
     BLOCKREP_OPEN_INVALID = 4,
 }
 
@@ -45,12 +51,20 @@ fn live<'a>(t: *const blockrep_ptracker) -> Result<&'a PersistentTracker, Error>
 /// success writes the handle (owned by the caller) to `*out` and how the
 /// file was found to `*out_state`.
 ///
+/// `disk_path` names the disk's file: its identity (inode, size, times) is
+/// recorded at a clean close and compared at the next open, so writes made
+/// while nothing tracked are detected (`BLOCKREP_OPEN_INVALID`). Null when
+/// the disk offers no such signal (a block device): the integration then
+/// declares that nothing writes to the disk while it is not tracked.
+///
 /// # Safety
-/// `path` must be a NUL-terminated string, `disk_id` 16 readable bytes,
-/// `out` and `out_state` writable; null pointers are refused.
+/// `path` must be a NUL-terminated string, `disk_path` null or one,
+/// `disk_id` 16 readable bytes, `out` and `out_state` writable; other null
+/// pointers are refused.
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_ptracker_open(
     path: *const c_char,
+    disk_path: *const c_char,
     disk_id: *const u8,
     size: u64,
     block_size: u32,
@@ -70,15 +84,23 @@ pub unsafe extern "C" fn blockrep_ptracker_open(
         // SAFETY: `disk_id` points to 16 readable bytes per the contract.
         unsafe { std::ptr::copy_nonoverlapping(disk_id, id.as_mut_ptr(), 16) };
         let geometry = Geometry::new(size, block_size)?;
+        let disk = match opt_path(disk_path)? {
+            Some(p) => Some(FileStorage::open_read_only(p)?),
+            None => None,
+        };
+        let seen = match &disk {
+            Some(d) => d.identity()?,
+            None => None,
+        };
         let (pt, state) =
-            PersistentTracker::open_or_create(path, DiskId(id), geometry, region_size)?;
+            PersistentTracker::open_or_create(path, DiskId(id), geometry, region_size, seen)?;
         let state = match state {
             OpenState::Created => blockrep_open_state::BLOCKREP_OPEN_CREATED,
             OpenState::Clean { .. } => blockrep_open_state::BLOCKREP_OPEN_CLEAN,
             OpenState::Recovered { .. } => blockrep_open_state::BLOCKREP_OPEN_RECOVERED,
             OpenState::Invalid(_) => blockrep_open_state::BLOCKREP_OPEN_INVALID,
         };
-        let p = register(Box::new(blockrep_ptracker { inner: pt }));
+        let p = register(Box::new(blockrep_ptracker { inner: pt, disk }));
         // SAFETY: both outputs are non-null and writable per the contract.
         unsafe {
             *out = p;
@@ -186,7 +208,14 @@ pub unsafe extern "C" fn blockrep_ptracker_reclaim(
 /// `t` must be null (refused) or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_ptracker_close(t: *mut blockrep_ptracker) -> blockrep_status {
-    guard(|| unregister(t, "tracker")?.inner.close())
+    guard(|| {
+        let t = unregister(t, "tracker")?;
+        let seen = match &t.disk {
+            Some(d) => d.identity()?,
+            None => None,
+        };
+        t.inner.close(seen)
+    })
 }
 
 /// Frees the handle without a clean stop: the next open treats it as a

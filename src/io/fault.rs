@@ -291,6 +291,10 @@ impl<S: Storage + 'static> Storage for FaultStorage<S> {
         self.shared.inner.len()
     }
 
+    fn identity(&self) -> Result<Option<super::DiskIdentity>> {
+        self.shared.inner.identity()
+    }
+
     fn set_len(&self, len: u64) -> Result<()> {
         let old = self.shared.inner.len()?;
         // Shrinking loses the bytes past `len`: capture them for undo.

@@ -1,4 +1,4 @@
-use super::{short_read, Storage};
+use super::{short_read, DiskIdentity, Storage};
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -69,6 +69,20 @@ impl FileStorage {
     fn err(&self, what: &str, e: std::io::Error, offset: u64) -> Error {
         Error::io(what, e).with_path(&self.path).with_offset(offset)
     }
+}
+
+/// The coarse real-time clock that file systems stamp times from, in ns.
+fn coarse_now_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
 impl Storage for FileStorage {
@@ -147,6 +161,39 @@ impl Storage for FileStorage {
         let end = unsafe { libc::lseek(fd, start as libc::off_t, libc::SEEK_HOLE) };
         let end = if end < 0 { len } else { (end as u64).min(len) };
         Ok(Some((start, end - start)))
+    }
+
+    /// For a regular file: device, inode, size and times, taken once the
+    /// coarse clock has passed the file's last change, so a write after
+    /// this call always changes a time (file systems stamp times from a
+    /// clock that advances in ticks of a few milliseconds). For a block
+    /// device: `None`, since writes do not change its node's times.
+    fn identity(&self) -> Result<Option<DiskIdentity>> {
+        use std::os::unix::fs::MetadataExt;
+        for _ in 0..1000 {
+            let m = self
+                .file
+                .metadata()
+                .map_err(|e| Error::io("stat", e).with_path(&self.path))?;
+            if !m.file_type().is_file() {
+                return Ok(None);
+            }
+            let id = DiskIdentity {
+                device: m.dev(),
+                inode: m.ino(),
+                size: m.len(),
+                modified_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+                changed_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            };
+            if coarse_now_ns() > id.modified_ns.max(id.changed_ns) {
+                return Ok(Some(id));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // The file's times lie in the future (a clock set back): a later
+        // write could carry the same times. Claim no signal rather than a
+        // false one.
+        Ok(None)
     }
 
     fn punch_hole(&self, offset: u64, len: u64) -> Result<bool> {

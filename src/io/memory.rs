@@ -1,13 +1,29 @@
-use super::{short_read, Storage};
+use super::{short_read, DiskIdentity, Storage};
 use crate::error::{Error, Result};
 use parking_lot::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Storage in memory: a growable byte vector behind a lock.
 ///
 /// Holes punched in it read as zeros, so it reports punching as done.
-#[derive(Debug, Default)]
+/// Its [`identity`](Storage::identity) is a unique id and a count of the
+/// changes made, so a test can show writes made while nothing tracked.
+#[derive(Debug)]
 pub struct MemStorage {
     data: RwLock<Vec<u8>>,
+    /// Unique among the storages of this process, for the identity.
+    id: u64,
+    /// Writes, resizes and punched holes so far.
+    changes: AtomicU64,
+}
+
+/// Ids of memory storages, for their identities.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Default for MemStorage {
+    fn default() -> Self {
+        Self::from_vec(Vec::new())
+    }
 }
 
 impl MemStorage {
@@ -27,6 +43,8 @@ impl MemStorage {
     pub fn from_vec(data: Vec<u8>) -> Self {
         MemStorage {
             data: RwLock::new(data),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            changes: AtomicU64::new(0),
         }
     }
 
@@ -62,6 +80,7 @@ impl Storage for MemStorage {
             data.resize(e, 0);
         }
         data[s..e].copy_from_slice(buf);
+        self.changes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -77,6 +96,7 @@ impl Storage for MemStorage {
         let len = usize::try_from(len)
             .map_err(|_| Error::invalid(format!("{len} bytes do not fit in memory")))?;
         self.data.write().resize(len, 0);
+        self.changes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -86,6 +106,18 @@ impl Storage for MemStorage {
         let start = offset.min(size) as usize;
         let end = offset.saturating_add(len).min(size) as usize;
         data[start..end].fill(0);
+        self.changes.fetch_add(1, Ordering::Relaxed);
         Ok(true)
+    }
+
+    fn identity(&self) -> Result<Option<DiskIdentity>> {
+        let data = self.data.read();
+        Ok(Some(DiskIdentity {
+            device: 0,
+            inode: self.id,
+            size: data.len() as u64,
+            modified_ns: self.changes.load(Ordering::Relaxed) as i64,
+            changed_ns: 0,
+        }))
     }
 }

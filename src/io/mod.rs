@@ -54,6 +54,35 @@ pub trait Storage: Send + Sync {
         let len = self.len()?;
         Ok((offset < len).then(|| (offset, len - offset)))
     }
+    /// What identifies the storage's current content without reading it,
+    /// so a tracker closed cleanly can tell at open whether anything wrote
+    /// to the disk while nothing was tracking. `None`: this storage offers
+    /// no such signal (block devices, for one): the integration must then
+    /// guarantee that no write happens while the disk is not tracked, or
+    /// run a digest resync after any such time.
+    fn identity(&self) -> Result<Option<DiskIdentity>> {
+        Ok(None)
+    }
+}
+
+/// What identifies a disk's content at one moment without reading it: for a
+/// file, its device, inode, size and modification and change times. Equal
+/// identities at a tracker's clean close and at its next open mean nothing
+/// wrote to the disk in between (a write changes the times; a copy or a
+/// replaced file changes the inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DiskIdentity {
+    /// The device holding the file.
+    pub device: u64,
+    /// The file's inode (for memory storage, a unique id).
+    pub inode: u64,
+    /// The size in bytes.
+    pub size: u64,
+    /// The last modification, ns since the Unix epoch (for memory
+    /// storage, a count of changes).
+    pub modified_ns: i64,
+    /// The last inode change, ns since the Unix epoch.
+    pub changed_ns: i64,
 }
 
 /// Storage behind a reference or a smart pointer is storage.
@@ -80,6 +109,9 @@ macro_rules! forward_storage {
             }
             fn next_data(&self, offset: u64) -> Result<Option<(u64, u64)>> {
                 (**self).next_data(offset)
+            }
+            fn identity(&self) -> Result<Option<DiskIdentity>> {
+                (**self).identity()
             }
         }
     )*};

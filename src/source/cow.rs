@@ -22,6 +22,7 @@ use crate::error::Result;
 use crate::geometry::Extent;
 use crate::io::Storage;
 use crate::log::{LogKind, LogSummary, LogWriter, WriterOptions};
+use crate::tracker::open_writes::OpenWrites;
 use crate::tracker::{BlockSet, FrozenSet, PersistentTracker, Tracker};
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
@@ -90,12 +91,14 @@ impl Tracking for PersistentTracker {
         PersistentTracker::resize(self, size)
     }
     fn begin_write(&self, offset: u64, len: u64) -> Result<()> {
-        self.begin_write_unguarded(offset, len)
+        // The primary pairs begins and ends itself (guards, or its own
+        // check of unguarded calls).
+        self.begin_raw(offset, len)
     }
     fn end_write(&self, offset: u64, len: u64, _data: bool) {
         // Zero writes are marked too: the zero set is not persistent, and
         // the blocks, read as zeros, still ship as zero extents.
-        let _ = PersistentTracker::end_write(self, offset, len);
+        self.end_raw(offset, len);
     }
     fn cut(&self) -> FrozenSet {
         PersistentTracker::cut(self)
@@ -109,8 +112,9 @@ impl Tracking for PersistentTracker {
     fn mark_durable(&self, extent: Extent) -> Result<()> {
         let g = self.geometry();
         let (offset, len) = g.extent_bytes(extent);
-        self.begin_write_unguarded(offset, len)?;
-        PersistentTracker::end_write(self, offset, len)
+        self.begin_raw(offset, len)?;
+        self.end_raw(offset, len);
+        Ok(())
     }
 }
 
@@ -136,6 +140,9 @@ pub struct Primary<T: Tracking = Tracker> {
     /// depends on, completed on another, lands after that disk's cut.
     hold: AtomicBool,
     cycle: Mutex<InFlight>,
+    /// Writes begun with [`begin_write`](Primary::begin_write), so an end
+    /// without its begin is refused.
+    unguarded: OpenWrites,
 }
 
 /// Taken before a guest write is submitted; marks the write when dropped
@@ -188,6 +195,7 @@ impl<T: Tracking> Primary<T> {
             active: AtomicBool::new(false),
             hold: AtomicBool::new(false),
             cycle: Mutex::new(InFlight::default()),
+            unguarded: OpenWrites::default(),
         }
     }
 
@@ -288,12 +296,17 @@ impl<T: Tracking> Primary<T> {
     /// completed.
     pub fn begin_write(&self, offset: u64, len: u64, zero: bool) -> Result<()> {
         std::mem::forget(self.guard(offset, len, zero)?);
+        self.unguarded.begin(offset, len);
         Ok(())
     }
 
-    /// Completes a write begun with [`begin_write`](Self::begin_write).
+    /// Completes a write begun with [`begin_write`](Self::begin_write) over
+    /// the same range. An end without its begin (or a second end) is
+    /// refused as misuse and changes nothing: it cannot complete another
+    /// write still in flight.
     pub fn end_write(&self, offset: u64, len: u64, zero: bool) -> Result<()> {
         self.tracker().geometry().blocks_for_range(offset, len)?;
+        self.unguarded.end(offset, len)?;
         self.complete_write(offset, if zero { len | ZERO_WRITE } else { len });
         Ok(())
     }

@@ -19,10 +19,13 @@
 //! while another thread cuts.
 
 mod bitmap;
+pub(crate) mod open_writes;
 mod persistent;
 mod set;
 
-pub use persistent::{OpenState, PersistentTracker, WriteGuard, INTENT_REGION_DEFAULT};
+pub use persistent::{
+    OpenState, PersistentTracker, TrackerHeader, WriteGuard, INTENT_REGION_DEFAULT,
+};
 pub use set::{BlockSet, Extents, FrozenSet};
 
 use crate::error::Result;

@@ -286,6 +286,19 @@ int main(void) {
 
   CHECK(blockrep_pipeline_close(p) == BLOCKREP_STATUS_OK);
   CHECK(blockrep_pipeline_close(NULL) == BLOCKREP_STATUS_INVALID_ARGUMENT);
+
+  /* A write while nothing tracked: the reopen says tracking was lost, and
+   * a digest resync sends exactly what changed. */
+  pwrite_all("unseen", 6, 3 * BS + 7);
+  CHECK(blockrep_pipeline_open(disk_path, spool, 1 << 30, tracker, &state, &p) ==
+        BLOCKREP_STATUS_OK);
+  CHECK(state == BLOCKREP_OPEN_INVALID);
+  CHECK(blockrep_replica_block_digests(r, digests) == BLOCKREP_STATUS_OK);
+  CHECK(blockrep_pipeline_resync(p, digests, &info) == BLOCKREP_STATUS_OK);
+  CHECK(info.blocks == 1);
+  CHECK(ship(p, &r) == 1);
+  check_equal(r, head(p));
+  CHECK(blockrep_pipeline_close(p) == BLOCKREP_STATUS_OK);
   CHECK(blockrep_replica_free(r) == BLOCKREP_STATUS_OK);
   close(disk_fd);
   char cmd[600];

@@ -31,12 +31,12 @@ int main(void) {
   blockrep_ptracker *t = NULL;
   blockrep_open_state st = 0;
 
-  CHECK(blockrep_ptracker_open(NULL, id, SIZE, BS, REGION, &t, &st) ==
+  CHECK(blockrep_ptracker_open(NULL, NULL, id, SIZE, BS, REGION, &t, &st) ==
         BLOCKREP_STATUS_INVALID_ARGUMENT);
-  CHECK(blockrep_ptracker_open(path, id, SIZE, BS, 12345, &t, &st) ==
+  CHECK(blockrep_ptracker_open(path, NULL, id, SIZE, BS, 12345, &t, &st) ==
         BLOCKREP_STATUS_INVALID_ARGUMENT);
   CHECK(t == NULL);
-  CHECK(blockrep_ptracker_open(path, id, SIZE, BS, REGION, &t, &st) ==
+  CHECK(blockrep_ptracker_open(path, NULL, id, SIZE, BS, REGION, &t, &st) ==
         BLOCKREP_STATUS_OK);
   CHECK(st == BLOCKREP_OPEN_CREATED);
 
@@ -48,10 +48,16 @@ int main(void) {
   CHECK(blockrep_ptracker_end_write(t, 0, 8192) == BLOCKREP_STATUS_OK);
   CHECK(blockrep_ptracker_begin_write(t, 10 << 20, 4096) == BLOCKREP_STATUS_OK);
   CHECK(blockrep_ptracker_end_write(t, 10 << 20, 4096) == BLOCKREP_STATUS_OK);
+  /* An end without its begin, even beside another write in flight in the
+   * same region, is refused: it must not complete that write. */
+  CHECK(blockrep_ptracker_begin_write(t, 10 << 20, 8192) == BLOCKREP_STATUS_OK);
+  CHECK(blockrep_ptracker_end_write(t, 10 << 20, 4096) == BLOCKREP_STATUS_MISUSE);
+  CHECK(blockrep_ptracker_end_write(t, 10 << 20, 8192) == BLOCKREP_STATUS_OK);
+  CHECK(blockrep_ptracker_end_write(t, 10 << 20, 8192) == BLOCKREP_STATUS_MISUSE);
 
   blockrep_blockset *set = NULL;
   CHECK(blockrep_ptracker_cut(t, &set) == BLOCKREP_STATUS_OK);
-  CHECK(count_of(set) == 3);
+  CHECK(count_of(set) == 4);
   CHECK(blockrep_ptracker_commit(t, set) == BLOCKREP_STATUS_OK);
   CHECK(blockrep_ptracker_commit(t, set) == BLOCKREP_STATUS_MISUSE); /* not outstanding */
   CHECK(blockrep_blockset_free(set) == BLOCKREP_STATUS_OK);
@@ -66,7 +72,7 @@ int main(void) {
   CHECK(blockrep_ptracker_close(t) == BLOCKREP_STATUS_MISUSE);
 
   /* Clean reopen: the one dirty block is back. */
-  CHECK(blockrep_ptracker_open(path, id, SIZE, BS, REGION, &t, &st) ==
+  CHECK(blockrep_ptracker_open(path, NULL, id, SIZE, BS, REGION, &t, &st) ==
         BLOCKREP_STATUS_OK);
   CHECK(st == BLOCKREP_OPEN_CLEAN);
   CHECK(blockrep_ptracker_cut(t, &set) == BLOCKREP_STATUS_OK);
@@ -76,7 +82,7 @@ int main(void) {
   CHECK(blockrep_ptracker_begin_write(t, 30 << 20, 4096) == BLOCKREP_STATUS_OK);
   CHECK(blockrep_ptracker_free(t) == BLOCKREP_STATUS_OK);
 
-  CHECK(blockrep_ptracker_open(path, id, SIZE, BS, REGION, &t, &st) ==
+  CHECK(blockrep_ptracker_open(path, NULL, id, SIZE, BS, REGION, &t, &st) ==
         BLOCKREP_STATUS_OK);
   CHECK(st == BLOCKREP_OPEN_RECOVERED);
   CHECK(blockrep_ptracker_cut(t, &set) == BLOCKREP_STATUS_OK);
@@ -88,10 +94,29 @@ int main(void) {
   /* Another disk's id: the file is untrusted and recreated. */
   uint8_t other[16];
   memset(other, 8, sizeof other);
-  CHECK(blockrep_ptracker_open(path, other, SIZE, BS, REGION, &t, &st) ==
+  CHECK(blockrep_ptracker_open(path, NULL, other, SIZE, BS, REGION, &t, &st) ==
         BLOCKREP_STATUS_OK);
   CHECK(st == BLOCKREP_OPEN_INVALID);
   CHECK(blockrep_ptracker_close(t) == BLOCKREP_STATUS_OK);
+
+  /* With the disk named, a write made while nothing tracked is detected. */
+  char disk[] = "/tmp/blockrep-ptracker-disk-XXXXXX";
+  int dfd = mkstemp(disk);
+  CHECK(dfd >= 0 && ftruncate(dfd, SIZE) == 0);
+  CHECK(blockrep_ptracker_open(path, disk, other, SIZE, BS, REGION, &t, &st) ==
+        BLOCKREP_STATUS_OK);
+  CHECK(blockrep_ptracker_close(t) == BLOCKREP_STATUS_OK);
+  CHECK(blockrep_ptracker_open(path, disk, other, SIZE, BS, REGION, &t, &st) ==
+        BLOCKREP_STATUS_OK);
+  CHECK(st == BLOCKREP_OPEN_CLEAN); /* untouched */
+  CHECK(blockrep_ptracker_close(t) == BLOCKREP_STATUS_OK);
+  CHECK(pwrite(dfd, "x", 1, 4096) == 1); /* nobody tracking */
+  CHECK(blockrep_ptracker_open(path, disk, other, SIZE, BS, REGION, &t, &st) ==
+        BLOCKREP_STATUS_OK);
+  CHECK(st == BLOCKREP_OPEN_INVALID);
+  CHECK(blockrep_ptracker_close(t) == BLOCKREP_STATUS_OK);
+  close(dfd);
+  unlink(disk);
   unlink(path);
   puts("persistent tracker C ABI: ok");
   return 0;

@@ -242,3 +242,26 @@ pub fn chain_start(g: Geometry) -> blockrep::source::ChainPoint {
         geometry: g,
     }
 }
+
+/// The every-fault loop of the crash tests: runs `scenario` once under a
+/// counting plan to learn how many steps it takes, then again with each of
+/// `faults` injected at every step. The scenario checks its own outcome;
+/// it is told the step and fault (`None` for the counting run). Returns
+/// the number of steps.
+pub fn at_every_step(
+    faults: &[blockrep::io::Fault],
+    mut scenario: impl FnMut(&blockrep::io::FaultPlan, Option<(u64, blockrep::io::Fault)>),
+) -> u64 {
+    let probe = blockrep::io::FaultPlan::counting();
+    scenario(&probe, None);
+    let steps = probe.ops();
+    assert!(steps > 0, "the scenario counted no step");
+    for n in 1..=steps {
+        for &f in faults {
+            let plan = blockrep::io::FaultPlan::at(n, f);
+            scenario(&plan, Some((n, f)));
+            assert!(plan.fired(), "step {n} ({f:?}) was never reached");
+        }
+    }
+    steps
+}
