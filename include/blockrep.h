@@ -527,6 +527,16 @@ blockrep_status blockrep_replica_group_apply(const blockrep_replica_group *g,
 // `g` null (refused) or a handle not yet released.
 blockrep_status blockrep_replica_group_free(blockrep_replica_group *g);
 
+// Lets the pipeline be cut in a consistency group (`blockrep_group_cycle`
+// refuses members that did not join): call it before the disk takes
+// writes. Its write completions then take part in a group cut's hold,
+// which costs two atomic operations each. No other call may run on `p`
+// meanwhile.
+//
+// # Safety
+// `p` null (refused) or live, used by no other thread during the call.
+blockrep_status blockrep_pipeline_join_group(blockrep_pipeline *p);
+
 // The disk was resized to `size` bytes (by the integration, with its I/O
 // drained): the next cycle's log ships the new size and the replica
 // follows. No other call may run on `p` meanwhile.
@@ -999,7 +1009,8 @@ blockrep_status blockrep_incoming_apply(blockrep_incoming *i,
 blockrep_status blockrep_incoming_free(blockrep_incoming *i);
 
 // Writes the BLAKE3 digest of every block of the latest point to the file
-// `path` (through a temporary file and a rename), for the primary's
+// `path` (crash-safely: a temporary file, synced, renamed, the directory
+// synced), for the primary's
 // `blockrep_pipeline_resync`. Uses every core; applies wait meanwhile.
 //
 // # Safety

@@ -10,16 +10,34 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The directory holding libblockrep.a and libblockrep.so: `cargo test`
-/// leaves them beside this test binary in `deps`; `cargo build` also copies
-/// them one level up.
+/// The directory holding libblockrep.a and libblockrep.so, built from the
+/// current sources. `cargo test` builds the library's rlib for the tests
+/// but does not always refresh the static and shared libraries beside it,
+/// so a C program could link a stale one: the library is built once here
+/// (a no-op when it is fresh) before any C program links it.
 fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap().to_path_buf();
-    if deps.join("libblockrep.a").exists() {
-        return deps;
-    }
-    deps.parent().unwrap().to_path_buf()
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let deps = exe.parent().unwrap().to_path_buf();
+            let profile_dir = deps.parent().unwrap().to_path_buf();
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo
+                .args(["build", "--lib", "--quiet", "--manifest-path"])
+                .arg(root().join("Cargo.toml"))
+                .arg("--target-dir")
+                .arg(profile_dir.parent().unwrap());
+            if profile_dir.ends_with("release") {
+                cargo.arg("--release");
+            }
+            let status = cargo.status().expect("run cargo build --lib");
+            assert!(status.success(), "cargo build --lib failed");
+            // `cargo build` leaves the fresh libraries in the profile
+            // directory.
+            profile_dir
+        })
+        .clone()
 }
 
 fn generate_header() -> String {

@@ -8,7 +8,9 @@ mod common;
 use blockrep::io::{Dir, Fault, FaultPlan, MemDir, MemStorage, Storage};
 use blockrep::log::{MappedLog, ReadOptions, WriterOptions};
 use blockrep::replica::{Replica, ReplicaGroup};
-use blockrep::source::{ChainPoint, ConsistencyGroup, CycleOptions, Pipeline, Primary, Spool};
+use blockrep::source::{
+    ChainPoint, ConsistencyGroup, CycleOptions, Pipeline, Primary, Spool, Tracking,
+};
 use blockrep::tracker::PersistentTracker;
 use blockrep::{DiskId, Geometry, Tracker};
 use common::{first_diff, Rng, StopOnDrop};
@@ -24,6 +26,17 @@ fn geo() -> Geometry {
 
 fn start() -> ChainPoint {
     common::chain_start(geo())
+}
+
+/// A pipeline that joined consistency groups.
+fn grouped_pipeline<T: Tracking>(
+    primary: Primary<T>,
+    spool: Spool,
+    opts: WriterOptions,
+) -> blockrep::Result<Pipeline<T>> {
+    let mut p = Pipeline::new(primary, spool, opts)?;
+    p.join_group();
+    Ok(p)
 }
 
 fn opts() -> WriterOptions {
@@ -119,13 +132,13 @@ fn a_group_point_never_has_a_later_write_without_the_one_it_followed() {
         Arc::new(MemStorage::zeroed(g.size()).unwrap()),
     ];
     let plan = FaultPlan::counting();
-    let pa = Pipeline::new(
+    let pa = grouped_pipeline(
         Primary::new(Tracker::new(g), disks[0].clone()),
         mem_spool(A, &plan).1,
         opts(),
     )
     .unwrap();
-    let pb = Pipeline::new(
+    let pb = grouped_pipeline(
         Primary::new(Tracker::new(g), disks[1].clone()),
         mem_spool(B, &plan).1,
         opts(),
@@ -211,8 +224,10 @@ fn base() -> Base {
     let plan = FaultPlan::counting();
     let (sa, spa) = mem_spool(A, &plan);
     let (sb, spb) = mem_spool(B, &plan);
-    let pa = Pipeline::new(Primary::new(Tracker::new(g), disks[0].clone()), spa, opts()).unwrap();
-    let pb = Pipeline::new(Primary::new(Tracker::new(g), disks[1].clone()), spb, opts()).unwrap();
+    let pa =
+        grouped_pipeline(Primary::new(Tracker::new(g), disks[0].clone()), spa, opts()).unwrap();
+    let pb =
+        grouped_pipeline(Primary::new(Tracker::new(g), disks[1].clone()), spb, opts()).unwrap();
     pa.initial_sync(opts().into()).unwrap();
     pb.initial_sync(opts().into()).unwrap();
     let d = || Arc::new(MemDir::new(&plan));
@@ -280,7 +295,7 @@ fn a_group_cycle_failing_or_crashing_at_every_spool_step_loses_nothing() {
             };
             let dir: Arc<dyn Dir> = spool_dirs[i].clone();
             let spool = Spool::open(dir, 1 << 30).unwrap();
-            Pipeline::new(Primary::new(tracker, disks[i].clone()), spool, opts()).unwrap()
+            grouped_pipeline(Primary::new(tracker, disks[i].clone()), spool, opts()).unwrap()
         };
         let (pa, pb) = (open(0, true), open(1, true));
         let mut rng = Rng(n);
@@ -335,7 +350,7 @@ fn a_group_cycle_failing_or_crashing_at_every_spool_step_loses_nothing() {
                 let (tracker, _) = PersistentTracker::open(&paths[i], id, g, None).unwrap();
                 let dir: Arc<dyn Dir> = spool_dirs2[i].clone();
                 let spool = Spool::open(dir, 1 << 30).unwrap();
-                Pipeline::new(Primary::new(tracker, disks[i].clone()), spool, opts()).unwrap()
+                grouped_pipeline(Primary::new(tracker, disks[i].clone()), spool, opts()).unwrap()
             };
             let (pa, pb) = (reopen(0), reopen(1));
             finish(&pa, &pb, &mut sec);
@@ -357,13 +372,13 @@ fn a_group_apply_crashing_at_every_step_applies_all_or_none() {
     ];
     let spool =
         |i: usize| -> Arc<dyn Dir> { Arc::new(base.spools[i].recover(&FaultPlan::counting())) };
-    let pa = Pipeline::new(
+    let pa = grouped_pipeline(
         Primary::new(Tracker::new(g), disks[0].clone()),
         Spool::open(spool(0), 1 << 30).unwrap(),
         opts(),
     )
     .unwrap();
-    let pb = Pipeline::new(
+    let pb = grouped_pipeline(
         Primary::new(Tracker::new(g), disks[1].clone()),
         Spool::open(spool(1), 1 << 30).unwrap(),
         opts(),

@@ -172,6 +172,26 @@ pub unsafe extern "C" fn blockrep_replica_group_free(
     guard(|| unregister(g, "replica group").map(drop))
 }
 
+/// Lets the pipeline be cut in a consistency group (`blockrep_group_cycle`
+/// refuses members that did not join): call it before the disk takes
+/// writes. Its write completions then take part in a group cut's hold,
+/// which costs two atomic operations each. No other call may run on `p`
+/// meanwhile.
+///
+/// # Safety
+/// `p` null (refused) or live, used by no other thread during the call.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_join_group(
+    p: *mut blockrep_pipeline,
+) -> blockrep_status {
+    guard(|| {
+        // SAFETY: null (refused) or live and exclusive per the contract.
+        let p = unsafe { p.as_mut() }.ok_or_else(|| null("pipeline"))?;
+        p.engine_mut().join_group();
+        Ok(())
+    })
+}
+
 /// The disk was resized to `size` bytes (by the integration, with its I/O
 /// drained): the next cycle's log ships the new size and the replica
 /// follows. No other call may run on `p` meanwhile.

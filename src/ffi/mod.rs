@@ -29,9 +29,9 @@ pub use failover::{
     blockrep_test_failover_read, blockrep_test_failover_write,
 };
 pub use group::{
-    blockrep_group_cycle, blockrep_pipeline_resize, blockrep_replica_group,
-    blockrep_replica_group_apply, blockrep_replica_group_free, blockrep_replica_group_open,
-    blockrep_replica_tag,
+    blockrep_group_cycle, blockrep_pipeline_join_group, blockrep_pipeline_resize,
+    blockrep_replica_group, blockrep_replica_group_apply, blockrep_replica_group_free,
+    blockrep_replica_group_open, blockrep_replica_tag,
 };
 pub use log::{
     blockrep_log_info, blockrep_log_verify, blockrep_log_writer, blockrep_log_writer_add_block,

@@ -30,6 +30,7 @@ pub(super) trait Engine: Send + Sync {
     fn reverse_sync(&self, other: Option<&BlockSet>) -> Result<CycleReport>;
     fn status_json(&self, now_ns: u64) -> String;
     fn resize(&mut self, size: u64) -> Result<()>;
+    fn join_group(&mut self);
     fn as_any(&self) -> &dyn std::any::Any;
     fn close(self: Box<Self>) -> Result<()>;
 }
@@ -91,6 +92,9 @@ impl<T: Tracking + CloseTracking + 'static> Engine for Pipeline<T> {
     }
     fn resize(&mut self, size: u64) -> Result<()> {
         Pipeline::resize(self, size)
+    }
+    fn join_group(&mut self) {
+        Pipeline::join_group(self)
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self

@@ -4,7 +4,7 @@ use super::log::c_path;
 use super::status::{blockrep_status, guard, null, register, unregister};
 use crate::error::Error;
 use crate::io::FsDir;
-use crate::log::{Consistency, MappedLog, ReadOptions};
+use crate::log::{Consistency, ReadOptions};
 use crate::replica::{ApplyOutcome, IncomingLog, PointView, Replica, RetentionPolicy};
 use std::sync::Arc;
 
@@ -70,8 +70,10 @@ pub unsafe extern "C" fn blockrep_replica_create(
         if out.is_null() {
             return Err(null("out"));
         }
-        let full = MappedLog::open(log, &ReadOptions::default())?;
-        out_handle(Replica::create(Arc::new(FsDir::new(dir)?), &full)?, out)
+        out_handle(
+            Replica::create_from_file(Arc::new(FsDir::new(dir)?), log)?,
+            out,
+        )
     })
 }
 
@@ -109,8 +111,7 @@ pub unsafe extern "C" fn blockrep_replica_apply(
 ) -> blockrep_status {
     guard(|| {
         let r = live(r)?;
-        let log = MappedLog::open(c_path(path)?, &ReadOptions::default())?;
-        outcome_out(r.apply(&log)?, out_sequence, out_applied);
+        outcome_out(r.apply_file(c_path(path)?)?, out_sequence, out_applied);
         Ok(())
     })
 }
@@ -372,7 +373,8 @@ pub unsafe extern "C" fn blockrep_incoming_free(i: *mut blockrep_incoming) -> bl
 }
 
 /// Writes the BLAKE3 digest of every block of the latest point to the file
-/// `path` (through a temporary file and a rename), for the primary's
+/// `path` (crash-safely: a temporary file, synced, renamed, the directory
+/// synced), for the primary's
 /// `blockrep_pipeline_resync`. Uses every core; applies wait meanwhile.
 ///
 /// # Safety
@@ -384,11 +386,7 @@ pub unsafe extern "C" fn blockrep_replica_block_digests(
 ) -> blockrep_status {
     guard(|| {
         let r = live(r)?;
-        let path = std::path::Path::new(c_path(path)?);
-        let bytes = r.block_digests(0)?.encode();
-        let tmp = path.with_extension("partial");
-        std::fs::write(&tmp, &bytes).map_err(|e| Error::io("write digests", e).with_path(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("rename digests", e).with_path(path))
+        r.block_digests(0)?.store(c_path(path)?)
     })
 }
 

@@ -119,6 +119,21 @@ impl Dir for FsDir {
 
 type MemFile = Arc<FaultStorage<Arc<MemStorage>>>;
 
+/// The directory holding `path` (on the file system) and the file's name
+/// in it, for the [`Dir`] operations (atomic replacement, renames) on a
+/// file a caller names by path.
+pub fn split_path(path: &Path) -> Result<(Arc<dyn Dir>, String)> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::invalid("the path names no file").with_path(path))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Ok((Arc::new(FsDir::new(parent)?), name.to_owned()))
+}
+
 /// A directory in memory for crash tests. File contents and entries both
 /// follow the plan: at a power loss, unsynced writes vanish and the entries
 /// return to their state at the last [`sync`](Dir::sync).

@@ -81,6 +81,14 @@ pub(crate) fn digest_blocks(
 }
 
 impl BlockDigests {
+    /// Writes the list to the file at `path` crash-safely: through a
+    /// temporary file, synced, renamed into place, the directory synced. A
+    /// crash leaves the old file or the new one, whole.
+    pub fn store(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let (dir, name) = crate::io::split_path(path.as_ref())?;
+        dir.store_atomic(&name, &self.encode())
+    }
+
     /// The blocks whose digest differs from `other`'s (same geometry).
     pub fn differing(&self, other: &[[u8; 32]]) -> Result<BlockSet> {
         if other.len() != self.blocks.len() {

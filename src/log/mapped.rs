@@ -6,6 +6,7 @@ use super::format::{
 use super::reader::{decode_payload, LogReader, ReadOptions};
 use super::LogHeader;
 use crate::error::{Error, Result};
+use crate::io::Dir;
 use crate::le::get_u64;
 use crate::tracker::BlockSet;
 use bytes::Bytes;
@@ -62,17 +63,36 @@ impl std::fmt::Debug for MappedLog {
 }
 
 impl MappedLog {
-    /// Maps `path` and verifies the whole log (every record and the
-    /// trailer); an incomplete log is an error.
+    /// Reads the log file at `path` into memory and verifies it whole
+    /// (every record and the trailer); an incomplete log is an error.
+    ///
+    /// A path from outside (a caller, the C ABI, the command line) is read,
+    /// never mapped: a file truncated by someone else behind a map would
+    /// kill the process with SIGBUS, and no check made before can rule that
+    /// out. Memory use is the log's size; to apply a large log with bounded
+    /// memory, use [`Replica::apply_file`](crate::replica::Replica::apply_file),
+    /// which copies it into the replica's directory first.
     pub fn open(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Self> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::io("open log", e).with_path(path))?;
-        // SAFETY: log files are immutable once renamed into place (see
-        // LogFile); a file truncated behind the map would fault, which the
-        // on-disk protocol rules out.
+        let bytes = std::fs::read(path).map_err(|e| Error::io("read log", e).with_path(path))?;
+        Self::validate(Backing::Bytes(bytes.into()), path, opts).map_err(|e| e.with_path(path))
+    }
+
+    /// Opens the log `name` in a directory the library owns: mapped when
+    /// the directory is on a file system, read otherwise. Mapping is safe
+    /// there: such logs are immutable once renamed into place (see
+    /// [`LogFile`](super::LogFile)) and their directories belong to
+    /// blockrep, so no file is truncated behind the map.
+    pub(crate) fn open_in(dir: &dyn Dir, name: &str, opts: &ReadOptions) -> Result<Self> {
+        let Some(path) = dir.path_of(name) else {
+            return Self::from_bytes(dir.read_all(name)?, name, opts);
+        };
+        let file = File::open(&path).map_err(|e| Error::io("open log", e).with_path(&path))?;
+        // SAFETY: an owned, immutable file (see above): nothing truncates
+        // or rewrites it while mapped.
         let map =
-            unsafe { Mmap::map(&file) }.map_err(|e| Error::io("map log", e).with_path(path))?;
-        Self::validate(Backing::Map(map), path, opts).map_err(|e| e.with_path(path))
+            unsafe { Mmap::map(&file) }.map_err(|e| Error::io("map log", e).with_path(&path))?;
+        Self::validate(Backing::Map(map), &path, opts).map_err(|e| e.with_path(&path))
     }
 
     /// Validates a whole log held in memory; `name` is used in errors.
@@ -117,8 +137,8 @@ impl MappedLog {
         let (map, path) = match (path, bytes) {
             (Some(p), _) => {
                 let file = File::open(p).map_err(|e| Error::io("open log", e).with_path(p))?;
-                // SAFETY: as in `open`: the file was just written, renamed
-                // into place and is never modified again.
+                // SAFETY: as in `open_in`: the file was just written,
+                // renamed into place and is never modified again.
                 let map = unsafe { Mmap::map(&file) }
                     .map_err(|e| Error::io("map log", e).with_path(p))?;
                 (Backing::Map(map), p.to_path_buf())

@@ -38,6 +38,7 @@ use crate::tracker::BlockSet;
 use parking_lot::{Mutex, RwLock};
 use state::{Phase, State};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -145,6 +146,18 @@ impl Replica {
         // The replica exists once its state does; a crash before leaves none.
         st.store(&*dir)?;
         Ok(Replica::assemble(dir, image, st))
+    }
+
+    /// [`create`](Self::create) from the full log file at `path` (from
+    /// outside: a caller's path), copied into `dir` first so memory stays
+    /// bounded and no foreign file is mapped.
+    pub fn create_from_file(dir: Arc<dyn Dir>, path: impl AsRef<Path>) -> Result<Self> {
+        refuse_existing(&*dir)?;
+        let staged = stage_file(&*dir, path.as_ref())?;
+        let r = MappedLog::open_in(&*dir, &staged, &ReadOptions::default())
+            .and_then(|full| Self::create(dir.clone(), &full));
+        let _ = dir.remove(&staged);
+        r
     }
 
     /// Creates a replica from a full log onto a caller-given image (a block
@@ -285,11 +298,7 @@ impl Replica {
     }
 
     fn read_undo_file(&self, name: &str, n: u64) -> Result<MappedLog> {
-        let opts = ReadOptions::default();
-        let log = match self.dir.path_of(name) {
-            Some(p) => MappedLog::open(p, &opts)?,
-            None => MappedLog::from_bytes(self.dir.read_all(name)?, name, &opts)?,
-        };
+        let log = MappedLog::open_in(&*self.dir, name, &ReadOptions::default())?;
         if log.header().kind != LogKind::Undo || log.header().sequence != n {
             return Err(Error::corrupt(format!(
                 "{name} is not the undo log of point {n}"
@@ -474,6 +483,18 @@ impl Replica {
         })
     }
 
+    /// Applies the log file at `path` (from outside: a caller's path), as
+    /// [`apply`](Self::apply) does. The file is copied into the replica's
+    /// directory and verified there, so memory stays bounded whatever the
+    /// log's size and no foreign file is mapped.
+    pub fn apply_file(&self, path: impl AsRef<Path>) -> Result<ApplyOutcome> {
+        let staged = stage_file(&*self.dir, path.as_ref())?;
+        let r = MappedLog::open_in(&*self.dir, &staged, &ReadOptions::default())
+            .and_then(|log| self.apply(&log));
+        let _ = self.dir.remove(&staged);
+        r
+    }
+
     /// Applies a log arriving as a stream (from the transport): it is
     /// spooled in the replica's directory and verified whole before the
     /// replica is touched, so a broken transfer changes nothing. `opts` may
@@ -500,7 +521,7 @@ impl Replica {
     /// Starts receiving a log in chunks (as a transport pushes them); see
     /// [`IncomingLog`]. Several may be received at once.
     pub fn receive(self: &Arc<Self>) -> Result<IncomingLog> {
-        let name = format!("incoming-{:016x}.partial", crate::id::random_u64()?);
+        let name = incoming_name()?;
         let file = self.dir.create(&name)?;
         Ok(IncomingLog {
             replica: self.clone(),
@@ -546,6 +567,47 @@ impl Replica {
             }
         })();
         result.map_err(|e: Error| e.with_sequence(h.sequence))
+    }
+}
+
+/// A name for a log being received into a replica's directory (removed on
+/// open if a crash leaves it).
+fn incoming_name() -> Result<String> {
+    Ok(format!(
+        "incoming-{:016x}.partial",
+        crate::id::random_u64()?
+    ))
+}
+
+/// Copies the file at `path` into `dir` under a new incoming name, synced;
+/// returns the name. On error nothing is left behind.
+fn stage_file(dir: &dyn Dir, path: &Path) -> Result<String> {
+    use std::io::Read;
+    let name = incoming_name()?;
+    let copied = (|| {
+        let mut src =
+            std::fs::File::open(path).map_err(|e| Error::io("open log", e).with_path(path))?;
+        let dst = dir.create(&name)?;
+        let mut buf = vec![0u8; CHUNK as usize];
+        let mut at = 0u64;
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("read log", e).with_path(path).with_offset(at)),
+            };
+            dst.write_at(&buf[..n], at)?;
+            at += n as u64;
+        }
+        dst.sync()
+    })();
+    match copied {
+        Ok(()) => Ok(name),
+        Err(e) => {
+            let _ = dir.remove(&name);
+            Err(e)
+        }
     }
 }
 
@@ -808,10 +870,7 @@ impl IncomingLog {
     pub fn apply(self, opts: &ReadOptions) -> Result<ApplyOutcome> {
         let r = &self.replica;
         self.file.sync()?;
-        let log = match r.dir.path_of(&self.name) {
-            Some(p) => MappedLog::open(p, opts)?,
-            None => MappedLog::from_bytes(r.dir.read_all(&self.name)?, &self.name, opts)?,
-        };
+        let log = MappedLog::open_in(&*r.dir, &self.name, opts)?;
         r.apply(&log)
     }
 }

@@ -27,7 +27,7 @@ use crate::tracker::{BlockSet, FrozenSet, PersistentTracker, Tracker};
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The change tracking behind a [`Primary`]: an in-memory [`Tracker`], or a
@@ -139,6 +139,13 @@ pub struct Primary<T: Tracking = Tracker> {
     /// no write completes on one disk after its cut while a write it
     /// depends on, completed on another, lands after that disk's cut.
     hold: AtomicBool,
+    /// Whether the disk may be cut in a consistency group (see
+    /// [`join_group`](Primary::join_group)): only then do completions pay
+    /// for the hold.
+    grouped: bool,
+    /// Completions of a grouped disk between their look at `hold` and
+    /// their mark: a group cut waits for them to finish.
+    completing: AtomicU64,
     cycle: Mutex<InFlight>,
     /// Writes begun with [`begin_write`](Primary::begin_write), so an end
     /// without its begin is refused.
@@ -194,6 +201,8 @@ impl<T: Tracking> Primary<T> {
             zeroed: Tracker::new(g),
             active: AtomicBool::new(false),
             hold: AtomicBool::new(false),
+            grouped: false,
+            completing: AtomicU64::new(0),
             cycle: Mutex::new(InFlight::default()),
             unguarded: OpenWrites::default(),
         }
@@ -311,17 +320,46 @@ impl<T: Tracking> Primary<T> {
         Ok(())
     }
 
-    /// What dropping a guard does: waits out a group cut, then marks.
+    /// What dropping a guard does: marks (for a disk in a consistency
+    /// group, waiting out a group cut first).
     #[inline]
     fn complete_write(&self, offset: u64, flagged_len: u64) {
-        if self.hold.load(Ordering::SeqCst) {
-            self.wait_hold();
+        if self.grouped {
+            self.complete_grouped(offset, flagged_len);
+        } else {
+            self.mark_completed(offset, flagged_len);
         }
+    }
+
+    #[inline]
+    fn mark_completed(&self, offset: u64, flagged_len: u64) {
         let (len, zero) = (flagged_len & !ZERO_WRITE, flagged_len & ZERO_WRITE != 0);
         if zero {
             self.mark_zeroed(offset, len);
         }
         self.tracking.end_write(offset, len, !zero);
+    }
+
+    /// A completion counts itself before it looks at the hold, and a group
+    /// cut sets the hold before it waits for the count to drain (both
+    /// sequentially consistent): either the cut sees the completion and
+    /// waits for its mark, or the completion sees the hold and waits for
+    /// the cut. A completion can no longer pass the check, be overtaken by
+    /// the cut of its disk, and return to the guest before the cut of
+    /// another disk.
+    fn complete_grouped(&self, offset: u64, flagged_len: u64) {
+        loop {
+            self.completing.fetch_add(1, Ordering::SeqCst);
+            if !self.hold.load(Ordering::SeqCst) {
+                break;
+            }
+            self.completing.fetch_sub(1, Ordering::SeqCst);
+            self.wait_hold();
+        }
+        #[cfg(test)]
+        hooks::after_hold_check();
+        self.mark_completed(offset, flagged_len);
+        self.completing.fetch_sub(1, Ordering::SeqCst);
     }
 
     #[cold]
@@ -331,9 +369,34 @@ impl<T: Tracking> Primary<T> {
         }
     }
 
-    /// Holds (or releases) write completions while a group cuts.
-    pub(crate) fn set_hold(&self, on: bool) {
-        self.hold.store(on, Ordering::SeqCst);
+    /// Makes the disk eligible for consistency groups: from now on its
+    /// completions take part in a group cut's hold. `&mut self` proves no
+    /// completion is under way while the switch happens.
+    pub fn join_group(&mut self) {
+        self.grouped = true;
+    }
+
+    /// Whether [`join_group`](Self::join_group) was called.
+    pub fn is_grouped(&self) -> bool {
+        self.grouped
+    }
+
+    /// Holds write completions (a group is about to cut).
+    pub(crate) fn hold(&self) {
+        self.hold.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until no completion is between its look at the hold and its
+    /// mark; call after [`hold`](Self::hold).
+    pub(crate) fn drain_completions(&self) {
+        while self.completing.load(Ordering::SeqCst) != 0 {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Lets held completions go on.
+    pub(crate) fn release(&self) {
+        self.hold.store(false, Ordering::SeqCst);
     }
 
     #[cold]
@@ -485,5 +548,33 @@ impl<T: Tracking> Drop for CycleHandle<'_, T> {
             p.zeroed.reclaim(&self.zeroed);
             p.tracking.reclaim(&f);
         }
+    }
+}
+
+/// Test hooks: pauses at the racy moments of a group cut, so a test can
+/// show that no interleaving breaks the group's instant.
+#[cfg(test)]
+pub(crate) mod hooks {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    /// Milliseconds a grouped completion sleeps after its look at the hold.
+    pub static AFTER_HOLD_CHECK_MS: AtomicU64 = AtomicU64::new(0);
+    /// Milliseconds a group cycle sleeps between two members' cuts.
+    pub static BETWEEN_CUTS_MS: AtomicU64 = AtomicU64::new(0);
+
+    fn pause(ms: &AtomicU64) {
+        let ms = ms.load(Ordering::SeqCst);
+        if ms > 0 {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+    }
+
+    pub fn after_hold_check() {
+        pause(&AFTER_HOLD_CHECK_MS);
+    }
+
+    pub fn between_cuts() {
+        pause(&BETWEEN_CUTS_MS);
     }
 }

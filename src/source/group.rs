@@ -3,7 +3,7 @@
 //! or none.
 
 use super::{CycleOptions, CycleReport, FoldBack, Pipeline, Tracking};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::log::{GroupInfo, LogKind};
 use crate::tracker::Tracker;
 use std::collections::BTreeMap;
@@ -29,10 +29,20 @@ impl<T: Tracking> std::fmt::Debug for ConsistencyGroup<'_, T> {
 }
 
 impl<'a, T: Tracking> ConsistencyGroup<'a, T> {
-    /// A group of distinct disks (at least one).
+    /// A group of distinct disks (at least one), each of which joined
+    /// groups ([`Pipeline::join_group`]) before it took writes.
     pub fn new(members: Vec<&'a Pipeline<T>>) -> Result<Self> {
         if members.is_empty() || members.len() > u32::MAX as usize {
             return Err(Error::invalid("a consistency group has 1 to 2^32-1 disks"));
+        }
+        if let Some(p) = members.iter().find(|p| !p.primary.is_grouped()) {
+            return Err(Error::new(
+                ErrorKind::Misuse,
+                format!(
+                    "disk {} did not join groups: call join_group on its pipeline first",
+                    p.spool.disk_id()
+                ),
+            ));
         }
         let mut ids: Vec<_> = members.iter().map(|p| p.spool.disk_id()).collect();
         ids.sort();
@@ -111,17 +121,24 @@ impl<'a, T: Tracking> ConsistencyGroup<'a, T> {
             group: Some(group),
             ..cycle.clone()
         };
-        // The instant: completions held on every member while all cut.
+        // The instant: completions held on every member, and those under
+        // way finished, while all cut.
         for p in &self.members {
-            p.primary.set_hold(true);
+            p.primary.hold();
         }
-        let mut handles: Vec<_> = self
-            .members
-            .iter()
-            .map(|p| p.primary.begin_cycle())
-            .collect();
         for p in &self.members {
-            p.primary.set_hold(false);
+            p.primary.drain_completions();
+        }
+        let mut handles = Vec::with_capacity(self.members.len());
+        for p in &self.members {
+            #[cfg(test)]
+            if !handles.is_empty() {
+                super::cow::hooks::between_cuts();
+            }
+            handles.push(p.primary.begin_cycle());
+        }
+        for p in &self.members {
+            p.primary.release();
         }
         let mut written = Vec::with_capacity(self.members.len());
         let mut failure = None;
@@ -163,5 +180,113 @@ impl<'a, T: Tracking> ConsistencyGroup<'a, T> {
             });
         }
         Ok(reports)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{FaultPlan, MemDir, MemStorage, Storage};
+    use crate::log::{Digest, MappedLog, WriterOptions};
+    use crate::source::{ChainPoint, Primary, Spool};
+    use crate::tracker::Tracker;
+    use crate::Geometry;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    /// The content of block `b` in `log`, if the log holds it.
+    fn block_in(log: &MappedLog, b: u64) -> Option<Vec<u8>> {
+        let g = log.header().geometry;
+        for rec in log.reader().unwrap() {
+            let rec = rec.unwrap();
+            let mut at = 0usize;
+            for e in &rec.extents {
+                let len = g.extent_bytes(e.extent).1 as usize;
+                let here = e.extent.start <= b && b < e.extent.end();
+                if e.zero {
+                    if here {
+                        return Some(vec![0; g.block_size() as usize]);
+                    }
+                    continue;
+                }
+                if here {
+                    let skip = ((b - e.extent.start) * u64::from(g.block_size())) as usize;
+                    return Some(rec.data[at + skip..at + skip + 4096].to_vec());
+                }
+                at += len;
+            }
+        }
+        None
+    }
+
+    fn pipeline(id: u8, g: Geometry) -> (Pipeline<Tracker>, Arc<MemStorage>) {
+        let disk = Arc::new(MemStorage::zeroed(g.size()).unwrap());
+        let start = ChainPoint {
+            epoch: 1,
+            sequence: 0,
+            digest: Digest::default(),
+            created_ns: 0,
+            geometry: g,
+        };
+        let dir = Arc::new(MemDir::new(&FaultPlan::counting()));
+        let spool = Spool::create(dir, crate::DiskId([id; 16]), start, 1 << 30).unwrap();
+        let opts = WriterOptions {
+            record_bytes: 64 << 10,
+            threads: 1,
+        };
+        let mut p =
+            Pipeline::new(Primary::new(Tracker::new(g), disk.clone()), spool, opts).unwrap();
+        p.join_group();
+        (p, disk)
+    }
+
+    /// A completion on disk A that passed its look at the hold just before
+    /// a group cut, then the guest's dependent write on disk B (whose block
+    /// is dirty already, so B's cut reads it): B's point may hold B's write
+    /// only if A's point holds A's. The hooks stretch the two racy moments
+    /// (the completion after its check, the cycle between its cuts) so the
+    /// interleaving that broke the instant happens every time.
+    #[test]
+    fn a_completion_racing_the_hold_is_in_the_group_point() {
+        let g = Geometry::new(1 << 20, 4096).unwrap();
+        let (a, disk_a) = pipeline(1, g);
+        let (b, disk_b) = pipeline(2, g);
+        a.initial_sync(Default::default()).unwrap();
+        b.initial_sync(Default::default()).unwrap();
+        for p in [&a, &b] {
+            let full = p.spool().next_to_ship().unwrap();
+            p.spool()
+                .ack(full.point.sequence, &full.point.digest)
+                .unwrap();
+        }
+        // B's block 0 is dirty before the cut.
+        drop(b.primary().write_guard(0, 4096).unwrap());
+        let group = ConsistencyGroup::new(vec![&a, &b]).unwrap();
+        crate::source::cow::hooks::AFTER_HOLD_CHECK_MS.store(100, Ordering::SeqCst);
+        crate::source::cow::hooks::BETWEEN_CUTS_MS.store(300, Ordering::SeqCst);
+        std::thread::scope(|s| {
+            let guest = s.spawn(|| {
+                let ga = a.primary().write_guard(0, 4096).unwrap();
+                disk_a.write_at(&[0xaa; 4096], 0).unwrap();
+                drop(ga); // completes: passes the check, then pauses
+                          // Only now does the guest issue the dependent write.
+                let gb = b.primary().write_guard(0, 4096).unwrap();
+                disk_b.write_at(&[0xbb; 4096], 0).unwrap();
+                drop(gb);
+            });
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            group.cycle(&CycleOptions::default()).unwrap();
+            guest.join().unwrap();
+        });
+        crate::source::cow::hooks::AFTER_HOLD_CHECK_MS.store(0, Ordering::SeqCst);
+        crate::source::cow::hooks::BETWEEN_CUTS_MS.store(0, Ordering::SeqCst);
+        let la = a.spool().read(&a.spool().next_to_ship().unwrap()).unwrap();
+        let lb = b.spool().read(&b.spool().next_to_ship().unwrap()).unwrap();
+        let b_has = block_in(&lb, 0) == Some(vec![0xbb; 4096]);
+        let a_has = block_in(&la, 0) == Some(vec![0xaa; 4096]);
+        assert!(
+            a_has || !b_has,
+            "the group point holds B's write without the A write it followed"
+        );
     }
 }

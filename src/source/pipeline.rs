@@ -85,6 +85,14 @@ impl<T: Tracking> Pipeline<T> {
         s
     }
 
+    /// Lets the disk be cut in a [`ConsistencyGroup`](super::ConsistencyGroup)
+    /// (call before it takes writes, or with them drained: `&mut self`).
+    /// Its write completions then cost two more atomic operations, the
+    /// price of a group's single instant.
+    pub fn join_group(&mut self) {
+        self.primary.join_group();
+    }
+
     /// The disk was resized to `size` bytes (with its I/O drained); the
     /// next log ships the new size and the replica follows it.
     pub fn resize(&mut self, size: u64) -> Result<()> {

@@ -674,11 +674,7 @@ fn entry_of(
 }
 
 fn read_log(dir: &dyn Dir, name: &str) -> Result<MappedLog> {
-    let opts = ReadOptions::default();
-    match dir.path_of(name) {
-        Some(p) => MappedLog::open(p, &opts),
-        None => MappedLog::from_bytes(dir.read_all(name)?, name, &opts),
-    }
+    MappedLog::open_in(dir, name, &ReadOptions::default())
 }
 
 const FLAG_RESYNC: u32 = 1;

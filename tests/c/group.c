@@ -62,6 +62,13 @@ int main(void) {
     memset(id, 20 + i, sizeof id);
     CHECK(blockrep_pipeline_create(d[i].path, d[i].spool, id, 1, BS, 1 << 30, NULL, &d[i].p) ==
           BLOCKREP_STATUS_OK);
+    if (i == 0) {
+      /* A member that did not join groups is refused. */
+      const blockrep_pipeline *alone[1] = {d[0].p};
+      CHECK(blockrep_group_cycle(alone, 1, 1, NULL, NULL) == BLOCKREP_STATUS_MISUSE);
+    }
+    CHECK(blockrep_pipeline_join_group(NULL) == BLOCKREP_STATUS_INVALID_ARGUMENT);
+    CHECK(blockrep_pipeline_join_group(d[i].p) == BLOCKREP_STATUS_OK);
     CHECK(blockrep_pipeline_initial_sync(d[i].p, NULL) == BLOCKREP_STATUS_OK);
     char path[512];
     uint64_t seq;

@@ -34,7 +34,7 @@ use super::{BlockSet, FrozenSet, Tracker};
 use crate::error::{Error, ErrorKind, Result, ResultExt};
 use crate::geometry::{Extent, Geometry};
 use crate::id::DiskId;
-use crate::io::{Dir, DiskIdentity, FsDir, Storage};
+use crate::io::{split_path, Dir, DiskIdentity, Storage};
 use crate::le::{get_u64, put_u64};
 use format::{zero_crc, Layout, HEADER_LEN, PAGE, REGION_SHIFTS};
 use intent::IntentMap;
@@ -129,19 +129,6 @@ impl Drop for WriteGuard<'_> {
     }
 }
 
-/// The directory and file name of a tracker file's path.
-fn split(path: &Path) -> Result<(Arc<dyn Dir>, String)> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::invalid("a tracker file path names no file").with_path(path))?;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    Ok((Arc::new(FsDir::new(parent)?), name.to_owned()))
-}
-
 /// Creates the file `name` in `dir` for `header` (empty checkpoint, clear
 /// intent map) and makes it and its directory entry durable. On error the
 /// file is removed again (as far as the error allows), so no half-written
@@ -180,7 +167,7 @@ impl PersistentTracker {
         geometry: Geometry,
         region_size: u32,
     ) -> Result<Self> {
-        let (dir, name) = split(path.as_ref())?;
+        let (dir, name) = split_path(path.as_ref())?;
         Self::create_in(dir, &name, disk_id, geometry, region_size)
     }
 
@@ -236,7 +223,7 @@ impl PersistentTracker {
         disk: Option<DiskIdentity>,
     ) -> Result<(Self, OpenState)> {
         let path = path.as_ref();
-        let (dir, name) = split(path)?;
+        let (dir, name) = split_path(path)?;
         Self::open_in(dir, &name, disk_id, geometry, disk).at_path(path)
     }
 
@@ -301,7 +288,7 @@ impl PersistentTracker {
         disk: Option<DiskIdentity>,
     ) -> Result<(Self, OpenState)> {
         let path = path.as_ref();
-        let (dir, name) = split(path)?;
+        let (dir, name) = split_path(path)?;
         if !dir.exists(&name) {
             return Ok((
                 Self::create_in(dir, &name, disk_id, geometry, region_size)?,
