@@ -268,6 +268,23 @@ typedef struct {
   uint32_t resync_required;
 } blockrep_pipeline_status;
 
+// A replica's identity and position.
+typedef struct {
+  // The disk replicated.
+  uint8_t disk_id[16];
+  // The current epoch.
+  uint64_t epoch;
+  // The sequence of the latest applied log.
+  uint64_t applied;
+  // The content digest at the latest point: with `applied`, what a
+  // primary reconciles with (`blockrep_pipeline_reconcile`).
+  uint8_t digest[32];
+  // The disk's size at the latest point.
+  uint64_t size;
+  // Its block size.
+  uint32_t block_size;
+} blockrep_replica_info;
+
 // One retained point.
 typedef struct {
   // The sequence of the log that produced it.
@@ -759,6 +776,20 @@ blockrep_status blockrep_pipeline_ack(const blockrep_pipeline *p,
                                       uint64_t sequence,
                                       const uint8_t *digest);
 
+// The replica's answer to "what do you hold" after a restart or a
+// reconnect: its latest `sequence` and content `digest` (32 bytes, from
+// `blockrep_replica_get_info` or the transport). Logs up to it are
+// acknowledged; the logs after it are known unapplied (they may be
+// folded back again) and shipping restarts after it. A replica behind,
+// ahead or holding other content is refused (`BLOCKREP_STATUS_MISMATCH`
+// with a detail) and nothing changes. Thread-safe.
+//
+// # Safety
+// `p` null (refused) or live; `digest` null (refused) or 32 readable bytes.
+blockrep_status blockrep_pipeline_reconcile(const blockrep_pipeline *p,
+                                            uint64_t sequence,
+                                            const uint8_t *digest);
+
 // The transport reconnected: shipping starts again at the oldest
 // unacknowledged log. Thread-safe.
 //
@@ -882,6 +913,12 @@ blockrep_status blockrep_ptracker_close(blockrep_ptracker *t);
 // # Safety
 // `t` must be null (refused) or a live handle.
 blockrep_status blockrep_ptracker_free(blockrep_ptracker *t);
+
+// Writes the replica's identity and position to `*out`. Thread-safe.
+//
+// # Safety
+// `r` live; `out` null (refused) or writable.
+blockrep_status blockrep_replica_get_info(const blockrep_replica *r, blockrep_replica_info *out);
 
 // Creates a replica in directory `dir` from the full log file `full_log`.
 //

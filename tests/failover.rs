@@ -23,7 +23,7 @@ fn geo() -> Geometry {
 }
 
 fn mem_dir() -> Arc<dyn Dir> {
-    Arc::new(MemDir::new(&FaultPlan::counting()))
+    Arc::new(MemDir::new())
 }
 
 fn read_all(s: &dyn Storage) -> Vec<u8> {
@@ -45,7 +45,7 @@ fn pipeline(disk: Arc<dyn Storage>, at: ChainPoint) -> Pipeline {
 }
 
 fn start() -> ChainPoint {
-    common::chain_start(geo())
+    blockrep::source::ChainPoint::start(1, geo())
 }
 
 /// The chain point a replica (or promoted replica) holds.
@@ -297,7 +297,7 @@ fn replicated_base() -> (Arc<MemDir>, Vec<(u64, Vec<u8>)>) {
     let disk: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(init));
     let pa = pipeline(disk.clone(), start());
     pa.initial_sync(Default::default()).unwrap();
-    let base = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let base = Arc::new(MemDir::new());
     let dir: Arc<dyn Dir> = base.clone();
     let mut rep = None;
     ship(&pa, &dir, &mut rep);
@@ -402,7 +402,7 @@ fn a_crash_at_every_step_of_reverse_replication_can_be_retried() {
     let mut n = 1;
     loop {
         let plan = FaultPlan::at(n, blockrep::io::Fault::PowerLoss { torn: n % 2 == 1 });
-        let dir_a = Arc::new(MemDir::new(&plan));
+        let dir_a = Arc::new(MemDir::with_plan(&plan));
         let disk_a = Arc::new(blockrep::io::FaultStorage::new(
             MemStorage::from_vec(old.clone()),
             &plan,

@@ -25,7 +25,7 @@ fn geo() -> Geometry {
 }
 
 fn start() -> ChainPoint {
-    common::chain_start(geo())
+    blockrep::source::ChainPoint::start(1, geo())
 }
 
 /// A pipeline that joined consistency groups.
@@ -68,7 +68,7 @@ struct Secondary {
 
 impl Secondary {
     fn new() -> Self {
-        let d = || -> Arc<dyn Dir> { Arc::new(MemDir::new(&FaultPlan::counting())) };
+        let d = || -> Arc<dyn Dir> { Arc::new(MemDir::new()) };
         Secondary {
             dirs: [d(), d()],
             group_dir: d(),
@@ -119,7 +119,7 @@ impl Secondary {
 }
 
 fn mem_spool(id: DiskId, plan: &FaultPlan) -> (Arc<MemDir>, Spool) {
-    let dir = Arc::new(MemDir::new(plan));
+    let dir = Arc::new(MemDir::with_plan(plan));
     let spool = Spool::create(dir.clone(), id, start(), 1 << 30).unwrap();
     (dir, spool)
 }
@@ -230,7 +230,7 @@ fn base() -> Base {
         grouped_pipeline(Primary::new(Tracker::new(g), disks[1].clone()), spb, opts()).unwrap();
     pa.initial_sync(opts().into()).unwrap();
     pb.initial_sync(opts().into()).unwrap();
-    let d = || Arc::new(MemDir::new(&plan));
+    let d = || Arc::new(MemDir::with_plan(&plan));
     let (ra, rb, gd) = (d(), d(), d());
     let mut sec = Secondary {
         dirs: [ra.clone(), rb.clone()],

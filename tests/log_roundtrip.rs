@@ -201,7 +201,7 @@ fn log_file_appears_only_when_committed() {
 
 #[test]
 fn repeated_blocks_are_stored_once_as_copies_and_read_back_exactly() {
-    use blockrep::io::{Dir, FaultPlan, MemDir};
+    use blockrep::io::{Dir, MemDir};
     use blockrep::log::Digest;
     use blockrep::replica::Replica;
     let g = Geometry::new(16 << 20, 4096).unwrap();
@@ -256,7 +256,7 @@ fn repeated_blocks_are_stored_once_as_copies_and_read_back_exactly() {
     }
     // A replica from the full log, then a delta whose copies come from its
     // own earlier blocks, then a rollback through an undo log with copies.
-    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
     let r = Replica::create(dir, &mapped).unwrap();
     let image = |r: &Replica| {
         let mut b = vec![0u8; g.size() as usize];

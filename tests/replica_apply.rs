@@ -28,7 +28,7 @@ fn applied(log: &MappedLog) -> ApplyOutcome {
 fn replica_equals_the_source_after_every_log() {
     let mut rng = Rng(17);
     let mut src = Source::new(&mut rng);
-    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
     let r = Replica::create(dir.clone(), &src.full()).unwrap();
     assert_eq!(first_diff(&image(&r, src.g), &src.data), None);
     for i in 0..20 {
@@ -91,7 +91,7 @@ fn crash_at_every_step_of_an_apply() {
     ] {
         let mut rng = Rng(23);
         let mut src = Source::new(&mut rng);
-        let base = Arc::new(MemDir::new(&FaultPlan::counting()));
+        let base = Arc::new(MemDir::new());
         let r = Replica::create(base.clone(), &src.full()).unwrap();
         let mut before = src.data.clone();
         for _ in 0..2 {
@@ -156,7 +156,7 @@ fn crash_at_every_step_of_an_apply() {
 fn bad_logs_change_nothing() {
     let mut rng = Rng(31);
     let mut src = Source::new(&mut rng);
-    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
     let r = Replica::create(dir.clone(), &src.full()).unwrap();
     r.apply(&src.change(&mut rng)).unwrap();
     let g = src.g;
@@ -254,7 +254,7 @@ fn relabel(src: &Source, mut h: LogHeader) -> MappedLog {
 fn logs_from_a_stream_are_spooled_and_verified_first() {
     let mut rng = Rng(61);
     let mut src = Source::new(&mut rng);
-    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
     let r = Arc::new(Replica::create(dir.clone(), &src.full()).unwrap());
     let before = (image(&r, src.g), r.points());
     let log = src.change(&mut rng);
@@ -287,7 +287,7 @@ fn logs_from_a_stream_are_spooled_and_verified_first() {
 fn a_resync_log_starts_a_new_epoch() {
     let mut rng = Rng(67);
     let mut src = Source::new(&mut rng);
-    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
     let r = Replica::create(dir, &src.full()).unwrap();
     r.apply(&src.change(&mut rng)).unwrap();
     // Tracking was lost on the primary: it sends the differing blocks as a

@@ -34,7 +34,7 @@ fn check_points(r: &Arc<Replica>, states: &BTreeMap<u64, Vec<u8>>, what: &str) {
 fn model_views_overlays_prune_and_rollback() {
     let mut rng = Rng(41);
     let mut src = Source::new(&mut rng);
-    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
     let r = Arc::new(Replica::create(dir.clone(), &src.full()).unwrap());
     let mut states = BTreeMap::new();
     states.insert(src.seq, src.data.clone());
@@ -107,7 +107,7 @@ fn model_views_overlays_prune_and_rollback() {
 fn rollback_past_a_pinned_point_is_refused_and_tags_stick() {
     let mut rng = Rng(43);
     let mut src = Source::new(&mut rng);
-    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
     let r = Arc::new(Replica::create(dir.clone(), &src.full()).unwrap());
     for _ in 0..4 {
         r.apply(&src.change(&mut rng)).unwrap();
@@ -150,7 +150,7 @@ fn rollback_past_a_pinned_point_is_refused_and_tags_stick() {
 fn crash_at_every_step_of_rollback_and_prune() {
     let mut rng = Rng(47);
     let mut src = Source::new(&mut rng);
-    let base = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let base = Arc::new(MemDir::new());
     let r = Replica::create(base.clone(), &src.full()).unwrap();
     let mut states = BTreeMap::new();
     states.insert(src.seq, src.data.clone());
@@ -291,7 +291,7 @@ impl Storage for WatchedImage {
 fn a_view_stays_at_its_point_while_a_log_writes_the_image() {
     let mut rng = Rng(59);
     let mut src = Source::new(&mut rng);
-    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
     let image = Arc::new(WatchedImage {
         inner: MemStorage::new(),
         after_write: parking_lot::Mutex::new(None),
@@ -329,7 +329,7 @@ fn prune_racing_views_never_takes_a_pinned_point() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let mut rng = Rng(71);
     let mut src = Source::new(&mut rng);
-    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
     let r = Arc::new(Replica::create(dir, &src.full()).unwrap());
     let states = Arc::new(parking_lot::Mutex::new(BTreeMap::new()));
     states.lock().insert(src.seq, src.data.clone());

@@ -4,7 +4,7 @@
 
 mod common;
 
-use blockrep::io::{Dir, FaultPlan, MemDir, MemStorage, Storage};
+use blockrep::io::{Dir, MemDir, MemStorage, Storage};
 use blockrep::log::{MappedLog, ReadOptions, WriterOptions};
 use blockrep::replica::Replica;
 use blockrep::source::{CycleOptions, Primary, Source};
@@ -23,7 +23,7 @@ fn points_equal_the_disk_at_the_cut_while_writers_race() {
     let (full, _) = source
         .initial_sync(&*disk, Vec::new(), WriterOptions::default())
         .unwrap();
-    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
     let replica = Replica::create(
         dir,
         &MappedLog::from_bytes(full, "full", &ReadOptions::default()).unwrap(),
@@ -86,4 +86,33 @@ fn points_equal_the_disk_at_the_cut_while_writers_race() {
         }
     });
     assert!(writes.load(Ordering::SeqCst) >= 600);
+}
+
+/// Unguarded begin/end pairs (the C ABI's) are matched by range: an end
+/// without its begin, or a second end, is refused and marks nothing, even
+/// while another write to the same blocks is in flight.
+#[test]
+fn an_end_without_its_begin_is_refused() {
+    use blockrep::tracker::PersistentTracker;
+    use blockrep::ErrorKind;
+    let g = Geometry::new(8 << 20, 4096).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let t =
+        PersistentTracker::create(dir.path().join("t.brt"), DiskId([6; 16]), g, 1 << 20).unwrap();
+    let disk = Arc::new(MemStorage::zeroed(g.size()).unwrap());
+    let p = Primary::new(t, disk);
+    let misuse = |r: blockrep::Result<()>| assert_eq!(r.unwrap_err().kind(), ErrorKind::Misuse);
+    misuse(p.end_write(0, 4096, false));
+    p.begin_write(0, 8192, false).unwrap();
+    misuse(p.end_write(0, 4096, false)); // another range than the one begun
+    assert_eq!(p.tracker().snapshot().count(), 0, "nothing marked yet");
+    p.end_write(0, 8192, false).unwrap();
+    misuse(p.end_write(0, 8192, false)); // ended twice
+    assert_eq!(p.tracker().snapshot().count(), 2);
+    // Two writes of one range: two ends, not three.
+    p.begin_write(4096, 10, true).unwrap();
+    p.begin_write(4096, 10, true).unwrap();
+    p.end_write(4096, 10, true).unwrap();
+    p.end_write(4096, 10, true).unwrap();
+    misuse(p.end_write(4096, 10, true));
 }

@@ -58,7 +58,7 @@ fn initial_sync_of_a_sparse_file_reads_only_its_data() {
     // units, so allow a little more, but far less than the 256 MiB disk.
     assert!(read < 4 << 20, "read {read} bytes of a sparse 256 MiB file");
     assert_eq!(summary.trailer.blocks, g.block_count());
-    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
     let r = Replica::create(dir, &to_log(bytes)).unwrap();
     assert_eq!(first_diff(&image(&r, size as usize), &expect), None);
 }
@@ -72,7 +72,7 @@ fn cycles_replicate_writes_exactly() {
     let (full, _) = src
         .initial_sync(&disk, Vec::new(), WriterOptions::default())
         .unwrap();
-    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
     let r = Replica::create(dir, &to_log(full)).unwrap();
     let mut rng = Rng(9);
     for round in 0..10 {
@@ -116,7 +116,7 @@ fn a_cycle_failing_at_every_step_reclaims_its_blocks() {
     let (full, _) = src
         .initial_sync(&mem, Vec::new(), WriterOptions::default())
         .unwrap();
-    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
     let r = Replica::create(dir, &to_log(full)).unwrap();
     let mut rng = Rng(11);
     let mut write_some = |tracker: &Tracker| {

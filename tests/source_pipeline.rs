@@ -18,7 +18,7 @@ use std::sync::Arc;
 const ID: DiskId = DiskId([7; 16]);
 
 fn start(g: Geometry) -> ChainPoint {
-    common::chain_start(g)
+    blockrep::source::ChainPoint::start(1, g)
 }
 
 fn opts() -> WriterOptions {
@@ -69,7 +69,7 @@ fn image(r: &Replica, len: u64) -> Vec<u8> {
 }
 
 fn mem_dir() -> Arc<dyn Dir> {
-    Arc::new(MemDir::new(&FaultPlan::counting()))
+    Arc::new(MemDir::new())
 }
 
 #[test]
@@ -346,7 +346,7 @@ fn a_crash_at_every_step_of_the_spool_loses_nothing() {
         let mut site = Site {
             disk: Arc::new(MemStorage::zeroed(g.size()).unwrap()),
             tracker_path: t.path().join(format!("tracker-{n}")),
-            spool_dir: Arc::new(MemDir::new(&plan)),
+            spool_dir: Arc::new(MemDir::with_plan(&plan)),
             replica_dir: mem_dir(),
             replica: None,
             rng: Rng(n),

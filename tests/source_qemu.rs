@@ -66,7 +66,7 @@ fn qemu_io_writes_zeroes_and_discards_replicate_exactly() {
 
     let g = Geometry::new(SIZE, 4096).unwrap();
     let disk: Arc<dyn Storage> = Arc::new(FileStorage::open(&image).unwrap());
-    let start = common::chain_start(g);
+    let start = blockrep::source::ChainPoint::start(1, g);
     let spool = Spool::create(
         Arc::new(FsDir::new(t.path().join("spool")).unwrap()),
         ID,

@@ -49,8 +49,8 @@ fn replicate() -> Run {
     let mut rng = Rng(8);
     rng.fill(&mut d);
     let disk = Arc::new(MemStorage::from_vec(d));
-    let start = common::chain_start(g);
-    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let start = blockrep::source::ChainPoint::start(1, g);
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
     let spool = Spool::create(dir, ID, start, 1 << 30).unwrap();
     let opts = WriterOptions::default();
     let mut p = Pipeline::new(Primary::new(Tracker::new(g), disk.clone()), spool, opts).unwrap();
@@ -90,7 +90,7 @@ fn replicate() -> Run {
 #[test]
 fn the_replica_follows_resizes_and_old_points_keep_their_size() {
     let run = replicate();
-    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
     let r = Arc::new(Replica::create(dir, &run.logs[0]).unwrap());
     for (log, (seq, want)) in run.logs.iter().zip(&run.points).skip(1) {
         r.apply(log).unwrap();
@@ -134,7 +134,7 @@ fn a_crash_at_every_step_of_a_resizing_apply_leaves_old_or_new() {
     // Base: the replica at each point before a resizing log (grow: 2 to 3,
     // shrink: 4 to 5).
     for target in [3usize, 5] {
-        let base = Arc::new(MemDir::new(&FaultPlan::counting()));
+        let base = Arc::new(MemDir::new());
         let r = Replica::create(base.clone(), &run.logs[0]).unwrap();
         for log in &run.logs[1..target - 1] {
             r.apply(log).unwrap();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use blockrep::io::{Dir, FaultPlan, MemDir, MemStorage, Storage};
+use blockrep::io::{Dir, MemDir, MemStorage, Storage};
 use blockrep::log::{MappedLog, ReadOptions, WriterOptions};
 use blockrep::replica::Replica;
 use blockrep::source::{CycleOptions, Pipeline, Primary, Progress, Spool, TransferOptions};
@@ -56,12 +56,12 @@ fn resync_sends_only_the_blocks_that_differ_in_a_new_epoch() {
     // Reads are counted; this disk never fails one.
     let disk = Arc::new(Reads::new(mem, 0));
     let opts = WriterOptions::default();
-    let start = common::chain_start(g);
-    let spool_dir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let start = blockrep::source::ChainPoint::start(1, g);
+    let spool_dir: Arc<dyn Dir> = Arc::new(MemDir::new());
     let spool = Spool::create(spool_dir.clone(), ID, start, 1 << 40).unwrap();
     let p = Pipeline::new(Primary::new(Tracker::new(g), disk.clone()), spool, opts).unwrap();
     p.initial_sync(opts.into()).unwrap();
-    let rdir: Arc<dyn Dir> = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let rdir: Arc<dyn Dir> = Arc::new(MemDir::new());
     let mut replica = None;
     ship(&p, &mut replica, &rdir);
     // Two tracked cycles, both applied; then the replica rolls back one

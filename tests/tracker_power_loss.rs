@@ -218,7 +218,7 @@ fn every_submitted_write_survives_a_power_loss_at_every_step() {
         Fault::PowerLoss { torn: true },
     ];
     let steps = common::at_every_step(&faults, |plan, at| {
-        let mem = Arc::new(MemDir::new(plan));
+        let mem = Arc::new(MemDir::with_plan(plan));
         let dir: Arc<dyn Dir> = mem.clone();
         let mut m = Model::default();
         let r = script(&dir, &mut m, false);
@@ -236,7 +236,7 @@ fn every_submitted_write_survives_a_power_loss_at_every_step() {
 fn a_failed_step_leaves_a_usable_tracker_that_still_tracks_everything() {
     let faults = [Fault::Error, Fault::NoSpace];
     common::at_every_step(&faults, |plan, at| {
-        let mem = Arc::new(MemDir::new(plan));
+        let mem = Arc::new(MemDir::with_plan(plan));
         let dir: Arc<dyn Dir> = mem.clone();
         let mut m = Model::default();
         script(&dir, &mut m, true).unwrap();
@@ -330,7 +330,7 @@ impl Dir for SlowDir {
 fn a_second_writer_waits_for_the_intent_bit_to_be_durable() {
     let slow = Arc::new(Slow::default());
     let dir: Arc<dyn Dir> = Arc::new(SlowDir {
-        inner: MemDir::new(&FaultPlan::counting()),
+        inner: MemDir::new(),
         slow: slow.clone(),
     });
     let pt = PersistentTracker::create_in(dir, NAME, ID, geo(16 * MIB), REGION).unwrap();
@@ -356,13 +356,13 @@ fn a_second_writer_waits_for_the_intent_bit_to_be_durable() {
 #[test]
 fn a_failed_intent_flush_is_retried_by_the_next_writer() {
     let probe = FaultPlan::counting();
-    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&probe));
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::with_plan(&probe));
     drop(PersistentTracker::create_in(dir, NAME, ID, geo(16 * MIB), REGION).unwrap());
     let created = probe.ops();
     // The first begin_write writes the intent word (created + 1) and syncs
     // it (created + 2): that sync fails.
     let plan = FaultPlan::at(created + 2, Fault::Error);
-    let dir: Arc<dyn Dir> = Arc::new(MemDir::new(&plan));
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::with_plan(&plan));
     let pt = PersistentTracker::create_in(dir, NAME, ID, geo(16 * MIB), REGION).unwrap();
     assert!(pt.begin_write(6 * MIB, 4096).is_err());
     assert!(plan.fired());

@@ -139,6 +139,14 @@ static int blockrep_get_ready(int thread_model) {
     snprintf(state, sizeof state, "%s/state", replica_dir);
     if (exists(state) && report("open replica", blockrep_replica_open(replica_dir, &replica)))
       return -1;
+    if (replica) {
+      /* Learn what the replica holds: logs it applied whose acknowledgement
+       * was lost are acknowledged by their digest, not sent again. */
+      blockrep_replica_info held;
+      if (report("replica info", blockrep_replica_get_info(replica, &held)) ||
+          report("reconcile", blockrep_pipeline_reconcile(pipeline, held.applied, held.digest)))
+        return -1;
+    }
     if (how == BLOCKREP_OPEN_INVALID) {
       /* Tracking was lost: compare digests and send what differs. */
       char digests[4096];

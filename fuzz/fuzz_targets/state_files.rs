@@ -1,6 +1,11 @@
 //! Arbitrary bytes as the small state files blockrep reads back: the spool
 //! state, a replica state, a failover record, a group journal, a block
 //! digest list. Opening must give a value or a typed error, never panic.
+//!
+//! The first byte picks the file (low bits) and, when its top bit is set,
+//! recomputes the trailing CRC32 every one of these files ends with
+//! (docs/FORMAT.md, the frame), so mutations reach the decoders behind the
+//! checksum instead of stopping at it.
 #![no_main]
 
 use blockrep::io::{Dir, FaultPlan, MemDir, Storage};
@@ -27,9 +32,24 @@ fn replica(dir: &Arc<MemDir>) -> Replica {
     Replica::create(dir.clone(), &log).unwrap()
 }
 
+/// Replaces the last four bytes with the CRC32 of the bytes before them.
+fn fix_crc(b: &mut [u8]) {
+    if b.len() >= 4 {
+        let n = b.len() - 4;
+        let crc = crc32fast::hash(&b[..n]);
+        b[n..].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
-    let Some((&which, bytes)) = data.split_first() else { return };
-    let dir = Arc::new(MemDir::new(&FaultPlan::counting()));
+    let Some((&ctl, bytes)) = data.split_first() else { return };
+    let mut owned = bytes.to_vec();
+    if ctl & 0x80 != 0 {
+        fix_crc(&mut owned);
+    }
+    let bytes = &owned[..];
+    let which = ctl & 0x7f;
+    let dir = Arc::new(MemDir::new());
     match which % 5 {
         0 => {
             put(&dir, "spool.state", bytes);
@@ -45,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
         }
         3 => {
             let r = Arc::new(replica(&dir));
-            let gdir = Arc::new(MemDir::new(&FaultPlan::counting()));
+            let gdir = Arc::new(MemDir::new());
             put(&gdir, "group-journal", bytes);
             let _ = ReplicaGroup::open(gdir, vec![r]);
         }

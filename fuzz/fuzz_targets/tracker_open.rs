@@ -15,8 +15,12 @@ fn get_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
 }
 
+/// The header's length and where its CRC lies (version 2, docs/FORMAT.md).
+const HEADER_LEN: usize = 256;
+const HEADER_CRC_AT: usize = HEADER_LEN - 4;
+
 fn fix_crcs(b: &mut [u8]) {
-    if b.len() < 128 {
+    if b.len() < HEADER_LEN {
         return;
     }
     // Checkpoint CRC over the active slot, when the slot lies in the input.
@@ -29,9 +33,9 @@ fn fix_crcs(b: &mut [u8]) {
             b[80..84].copy_from_slice(&crc.to_le_bytes());
         }
     }
-    let crc = crc32fast::hash(&b[..124]);
-    b[124..128].copy_from_slice(&crc.to_le_bytes());
-    debug_assert_eq!(get_u32(b, 124), crc);
+    let crc = crc32fast::hash(&b[..HEADER_CRC_AT]);
+    b[HEADER_CRC_AT..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!(get_u32(b, HEADER_CRC_AT), crc);
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -45,15 +49,18 @@ fuzz_target!(|data: &[u8]| {
 
     // With the identity the header claims: reaches the deeper checks.
     if let Ok(h) = PersistentTracker::read_header(&path) {
-        if let Ok((pt, _state)) = PersistentTracker::open(&path, h.disk_id, h.geometry) {
-            let _ = pt.begin_write(0, 1).map(|g| g.finish());
-            let f = pt.cut();
-            let _ = pt.commit(f.generation());
-            let _ = pt.close();
+        // With the disk identity it recorded (when it did), and without.
+        for seen in [h.disk_identity, None] {
+            if let Ok((pt, _state)) = PersistentTracker::open(&path, h.disk_id, h.geometry, seen) {
+                let _ = pt.begin_write(0, 1).map(|g| g.finish());
+                let f = pt.cut();
+                let _ = pt.commit(f.generation());
+                let _ = pt.close(seen);
+            }
         }
     }
     // With a fixed identity: mismatches must be errors too.
     let g = Geometry::new(1 << 20, 4096).unwrap();
-    let _ = PersistentTracker::open(&path, DiskId([1; 16]), g);
+    let _ = PersistentTracker::open(&path, DiskId([1; 16]), g, None);
     let _ = std::fs::remove_file(&path);
 });

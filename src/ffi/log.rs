@@ -51,6 +51,17 @@ pub(super) fn c_path<'a>(p: *const c_char) -> Result<&'a str, Error> {
         .map_err(|_| Error::invalid("path is not UTF-8"))
 }
 
+/// A 32-byte content digest passed by pointer; null is refused.
+pub(super) fn digest_in(p: *const u8) -> Result<crate::log::Digest, Error> {
+    if p.is_null() {
+        return Err(null("digest"));
+    }
+    let mut d = [0u8; 32];
+    // SAFETY: non-null; 32 readable bytes per every caller's contract.
+    unsafe { std::ptr::copy_nonoverlapping(p, d.as_mut_ptr(), 32) };
+    Ok(crate::log::Digest(d))
+}
+
 /// A path that may be null (optional).
 pub(super) fn opt_path<'a>(p: *const c_char) -> Result<Option<&'a str>, Error> {
     if p.is_null() {

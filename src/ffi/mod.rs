@@ -55,7 +55,8 @@ pub use ptracker::{
 pub use replica::{
     blockrep_incoming, blockrep_incoming_apply, blockrep_incoming_free, blockrep_incoming_write,
     blockrep_point, blockrep_replica, blockrep_replica_apply, blockrep_replica_block_digests,
-    blockrep_replica_create, blockrep_replica_export, blockrep_replica_free, blockrep_replica_open,
+    blockrep_replica_create, blockrep_replica_export, blockrep_replica_free,
+    blockrep_replica_get_info, blockrep_replica_info, blockrep_replica_open,
     blockrep_replica_points, blockrep_replica_prune, blockrep_replica_receive,
     blockrep_replica_rollback, blockrep_view, blockrep_view_free, blockrep_view_open,
     blockrep_view_read,

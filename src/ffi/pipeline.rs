@@ -1,7 +1,7 @@
 //! The primary-side pipeline through the C ABI: write begin/end pairs
 //! around guest writes, cycles into the spool, shipping, resync.
 
-use super::log::{c_path, opt_path};
+use super::log::{c_path, digest_in, opt_path};
 use super::ptracker::blockrep_open_state;
 use super::status::{blockrep_status, guard, null, register, unregister};
 use crate::error::{Error, ErrorKind, Result};
@@ -9,7 +9,7 @@ use crate::failover::DiskStatus;
 use crate::geometry::Geometry;
 use crate::id::DiskId;
 use crate::io::{DiskIdentity, FileStorage, FsDir, Storage};
-use crate::log::{BlockDigests, Consistency, Digest, LogKind};
+use crate::log::{BlockDigests, Consistency, LogKind};
 use crate::source::{
     ChainPoint, CycleOptions, CycleReport, Pipeline, Primary, Spool, SpooledLog, Tracking,
 };
@@ -270,13 +270,7 @@ pub unsafe extern "C" fn blockrep_pipeline_create(
         }
         let disk = FileStorage::open_read_only(disk_path)?;
         let g = Geometry::new(disk.len()?, block_size)?;
-        let start = ChainPoint {
-            epoch,
-            sequence: 0,
-            digest: Digest::default(),
-            created_ns: 0,
-            geometry: g,
-        };
+        let start = ChainPoint::start(epoch, g);
         let tracker = match tracker_path {
             Some(p) => Some(PersistentTracker::create(p, id, g, INTENT_REGION_DEFAULT)?),
             None => None,
@@ -617,14 +611,29 @@ pub unsafe extern "C" fn blockrep_pipeline_ack(
 ) -> blockrep_status {
     guard(|| {
         let p = live(p)?;
-        if digest.is_null() {
-            return Err(null("digest"));
-        }
-        // SAFETY: the caller promises 32 readable bytes at `digest`.
-        let d = unsafe { std::slice::from_raw_parts(digest, 32) };
-        let mut held = [0u8; 32];
-        held.copy_from_slice(d);
-        p.pipeline_spool().ack(sequence, &Digest(held))
+        p.pipeline_spool().ack(sequence, &digest_in(digest)?)
+    })
+}
+
+/// The replica's answer to "what do you hold" after a restart or a
+/// reconnect: its latest `sequence` and content `digest` (32 bytes, from
+/// `blockrep_replica_get_info` or the transport). Logs up to it are
+/// acknowledged; the logs after it are known unapplied (they may be
+/// folded back again) and shipping restarts after it. A replica behind,
+/// ahead or holding other content is refused (`BLOCKREP_STATUS_MISMATCH`
+/// with a detail) and nothing changes. Thread-safe.
+///
+/// # Safety
+/// `p` null (refused) or live; `digest` null (refused) or 32 readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_reconcile(
+    p: *const blockrep_pipeline,
+    sequence: u64,
+    digest: *const u8,
+) -> blockrep_status {
+    guard(|| {
+        let p = live(p)?;
+        p.pipeline_spool().reconcile(sequence, &digest_in(digest)?)
     })
 }
 

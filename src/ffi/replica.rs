@@ -41,6 +41,50 @@ pub struct blockrep_point {
     pub consistency: u32,
 }
 
+/// A replica's identity and position.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct blockrep_replica_info {
+    /// The disk replicated.
+    pub disk_id: [u8; 16],
+    /// The current epoch.
+    pub epoch: u64,
+    /// The sequence of the latest applied log.
+    pub applied: u64,
+    /// The content digest at the latest point: with `applied`, what a
+    /// primary reconciles with (`blockrep_pipeline_reconcile`).
+    pub digest: [u8; 32],
+    /// The disk's size at the latest point.
+    pub size: u64,
+    /// Its block size.
+    pub block_size: u32,
+}
+
+/// Writes the replica's identity and position to `*out`. Thread-safe.
+///
+/// # Safety
+/// `r` live; `out` null (refused) or writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_get_info(
+    r: *const blockrep_replica,
+    out: *mut blockrep_replica_info,
+) -> blockrep_status {
+    guard(|| {
+        let s = live(r)?.status();
+        // SAFETY: null (refused) or writable per the contract.
+        let out = unsafe { out.as_mut() }.ok_or_else(|| null("out"))?;
+        *out = blockrep_replica_info {
+            disk_id: s.disk_id.0,
+            epoch: s.epoch,
+            applied: s.applied,
+            digest: s.digest.0,
+            size: s.geometry.size(),
+            block_size: s.geometry.block_size(),
+        };
+        Ok(())
+    })
+}
+
 pub(super) fn live<'a>(r: *const blockrep_replica) -> Result<&'a Arc<Replica>, Error> {
     // SAFETY: callers pass null (refused) or a live handle per contract.
     unsafe { r.as_ref() }

@@ -153,8 +153,14 @@ struct MemEntries {
 }
 
 impl MemDir {
-    /// An empty directory counting its operations in `plan`.
-    pub fn new(plan: &FaultPlan) -> Self {
+    /// An empty directory that injects no fault (a scratch directory in
+    /// memory).
+    pub fn new() -> Self {
+        Self::with_plan(&FaultPlan::counting())
+    }
+
+    /// An empty directory counting its operations in `plan` (crash tests).
+    pub fn with_plan(plan: &FaultPlan) -> Self {
         MemDir {
             plan: plan.clone(),
             state: Mutex::new(MemEntries::default()),
@@ -203,6 +209,12 @@ impl MemDir {
 
     fn not_found(name: &str) -> Error {
         Error::new(ErrorKind::Io, format!("no file {name}"))
+    }
+}
+
+impl Default for MemDir {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -266,7 +278,7 @@ mod tests {
     #[test]
     fn entries_since_the_last_sync_vanish_at_power_loss() {
         let plan = FaultPlan::at(6, Fault::PowerLoss { torn: false });
-        let d = MemDir::new(&plan);
+        let d = MemDir::with_plan(&plan);
         let a = d.create("a").unwrap(); // 1
         a.write_at(b"hello", 0).unwrap(); // 2
         a.sync().unwrap(); // 3

@@ -78,9 +78,19 @@ impl FailoverRecord {
         if end != FIXED + (nw + nr) * 16 {
             return Err(bad("length does not match the extent counts"));
         }
-        let mut all = b[FIXED..end]
+        let all: Vec<Extent> = b[FIXED..end]
             .chunks_exact(16)
-            .map(|c| Extent::new(get_u64(c, 0), get_u64(c, 8)));
+            .map(|c| Extent::new(get_u64(c, 0), get_u64(c, 8)))
+            .collect();
+        // Each is checked against the geometry where it is used; here that
+        // it is an extent at all.
+        if all
+            .iter()
+            .any(|e| e.count == 0 || e.start.checked_add(e.count).is_none())
+        {
+            return Err(bad("an extent is empty or overflows"));
+        }
+        let mut all = all.into_iter();
         let written = all.by_ref().take(nw).collect();
         Ok(FailoverRecord {
             phase,
@@ -215,6 +225,11 @@ impl Replica {
     pub(crate) fn finish_commit(&self, mut rec: FailoverRecord) -> Result<()> {
         self.rollback(rec.point)?;
         let g = self.state.lock().geometry;
+        for &e in &rec.written {
+            g.check_extent(e).map_err(|x| {
+                Error::corrupt(format!("failover record: {}", x.message())).with_sequence(rec.point)
+            })?;
+        }
         if !rec.written.is_empty() {
             let overlay = self.dir.open(OVERLAY)?;
             let mut buf = Vec::new();
@@ -277,6 +292,53 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Extents read from a record with a valid checksum are still checked:
+    /// an empty or overflowing one is corrupt (it used to reach
+    /// `Extent::end` unchecked).
+    #[test]
+    fn overflowing_or_empty_extents_are_corrupt() {
+        for bad in [Extent::new(u64::MAX - 1, 5), Extent::new(4, 0)] {
+            let r = FailoverRecord {
+                phase: FailoverPhase::Committing,
+                point: 7,
+                written: vec![bad],
+                rolled_back: vec![],
+            };
+            let e = FailoverRecord::decode(&r.encode()).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Corrupt, "{bad:?}: {e}");
+        }
+    }
+
+    /// A committing record whose written extent passes the disk's end is
+    /// refused on open as corrupt, before any byte is copied.
+    #[test]
+    fn a_record_past_the_disk_is_refused_on_open() {
+        use crate::io::MemDir;
+        use crate::log::{LogHeader, LogKind, LogWriter, MappedLog, ReadOptions, WriterOptions};
+        let g = Geometry::new(64 << 10, 4096).unwrap();
+        let h = LogHeader::new(DiskId([1; 16]), g, LogKind::Full, 1, 1).unwrap();
+        let opts = WriterOptions {
+            record_bytes: 65536,
+            threads: 1,
+        };
+        let mut w = LogWriter::new(Vec::new(), h, opts).unwrap();
+        w.add_block(0, &[7u8; 4096]).unwrap();
+        let log =
+            MappedLog::from_bytes(w.finish().unwrap().0, "full", &ReadOptions::default()).unwrap();
+        let dir = Arc::new(MemDir::new());
+        drop(Replica::create(dir.clone(), &log).unwrap());
+        let rec = FailoverRecord {
+            phase: FailoverPhase::Committing,
+            point: 1,
+            written: vec![Extent::new(15, 2)],
+            rolled_back: vec![],
+        };
+        dir.store_atomic(FAILOVER, &rec.encode()).unwrap();
+        dir.create(OVERLAY).unwrap();
+        let e = Replica::open(dir).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Corrupt, "{e}");
+    }
 
     #[test]
     fn record_round_trip_and_every_flip_detected() {

@@ -186,8 +186,8 @@ impl<'a, T: Tracking> ConsistencyGroup<'a, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::{FaultPlan, MemDir, MemStorage, Storage};
-    use crate::log::{Digest, MappedLog, WriterOptions};
+    use crate::io::{MemDir, MemStorage, Storage};
+    use crate::log::{MappedLog, WriterOptions};
     use crate::source::{ChainPoint, Primary, Spool};
     use crate::tracker::Tracker;
     use crate::Geometry;
@@ -221,14 +221,8 @@ mod tests {
 
     fn pipeline(id: u8, g: Geometry) -> (Pipeline<Tracker>, Arc<MemStorage>) {
         let disk = Arc::new(MemStorage::zeroed(g.size()).unwrap());
-        let start = ChainPoint {
-            epoch: 1,
-            sequence: 0,
-            digest: Digest::default(),
-            created_ns: 0,
-            geometry: g,
-        };
-        let dir = Arc::new(MemDir::new(&FaultPlan::counting()));
+        let start = ChainPoint::start(1, g);
+        let dir = Arc::new(MemDir::new());
         let spool = Spool::create(dir, crate::DiskId([id; 16]), start, 1 << 30).unwrap();
         let opts = WriterOptions {
             record_bytes: 64 << 10,

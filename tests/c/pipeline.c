@@ -255,6 +255,19 @@ int main(void) {
   CHECK(blockrep_pipeline_open(disk_path, spool, 1 << 30, tracker, &state, &p) ==
         BLOCKREP_STATUS_OK);
   CHECK(state == BLOCKREP_OPEN_RECOVERED);
+  {
+    /* The transport asks the replica what it holds and tells the spool. */
+    blockrep_replica_info ri;
+    CHECK(blockrep_replica_get_info(r, NULL) == BLOCKREP_STATUS_INVALID_ARGUMENT);
+    CHECK(blockrep_replica_get_info(r, &ri) == BLOCKREP_STATUS_OK);
+    CHECK(ri.applied == 3 && ri.epoch == 2 && ri.block_size == BS && ri.size == SIZE);
+    uint8_t other[32];
+    memcpy(other, ri.digest, 32);
+    other[0] ^= 1;
+    CHECK(blockrep_pipeline_reconcile(p, ri.applied, other) == BLOCKREP_STATUS_MISMATCH);
+    CHECK(blockrep_pipeline_reconcile(p, ri.applied, NULL) == BLOCKREP_STATUS_INVALID_ARGUMENT);
+    CHECK(blockrep_pipeline_reconcile(p, ri.applied, ri.digest) == BLOCKREP_STATUS_OK);
+  }
   CHECK(ship(p, &r) == 1); /* the spooled log survived */
   check_equal(r, 4);
   blockrep_pipeline *mem = NULL;

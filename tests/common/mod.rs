@@ -232,17 +232,6 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-/// The start of a new disk's chain: epoch 1, before the first log.
-pub fn chain_start(g: Geometry) -> blockrep::source::ChainPoint {
-    blockrep::source::ChainPoint {
-        epoch: 1,
-        sequence: 0,
-        digest: blockrep::log::Digest::default(),
-        created_ns: 0,
-        geometry: g,
-    }
-}
-
 /// The every-fault loop of the crash tests: runs `scenario` once under a
 /// counting plan to learn how many steps it takes, then again with each of
 /// `faults` injected at every step. The scenario checks its own outcome;

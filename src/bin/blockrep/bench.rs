@@ -5,7 +5,7 @@
 
 use super::{human, now_ns};
 use blockrep::io::{FileStorage, FsDir, Storage};
-use blockrep::log::{Digest, MappedLog, ReadOptions};
+use blockrep::log::{MappedLog, ReadOptions};
 use blockrep::replica::{Replica, RetentionPolicy};
 use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool};
 use blockrep::{DiskId, Error, Geometry, Result, Tracker};
@@ -96,13 +96,7 @@ pub fn run(o: BenchOptions) -> Result<()> {
     // Initial replication: blockrep (full log into the spool, then the
     // replica built from it) against cp and qemu-img convert.
     let disk: Arc<dyn Storage> = Arc::new(FileStorage::open(&src)?);
-    let start = ChainPoint {
-        epoch: 1,
-        sequence: 0,
-        digest: Digest::default(),
-        created_ns: 0,
-        geometry: g,
-    };
+    let start = ChainPoint::start(1, g);
     let spool = Spool::create(Arc::new(FsDir::new(dir.join("spool"))?), ID, start, 1 << 40)?;
     let p = Pipeline::new(
         Primary::new(Tracker::new(g), disk.clone()),

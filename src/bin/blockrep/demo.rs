@@ -3,7 +3,7 @@
 use super::{human, now_ns, Progress};
 use blockrep::failover::{test_failover, Failover};
 use blockrep::io::{FileStorage, FsDir, Storage};
-use blockrep::log::{Digest, MappedLog, ReadOptions};
+use blockrep::log::{MappedLog, ReadOptions};
 use blockrep::replica::{Replica, RetentionPolicy};
 use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool, Tracking};
 use blockrep::tracker::PersistentTracker;
@@ -328,13 +328,7 @@ pub fn run(o: DemoOptions) -> Result<()> {
         g,
         blockrep::tracker::INTENT_REGION_DEFAULT,
     )?;
-    let start = ChainPoint {
-        epoch: 1,
-        sequence: 0,
-        digest: Digest::default(),
-        created_ns: 0,
-        geometry: g,
-    };
+    let start = ChainPoint::start(1, g);
     let spool = Spool::create(Arc::new(FsDir::new(dir.join("spool"))?), ID, start, 1 << 30)?;
     let pa = Pipeline::new(
         Primary::new(tracker, disk.clone()),
