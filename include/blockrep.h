@@ -500,7 +500,7 @@ blockrep_status blockrep_pipeline_status_json(const blockrep_pipeline *p,
                                               size_t *out_len);
 
 // One group cycle over the `n` pipelines of `members` (one machine's
-// disks, all with trackers of the same kind): cut at one instant, their
+// disks, each of which joined groups): cut at one instant, their
 // logs sharing a group id, spooled all or none. `consistency` 1 crash, 2
 // app; `label` may be null; `out` null or `n` writable entries, in the
 // members' order. Also folds back a group cut a crash left incomplete.

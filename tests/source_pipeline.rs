@@ -177,7 +177,7 @@ fn a_discard_ships_zero_extents_without_reading_them() {
         report.summary.bytes < 16 << 10,
         "a 60 MiB trim made a log of {} bytes (the full log was {})",
         report.summary.bytes,
-        full.bytes
+        full.summary.bytes
     );
     ship_all(p.spool(), &rdir, &mut replica);
     assert_eq!(
@@ -415,7 +415,7 @@ fn initial_sync_reports_progress_and_pays_its_limits() {
     let (reads, writes) = (Throttle::new(1 << 40), Throttle::new(1 << 40));
     let mut seen = Vec::new();
     let mut progress = |p: Progress| seen.push(p);
-    let summary = p
+    let report = p
         .initial_sync(TransferOptions {
             writer: opts(),
             read_limit: Some(&reads),
@@ -427,7 +427,7 @@ fn initial_sync_reports_progress_and_pays_its_limits() {
     assert_eq!(reads.consumed(), g.size());
     // The output paid for is the log as records were written out (the
     // last ones, written when it finishes, are not held back).
-    assert!(writes.consumed() <= summary.bytes && writes.consumed() > 2 << 20);
+    assert!(writes.consumed() <= report.summary.bytes && writes.consumed() > 2 << 20);
     assert!(seen.windows(2).all(|w| w[0].done <= w[1].done));
     assert_eq!(
         seen.last(),

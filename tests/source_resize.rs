@@ -60,7 +60,7 @@ fn replicate() -> Run {
     };
     let s = p.initial_sync(opts.into()).unwrap();
     run.points.push((1, disk.to_vec()));
-    run.logs.push(log_of(p.spool(), s.header.sequence));
+    run.logs.push(log_of(p.spool(), s.summary.header.sequence));
     let write = |p: &Pipeline, rng: &mut Rng| {
         let size = p.primary().tracker().geometry().size();
         for _ in 0..5 {

@@ -39,9 +39,9 @@ pub use plan::{
 pub use status::{DiskStatus, Role};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::io::Storage;
+use crate::io::{Dir, Storage};
 use crate::replica::{AdoptAt, FailoverPhase, FailoverRecord, OverlayView, Replica, OVERLAY};
-use crate::source::ChainPoint;
+use crate::source::{AnyTracker, ChainPoint, Pipeline};
 use crate::tracker::BlockSet;
 use parking_lot::RwLock;
 use std::sync::Arc;
@@ -272,6 +272,22 @@ impl Failover {
     /// the image after. Give it to the new primary's pipeline.
     pub fn disk(self: &Arc<Self>) -> Arc<dyn Storage> {
         Arc::new(FailoverDisk(self.clone()))
+    }
+
+    /// Starts the new primary's pipeline over the failover disk: its chain
+    /// (a new spool in `spool`, at most about `spool_limit` bytes) begins
+    /// at the failover point, its tracking (in memory) from now. Call it
+    /// before the new primary's first write.
+    pub fn start_pipeline(
+        self: &Arc<Self>,
+        spool: Arc<dyn Dir>,
+        spool_limit: u64,
+    ) -> Result<Pipeline<AnyTracker>> {
+        let at = self.chain_point()?;
+        let id = self.replica().status().disk_id;
+        Pipeline::builder(self.disk(), spool)
+            .spool_limit(spool_limit)
+            .create_at(id, at)
     }
 }
 

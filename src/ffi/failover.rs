@@ -14,8 +14,7 @@ use crate::id::DiskId;
 use crate::io::{FileStorage, FsDir, Storage};
 use crate::log::Digest;
 use crate::replica::{AdoptAt, OverlayView, Replica};
-use crate::source::{Pipeline, Primary, Spool};
-use crate::tracker::{FrozenSet, Tracker};
+use crate::tracker::{BlockSet, FrozenSet};
 use std::ffi::c_char;
 use std::sync::Arc;
 
@@ -271,11 +270,7 @@ pub unsafe extern "C" fn blockrep_failover_start_pipeline(
         if out.is_null() {
             return Err(null("out"));
         }
-        let at = f.chain_point()?;
-        let id = f.replica().status().disk_id;
-        let spool = Spool::create(Arc::new(FsDir::new(dir)?), id, at, spool_limit)?;
-        let primary = Primary::new(Tracker::new(at.geometry), f.disk());
-        let p = Pipeline::new(primary, spool, Default::default())?;
+        let p = f.start_pipeline(Arc::new(FsDir::new(dir)?), spool_limit)?;
         write_out(out, super::pipeline::boxed(p))
     })
 }
@@ -386,8 +381,11 @@ pub unsafe extern "C" fn blockrep_pipeline_reverse_sync(
     guard(|| {
         let p = live_pipeline(p)?;
         // SAFETY: null or live per the contract.
-        let other = unsafe { other.as_ref() }.map(|s| s.frozen().set().clone());
-        let r = p.reverse_sync(other.as_ref())?;
+        let other = match unsafe { other.as_ref() } {
+            Some(s) => s.frozen().set().clone(),
+            None => BlockSet::new(p.primary().tracker().geometry().block_count()),
+        };
+        let r = p.reverse_sync(&other)?;
         info_out(out, &r);
         Ok(())
     })
@@ -447,7 +445,7 @@ pub unsafe extern "C" fn blockrep_pipeline_status_json(
     out_len: *mut usize,
 ) -> blockrep_status {
     guard(|| {
-        let json = live_pipeline(p)?.status_json(now_ns());
+        let json = DiskStatus::of_pipeline(live_pipeline(p)?, now_ns()).to_json();
         json_out(json, buf, len, out_len)
     })
 }

@@ -1,15 +1,14 @@
 //! Consistency groups, resize and tagging through the C ABI.
 
 use super::log::c_path;
-use super::pipeline::{blockrep_cycle_info, blockrep_pipeline, info_out, Engine};
+use super::pipeline::{blockrep_cycle_info, blockrep_pipeline, info_out};
 use super::replica::{blockrep_replica, live as live_replica};
 use super::status::{blockrep_status, guard, null, register, unregister};
 use crate::error::{Error, Result};
 use crate::io::FsDir;
 use crate::log::{Consistency, MappedLog, ReadOptions};
 use crate::replica::{ApplyOutcome, Replica, ReplicaGroup};
-use crate::source::{ConsistencyGroup, CycleOptions, Pipeline, Tracking};
-use crate::tracker::{PersistentTracker, Tracker};
+use crate::source::{ConsistencyGroup, CycleOptions};
 use std::ffi::c_char;
 use std::sync::Arc;
 
@@ -32,15 +31,8 @@ unsafe fn handles<'a, T>(p: *const *const T, n: usize, what: &str) -> Result<Vec
         .collect()
 }
 
-fn downcast<'a, T: Tracking + 'static>(engines: &[&'a dyn Engine]) -> Option<Vec<&'a Pipeline<T>>> {
-    engines
-        .iter()
-        .map(|e| e.as_any().downcast_ref::<Pipeline<T>>())
-        .collect()
-}
-
 /// One group cycle over the `n` pipelines of `members` (one machine's
-/// disks, all with trackers of the same kind): cut at one instant, their
+/// disks, each of which joined groups): cut at one instant, their
 /// logs sharing a group id, spooled all or none. `consistency` 1 crash, 2
 /// app; `label` may be null; `out` null or `n` writable entries, in the
 /// members' order. Also folds back a group cut a crash left incomplete.
@@ -59,7 +51,7 @@ pub unsafe extern "C" fn blockrep_group_cycle(
     guard(|| {
         // SAFETY: forwarded contract.
         let ms = unsafe { handles(members, n, "member pipeline")? };
-        let engines: Vec<&dyn Engine> = ms.iter().map(|m| m.engine()).collect();
+        let pipelines: Vec<_> = ms.iter().map(|m| m.pipeline()).collect();
         let c = CycleOptions {
             consistency: match consistency {
                 1 => Consistency::Crash,
@@ -73,15 +65,7 @@ pub unsafe extern "C" fn blockrep_group_cycle(
             },
             group: None,
         };
-        let reports = if let Some(ps) = downcast::<Tracker>(&engines) {
-            ConsistencyGroup::new(ps)?.cycle(&c)?
-        } else if let Some(ps) = downcast::<PersistentTracker>(&engines) {
-            ConsistencyGroup::new(ps)?.cycle(&c)?
-        } else {
-            return Err(Error::invalid(
-                "a group's pipelines all track in memory or all in tracker files",
-            ));
-        };
+        let reports = ConsistencyGroup::new(pipelines)?.cycle(&c)?;
         if !out.is_null() {
             for (i, r) in reports.iter().enumerate() {
                 // SAFETY: `out` holds `n` entries per the contract; i < n.
@@ -187,7 +171,7 @@ pub unsafe extern "C" fn blockrep_pipeline_join_group(
     guard(|| {
         // SAFETY: null (refused) or live and exclusive per the contract.
         let p = unsafe { p.as_mut() }.ok_or_else(|| null("pipeline"))?;
-        p.engine_mut().join_group();
+        p.pipeline_mut().join_group();
         Ok(())
     })
 }
@@ -206,7 +190,7 @@ pub unsafe extern "C" fn blockrep_pipeline_resize(
     guard(|| {
         // SAFETY: null (refused) or live and exclusive per the contract.
         let p = unsafe { p.as_mut() }.ok_or_else(|| null("pipeline"))?;
-        p.engine_mut().resize(size)
+        p.pipeline_mut().resize(size)
     })
 }
 

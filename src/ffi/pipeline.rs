@@ -5,106 +5,12 @@ use super::log::{c_path, digest_in, opt_path};
 use super::ptracker::blockrep_open_state;
 use super::status::{blockrep_status, guard, null, register, unregister};
 use crate::error::{Error, ErrorKind, Result};
-use crate::failover::DiskStatus;
-use crate::geometry::Geometry;
 use crate::id::DiskId;
-use crate::io::{DiskIdentity, FileStorage, FsDir, Storage};
+use crate::io::{FileStorage, FsDir};
 use crate::log::{BlockDigests, Consistency, LogKind};
-use crate::source::{
-    ChainPoint, CycleOptions, CycleReport, Pipeline, Primary, Spool, SpooledLog, Tracking,
-};
-use crate::tracker::{BlockSet, OpenState, PersistentTracker, Tracker, INTENT_REGION_DEFAULT};
+use crate::source::{AnyTracker, CycleOptions, CycleReport, Pipeline, PipelineBuilder, SpooledLog};
 use std::ffi::c_char;
 use std::sync::Arc;
-
-/// The tracking a pipeline runs on, seen the same way by the C calls.
-pub(super) trait Engine: Send + Sync {
-    fn begin(&self, offset: u64, len: u64, zero: bool) -> Result<()>;
-    fn end(&self, offset: u64, len: u64, zero: bool) -> Result<()>;
-    fn pipeline_spool(&self) -> &Spool;
-    fn initial_sync(&self) -> Result<CycleReport>;
-    fn cycle(&self, c: &CycleOptions) -> Result<CycleReport>;
-    fn resync(&self, d: &BlockDigests) -> Result<CycleReport>;
-    fn dirty_blocks(&self) -> u64;
-    fn divergence(&self) -> Result<BlockSet>;
-    fn reverse_sync(&self, other: Option<&BlockSet>) -> Result<CycleReport>;
-    fn status_json(&self, now_ns: u64) -> String;
-    fn resize(&mut self, size: u64) -> Result<()>;
-    fn join_group(&mut self);
-    fn as_any(&self) -> &dyn std::any::Any;
-    fn close(self: Box<Self>) -> Result<()>;
-}
-
-/// Stops tracking: cleanly for a persistent tracker (the next open is
-/// clean), a no-op for one in memory (its marks are lost).
-pub(super) trait CloseTracking {
-    fn close_tracking(self, disk: Option<DiskIdentity>) -> Result<()>;
-}
-
-impl CloseTracking for Tracker {
-    fn close_tracking(self, _disk: Option<DiskIdentity>) -> Result<()> {
-        Ok(())
-    }
-}
-
-impl CloseTracking for PersistentTracker {
-    fn close_tracking(self, disk: Option<DiskIdentity>) -> Result<()> {
-        self.close(disk)
-    }
-}
-
-impl<T: Tracking + CloseTracking + 'static> Engine for Pipeline<T> {
-    fn begin(&self, offset: u64, len: u64, zero: bool) -> Result<()> {
-        self.primary().begin_write(offset, len, zero)
-    }
-    fn end(&self, offset: u64, len: u64, zero: bool) -> Result<()> {
-        self.primary().end_write(offset, len, zero)
-    }
-    fn pipeline_spool(&self) -> &Spool {
-        self.spool()
-    }
-    fn initial_sync(&self) -> Result<CycleReport> {
-        let summary = Pipeline::initial_sync(self, Default::default())?;
-        Ok(CycleReport {
-            blocks: summary.trailer.blocks,
-            summary,
-            folded: None,
-        })
-    }
-    fn cycle(&self, c: &CycleOptions) -> Result<CycleReport> {
-        Pipeline::cycle(self, c)
-    }
-    fn resync(&self, d: &BlockDigests) -> Result<CycleReport> {
-        Pipeline::resync(self, d, Default::default())
-    }
-    fn dirty_blocks(&self) -> u64 {
-        self.primary().marked().count()
-    }
-    fn divergence(&self) -> Result<BlockSet> {
-        Pipeline::divergence(self)
-    }
-    fn reverse_sync(&self, other: Option<&BlockSet>) -> Result<CycleReport> {
-        let none = BlockSet::new(self.primary().tracker().geometry().block_count());
-        Pipeline::reverse_sync(self, other.unwrap_or(&none))
-    }
-    fn status_json(&self, now_ns: u64) -> String {
-        DiskStatus::of_pipeline(self, now_ns).to_json()
-    }
-    fn resize(&mut self, size: u64) -> Result<()> {
-        Pipeline::resize(self, size)
-    }
-    fn join_group(&mut self) {
-        Pipeline::join_group(self)
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn close(self: Box<Self>) -> Result<()> {
-        let primary = self.into_primary();
-        let disk = primary.disk().identity()?;
-        primary.into_tracking().close_tracking(disk)
-    }
-}
 
 /// One replicated disk on the primary: its tracking (in memory or in a
 /// tracker file), copy-before-write, and the spool of logs to ship.
@@ -113,16 +19,16 @@ impl<T: Tracking + CloseTracking + 'static> Engine for Pipeline<T> {
 /// caller waits); the spool calls may run concurrently with both. Only
 /// `_close` and `_free` need the handle to themselves.
 pub struct blockrep_pipeline {
-    inner: Box<dyn Engine>,
+    inner: Pipeline<AnyTracker>,
 }
 
 impl blockrep_pipeline {
-    pub(super) fn engine(&self) -> &dyn Engine {
-        &*self.inner
+    pub(super) fn pipeline(&self) -> &Pipeline<AnyTracker> {
+        &self.inner
     }
 
-    pub(super) fn engine_mut(&mut self) -> &mut dyn Engine {
-        &mut *self.inner
+    pub(super) fn pipeline_mut(&mut self) -> &mut Pipeline<AnyTracker> {
+        &mut self.inner
     }
 }
 
@@ -194,16 +100,14 @@ pub struct blockrep_pipeline_status {
 }
 
 /// Registers a pipeline as a C handle.
-pub(super) fn boxed<T: Tracking + CloseTracking + 'static>(
-    p: Pipeline<T>,
-) -> *mut blockrep_pipeline {
-    register(Box::new(blockrep_pipeline { inner: Box::new(p) }))
+pub(super) fn boxed(p: Pipeline<AnyTracker>) -> *mut blockrep_pipeline {
+    register(Box::new(blockrep_pipeline { inner: p }))
 }
 
-pub(super) fn live<'a>(p: *const blockrep_pipeline) -> Result<&'a dyn Engine> {
+pub(super) fn live<'a>(p: *const blockrep_pipeline) -> Result<&'a Pipeline<AnyTracker>> {
     // SAFETY: callers pass null (refused) or a live handle per contract.
     unsafe { p.as_ref() }
-        .map(|p| &*p.inner)
+        .map(|p| &p.inner)
         .ok_or_else(|| null("pipeline"))
 }
 
@@ -217,20 +121,19 @@ fn disk_id_of(p: *const u8) -> Result<DiskId> {
     Ok(DiskId(id))
 }
 
-fn make(
-    disk: Arc<dyn Storage>,
-    tracker: Option<PersistentTracker>,
-    g: Geometry,
-    spool: Spool,
-) -> Result<Box<dyn Engine>> {
-    let opts = Default::default();
-    Ok(match tracker {
-        Some(t) => Box::new(Pipeline::new(Primary::new(t, disk), spool, opts)?),
-        None => Box::new(Pipeline::new(
-            Primary::new(Tracker::new(g), disk),
-            spool,
-            opts,
-        )?),
+/// The builder for the disk at `disk_path` (opened read-only: the guest
+/// writes it, the pipeline only reads), its spool in `spool_dir`.
+fn builder(
+    disk_path: &str,
+    spool_dir: &str,
+    spool_limit: u64,
+    tracker_path: Option<&str>,
+) -> Result<PipelineBuilder> {
+    let disk = Arc::new(FileStorage::open_read_only(disk_path)?);
+    let b = Pipeline::builder(disk, Arc::new(FsDir::new(spool_dir)?)).spool_limit(spool_limit);
+    Ok(match tracker_path {
+        Some(p) => b.tracker_file(p),
+        None => b,
     })
 }
 
@@ -268,16 +171,8 @@ pub unsafe extern "C" fn blockrep_pipeline_create(
         if out.is_null() {
             return Err(null("out"));
         }
-        let disk = FileStorage::open_read_only(disk_path)?;
-        let g = Geometry::new(disk.len()?, block_size)?;
-        let start = ChainPoint::start(epoch, g);
-        let tracker = match tracker_path {
-            Some(p) => Some(PersistentTracker::create(p, id, g, INTENT_REGION_DEFAULT)?),
-            None => None,
-        };
-        let spool = Spool::create(Arc::new(FsDir::new(spool_dir)?), id, start, spool_limit)?;
-        let inner = make(Arc::new(disk), tracker, g, spool)?;
-        write_out(out, register(Box::new(blockrep_pipeline { inner })));
+        let b = builder(disk_path, spool_dir, spool_limit, tracker_path)?;
+        write_out(out, boxed(b.block_size(block_size).create(id, epoch)?));
         Ok(())
     })
 }
@@ -306,34 +201,9 @@ pub unsafe extern "C" fn blockrep_pipeline_open(
         if out.is_null() || out_state.is_null() {
             return Err(null("out"));
         }
-        let spool = Spool::open(Arc::new(FsDir::new(spool_dir)?), spool_limit)?;
-        let disk = FileStorage::open_read_only(disk_path)?;
-        let g = Geometry::new(disk.len()?, spool.head().geometry.block_size())?;
-        let (tracker, state) = match tracker_path {
-            Some(p) => {
-                // A tracker file missing, untrustworthy, or closed before
-                // the disk changed unseen: recreated, and tracking is lost.
-                let (t, s) = PersistentTracker::open_or_create(
-                    p,
-                    spool.disk_id(),
-                    g,
-                    INTENT_REGION_DEFAULT,
-                    disk.identity()?,
-                )?;
-                let s = match s {
-                    OpenState::Clean { .. } => blockrep_open_state::BLOCKREP_OPEN_CLEAN,
-                    OpenState::Recovered { .. } => blockrep_open_state::BLOCKREP_OPEN_RECOVERED,
-                    OpenState::Created | OpenState::Invalid(_) => {
-                        blockrep_open_state::BLOCKREP_OPEN_INVALID
-                    }
-                };
-                (Some(t), s)
-            }
-            None => (None, blockrep_open_state::BLOCKREP_OPEN_INVALID),
-        };
-        let inner = make(Arc::new(disk), tracker, g, spool)?;
-        write_out(out_state, state);
-        write_out(out, register(Box::new(blockrep_pipeline { inner })));
+        let (p, state) = builder(disk_path, spool_dir, spool_limit, tracker_path)?.open()?;
+        write_out(out_state, (&state).into());
+        write_out(out, boxed(p));
         Ok(())
     })
 }
@@ -352,7 +222,7 @@ pub unsafe extern "C" fn blockrep_pipeline_write_begin(
     offset: u64,
     len: u64,
 ) -> blockrep_status {
-    guard(|| live(p)?.begin(offset, len, false))
+    guard(|| live(p)?.primary().begin_write(offset, len, false))
 }
 
 /// Completes a write begun with `blockrep_pipeline_write_begin`: marks its
@@ -366,7 +236,7 @@ pub unsafe extern "C" fn blockrep_pipeline_write_end(
     offset: u64,
     len: u64,
 ) -> blockrep_status {
-    guard(|| live(p)?.end(offset, len, false))
+    guard(|| live(p)?.primary().end_write(offset, len, false))
 }
 
 /// As `blockrep_pipeline_write_begin`, for a write of zeros or a discard
@@ -382,7 +252,7 @@ pub unsafe extern "C" fn blockrep_pipeline_zero_begin(
     offset: u64,
     len: u64,
 ) -> blockrep_status {
-    guard(|| live(p)?.begin(offset, len, true))
+    guard(|| live(p)?.primary().begin_write(offset, len, true))
 }
 
 /// Completes a zero write or discard begun with
@@ -396,7 +266,7 @@ pub unsafe extern "C" fn blockrep_pipeline_zero_end(
     offset: u64,
     len: u64,
 ) -> blockrep_status {
-    guard(|| live(p)?.end(offset, len, true))
+    guard(|| live(p)?.primary().end_write(offset, len, true))
 }
 
 pub(super) fn info_out(out: *mut blockrep_cycle_info, r: &CycleReport) {
@@ -426,7 +296,7 @@ pub unsafe extern "C" fn blockrep_pipeline_initial_sync(
     out: *mut blockrep_cycle_info,
 ) -> blockrep_status {
     guard(|| {
-        let r = live(p)?.initial_sync()?;
+        let r = live(p)?.initial_sync(Default::default())?;
         info_out(out, &r);
         Ok(())
     })
@@ -447,7 +317,7 @@ pub unsafe extern "C" fn blockrep_pipeline_cycle(
     out: *mut blockrep_cycle_info,
 ) -> blockrep_status {
     guard(|| {
-        let engine = live(p)?;
+        let pipeline = live(p)?;
         let consistency = match consistency {
             1 => Consistency::Crash,
             2 => Consistency::App,
@@ -458,7 +328,7 @@ pub unsafe extern "C" fn blockrep_pipeline_cycle(
             label: opt_path(label)?.unwrap_or("").to_owned(),
             group: None,
         };
-        let r = engine.cycle(&c)?;
+        let r = pipeline.cycle(&c)?;
         info_out(out, &r);
         Ok(())
     })
@@ -499,11 +369,11 @@ pub unsafe extern "C" fn blockrep_pipeline_next_log(
     out_found: *mut u32,
 ) -> blockrep_status {
     guard(|| {
-        let engine = live(p)?;
+        let pipeline = live(p)?;
         if out.is_null() || out_found.is_null() {
             return Err(null("out"));
         }
-        match engine.pipeline_spool().next_to_ship() {
+        match pipeline.spool().next_to_ship() {
             Some(l) => {
                 spooled_out(out, &l);
                 write_out(out_found, 1);
@@ -530,12 +400,12 @@ pub unsafe extern "C" fn blockrep_pipeline_log_path(
     out_len: *mut usize,
 ) -> blockrep_status {
     guard(|| {
-        let engine = live(p)?;
+        let pipeline = live(p)?;
         if out_len.is_null() {
             return Err(null("out_len"));
         }
-        let path = engine
-            .pipeline_spool()
+        let path = pipeline
+            .spool()
             .pending()
             .into_iter()
             .find(|l| l.point.sequence == sequence)
@@ -580,14 +450,14 @@ pub unsafe extern "C" fn blockrep_pipeline_log_read(
     len: usize,
 ) -> blockrep_status {
     guard(|| {
-        let engine = live(p)?;
+        let pipeline = live(p)?;
         if len == 0 {
             return Ok(());
         }
         if buf.is_null() {
             return Err(null("buf"));
         }
-        let f = engine.pipeline_spool().open_log(sequence)?;
+        let f = pipeline.spool().open_log(sequence)?;
         // SAFETY: `buf` holds `len` writable bytes per the contract.
         let out = unsafe { std::slice::from_raw_parts_mut(buf, len) };
         f.read_at(out, offset)
@@ -611,7 +481,7 @@ pub unsafe extern "C" fn blockrep_pipeline_ack(
 ) -> blockrep_status {
     guard(|| {
         let p = live(p)?;
-        p.pipeline_spool().ack(sequence, &digest_in(digest)?)
+        p.spool().ack(sequence, &digest_in(digest)?)
     })
 }
 
@@ -633,7 +503,7 @@ pub unsafe extern "C" fn blockrep_pipeline_reconcile(
 ) -> blockrep_status {
     guard(|| {
         let p = live(p)?;
-        p.pipeline_spool().reconcile(sequence, &digest_in(digest)?)
+        p.spool().reconcile(sequence, &digest_in(digest)?)
     })
 }
 
@@ -645,7 +515,7 @@ pub unsafe extern "C" fn blockrep_pipeline_reconcile(
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_pipeline_rewind(p: *const blockrep_pipeline) -> blockrep_status {
     guard(|| {
-        live(p)?.pipeline_spool().rewind();
+        live(p)?.spool().rewind();
         Ok(())
     })
 }
@@ -660,11 +530,11 @@ pub unsafe extern "C" fn blockrep_pipeline_get_status(
     out: *mut blockrep_pipeline_status,
 ) -> blockrep_status {
     guard(|| {
-        let engine = live(p)?;
+        let pipeline = live(p)?;
         if out.is_null() {
             return Err(null("out"));
         }
-        let s = engine.pipeline_spool().status();
+        let s = pipeline.spool().status();
         write_out(
             out,
             blockrep_pipeline_status {
@@ -678,7 +548,7 @@ pub unsafe extern "C" fn blockrep_pipeline_get_status(
                 head_sequence: s.head.sequence,
                 epoch: s.head.epoch,
                 folded_logs: s.folded_logs,
-                dirty_blocks: engine.dirty_blocks(),
+                dirty_blocks: pipeline.primary().marked().count(),
                 resync_required: s.resync_required as u32,
             },
         );
@@ -701,12 +571,12 @@ pub unsafe extern "C" fn blockrep_pipeline_resync(
     out: *mut blockrep_cycle_info,
 ) -> blockrep_status {
     guard(|| {
-        let engine = live(p)?;
+        let pipeline = live(p)?;
         let path = c_path(digests_path)?;
         let bytes =
             std::fs::read(path).map_err(|e| Error::io("read digests", e).with_path(path))?;
         let d = BlockDigests::decode(&bytes).map_err(|e| e.with_path(path))?;
-        let r = engine.resync(&d)?;
+        let r = pipeline.resync(&d, Default::default())?;
         info_out(out, &r);
         Ok(())
     })

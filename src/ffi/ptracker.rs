@@ -37,6 +37,17 @@ pub enum blockrep_open_state {
     BLOCKREP_OPEN_INVALID = 4,
 }
 
+impl From<&OpenState> for blockrep_open_state {
+    fn from(s: &OpenState) -> Self {
+        match s {
+            OpenState::Created => blockrep_open_state::BLOCKREP_OPEN_CREATED,
+            OpenState::Clean { .. } => blockrep_open_state::BLOCKREP_OPEN_CLEAN,
+            OpenState::Recovered { .. } => blockrep_open_state::BLOCKREP_OPEN_RECOVERED,
+            OpenState::Invalid(_) => blockrep_open_state::BLOCKREP_OPEN_INVALID,
+        }
+    }
+}
+
 fn live<'a>(t: *const blockrep_ptracker) -> Result<&'a PersistentTracker, Error> {
     // SAFETY: callers pass null (refused here) or a live handle, per the
     // contract of every function below.
@@ -94,12 +105,7 @@ pub unsafe extern "C" fn blockrep_ptracker_open(
         };
         let (pt, state) =
             PersistentTracker::open_or_create(path, DiskId(id), geometry, region_size, seen)?;
-        let state = match state {
-            OpenState::Created => blockrep_open_state::BLOCKREP_OPEN_CREATED,
-            OpenState::Clean { .. } => blockrep_open_state::BLOCKREP_OPEN_CLEAN,
-            OpenState::Recovered { .. } => blockrep_open_state::BLOCKREP_OPEN_RECOVERED,
-            OpenState::Invalid(_) => blockrep_open_state::BLOCKREP_OPEN_INVALID,
-        };
+        let state = blockrep_open_state::from(&state);
         let p = register(Box::new(blockrep_ptracker { inner: pt, disk }));
         // SAFETY: both outputs are non-null and writable per the contract.
         unsafe {

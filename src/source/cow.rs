@@ -17,106 +17,18 @@
 //! cut may or may not be on the disk; its mark lands in the next generation
 //! either way, so it is never lost.
 
-use super::{CycleOptions, Source};
+use super::{CycleOptions, Source, Tracking};
 use crate::error::Result;
 use crate::geometry::Extent;
 use crate::io::Storage;
 use crate::log::{LogKind, LogSummary, LogWriter, WriterOptions};
 use crate::tracker::open_writes::OpenWrites;
-use crate::tracker::{BlockSet, FrozenSet, PersistentTracker, Tracker};
+use crate::tracker::{BlockSet, FrozenSet, Tracker};
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-
-/// The change tracking behind a [`Primary`]: an in-memory [`Tracker`], or a
-/// [`PersistentTracker`] that records write intent before a write and
-/// survives restarts.
-pub trait Tracking: Send + Sync {
-    /// The in-memory tracker (for queries and cuts).
-    fn tracker(&self) -> &Tracker;
-    /// Called before a write of `len` bytes at `offset` is submitted.
-    fn begin_write(&self, offset: u64, len: u64) -> Result<()>;
-    /// Called once it completed; `data`: whether its blocks must be marked
-    /// (false for a zero write, whose blocks the primary tracks apart).
-    fn end_write(&self, offset: u64, len: u64, data: bool);
-    /// Closes the current generation.
-    fn cut(&self) -> FrozenSet {
-        self.tracker().cut()
-    }
-    /// Hands a failed cycle's blocks back.
-    fn reclaim(&self, frozen: &FrozenSet) {
-        self.tracker().reclaim(frozen)
-    }
-    /// The log of `generation` is durable in the spool.
-    fn commit(&self, generation: u64) -> Result<()> {
-        let _ = generation;
-        Ok(())
-    }
-    /// Marks `extent` so that it survives a crash from now on (blocks of a
-    /// spooled log folded back).
-    fn mark_durable(&self, extent: Extent) -> Result<()> {
-        self.tracker().mark_extent(extent)
-    }
-    /// Changes the disk size (I/O drained): a grown range is marked.
-    fn resize(&mut self, size: u64) -> Result<()>;
-}
-
-impl Tracking for Tracker {
-    fn tracker(&self) -> &Tracker {
-        self
-    }
-    fn resize(&mut self, size: u64) -> Result<()> {
-        Tracker::resize(self, size)
-    }
-    #[inline]
-    fn begin_write(&self, _offset: u64, _len: u64) -> Result<()> {
-        Ok(())
-    }
-    #[inline]
-    fn end_write(&self, offset: u64, len: u64, data: bool) {
-        if data {
-            // The range was checked when the guard was taken.
-            let _ = self.mark(offset, len);
-        }
-    }
-}
-
-impl Tracking for PersistentTracker {
-    fn tracker(&self) -> &Tracker {
-        PersistentTracker::tracker(self)
-    }
-    fn resize(&mut self, size: u64) -> Result<()> {
-        PersistentTracker::resize(self, size)
-    }
-    fn begin_write(&self, offset: u64, len: u64) -> Result<()> {
-        // The primary pairs begins and ends itself (guards, or its own
-        // check of unguarded calls).
-        self.begin_raw(offset, len)
-    }
-    fn end_write(&self, offset: u64, len: u64, _data: bool) {
-        // Zero writes are marked too: the zero set is not persistent, and
-        // the blocks, read as zeros, still ship as zero extents.
-        self.end_raw(offset, len);
-    }
-    fn cut(&self) -> FrozenSet {
-        PersistentTracker::cut(self)
-    }
-    fn reclaim(&self, frozen: &FrozenSet) {
-        PersistentTracker::reclaim(self, frozen)
-    }
-    fn commit(&self, generation: u64) -> Result<()> {
-        PersistentTracker::commit(self, generation)
-    }
-    fn mark_durable(&self, extent: Extent) -> Result<()> {
-        let g = self.geometry();
-        let (offset, len) = g.extent_bytes(extent);
-        self.begin_raw(offset, len)?;
-        self.end_raw(offset, len);
-        Ok(())
-    }
-}
 
 /// The blocks a running cycle still has to read, and old contents saved
 /// for it by writers.

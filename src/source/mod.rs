@@ -11,17 +11,21 @@
 //! * [`ConsistencyGroup`]: several disks cut at one instant.
 //! * [`Throttle`]: a bandwidth limit; [`Progress`] reports for long copies.
 
+mod builder;
 mod cow;
 mod group;
 mod pipeline;
 mod spool;
 mod throttle;
+mod tracking;
 
-pub use cow::{CycleHandle, Primary, Tracking, WriteGuard};
+pub use builder::PipelineBuilder;
+pub use cow::{CycleHandle, Primary, WriteGuard};
 pub use group::ConsistencyGroup;
 pub use pipeline::{CycleReport, Pipeline, PipelineCycle};
 pub use spool::{ChainPoint, FoldBack, Spool, SpoolStatus, SpooledLog};
 pub use throttle::{Progress, Throttle, TransferOptions};
+pub use tracking::{AnyTracker, Tracking};
 
 use crate::error::{Error, Result};
 use crate::geometry::{Extent, Geometry};

@@ -10,7 +10,8 @@ use crate::log::{BlockDigests, LogKind, LogSummary, WriterOptions};
 use crate::tracker::{BlockSet, Tracker};
 use parking_lot::{Mutex, MutexGuard};
 
-/// What a cycle did.
+/// What a cycle (or an initial sync, or a resync) did.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CycleReport {
     /// The log written.
@@ -68,9 +69,19 @@ impl<T: Tracking> Pipeline<T> {
         &self.primary
     }
 
-    /// Takes the primary back (to close its tracking cleanly).
+    /// Takes the primary back.
     pub fn into_primary(self) -> Primary<T> {
         self.primary
+    }
+
+    /// Stops replicating cleanly: blocks zeroed since the last cut are
+    /// marked, and the tracking is closed with the disk's identity as of
+    /// now (for a persistent tracker, the next open is clean if nothing
+    /// writes to the disk meanwhile). Drain the disk's I/O first. The
+    /// spool keeps its logs for the next start.
+    pub fn close(self) -> Result<()> {
+        let disk = self.primary.disk().identity()?;
+        self.primary.into_tracking().close(disk)
     }
 
     /// The spool: logs to ship, acknowledgements.
@@ -101,11 +112,11 @@ impl<T: Tracking> Pipeline<T> {
 
     /// Writes the full log of the disk into the spool (the first log of a
     /// chain). Writers may run: what they change goes into the next cycle.
-    pub fn initial_sync(&self, t: TransferOptions<'_>) -> Result<LogSummary> {
+    pub fn initial_sync(&self, t: TransferOptions<'_>) -> Result<CycleReport> {
         self.noted(self.initial_sync_inner(t))
     }
 
-    fn initial_sync_inner(&self, mut t: TransferOptions<'_>) -> Result<LogSummary> {
+    fn initial_sync_inner(&self, mut t: TransferOptions<'_>) -> Result<CycleReport> {
         let _one = self.cycles.lock();
         let mut source = self.source();
         if source.sequence != 0 {
@@ -123,7 +134,11 @@ impl<T: Tracking> Pipeline<T> {
         let summary = f.commit()?;
         self.spool.push(&summary)?;
         source.advance(&summary);
-        Ok(summary)
+        Ok(CycleReport {
+            blocks: summary.trailer.blocks,
+            summary,
+            folded: None,
+        })
     }
 
     /// One cycle: [`begin_cycle`](Self::begin_cycle), then

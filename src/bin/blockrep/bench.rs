@@ -107,7 +107,7 @@ pub fn run(o: BenchOptions) -> Result<()> {
     let mut replica = None;
     let mut log_len = 0;
     let t_init = timed(|| {
-        log_len = p.initial_sync(Default::default())?.bytes;
+        log_len = p.initial_sync(Default::default())?.summary.bytes;
         ship(&p, &rdir, &mut replica)
     })?;
     let replica = replica.expect("created");
