@@ -28,7 +28,7 @@ const BS: u64 = 4096;
 
 struct Setup {
     _tmp: tempfile::TempDir,
-    replica: Arc<Replica>,
+    replica: Replica,
     image: FileStorage,
     g: Geometry,
     seq: u64,
@@ -67,7 +67,7 @@ fn setup() -> Setup {
     w.finish().unwrap();
     let full = MappedLog::open(&path, &ReadOptions::default()).unwrap();
     let dir: Arc<dyn Dir> = Arc::new(FsDir::new(tmp.path().join("replica")).unwrap());
-    let replica = Arc::new(Replica::create(dir, &full).unwrap());
+    let replica = Replica::create(dir, &full).unwrap();
     std::fs::remove_file(&path).unwrap();
     let image = FileStorage::open(tmp.path().join("replica/image")).unwrap();
     Setup {

@@ -73,7 +73,7 @@ fn adopt_at(r: &Replica) -> AdoptAt {
 
 /// The transport: every unshipped log to `replica` (created from a full
 /// log when `None`), acknowledged. Returns the blocks of the logs shipped.
-fn ship(p: &Pipeline, rdir: &Arc<dyn Dir>, replica: &mut Option<Arc<Replica>>) -> u64 {
+fn ship(p: &Pipeline, rdir: &Arc<dyn Dir>, replica: &mut Option<Replica>) -> u64 {
     let mut blocks = 0;
     while let Some(l) = p.spool().next_to_ship() {
         let f = p.spool().open_log(l.point.sequence).unwrap();
@@ -83,7 +83,7 @@ fn ship(p: &Pipeline, rdir: &Arc<dyn Dir>, replica: &mut Option<Arc<Replica>>) -
             blockrep::log::MappedLog::from_bytes(b, &l.name, &ReadOptions::default()).unwrap();
         blocks += log.trailer().blocks;
         match replica {
-            None => *replica = Some(Arc::new(Replica::create(rdir.clone(), &log).unwrap())),
+            None => *replica = Some(Replica::create(rdir.clone(), &log).unwrap()),
             Some(r) => {
                 r.apply(&log).unwrap();
             }
@@ -110,12 +110,7 @@ fn scribble(p: &Pipeline, disk: &dyn Storage, rng: &mut Rng, n: usize) -> BlockS
 }
 
 /// A primary disk, its pipeline, the replica's directory and the replica.
-type Replicated = (
-    Arc<dyn Storage>,
-    Pipeline,
-    Arc<dyn Dir>,
-    Option<Arc<Replica>>,
-);
+type Replicated = (Arc<dyn Storage>, Pipeline, Arc<dyn Dir>, Option<Replica>);
 
 /// A primary disk of random content, replicated once to a new replica.
 fn replicated(rng: &mut Rng) -> Replicated {
@@ -164,7 +159,7 @@ fn planned_failover_reverse_replication_and_failback_round_trip() {
     let truth = written_b.union(&diverged_a);
     assert_eq!(report.blocks, truth.count());
     let dir_a = mem_dir();
-    let rep_a = Arc::new(Replica::adopt(dir_a.clone(), disk_a.clone(), adopt_at(&rep_b)).unwrap());
+    let rep_a = Replica::adopt(dir_a.clone(), disk_a.clone(), adopt_at(&rep_b)).unwrap();
     drop(pa);
     ship(&pb, &dir_a, &mut Some(rep_a.clone()));
     assert_eq!(first_diff(&read_all(&*disk_a), &read_all(&*disk_b)), None);
@@ -190,8 +185,7 @@ fn planned_failover_reverse_replication_and_failback_round_trip() {
         .unwrap();
     assert_eq!(report.blocks, 0);
     let dir_b2 = mem_dir();
-    let rep_b2 =
-        Arc::new(Replica::adopt(dir_b2.clone(), disk_b.clone(), adopt_at(&rep_a)).unwrap());
+    let rep_b2 = Replica::adopt(dir_b2.clone(), disk_b.clone(), adopt_at(&rep_a)).unwrap();
     drop(pb);
     ship(&pa2, &dir_b2, &mut Some(rep_b2.clone()));
     // The original direction again.
@@ -255,8 +249,7 @@ fn unplanned_failover_to_an_older_point_converges_exactly() {
     let report = pb.reverse_sync(&send).unwrap();
     assert_eq!(report.blocks, send.count());
     let dir_a = mem_dir();
-    let rep_a =
-        Arc::new(Replica::adopt(dir_a.clone(), disk_a.clone(), fo.adopt_at().unwrap()).unwrap());
+    let rep_a = Replica::adopt(dir_a.clone(), disk_a.clone(), fo.adopt_at().unwrap()).unwrap();
     drop(pa);
     ship(&pb, &dir_a, &mut Some(rep_a));
     assert_eq!(first_diff(&read_all(&*disk_a), &read_all(&*disk_b)), None);
@@ -324,7 +317,7 @@ fn a_crash_at_every_step_of_promotion_and_commit_can_be_retried() {
         want[*off as usize..*off as usize + d.len()].copy_from_slice(d);
     }
     let attempt = |dir: Arc<dyn Dir>| -> blockrep::Result<()> {
-        let r = Arc::new(Replica::open(dir)?);
+        let r = Replica::open(dir)?;
         let fo = Failover::promote(r, Some(point))?;
         if fo.is_committed() {
             return Ok(());
@@ -360,7 +353,7 @@ fn a_crash_at_every_step_of_promotion_and_commit_can_be_retried() {
             // failover; the disk ends at the point plus the writes, exactly.
             let dir: Arc<dyn Dir> = Arc::new(dir.recover(&FaultPlan::counting()));
             attempt(dir.clone()).unwrap();
-            let r = Arc::new(Replica::open(dir).unwrap());
+            let r = Replica::open(dir).unwrap();
             let fo = Failover::promote(r.clone(), None).unwrap();
             assert!(fo.is_committed(), "step {n} {fault:?}");
             assert_eq!(
@@ -379,7 +372,7 @@ fn a_crash_at_every_step_of_reverse_replication_can_be_retried() {
     let (base, at) = replicated_base();
     // The new primary at the latest point, with writes, and its reverse log.
     let dir_b: Arc<dyn Dir> = Arc::new(base.recover(&FaultPlan::counting()));
-    let rep_b = Arc::new(Replica::open(dir_b).unwrap());
+    let rep_b = Replica::open(dir_b).unwrap();
     let fo = Failover::promote(rep_b.clone(), None).unwrap();
     let disk_b = fo.disk();
     let pb = pipeline(disk_b.clone(), point_of(&rep_b));
@@ -473,9 +466,9 @@ fn a_recovery_plan_stops_at_the_failing_hook_and_reports() {
     for _ in 0..3 {
         let (base, _) = replicated_base();
         let dir: Arc<dyn Dir> = Arc::new(base.recover(&FaultPlan::counting()));
-        replicas.push(Arc::new(Replica::open(dir).unwrap()));
+        replicas.push(Replica::open(dir).unwrap());
     }
-    let machine = |name: &str, r: &Arc<Replica>| PlanMachine {
+    let machine = |name: &str, r: &Replica| PlanMachine {
         name: name.into(),
         disks: vec![(r.clone(), None)],
     };
@@ -579,8 +572,7 @@ fn reverse_replication_after_the_old_primary_lost_tracking_uses_digests() {
     // The old primary adopts the failover point and sends its digests;
     // the new primary sends exactly the blocks that differ.
     let dir_a = mem_dir();
-    let rep_a =
-        Arc::new(Replica::adopt(dir_a.clone(), disk_a.clone(), fo.adopt_at().unwrap()).unwrap());
+    let rep_a = Replica::adopt(dir_a.clone(), disk_a.clone(), fo.adopt_at().unwrap()).unwrap();
     let (a, b) = (read_all(&*disk_a), read_all(&*disk_b));
     let truth = a
         .chunks(4096)

@@ -78,12 +78,12 @@ impl Secondary {
 
     fn ship(&mut self, spools: [&Spool; 2]) {
         if self.group.is_none() {
-            let r: Vec<Arc<Replica>> = (0..2)
+            let r: Vec<Replica> = (0..2)
                 .map(|i| {
                     let l = spools[i].next_to_ship().unwrap();
                     let log = read_log(spools[i], l.point.sequence);
                     spools[i].ack(l.point.sequence, &l.point.digest).unwrap();
-                    Arc::new(Replica::create(self.dirs[i].clone(), &log).unwrap())
+                    Replica::create(self.dirs[i].clone(), &log).unwrap()
                 })
                 .collect();
             self.group = Some(ReplicaGroup::open(self.group_dir.clone(), r).unwrap());
@@ -319,8 +319,8 @@ fn a_group_cycle_failing_or_crashing_at_every_spool_step_loses_nothing() {
             group_dir: Arc::new(base.group_dir.recover(&FaultPlan::counting())),
             group: None,
         };
-        let rep: Vec<Arc<Replica>> = (0..2)
-            .map(|i| Arc::new(Replica::open(sec.dirs[i].clone()).unwrap()))
+        let rep: Vec<Replica> = (0..2)
+            .map(|i| Replica::open(sec.dirs[i].clone()).unwrap())
             .collect();
         sec.group = Some(ReplicaGroup::open(sec.group_dir.clone(), rep).unwrap());
         let finish = |pa: &Pipeline<PersistentTracker>,
@@ -403,8 +403,8 @@ fn a_group_apply_crashing_at_every_step_applies_all_or_none() {
             Arc::new(base.group_dir.recover(&plan)),
         ];
         let run = || -> blockrep::Result<()> {
-            let r: Vec<Arc<Replica>> = (0..2)
-                .map(|i| Replica::open(dirs[i].clone()).map(Arc::new))
+            let r: Vec<Replica> = (0..2)
+                .map(|i| Replica::open(dirs[i].clone()))
                 .collect::<blockrep::Result<_>>()?;
             let group = ReplicaGroup::open(dirs[2].clone(), r)?;
             group.apply(&[&logs[0], &logs[1]])?;
@@ -420,8 +420,8 @@ fn a_group_apply_crashing_at_every_step_applies_all_or_none() {
             .iter()
             .map(|d| Arc::new(d.recover(&FaultPlan::counting())))
             .collect();
-        let r: Vec<Arc<Replica>> = (0..2)
-            .map(|i| Arc::new(Replica::open(after[i].clone()).unwrap()))
+        let r: Vec<Replica> = (0..2)
+            .map(|i| Replica::open(after[i].clone()).unwrap())
             .collect();
         let group = ReplicaGroup::open(after[2].clone(), r).unwrap();
         let images: Vec<Vec<u8>> = (0..2)

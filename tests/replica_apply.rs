@@ -255,7 +255,7 @@ fn logs_from_a_stream_are_spooled_and_verified_first() {
     let mut rng = Rng(61);
     let mut src = Source::new(&mut rng);
     let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
-    let r = Arc::new(Replica::create(dir.clone(), &src.full()).unwrap());
+    let r = Replica::create(dir.clone(), &src.full()).unwrap();
     let before = (image(&r, src.g), r.points());
     let log = src.change(&mut rng);
     let bytes = log.bytes().to_vec();

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Every retained point, read through a view, equals its source state.
-fn check_points(r: &Arc<Replica>, states: &BTreeMap<u64, Vec<u8>>, what: &str) {
+fn check_points(r: &Replica, states: &BTreeMap<u64, Vec<u8>>, what: &str) {
     for p in r.points() {
         let want = &states[&p.sequence];
         let v = r.view(p.sequence).unwrap();
@@ -35,7 +35,7 @@ fn model_views_overlays_prune_and_rollback() {
     let mut rng = Rng(41);
     let mut src = Source::new(&mut rng);
     let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
-    let r = Arc::new(Replica::create(dir.clone(), &src.full()).unwrap());
+    let r = Replica::create(dir.clone(), &src.full()).unwrap();
     let mut states = BTreeMap::new();
     states.insert(src.seq, src.data.clone());
     for round in 0..6 {
@@ -99,7 +99,7 @@ fn model_views_overlays_prune_and_rollback() {
     }
     // Reopen: every point still reads back.
     drop(r);
-    let r = Arc::new(Replica::open(dir).unwrap());
+    let r = Replica::open(dir).unwrap();
     check_points(&r, &states, "after reopen");
 }
 
@@ -108,7 +108,7 @@ fn rollback_past_a_pinned_point_is_refused_and_tags_stick() {
     let mut rng = Rng(43);
     let mut src = Source::new(&mut rng);
     let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
-    let r = Arc::new(Replica::create(dir.clone(), &src.full()).unwrap());
+    let r = Replica::create(dir.clone(), &src.full()).unwrap();
     for _ in 0..4 {
         r.apply(&src.change(&mut rng)).unwrap();
     }
@@ -196,8 +196,7 @@ fn crash_at_every_step_of_rollback_and_prune() {
                     op(&Replica::open(d.clone()).unwrap()).is_err(),
                     "{name} step {n}"
                 );
-                let r =
-                    Arc::new(Replica::open(Arc::new(d.recover(&FaultPlan::counting()))).unwrap());
+                let r = Replica::open(Arc::new(d.recover(&FaultPlan::counting()))).unwrap();
                 let applied = r.status().applied;
                 let mut img = vec![0u8; src.data.len()];
                 r.read_at(&mut img, 0).unwrap();
@@ -225,7 +224,7 @@ fn exported_point_matches_by_qemu_img_compare() {
     let mut src = Source::new(&mut rng);
     let t = tempfile::tempdir().unwrap();
     let dir: Arc<dyn Dir> = Arc::new(FsDir::new(t.path().join("replica")).unwrap());
-    let r = Arc::new(Replica::create(dir, &src.full()).unwrap());
+    let r = Replica::create(dir, &src.full()).unwrap();
     let mut states = BTreeMap::new();
     for _ in 0..6 {
         r.apply(&src.change(&mut rng)).unwrap();
@@ -296,7 +295,7 @@ fn a_view_stays_at_its_point_while_a_log_writes_the_image() {
         inner: MemStorage::new(),
         after_write: parking_lot::Mutex::new(None),
     });
-    let r = Arc::new(Replica::create_with_image(dir, image.clone(), &src.full()).unwrap());
+    let r = Replica::create_with_image(dir, image.clone(), &src.full()).unwrap();
     for round in 0..20 {
         let want = src.data.clone();
         let view = Arc::new(r.view(src.seq).unwrap());
@@ -330,7 +329,7 @@ fn prune_racing_views_never_takes_a_pinned_point() {
     let mut rng = Rng(71);
     let mut src = Source::new(&mut rng);
     let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
-    let r = Arc::new(Replica::create(dir, &src.full()).unwrap());
+    let r = Replica::create(dir, &src.full()).unwrap();
     let states = Arc::new(parking_lot::Mutex::new(BTreeMap::new()));
     states.lock().insert(src.seq, src.data.clone());
     let done = AtomicBool::new(false);

@@ -91,7 +91,7 @@ fn replicate() -> Run {
 fn the_replica_follows_resizes_and_old_points_keep_their_size() {
     let run = replicate();
     let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
-    let r = Arc::new(Replica::create(dir, &run.logs[0]).unwrap());
+    let r = Replica::create(dir, &run.logs[0]).unwrap();
     for (log, (seq, want)) in run.logs.iter().zip(&run.points).skip(1) {
         r.apply(log).unwrap();
         assert_eq!(first_diff(&image(&r), want), None, "point {seq}");

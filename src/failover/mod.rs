@@ -50,7 +50,7 @@ use std::sync::Arc;
 /// then the point; the replica is never written and keeps applying logs.
 /// Dropping it discards the test failover without a trace.
 pub fn test_failover(
-    replica: &Arc<Replica>,
+    replica: &Replica,
     point: Option<u64>,
     overlay: Arc<dyn Storage>,
 ) -> Result<OverlayView> {
@@ -72,11 +72,15 @@ enum Mode {
 }
 
 /// A replica promoted to be the new primary's disk; see the module docs.
+///
+/// A handle: cloning it is cheap, and every clone (and every disk from
+/// [`disk`](Self::disk)) sees the same failover.
+#[derive(Clone)]
 pub struct Failover {
-    replica: Arc<Replica>,
+    replica: Replica,
     /// Writers hold it for reading; switching and committing for writing,
     /// so no write is in flight while the disk changes underneath.
-    mode: RwLock<Mode>,
+    mode: Arc<RwLock<Mode>>,
 }
 
 impl std::fmt::Debug for Failover {
@@ -115,13 +119,13 @@ impl Failover {
     /// [`commit`](Self::commit). A replica promoted before (and not
     /// committed) is taken up again at its recorded point; its earlier
     /// writes are gone (they lived in the overlay only).
-    pub fn promote(replica: Arc<Replica>, point: Option<u64>) -> Result<Arc<Failover>> {
+    pub fn promote(replica: Replica, point: Option<u64>) -> Result<Failover> {
         if let Some((phase, p)) = replica.failover_phase() {
             if phase == FailoverPhase::Committed {
-                return Ok(Arc::new(Failover {
+                return Ok(Failover {
                     replica,
-                    mode: RwLock::new(Mode::Committed),
-                }));
+                    mode: Arc::new(RwLock::new(Mode::Committed)),
+                });
             }
             if point.is_some_and(|q| q != p) {
                 return Err(Error::new(
@@ -132,14 +136,14 @@ impl Failover {
         }
         let point = point.unwrap_or_else(|| replica.status().applied);
         let view = Self::overlay_at(&replica, point)?;
-        Ok(Arc::new(Failover {
+        Ok(Failover {
             replica,
-            mode: RwLock::new(Mode::Overlay(view)),
-        }))
+            mode: Arc::new(RwLock::new(Mode::Overlay(view))),
+        })
     }
 
     /// Records the promotion at `point` and opens a fresh overlay on it.
-    fn overlay_at(replica: &Arc<Replica>, point: u64) -> Result<OverlayView> {
+    fn overlay_at(replica: &Replica, point: u64) -> Result<OverlayView> {
         let view = replica.view(point)?;
         replica.store_failover(Some(FailoverRecord {
             phase: FailoverPhase::Promoted,
@@ -152,7 +156,7 @@ impl Failover {
     }
 
     /// The replica promoted.
-    pub fn replica(&self) -> &Arc<Replica> {
+    pub fn replica(&self) -> &Replica {
         &self.replica
     }
 
@@ -270,7 +274,7 @@ impl Failover {
 
     /// The new primary's disk: the point with the overlay before commit,
     /// the image after. Give it to the new primary's pipeline.
-    pub fn disk(self: &Arc<Self>) -> Arc<dyn Storage> {
+    pub fn disk(&self) -> Arc<dyn Storage> {
         Arc::new(FailoverDisk(self.clone()))
     }
 
@@ -279,7 +283,7 @@ impl Failover {
     /// at the failover point, its tracking (in memory) from now. Call it
     /// before the new primary's first write.
     pub fn start_pipeline(
-        self: &Arc<Self>,
+        &self,
         spool: Arc<dyn Dir>,
         spool_limit: u64,
     ) -> Result<Pipeline<AnyTracker>> {
@@ -292,7 +296,7 @@ impl Failover {
 }
 
 /// See [`Failover::disk`].
-struct FailoverDisk(Arc<Failover>);
+struct FailoverDisk(Failover);
 
 fn unavailable() -> Error {
     Error::new(

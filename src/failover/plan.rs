@@ -28,7 +28,7 @@ pub struct PlanMachine {
     /// The machine's name, for reports.
     pub name: String,
     /// Its disks' replicas and their points.
-    pub disks: Vec<(Arc<Replica>, Option<u64>)>,
+    pub disks: Vec<(Replica, Option<u64>)>,
 }
 
 impl std::fmt::Debug for PlanMachine {
@@ -76,7 +76,7 @@ pub enum DiskFailover {
     /// A test failover: a writable view; dropping it discards it.
     Test(OverlayView),
     /// A promoted replica; commit it when the choice is final.
-    Promoted(Arc<Failover>),
+    Promoted(Failover),
 }
 
 impl std::fmt::Debug for DiskFailover {

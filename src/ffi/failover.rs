@@ -22,7 +22,7 @@ use std::sync::Arc;
 /// writes may run from many threads; `_switch` and `_commit` wait for
 /// them.
 pub struct blockrep_failover {
-    inner: Arc<Failover>,
+    inner: Failover,
 }
 
 /// A test failover: a writable view of a point, discarded when freed.
@@ -50,7 +50,7 @@ pub struct blockrep_adopt_point {
     pub block_size: u32,
 }
 
-fn live<'a>(f: *const blockrep_failover) -> Result<&'a Arc<Failover>> {
+fn live<'a>(f: *const blockrep_failover) -> Result<&'a Failover> {
     // SAFETY: callers pass null (refused) or a live handle per contract.
     unsafe { f.as_ref() }
         .map(|f| &f.inner)

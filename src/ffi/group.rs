@@ -97,7 +97,7 @@ pub unsafe extern "C" fn blockrep_replica_group_open(
         if out.is_null() {
             return Err(null("out"));
         }
-        let replicas: Vec<Arc<Replica>> = ms
+        let replicas: Vec<Replica> = ms
             .iter()
             .map(|&m| live_replica(m).cloned())
             .collect::<Result<_>>()?;

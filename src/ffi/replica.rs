@@ -11,7 +11,7 @@ use std::sync::Arc;
 /// A replica in a directory. All calls but `_free` may run from many
 /// threads at once; applies, rollbacks and prunes serialise inside.
 pub struct blockrep_replica {
-    inner: Arc<Replica>,
+    inner: Replica,
 }
 
 /// A log being received in chunks (`blockrep_replica_receive`). Not
@@ -85,7 +85,7 @@ pub unsafe extern "C" fn blockrep_replica_get_info(
     })
 }
 
-pub(super) fn live<'a>(r: *const blockrep_replica) -> Result<&'a Arc<Replica>, Error> {
+pub(super) fn live<'a>(r: *const blockrep_replica) -> Result<&'a Replica, Error> {
     // SAFETY: callers pass null (refused) or a live handle per contract.
     unsafe { r.as_ref() }
         .map(|r| &r.inner)
@@ -93,7 +93,7 @@ pub(super) fn live<'a>(r: *const blockrep_replica) -> Result<&'a Arc<Replica>, E
 }
 
 pub(super) fn out_handle(r: Replica, out: *mut *mut blockrep_replica) -> Result<(), Error> {
-    let p = register(Box::new(blockrep_replica { inner: Arc::new(r) }));
+    let p = register(Box::new(blockrep_replica { inner: r }));
     // SAFETY: callers checked `out` is non-null; writable per contract.
     unsafe { *out = p };
     Ok(())

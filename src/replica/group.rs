@@ -26,7 +26,7 @@ const MEMBER: usize = 32;
 /// The replicas of a machine's disks, applied as one.
 pub struct ReplicaGroup {
     dir: Arc<dyn Dir>,
-    members: Vec<Arc<Replica>>,
+    members: Vec<Replica>,
 }
 
 impl std::fmt::Debug for ReplicaGroup {
@@ -48,7 +48,7 @@ struct Move {
 impl ReplicaGroup {
     /// Groups replicas of distinct disks, keeping the journal in `dir`, and
     /// finishes an interrupted group apply (rolling its members back).
-    pub fn open(dir: Arc<dyn Dir>, members: Vec<Arc<Replica>>) -> Result<Self> {
+    pub fn open(dir: Arc<dyn Dir>, members: Vec<Replica>) -> Result<Self> {
         let mut ids: Vec<_> = members.iter().map(|r| r.status().disk_id).collect();
         ids.sort();
         if members.is_empty() || ids.windows(2).any(|w| w[0] == w[1]) {
@@ -65,7 +65,7 @@ impl ReplicaGroup {
     }
 
     /// The member replicas.
-    pub fn members(&self) -> &[Arc<Replica>] {
+    pub fn members(&self) -> &[Replica] {
         &self.members
     }
 

@@ -98,7 +98,17 @@ impl ApplyOutcome {
 }
 
 /// A disk's replica; see the module docs.
+///
+/// A handle: cloning it is cheap and every clone works on the same replica
+/// (applies serialise inside), so views, exports and received logs keep
+/// their own clone.
+#[derive(Clone)]
 pub struct Replica {
+    s: Arc<Shared>,
+}
+
+/// The replica's state, shared by every handle.
+struct Shared {
     dir: Arc<dyn Dir>,
     image: Arc<dyn Storage>,
     /// The latest point's size in bytes (the block size never changes);
@@ -124,7 +134,7 @@ pub struct Replica {
 impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replica")
-            .field("state", &*self.state.lock())
+            .field("state", &*self.s.state.lock())
             .finish()
     }
 }
@@ -202,15 +212,17 @@ impl Replica {
 
     fn assemble(dir: Arc<dyn Dir>, image: Arc<dyn Storage>, st: State) -> Self {
         Replica {
-            dir,
-            image,
-            size: AtomicU64::new(st.geometry.size()),
-            block_size: st.geometry.block_size(),
-            state: Mutex::new(st),
-            undo: RwLock::new(BTreeMap::new()),
-            pins: Mutex::new(BTreeMap::new()),
-            failover: Mutex::new(None),
-            last_error: Mutex::new(None),
+            s: Arc::new(Shared {
+                dir,
+                image,
+                size: AtomicU64::new(st.geometry.size()),
+                block_size: st.geometry.block_size(),
+                state: Mutex::new(st),
+                undo: RwLock::new(BTreeMap::new()),
+                pins: Mutex::new(BTreeMap::new()),
+                failover: Mutex::new(None),
+                last_error: Mutex::new(None),
+            }),
         }
     }
 
@@ -226,8 +238,8 @@ impl Replica {
         let st = State::load(&*dir)?;
         let r = Replica::assemble(dir, image, st);
         r.recover()?;
-        let st = r.state.lock();
-        let mut undo = r.undo.write();
+        let st = r.s.state.lock();
+        let mut undo = r.s.undo.write();
         for p in st.points.iter().skip(1) {
             undo.insert(p.sequence, Arc::new(r.read_undo(p.sequence)?));
         }
@@ -239,11 +251,11 @@ impl Replica {
     /// Rolls an interrupted apply or rollback step back to the previous
     /// point, and removes files no point needs.
     fn recover(&self) -> Result<()> {
-        let mut st = self.state.lock();
+        let mut st = self.s.state.lock();
         // A complete undo log for the next sequence means an apply stopped
         // after its undo log became durable: the image may hold part of it.
         let next = st.applied + 1;
-        if st.phase == Phase::Idle && self.dir.exists(&undo_name(next)) {
+        if st.phase == Phase::Idle && self.s.dir.exists(&undo_name(next)) {
             st.phase = Phase::Applying(next);
         }
         self.finish_interrupted(&mut st)?;
@@ -264,14 +276,14 @@ impl Replica {
     fn undo_step(&self, st: &mut State, n: u64) -> Result<()> {
         let undo = self.read_undo(n)?;
         let before = undo.header().geometry;
-        if before.size() > self.image.len()? {
-            self.image.set_len(before.size())?;
+        if before.size() > self.s.image.len()? {
+            self.s.image.set_len(before.size())?;
         }
-        write_log(&*self.image, &undo, false)?;
-        if before.size() != self.image.len()? {
-            self.image.set_len(before.size())?;
+        write_log(&*self.s.image, &undo, false)?;
+        if before.size() != self.s.image.len()? {
+            self.s.image.set_len(before.size())?;
         }
-        self.image.sync()?;
+        self.s.image.sync()?;
         let mut next = st.clone();
         next.phase = Phase::Idle;
         next.geometry = before;
@@ -285,11 +297,11 @@ impl Replica {
             next.digest = p.digest;
             next.epoch = p.epoch;
         }
-        next.store(&*self.dir)?;
+        next.store(&*self.s.dir)?;
         *st = next;
-        self.undo.write().remove(&n);
-        self.size.store(before.size(), Ordering::Release);
-        self.dir.remove(&undo_name(n))?;
+        self.s.undo.write().remove(&n);
+        self.s.size.store(before.size(), Ordering::Release);
+        self.s.dir.remove(&undo_name(n))?;
         Ok(())
     }
 
@@ -298,7 +310,7 @@ impl Replica {
     }
 
     fn read_undo_file(&self, name: &str, n: u64) -> Result<MappedLog> {
-        let log = MappedLog::open_in(&*self.dir, name, &ReadOptions::default())?;
+        let log = MappedLog::open_in(&*self.s.dir, name, &ReadOptions::default())?;
         if log.header().kind != LogKind::Undo || log.header().sequence != n {
             return Err(Error::corrupt(format!(
                 "{name} is not the undo log of point {n}"
@@ -311,7 +323,7 @@ impl Replica {
     /// finishing a merge the state already recorded (see
     /// [`retention`](self::retention)).
     fn remove_strays(&self, st: &State) -> Result<()> {
-        for name in self.dir.list()? {
+        for name in self.s.dir.list()? {
             let Some(base) = name.strip_suffix(".merged") else {
                 continue;
             };
@@ -328,10 +340,10 @@ impl Replica {
                 .map(|w| w[0].sequence);
             let merged = self.read_undo_file(&name, x)?;
             if pred.is_some() && pred == Some(merged.header().base_sequence) {
-                self.dir.rename(&name, base)?;
-                self.dir.sync()?;
+                self.s.dir.rename(&name, base)?;
+                self.s.dir.sync()?;
             } else {
-                self.dir.remove(&name)?;
+                self.s.dir.remove(&name)?;
             }
         }
         let keep: Vec<String> = st
@@ -340,11 +352,11 @@ impl Replica {
             .skip(1)
             .map(|p| undo_name(p.sequence))
             .collect();
-        for name in self.dir.list()? {
+        for name in self.s.dir.list()? {
             let stray =
                 name.ends_with(".partial") || (name.starts_with("undo-") && !keep.contains(&name));
             if stray {
-                self.dir.remove(&name)?;
+                self.s.dir.remove(&name)?;
             }
         }
         Ok(())
@@ -352,7 +364,7 @@ impl Replica {
 
     /// The disk's state: id, epoch, geometry, applied sequence, digest.
     pub fn status(&self) -> ReplicaStatus {
-        let st = self.state.lock();
+        let st = self.s.state.lock();
         ReplicaStatus {
             disk_id: st.disk_id,
             epoch: st.epoch,
@@ -367,22 +379,22 @@ impl Replica {
     /// expected otherwise.
     pub(crate) fn expects(&self, log: &MappedLog) -> Result<Option<ApplyOutcome>> {
         let (h, log_digest) = (log.header(), log.trailer().digest);
-        let mut st = self.state.lock();
+        let mut st = self.s.state.lock();
         self.finish_interrupted(&mut st)?;
         check_follows(&st, h, &log_digest)
     }
 
     /// The retention points, oldest first; the last is the latest.
     pub fn points(&self) -> Vec<PointInfo> {
-        self.state.lock().points.clone()
+        self.s.state.lock().points.clone()
     }
 
     /// The BLAKE3 digest of every block of the latest point, computed on
     /// `threads` threads (0: all cores), for the primary's digest resync.
     /// Applies wait meanwhile.
     pub fn block_digests(&self, threads: usize) -> Result<BlockDigests> {
-        let st = self.state.lock();
-        let blocks = block_digests(&*self.image, st.geometry, threads)?;
+        let st = self.s.state.lock();
+        let blocks = block_digests(&*self.s.image, st.geometry, threads)?;
         Ok(BlockDigests {
             disk_id: st.disk_id,
             epoch: st.epoch,
@@ -395,7 +407,7 @@ impl Replica {
 
     /// Reads the latest point.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.image.read_at(buf, offset)
+        self.s.image.read_at(buf, offset)
     }
 
     /// Applies a verified log. A log already applied is skipped; a log of
@@ -407,13 +419,13 @@ impl Replica {
     /// retry may succeed; a crash is undone on the next open.
     pub fn apply(&self, log: &MappedLog) -> Result<ApplyOutcome> {
         let r = self.apply_inner(log);
-        *self.last_error.lock() = r.as_ref().err().map(|e| e.to_string());
+        *self.s.last_error.lock() = r.as_ref().err().map(|e| e.to_string());
         r
     }
 
     /// The message of the last failed apply, until one succeeds.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().clone()
+        self.s.last_error.lock().clone()
     }
 
     fn apply_inner(&self, log: &MappedLog) -> Result<ApplyOutcome> {
@@ -424,7 +436,7 @@ impl Replica {
             )
             .with_sequence(log.header().sequence));
         }
-        let mut st = self.state.lock();
+        let mut st = self.s.state.lock();
         self.finish_interrupted(&mut st)?;
         let h = log.header();
         if let Some(done) = check_follows(&st, h, &log.trailer().digest)? {
@@ -436,18 +448,18 @@ impl Replica {
         // A durable undo-N next to a state at N-1 is the "applying N"
         // record: from here a crash is undone on open.
         st.phase = Phase::Applying(n);
-        self.undo.write().insert(n, Arc::new(undo));
+        self.s.undo.write().insert(n, Arc::new(undo));
         let size = h.geometry.size();
         let written = (|| {
             // Grow before the log's blocks land, shrink after.
             if size > st.geometry.size() {
-                self.image.set_len(size)?;
+                self.s.image.set_len(size)?;
             }
-            write_log(&*self.image, log, false)?;
+            write_log(&*self.s.image, log, false)?;
             if size < st.geometry.size() {
-                self.image.set_len(size)?;
+                self.s.image.set_len(size)?;
             }
-            self.image.sync()
+            self.s.image.sync()
         })();
         if let Err(e) = written {
             // Put the previous point back now; if that fails too, the next
@@ -462,21 +474,21 @@ impl Replica {
         done.geometry = h.geometry;
         done.digest = log.trailer().digest;
         done.points.push(point_of(h, done.digest, undo_bytes));
-        if let Err(e) = done.store(&*self.dir) {
+        if let Err(e) = done.store(&*self.s.dir) {
             // The file may hold "at N" now: store N-1 again (which, with
             // undo-N present, reads as "applying N") before undoing, so a
             // crash during the undo still ends at N-1. If even that fails,
             // the phase left in memory makes the next call (or open) undo N.
             let mut previous = st.clone();
             previous.phase = Phase::Idle;
-            if previous.store(&*self.dir).is_ok() {
+            if previous.store(&*self.s.dir).is_ok() {
                 let _ = self.undo_step(&mut st, n);
             }
             return Err(e.with_sequence(n));
         }
         let done_digest = done.digest;
         *st = done;
-        self.size.store(size, Ordering::Release);
+        self.s.size.store(size, Ordering::Release);
         Ok(ApplyOutcome::Applied {
             sequence: n,
             digest: done_digest,
@@ -488,10 +500,10 @@ impl Replica {
     /// directory and verified there, so memory stays bounded whatever the
     /// log's size and no foreign file is mapped.
     pub fn apply_file(&self, path: impl AsRef<Path>) -> Result<ApplyOutcome> {
-        let staged = stage_file(&*self.dir, path.as_ref())?;
-        let r = MappedLog::open_in(&*self.dir, &staged, &ReadOptions::default())
+        let staged = stage_file(&*self.s.dir, path.as_ref())?;
+        let r = MappedLog::open_in(&*self.s.dir, &staged, &ReadOptions::default())
             .and_then(|log| self.apply(&log));
-        let _ = self.dir.remove(&staged);
+        let _ = self.s.dir.remove(&staged);
         r
     }
 
@@ -500,7 +512,7 @@ impl Replica {
     /// replica is touched, so a broken transfer changes nothing. `opts` may
     /// name the disk and epoch expected.
     pub fn apply_stream(
-        self: &Arc<Self>,
+        &self,
         mut stream: impl std::io::Read,
         opts: &ReadOptions,
     ) -> Result<ApplyOutcome> {
@@ -520,9 +532,9 @@ impl Replica {
 
     /// Starts receiving a log in chunks (as a transport pushes them); see
     /// [`IncomingLog`]. Several may be received at once.
-    pub fn receive(self: &Arc<Self>) -> Result<IncomingLog> {
+    pub fn receive(&self) -> Result<IncomingLog> {
         let name = incoming_name()?;
-        let file = self.dir.create(&name)?;
+        let file = self.s.dir.create(&name)?;
         Ok(IncomingLog {
             replica: self.clone(),
             name,
@@ -549,21 +561,23 @@ impl Replica {
                 record_bytes: UNDO_RECORD_BYTES,
                 ..WriterOptions::default()
             };
-            let mut w = LogFile::create_in(self.dir.clone(), &name, uh, opts)?;
+            let mut w = LogFile::create_in(self.s.dir.clone(), &name, uh, opts)?;
             let mut buf = Vec::new();
             for e in undo_blocks(st.geometry, log)?.extents() {
                 for part in chunks(e, st.geometry.block_size()) {
                     let (off, len) = st.geometry.extent_bytes(part);
                     buf.resize(len as usize, 0);
-                    self.image.read_at(&mut buf, off)?;
+                    self.s.image.read_at(&mut buf, off)?;
                     w.add_extent(part, &buf)?;
                 }
             }
             let summary = w.commit()?;
             // Our own bytes, just written: no need to read them back whole.
-            match self.dir.path_of(&name) {
+            match self.s.dir.path_of(&name) {
                 Some(p) => MappedLog::written(Some(&p), None, &summary),
-                None => MappedLog::written(None, Some(self.dir.read_all(&name)?.into()), &summary),
+                None => {
+                    MappedLog::written(None, Some(self.s.dir.read_all(&name)?.into()), &summary)
+                }
             }
         })();
         result.map_err(|e: Error| e.with_sequence(h.sequence))
@@ -837,7 +851,7 @@ fn write_log(image: &dyn Storage, log: &MappedLog, fresh: bool) -> Result<()> {
 /// replica's directory; [`apply`](IncomingLog::apply) verifies it whole,
 /// then applies it. Dropped before, it leaves nothing behind.
 pub struct IncomingLog {
-    replica: Arc<Replica>,
+    replica: Replica,
     name: String,
     file: Arc<dyn Storage>,
     pos: u64,
@@ -870,14 +884,14 @@ impl IncomingLog {
     pub fn apply(self, opts: &ReadOptions) -> Result<ApplyOutcome> {
         let r = &self.replica;
         self.file.sync()?;
-        let log = MappedLog::open_in(&*r.dir, &self.name, opts)?;
+        let log = MappedLog::open_in(&*r.s.dir, &self.name, opts)?;
         r.apply(&log)
     }
 }
 
 impl Drop for IncomingLog {
     fn drop(&mut self) {
-        let _ = self.replica.dir.remove(&self.name);
+        let _ = self.replica.s.dir.remove(&self.name);
     }
 }
 

@@ -161,17 +161,17 @@ impl Replica {
 
     /// The failover phase, if this replica was promoted.
     pub fn failover_phase(&self) -> Option<(FailoverPhase, u64)> {
-        self.failover.lock().as_ref().map(|r| (r.phase, r.point))
+        self.s.failover.lock().as_ref().map(|r| (r.phase, r.point))
     }
 
     /// Stores (or with `None` removes) the failover record, durably.
     pub(crate) fn store_failover(&self, rec: Option<FailoverRecord>) -> Result<()> {
-        let mut cur = self.failover.lock();
+        let mut cur = self.s.failover.lock();
         match &rec {
-            Some(r) => self.dir.store_atomic(FAILOVER, &r.encode())?,
+            Some(r) => self.s.dir.store_atomic(FAILOVER, &r.encode())?,
             None => {
-                self.dir.remove(FAILOVER)?;
-                self.dir.sync()?;
+                self.s.dir.remove(FAILOVER)?;
+                self.s.dir.sync()?;
             }
         }
         *cur = rec;
@@ -181,18 +181,18 @@ impl Replica {
     /// Loads the failover record at open and finishes a commit a crash
     /// interrupted.
     pub(super) fn load_failover(&self) -> Result<()> {
-        if !self.dir.exists(FAILOVER) {
+        if !self.s.dir.exists(FAILOVER) {
             return Ok(());
         }
-        let rec = FailoverRecord::decode(&self.dir.read_all(FAILOVER)?).map_err(|e| match self
-            .dir
-            .path_of(FAILOVER)
-        {
-            Some(p) => e.with_path(p),
-            None => e,
-        })?;
+        let rec =
+            FailoverRecord::decode(&self.s.dir.read_all(FAILOVER)?).map_err(|e| {
+                match self.s.dir.path_of(FAILOVER) {
+                    Some(p) => e.with_path(p),
+                    None => e,
+                }
+            })?;
         let committing = rec.phase == FailoverPhase::Committing;
-        *self.failover.lock() = Some(rec.clone());
+        *self.s.failover.lock() = Some(rec.clone());
         if committing {
             self.finish_commit(rec)?;
         }
@@ -202,8 +202,8 @@ impl Replica {
     /// The blocks the points after `point` changed (what rolling back to
     /// `point` undoes), from their undo logs' indexes.
     pub(crate) fn blocks_after(&self, point: u64) -> Result<BlockSet> {
-        let n = self.state.lock().geometry.block_count();
-        let undo = self.undo.read();
+        let n = self.s.state.lock().geometry.block_count();
+        let undo = self.s.undo.read();
         let mut set = BlockSet::new(n);
         for (_, log) in undo.range(point + 1..) {
             let p = log.present()?;
@@ -224,14 +224,14 @@ impl Replica {
     /// Each step is idempotent, so a crash anywhere is finished on open.
     pub(crate) fn finish_commit(&self, mut rec: FailoverRecord) -> Result<()> {
         self.rollback(rec.point)?;
-        let g = self.state.lock().geometry;
+        let g = self.s.state.lock().geometry;
         for &e in &rec.written {
             g.check_extent(e).map_err(|x| {
                 Error::corrupt(format!("failover record: {}", x.message())).with_sequence(rec.point)
             })?;
         }
         if !rec.written.is_empty() {
-            let overlay = self.dir.open(OVERLAY)?;
+            let overlay = self.s.dir.open(OVERLAY)?;
             let mut buf = Vec::new();
             for &e in &rec.written {
                 let (off, len) = g.extent_bytes(e);
@@ -240,23 +240,23 @@ impl Replica {
                     let n = (len - done).min(CHUNK);
                     buf.resize(n as usize, 0);
                     overlay.read_at(&mut buf, off + done)?;
-                    self.image.write_at(&buf, off + done)?;
+                    self.s.image.write_at(&buf, off + done)?;
                     done += n;
                 }
             }
-            self.image.sync()?;
+            self.s.image.sync()?;
         }
         self.forget_history()?;
         rec.phase = FailoverPhase::Committed;
         self.store_failover(Some(rec))?;
-        self.dir.remove(OVERLAY)?;
-        self.dir.sync()
+        self.s.dir.remove(OVERLAY)?;
+        self.s.dir.sync()
     }
 
     /// Keeps only the latest point: after a commit the image changed under
     /// every older one.
     fn forget_history(&self) -> Result<()> {
-        let mut st = self.state.lock();
+        let mut st = self.s.state.lock();
         if st.points.len() <= 1 {
             return Ok(());
         }
@@ -268,24 +268,24 @@ impl Replica {
             .collect();
         next.points[0].undo_bytes = 0;
         let latest = next.points[0].sequence;
-        next.store(&*self.dir)?;
+        next.store(&*self.s.dir)?;
         *st = next;
-        let mut undo = self.undo.write();
+        let mut undo = self.s.undo.write();
         for s in dropped.into_iter().chain([latest]) {
             undo.remove(&s);
-            self.dir.remove(&undo_name(s))?;
+            self.s.dir.remove(&undo_name(s))?;
         }
         Ok(())
     }
 
     /// The image (the failover disk after commit).
     pub(crate) fn image(&self) -> &Arc<dyn Storage> {
-        &self.image
+        &self.s.image
     }
 
     /// The replica's directory.
     pub(crate) fn dir(&self) -> &Arc<dyn Dir> {
-        &self.dir
+        &self.s.dir
     }
 }
 

@@ -41,7 +41,7 @@ impl Replica {
         if label.len() > 255 {
             return Err(Error::invalid("a point label has at most 255 bytes"));
         }
-        let mut st = self.state.lock();
+        let mut st = self.s.state.lock();
         self.finish_interrupted(&mut st)?;
         let mut next = st.clone();
         let p = next
@@ -54,7 +54,7 @@ impl Replica {
             })?;
         p.consistency = Consistency::App;
         p.label = label.to_owned();
-        next.store(&*self.dir)?;
+        next.store(&*self.s.dir)?;
         *st = next;
         Ok(())
     }
@@ -63,7 +63,7 @@ impl Replica {
     /// first kept or pinned one. `now_ns` is the current time in ns since
     /// the Unix epoch. Returns the sequences dropped.
     pub fn prune(&self, policy: &RetentionPolicy, now_ns: u64) -> Result<Vec<u64>> {
-        let mut st = self.state.lock();
+        let mut st = self.s.state.lock();
         self.finish_interrupted(&mut st)?;
         let pins = self.pinned();
         let n = st.points.len();
@@ -96,10 +96,10 @@ impl Replica {
             // The new oldest point needs no undo log: it is the floor.
             let freed = next.points[0].sequence;
             next.points[0].undo_bytes = 0;
-            next.store(&*self.dir)?;
+            next.store(&*self.s.dir)?;
             *st = next;
-            self.undo.write().remove(&freed);
-            self.dir.remove(&undo_name(freed))?;
+            self.s.undo.write().remove(&freed);
+            self.s.dir.remove(&undo_name(freed))?;
             dropped.push(gone.sequence);
         }
         for k in middle {
@@ -135,7 +135,7 @@ impl Replica {
             })?;
         let (pred, x) = (st.points[i - 1].sequence, st.points[i + 1].sequence);
         let (uk, ux) = {
-            let undo = self.undo.read();
+            let undo = self.s.undo.read();
             let get = |s: u64| {
                 undo.get(&s)
                     .cloned()
@@ -157,7 +157,7 @@ impl Replica {
                 record_bytes: super::UNDO_RECORD_BYTES,
                 ..WriterOptions::default()
             };
-            let mut w = LogFile::create_in(self.dir.clone(), &merged_name, h, opts)?;
+            let mut w = LogFile::create_in(self.s.dir.clone(), &merged_name, h, opts)?;
             let all = uk.present()?.union(ux.present()?);
             let mut buf = vec![0u8; g.block_size() as usize];
             for b in all.blocks() {
@@ -172,20 +172,20 @@ impl Replica {
         let mut next = st.clone();
         next.points.remove(i);
         next.points[i].undo_bytes = summary.bytes;
-        next.store(&*self.dir)?;
+        next.store(&*self.s.dir)?;
         *st = next;
-        self.dir.rename(&merged_name, &name)?;
-        self.dir.sync()?;
-        let merged = match self.dir.path_of(&name) {
+        self.s.dir.rename(&merged_name, &name)?;
+        self.s.dir.sync()?;
+        let merged = match self.s.dir.path_of(&name) {
             Some(p) => MappedLog::written(Some(&p), None, &summary)?,
-            None => MappedLog::written(None, Some(self.dir.read_all(&name)?.into()), &summary)?,
+            None => MappedLog::written(None, Some(self.s.dir.read_all(&name)?.into()), &summary)?,
         };
         {
-            let mut undo = self.undo.write();
+            let mut undo = self.s.undo.write();
             undo.remove(&k);
             undo.insert(x, std::sync::Arc::new(merged));
         }
-        self.dir.remove(&undo_name(k))?;
+        self.s.dir.remove(&undo_name(k))?;
         Ok(true)
     }
 
@@ -195,7 +195,7 @@ impl Replica {
     /// crash-safe: an interrupted rollback resumes its step on open and
     /// leaves the replica at a retained point.
     pub fn rollback(&self, sequence: u64) -> Result<()> {
-        let mut st = self.state.lock();
+        let mut st = self.s.state.lock();
         self.finish_interrupted(&mut st)?;
         if !st.points.iter().any(|p| p.sequence == sequence) {
             return Err(
@@ -214,7 +214,7 @@ impl Replica {
             let n = st.applied;
             let mut step = st.clone();
             step.phase = Phase::RollingBack(n);
-            step.store(&*self.dir)?;
+            step.store(&*self.s.dir)?;
             *st = step;
             self.undo_step(&mut st, n)?;
         }

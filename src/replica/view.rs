@@ -16,7 +16,7 @@ impl Replica {
     /// Pins `sequence` so it is not pruned or rolled past; the count is
     /// released by [`unpin`](Self::unpin).
     pub(super) fn pin(&self, sequence: u64) -> Result<()> {
-        let st = self.state.lock();
+        let st = self.s.state.lock();
         if !st.points.iter().any(|p| p.sequence == sequence) {
             return Err(Error::new(
                 ErrorKind::OutOfRange,
@@ -24,12 +24,12 @@ impl Replica {
             )
             .with_sequence(sequence));
         }
-        *self.pins.lock().entry(sequence).or_insert(0) += 1;
+        *self.s.pins.lock().entry(sequence).or_insert(0) += 1;
         Ok(())
     }
 
     pub(super) fn unpin(&self, sequence: u64) {
-        let mut pins = self.pins.lock();
+        let mut pins = self.s.pins.lock();
         if let Some(n) = pins.get_mut(&sequence) {
             *n -= 1;
             if *n == 0 {
@@ -40,16 +40,16 @@ impl Replica {
 
     /// The points pinned now.
     pub(super) fn pinned(&self) -> Vec<u64> {
-        self.pins.lock().keys().copied().collect()
+        self.s.pins.lock().keys().copied().collect()
     }
 
     /// The geometry of retained point `sequence`: the one its successor's
     /// undo log leads back to, or the latest point's.
     fn geometry_of(&self, sequence: u64) -> Result<Geometry> {
-        let undo = self.undo.read();
+        let undo = self.s.undo.read();
         match undo.range(sequence + 1..).next() {
             Some((_, l)) => Ok(l.header().geometry),
-            None => Geometry::new(self.size.load(Ordering::Acquire), self.block_size),
+            None => Geometry::new(self.s.size.load(Ordering::Acquire), self.s.block_size),
         }
     }
 
@@ -67,7 +67,7 @@ impl Replica {
         if buf.is_empty() {
             return Ok(());
         }
-        let undo = self.undo.read();
+        let undo = self.s.undo.read();
         let logs: Vec<_> = undo.range(sequence + 1..).map(|(_, l)| l).collect();
         let mut block = vec![0u8; g.block_size() as usize];
         let (first, last) = (offset >> g.block_shift(), (end - 1) >> g.block_shift());
@@ -83,7 +83,7 @@ impl Replica {
                 }
             }
             if !found {
-                self.image.read_at(data, boff)?;
+                self.s.image.read_at(data, boff)?;
             }
             let from = offset.max(boff);
             let to = end.min(boff + blen as u64);
@@ -95,7 +95,7 @@ impl Replica {
 
     /// A read-only view of retained point `sequence`, pinned while it lives.
     /// Logs may go on applying underneath; the view stays at its point.
-    pub fn view(self: &Arc<Self>, sequence: u64) -> Result<PointView> {
+    pub fn view(&self, sequence: u64) -> Result<PointView> {
         self.pin(sequence)?;
         // Pinned: the undo logs that give the point's size stay.
         match self.geometry_of(sequence) {
@@ -113,7 +113,7 @@ impl Replica {
 
     /// Writes point `sequence` as a raw image file at `path`, sparse where
     /// the point holds zeros.
-    pub fn export(self: &Arc<Self>, sequence: u64, path: impl AsRef<Path>) -> Result<()> {
+    pub fn export(&self, sequence: u64, path: impl AsRef<Path>) -> Result<()> {
         let view = self.view(sequence)?;
         let g = view.geometry;
         let out = FileStorage::create(path, g.size())?;
@@ -137,7 +137,7 @@ impl Replica {
 
 /// A read-only view of one retained point; see [`Replica::view`].
 pub struct PointView {
-    replica: Arc<Replica>,
+    replica: Replica,
     sequence: u64,
     geometry: Geometry,
 }

@@ -321,19 +321,14 @@ pub fn run(o: BenchOptions) -> Result<()> {
 }
 
 /// The transport: every unshipped log applied to the replica in `rdir`.
-fn ship(p: &Pipeline, rdir: &Path, replica: &mut Option<Arc<Replica>>) -> Result<()> {
+fn ship(p: &Pipeline, rdir: &Path, replica: &mut Option<Replica>) -> Result<()> {
     while let Some(l) = p.spool().next_to_ship() {
         let log = MappedLog::open(
             l.path.as_ref().expect("spool on a file system"),
             &ReadOptions::default(),
         )?;
         match replica {
-            None => {
-                *replica = Some(Arc::new(Replica::create(
-                    Arc::new(FsDir::new(rdir)?),
-                    &log,
-                )?))
-            }
+            None => *replica = Some(Replica::create(Arc::new(FsDir::new(rdir)?), &log)?),
             Some(r) => {
                 r.apply(&log)?;
             }

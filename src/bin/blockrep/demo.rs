@@ -76,19 +76,14 @@ impl Rng {
 fn ship<T: Tracking>(
     p: &Pipeline<T>,
     rdir: &Path,
-    replica: &mut Option<Arc<Replica>>,
+    replica: &mut Option<Replica>,
     stats: &mut Stats,
 ) -> Result<()> {
     while let Some(l) = p.spool().next_to_ship() {
         let path = l.path.clone().expect("spool on a file system");
         let log = MappedLog::open(&path, &ReadOptions::default())?;
         match replica {
-            None => {
-                *replica = Some(Arc::new(Replica::create(
-                    Arc::new(FsDir::new(rdir)?),
-                    &log,
-                )?))
-            }
+            None => *replica = Some(Replica::create(Arc::new(FsDir::new(rdir)?), &log)?),
             Some(r) => {
                 r.apply(&log)?;
                 stats.shipped += l.bytes;
@@ -207,7 +202,7 @@ fn run_writes<T: Tracking>(
     p: &Pipeline<T>,
     disk: &dyn Storage,
     rdir: &Path,
-    replica: &mut Option<Arc<Replica>>,
+    replica: &mut Option<Replica>,
     stats: &mut Stats,
     secs: u64,
 ) -> Result<()> {
@@ -426,7 +421,7 @@ pub fn run(o: DemoOptions) -> Result<()> {
             disk.clone(),
             fo_b.adopt_at()?,
         )?;
-        rep_a = Some(Arc::new(adopted));
+        rep_a = Some(adopted);
         ship(&pb, &dir_a, &mut rep_a, &mut stats)?;
     }
     check_equal(
@@ -461,11 +456,11 @@ pub fn run(o: DemoOptions) -> Result<()> {
     eprintln!("  failback resync sends {} blocks", r.blocks);
     let dir_b2 = dir.join("replica-b2");
     let image_b: Arc<dyn Storage> = Arc::new(FileStorage::open(rdir.join("image"))?);
-    let mut rep_b2 = Some(Arc::new(Replica::adopt(
+    let mut rep_b2 = Some(Replica::adopt(
         Arc::new(FsDir::new(&dir_b2)?),
         image_b,
         fo_a.adopt_at()?,
-    )?));
+    )?);
     ship(&pa2, &dir_b2, &mut rep_b2, &mut stats)?;
     run_writes(
         &pa2,

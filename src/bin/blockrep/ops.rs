@@ -76,7 +76,7 @@ fn kind_name(k: LogKind) -> &'static str {
 
 /// Opens the replica in `dir`, its image in `dir` unless `--image PATH`
 /// names another (an adopted disk, say).
-fn open_replica(dir: &str, image: Option<&str>) -> Result<Arc<Replica>> {
+fn open_replica(dir: &str, image: Option<&str>) -> Result<Replica> {
     let d = Path::new(dir);
     if !d.join("state").exists() {
         return Err(Error::invalid(format!(
@@ -84,10 +84,10 @@ fn open_replica(dir: &str, image: Option<&str>) -> Result<Arc<Replica>> {
         )));
     }
     let fs = Arc::new(FsDir::new(d)?);
-    Ok(Arc::new(match image {
+    Ok(match image {
         Some(p) => Replica::open_with_image(fs, Arc::new(FileStorage::open(p)?))?,
         None => Replica::open(fs)?,
-    }))
+    })
 }
 
 /// `blockrep log inspect FILE`: header, counts, and the verification.
