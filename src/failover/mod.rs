@@ -92,6 +92,7 @@ impl std::fmt::Debug for Failover {
 }
 
 /// What a commit fixed.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
     /// The failover point.

@@ -89,6 +89,7 @@ impl std::fmt::Debug for DiskFailover {
 }
 
 /// A machine failed over, with its disks in the plan's order.
+#[non_exhaustive]
 #[derive(Debug)]
 pub struct MachineFailover {
     /// The machine's name.
@@ -98,6 +99,7 @@ pub struct MachineFailover {
 }
 
 /// Where a plan stopped.
+#[non_exhaustive]
 #[derive(Debug)]
 pub struct PlanFailure {
     /// The group's index and name.
@@ -110,6 +112,7 @@ pub struct PlanFailure {
 
 /// What a plan did: every machine failed over, group by group, and the
 /// failure that stopped it, if any.
+#[non_exhaustive]
 #[derive(Debug, Default)]
 pub struct PlanReport {
     /// Per group that started: its name and its machines failed over.

@@ -31,6 +31,7 @@ impl Role {
 }
 
 /// Everything a console shows for one disk.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskStatus {
     /// The disk.

@@ -896,6 +896,7 @@ impl Drop for IncomingLog {
 }
 
 /// A replica's identity and position.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaStatus {
     /// The disk replicated.

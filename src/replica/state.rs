@@ -18,6 +18,7 @@ const POINT_FIXED: usize = 72;
 pub(crate) const STATE: &str = "state";
 
 /// A retention point: a replica state the user can return to.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PointInfo {
     /// The sequence of the log that produced the point.

@@ -86,6 +86,7 @@ impl ChainPoint {
 }
 
 /// A log in the spool.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpooledLog {
     /// Where it leads to.
@@ -105,6 +106,7 @@ pub struct SpooledLog {
 }
 
 /// What [`Spool::fold_back`] did.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FoldBack {
     /// Logs deleted.
@@ -116,6 +118,7 @@ pub struct FoldBack {
 }
 
 /// The spool's state, for a console.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolStatus {
     /// Logs not yet acknowledged.

@@ -133,3 +133,62 @@ fn the_bench_harness_verifies_and_prints_one_line_per_figure() {
         );
     }
 }
+
+#[test]
+fn every_subcommand_has_help_and_completions_and_man_pages_are_generated() {
+    for args in [
+        &["--help"][..],
+        &["demo", "--help"],
+        &["bench", "--help"],
+        &["log", "inspect", "--help"],
+        &["replica", "status", "--help"],
+        &["replica", "points", "--help"],
+        &["replica", "verify", "--help"],
+        &["replica", "export", "--help"],
+        &["tracker", "inspect", "--help"],
+        &["sync", "--help"],
+        &["completions", "--help"],
+        &["man", "--help"],
+    ] {
+        let help = ok(args);
+        assert!(help.contains("Usage: blockrep"), "{args:?}: {help}");
+    }
+    assert!(ok(&["completions", "bash"]).contains("_blockrep"));
+    let t = tempfile::tempdir().unwrap();
+    ok(&["man", "--out", t.path().to_str().unwrap()]);
+    for page in ["blockrep.1", "blockrep-replica-export.1", "blockrep-sync.1"] {
+        let text = std::fs::read_to_string(t.path().join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page}");
+    }
+    // A bad flag value is refused with clap's message, exit status 2.
+    let out = blockrep(&["demo", "--size", "3x"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// `blockrep ... | head`: a reader that closed the pipe ends the command
+/// quietly (SIGPIPE), never a panic.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blockrep"))
+        .args(["completions", "bash"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before any write
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc_sigpipe()),
+        "{:?}",
+        out.status
+    );
+}
+
+fn libc_sigpipe() -> i32 {
+    13 // SIGPIPE on Linux
+}

@@ -1,0 +1,319 @@
+//! The `blockrep` command: the end-to-end demo and the benchmark against
+//! peers, and the operator's commands to inspect logs, replicas and
+//! trackers, export a point and sync an image.
+
+mod bench;
+mod demo;
+mod ops;
+
+use blockrep::{Error, Result};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+
+/// Block-level disaster-recovery replication: what an operator runs on
+/// both sites.
+#[derive(Parser, Debug)]
+#[command(name = "blockrep", version, propagate_version = true)]
+#[command(after_long_help = "Examples:
+  blockrep demo                          replicate a 1 GiB image end to end
+  blockrep replica status /srv/rep/disk0 --json
+  blockrep replica export /srv/rep/disk0 --point 12 /tmp/disk0-p12.raw
+  blockrep completions bash > /etc/bash_completion.d/blockrep")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Replicates an image end to end while writers run: initial sync,
+    /// cycles, retention, test failover, planned failover, reverse
+    /// replication and failback, every step checked byte for byte.
+    #[command(after_long_help = "Example:
+  blockrep demo --size 256M --seconds 5 --dir /tmp/blockrep-demo")]
+    Demo {
+        /// Size of the demo disk (K, M, G suffixes: powers of 1024).
+        #[arg(long, default_value = "1G", value_parser = parse_size)]
+        size: u64,
+        /// How long writers run while cycles replicate.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        seconds: u64,
+        /// Keep the demo's files here (default: a temporary directory,
+        /// removed at the end).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Measures blockrep against its peers (cp, qemu-img convert, rsync,
+    /// QEMU's dirty-bitmap flow, a bare copy, lz4) on an image, checking
+    /// every result.
+    #[command(after_long_help = "Example:
+  blockrep bench --size 4G --dir /var/tmp/blockrep-bench")]
+    Bench {
+        /// Size of the bench image (K, M, G suffixes).
+        #[arg(long, default_value = "4G", value_parser = parse_size)]
+        size: u64,
+        /// Work directory (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Delta logs.
+    #[command(subcommand)]
+    Log(LogCommand),
+    /// Replicas on the secondary site.
+    #[command(subcommand)]
+    Replica(ReplicaCommand),
+    /// Persistent tracker files on the primary site.
+    #[command(subcommand)]
+    Tracker(TrackerCommand),
+    /// Replicates an image no one is writing into a replica directory:
+    /// the initial copy the first time, then only the blocks whose digests
+    /// differ.
+    #[command(after_long_help = "Example:
+  blockrep sync /var/lib/images/vm1.raw /srv/replicas/vm1")]
+    Sync {
+        /// The source image.
+        source: PathBuf,
+        /// The replica directory (created the first time).
+        replica: PathBuf,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Prints a shell completion script.
+    #[command(after_long_help = "Example:
+  blockrep completions bash > /etc/bash_completion.d/blockrep")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Writes the man pages (blockrep.1 and one per subcommand).
+    Man {
+        /// The directory to write them to.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LogCommand {
+    /// Verifies a log whole and prints its header and trailer.
+    #[command(after_long_help = "Example:
+  blockrep log inspect spool/log-00000000000000000007 --json")]
+    Inspect {
+        /// The log file.
+        file: PathBuf,
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReplicaCommand {
+    /// The replica's role, epoch, latest point and health.
+    Status(ReplicaArgs),
+    /// The retained points, oldest first.
+    Points(ReplicaArgs),
+    /// Reads every retained point back through its undo logs.
+    Verify(ReplicaArgs),
+    /// Writes a point as a sparse raw image.
+    #[command(after_long_help = "Example:
+  blockrep replica export /srv/replicas/vm1 --point 12 /tmp/vm1-p12.raw")]
+    Export {
+        #[command(flatten)]
+        replica: ReplicaArgs,
+        /// The point (a sequence from `replica points`).
+        #[arg(long)]
+        point: u64,
+        /// The raw image to write.
+        out: PathBuf,
+    },
+}
+
+/// A replica directory, and where its image is when not inside it.
+#[derive(Args, Debug)]
+struct ReplicaArgs {
+    /// The replica directory.
+    dir: PathBuf,
+    /// The replica's image when kept outside its directory (a disk adopted
+    /// after a failover).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    #[command(flatten)]
+    out: Output,
+}
+
+#[derive(Subcommand, Debug)]
+enum TrackerCommand {
+    /// Prints a tracker file's header: disk, geometry, generation, in use.
+    Inspect {
+        /// The tracker file.
+        file: PathBuf,
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+/// How results are printed.
+#[derive(Args, Debug, Clone, Copy)]
+struct Output {
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    // A closed pipe (`blockrep --help | head`) ends the process quietly, as
+    // for any Unix command, instead of a panic in `println!`.
+    // SAFETY: restoring the default action of SIGPIPE before any thread
+    // starts touches no Rust state.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    if let Err(e) = run(cli.command) {
+        eprintln!("blockrep: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn path(p: &std::path::Path) -> Result<&str> {
+    p.to_str()
+        .ok_or_else(|| Error::invalid(format!("{} is not UTF-8", p.display())))
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Demo { size, seconds, dir } => {
+            if size < 1 << 20 {
+                return Err(Error::invalid("the demo disk is at least 1M"));
+            }
+            demo::run(demo::DemoOptions { size, seconds, dir })
+        }
+        Command::Bench { size, dir } => {
+            if size < 16 << 20 {
+                return Err(Error::invalid("the bench image is at least 16M"));
+            }
+            bench::run(bench::BenchOptions { size, dir })
+        }
+        Command::Log(LogCommand::Inspect { file, out }) => ops::log_inspect(path(&file)?, out.json),
+        Command::Replica(c) => replica(c),
+        Command::Tracker(TrackerCommand::Inspect { file, out }) => {
+            ops::tracker_inspect(path(&file)?, out.json)
+        }
+        Command::Sync {
+            source,
+            replica,
+            out,
+        } => ops::sync(path(&source)?, path(&replica)?, out.json),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "blockrep",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man { out } => man(&out),
+    }
+}
+
+/// The `--image` of a replica command, as a path string.
+fn image(a: &ReplicaArgs) -> Result<Option<&str>> {
+    a.image.as_deref().map(path).transpose()
+}
+
+fn replica(c: ReplicaCommand) -> Result<()> {
+    match c {
+        ReplicaCommand::Status(a) => ops::replica_status(path(&a.dir)?, image(&a)?, a.out.json),
+        ReplicaCommand::Points(a) => ops::replica_points(path(&a.dir)?, image(&a)?, a.out.json),
+        ReplicaCommand::Verify(a) => ops::replica_verify(path(&a.dir)?, image(&a)?, a.out.json),
+        ReplicaCommand::Export {
+            replica: a,
+            point,
+            out,
+        } => ops::replica_export(path(&a.dir)?, image(&a)?, point, path(&out)?),
+    }
+}
+
+/// Writes `blockrep.1` and a page per subcommand (`blockrep-replica-status.1`, …).
+fn man(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create the man directory", e))?;
+    fn write(dir: &std::path::Path, cmd: clap::Command, name: &str) -> Result<()> {
+        let file = dir.join(format!("{name}.1"));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd.clone())
+            .render(&mut buf)
+            .map_err(|e| Error::io("render a man page", e))?;
+        std::fs::write(&file, buf)
+            .map_err(|e| Error::io("write a man page", e).with_path(&file))?;
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            let sub_name = format!("{name}-{}", sub.get_name());
+            write(dir, sub.clone().name(sub_name.clone()), &sub_name)?;
+        }
+        Ok(())
+    }
+    let mut cmd = Cli::command();
+    cmd.build();
+    write(dir, cmd, "blockrep")
+}
+
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let (num, shift) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    num.parse::<u64>()
+        .map_err(|_| format!("{s:?} is not a size (a number with K, M or G)"))?
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {s} is too large"))
+}
+
+/// Bytes for people.
+pub fn human(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// A progress bar on standard error (indicatif: drawn only on a terminal).
+pub struct Progress(ProgressBar);
+
+impl Progress {
+    /// A bar for `what`, out of `total` units.
+    pub fn new(what: &'static str, total: u64) -> Self {
+        let bar = ProgressBar::new(total.max(1));
+        bar.set_style(
+            ProgressStyle::with_template("  {msg} [{bar:25}] {percent:>3}% {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("#> "),
+        );
+        bar.set_message(what);
+        Progress(bar)
+    }
+
+    /// `done` units are done.
+    pub fn set(&self, done: u64) {
+        self.0.set_position(done);
+    }
+
+    /// All done: the final line stays.
+    pub fn done(&self) {
+        self.0.finish();
+    }
+}
