@@ -600,3 +600,31 @@ fn statuses_carry_the_last_error_until_a_success() {
     p.cycle(&CycleOptions::default()).unwrap();
     assert_eq!(DiskStatus::of_pipeline(&p, 0).last_error, None);
 }
+
+/// A replica promoted at an older point and taken up again (another
+/// process, the command line) without naming a point stays at the recorded
+/// point; it used to move to the latest one, so a later commit committed
+/// the wrong point.
+#[test]
+fn a_promotion_taken_up_again_keeps_its_recorded_point() {
+    let mut rng = Rng(41);
+    let (disk_a, pa, dir_b, mut rep_b) = replicated(&mut rng);
+    let mut at = vec![(1u64, read_all(&*disk_a))];
+    for _ in 0..2 {
+        scribble(&pa, &*disk_a, &mut rng, 10);
+        let r = pa.cycle(&CycleOptions::default()).unwrap();
+        ship(&pa, &dir_b, &mut rep_b);
+        at.push((r.summary.header.sequence, read_all(&*disk_a)));
+    }
+    let rep_b = rep_b.unwrap();
+    let (older, older_bytes) = &at[1];
+    drop(Failover::promote(rep_b.clone(), Some(*older)).unwrap());
+    let again = Failover::promote(Replica::open(dir_b.clone()).unwrap(), None).unwrap();
+    assert_eq!(again.point(), *older);
+    assert_eq!(first_diff(&read_all(&*again.disk()), older_bytes), None);
+    let c = again.commit().unwrap();
+    assert_eq!(c.point, *older);
+    drop(again);
+    let committed = Failover::promote(Replica::open(dir_b).unwrap(), None).unwrap();
+    assert_eq!(first_diff(&read_all(&*committed.disk()), older_bytes), None);
+}

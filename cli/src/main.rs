@@ -66,6 +66,10 @@ enum Command {
     /// Persistent tracker files on the primary site.
     #[command(subcommand)]
     Tracker(TrackerCommand),
+    /// Fails a replica over: promote it at a point, switch points, commit.
+    /// After the commit the replica's image is the new primary's disk.
+    #[command(subcommand)]
+    Failover(FailoverCommand),
     /// Replicates an image no one is writing into a replica directory:
     /// the initial copy the first time, then only the blocks whose digests
     /// differ.
@@ -115,6 +119,26 @@ enum ReplicaCommand {
     Points(ReplicaArgs),
     /// Reads every retained point back through its undo logs.
     Verify(ReplicaArgs),
+    /// Drops the oldest points a retention policy does not keep; a point
+    /// is kept when any rule keeps it, and the latest always is.
+    #[command(after_long_help = "Example:
+  blockrep replica prune /srv/replicas/vm1 --keep-last 24 --keep-app-for 7d")]
+    Prune {
+        #[command(flatten)]
+        replica: ReplicaArgs,
+        /// Keep the newest this many points.
+        #[arg(long, default_value_t = 0)]
+        keep_last: usize,
+        /// Keep points younger than this (s, m, h, d suffixes).
+        #[arg(long, value_parser = parse_duration)]
+        keep_for: Option<std::time::Duration>,
+        /// Keep the newest this many app-consistent points.
+        #[arg(long, default_value_t = 0)]
+        keep_app_last: usize,
+        /// Keep app-consistent points younger than this.
+        #[arg(long, value_parser = parse_duration)]
+        keep_app_for: Option<std::time::Duration>,
+    },
     /// Writes a point as a sparse raw image.
     #[command(after_long_help = "Example:
   blockrep replica export /srv/replicas/vm1 --point 12 /tmp/vm1-p12.raw")]
@@ -140,6 +164,65 @@ struct ReplicaArgs {
     image: Option<PathBuf>,
     #[command(flatten)]
     out: Output,
+}
+
+#[derive(Subcommand, Debug)]
+enum FailoverCommand {
+    /// Promotes the replica at a point (the latest by default): no log
+    /// applies any more. The point is served to the new primary until the
+    /// commit; switch points meanwhile if the first choice was wrong.
+    #[command(after_long_help = "Example:
+  blockrep failover promote /srv/replicas/vm1 --point 12")]
+    Promote {
+        /// The replica directory.
+        dir: PathBuf,
+        /// The point (default: the latest).
+        #[arg(long)]
+        point: Option<u64>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Moves a promoted replica to another retained point.
+    Switch {
+        /// The replica directory.
+        dir: PathBuf,
+        /// The point.
+        #[arg(long)]
+        point: u64,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Makes the promoted point final (crash-safe: finished on the next
+    /// open if interrupted). The image in the directory is then the new
+    /// primary's disk; later points are dropped.
+    Commit {
+        /// The replica directory.
+        dir: PathBuf,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Unplanned failover in one step: promotes at the point (the latest
+    /// by default) and commits.
+    #[command(after_long_help = "Example:
+  blockrep failover now /srv/replicas/vm1
+  qemu-system-x86_64 -drive file=/srv/replicas/vm1/image,format=raw ...")]
+    Now {
+        /// The replica directory.
+        dir: PathBuf,
+        /// The point (default: the latest).
+        #[arg(long)]
+        point: Option<u64>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Where a failover stands: not promoted, promoted at a point, or
+    /// committed.
+    Status {
+        /// The replica directory.
+        dir: PathBuf,
+        #[command(flatten)]
+        out: Output,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -197,6 +280,7 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Log(LogCommand::Inspect { file, out }) => ops::log_inspect(path(&file)?, out.json),
         Command::Replica(c) => replica(c),
+        Command::Failover(c) => failover(c),
         Command::Tracker(TrackerCommand::Inspect { file, out }) => {
             ops::tracker_inspect(path(&file)?, out.json)
         }
@@ -233,7 +317,53 @@ fn replica(c: ReplicaCommand) -> Result<()> {
             point,
             out,
         } => ops::replica_export(path(&a.dir)?, image(&a)?, point, path(&out)?),
+        ReplicaCommand::Prune {
+            replica: a,
+            keep_last,
+            keep_for,
+            keep_app_last,
+            keep_app_for,
+        } => {
+            let policy = blockrep::replica::RetentionPolicy {
+                keep_last,
+                keep_for,
+                keep_app_last,
+                keep_app_for,
+            };
+            ops::replica_prune(path(&a.dir)?, image(&a)?, &policy, a.out.json)
+        }
     }
+}
+
+fn failover(c: FailoverCommand) -> Result<()> {
+    use ops::FailoverAction as A;
+    let (dir, action, out) = match c {
+        FailoverCommand::Promote { dir, point, out } => (dir, A::Promote(point), out),
+        FailoverCommand::Switch { dir, point, out } => (dir, A::Switch(point), out),
+        FailoverCommand::Commit { dir, out } => (dir, A::Commit, out),
+        FailoverCommand::Now { dir, point, out } => (dir, A::Now(point), out),
+        FailoverCommand::Status { dir, out } => (dir, A::Status, out),
+    };
+    ops::failover(path(&dir)?, action, out.json)
+}
+
+fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let (num, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let secs = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(format!("{s:?}: use s, m, h or d")),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(secs))
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is not a duration (a number with s, m, h or d)"))
 }
 
 /// Writes `blockrep.1` and a page per subcommand (`blockrep-replica-status.1`, …).

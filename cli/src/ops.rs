@@ -290,3 +290,109 @@ pub fn sync(source: &str, dir: &str, json: bool) -> Result<()> {
     o.print(json);
     Ok(())
 }
+
+/// `blockrep replica prune DIR`: drops the oldest points `policy` does not
+/// keep (the latest point is always kept).
+pub fn replica_prune(
+    dir: &str,
+    image: Option<&str>,
+    policy: &blockrep::replica::RetentionPolicy,
+    json: bool,
+) -> Result<()> {
+    let r = open_replica(dir, image)?;
+    let dropped = r.prune(policy, now_ns())?;
+    let kept: Vec<String> = r.points().iter().map(|p| p.sequence.to_string()).collect();
+    let dropped: Vec<String> = dropped.iter().map(u64::to_string).collect();
+    if json {
+        println!(
+            "{{\"dropped\":[{}],\"kept\":[{}]}}",
+            dropped.join(","),
+            kept.join(",")
+        );
+    } else {
+        println!("dropped points: {}", none_or(&dropped));
+        println!("kept points:    {}", none_or(&kept));
+    }
+    Ok(())
+}
+
+fn none_or(list: &[String]) -> String {
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(" ")
+    }
+}
+
+/// What an operator does to a replica during a disaster.
+pub enum FailoverAction {
+    /// Promote at a point (the latest when `None`): no log applies any
+    /// more; the point is served until the commit.
+    Promote(Option<u64>),
+    /// Move a promoted, uncommitted replica to another retained point.
+    Switch(u64),
+    /// Make the promoted point final: the image becomes the new primary's
+    /// disk, the history after the point is dropped.
+    Commit,
+    /// Unplanned failover in one step: promote at the point and commit.
+    Now(Option<u64>),
+    /// Where the failover stands.
+    Status,
+}
+
+/// `blockrep failover ... DIR`.
+pub fn failover(dir: &str, action: FailoverAction, json: bool) -> Result<()> {
+    use blockrep::failover::Failover;
+    let r = open_replica(dir, None)?;
+    let phase = r.failover_phase();
+    let mut o = Out::new();
+    match action {
+        FailoverAction::Status => {
+            o.text(
+                "phase",
+                phase.map_or("not promoted".into(), |(p, _)| {
+                    format!("{p:?}").to_lowercase()
+                }),
+            );
+            if let Some((_, point)) = phase {
+                o.num("point", point);
+            }
+            o.num("latest_point", r.status().applied);
+        }
+        FailoverAction::Promote(point) => {
+            let f = Failover::promote(r, point)?;
+            o.text("phase", "promoted").num("point", f.point());
+        }
+        FailoverAction::Switch(point) => {
+            if phase.is_none() {
+                return Err(Error::new(
+                    blockrep::ErrorKind::Misuse,
+                    format!("{dir}: not promoted: promote it first"),
+                ));
+            }
+            let f = Failover::promote(r, None)?;
+            f.switch(point)?;
+            o.text("phase", "promoted").num("point", f.point());
+        }
+        FailoverAction::Commit | FailoverAction::Now(_) => {
+            let point = match action {
+                FailoverAction::Now(p) => p,
+                _ if phase.is_none() => {
+                    return Err(Error::new(
+                        blockrep::ErrorKind::Misuse,
+                        format!("{dir}: not promoted: promote it first (or fail over now)"),
+                    ))
+                }
+                _ => None,
+            };
+            let f = Failover::promote(r, point)?;
+            let c = f.commit()?;
+            o.text("phase", "committed")
+                .num("point", c.point)
+                .num("blocks_to_send_back", c.divergence().count())
+                .text("disk", Path::new(dir).join("image").display());
+        }
+    }
+    o.print(json);
+    Ok(())
+}

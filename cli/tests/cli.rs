@@ -192,3 +192,90 @@ fn a_closed_pipe_ends_quietly() {
 fn libc_sigpipe() -> i32 {
     13 // SIGPIPE on Linux
 }
+
+/// The number after `"key":` in a JSON line.
+fn json_u64(json: &str, key: &str) -> u64 {
+    let k = format!("\"{key}\":");
+    let i = json.find(&k).unwrap_or_else(|| panic!("{key} in {json}")) + k.len();
+    json[i..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// What an operator types at the secondary site: points from `sync`,
+/// prune by policy, promote at an older point, switch, commit; the
+/// committed image equals the source as it was at that point, byte for
+/// byte, and no log applies to it any more.
+#[test]
+fn the_operator_prunes_promotes_switches_and_commits() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("disk.img");
+    let dir = t.path().join("replica");
+    let (i, d) = (img.to_str().unwrap(), dir.to_str().unwrap());
+    let mut states = Vec::new();
+    let mut data = vec![0u8; 2 << 20];
+    for round in 0..4u8 {
+        data[usize::from(round) * 65536..][..4096].fill(round + 1);
+        std::fs::write(&img, &data).unwrap();
+        ok(&["sync", i, d]);
+        let s = ok(&["replica", "status", d, "--json"]);
+        states.push((json_u64(&s, "latest_point"), data.clone()));
+    }
+    let count = |d: &str| {
+        ok(&["replica", "points", d, "--json"])
+            .matches("\"sequence\"")
+            .count()
+    };
+    assert_eq!(count(d), 4);
+    let pruned = ok(&["replica", "prune", d, "--keep-last", "3", "--json"]);
+    assert!(pruned.starts_with("{\"dropped\":["), "{pruned}");
+    assert_eq!(count(d), 3);
+    assert!(!blockrep(&["replica", "prune", d, "--keep-for", "3x"])
+        .status
+        .success());
+
+    // Not promoted yet: switch and commit are refused.
+    assert!(ok(&["failover", "status", d]).contains("not promoted"));
+    assert!(!blockrep(&["failover", "commit", d]).status.success());
+    let (p1, want1) = &states[1];
+    let (p2, want2) = &states[2];
+    let out = ok(&[
+        "failover",
+        "promote",
+        d,
+        "--point",
+        &p1.to_string(),
+        "--json",
+    ]);
+    assert_eq!(json_u64(&out, "point"), *p1);
+    // A promoted replica takes no log.
+    data[0] = 0xee;
+    std::fs::write(&img, &data).unwrap();
+    assert!(!blockrep(&["sync", i, d]).status.success());
+    // The operator picked the wrong point: switch, then commit.
+    ok(&["failover", "switch", d, "--point", &p2.to_string()]);
+    let st = ok(&["failover", "status", d, "--json"]);
+    assert_eq!(json_u64(&st, "point"), *p2);
+    let done = ok(&["failover", "commit", d, "--json"]);
+    assert_eq!(json_u64(&done, "point"), *p2);
+    assert_eq!(&std::fs::read(dir.join("image")).unwrap(), want2);
+    assert_ne!(want1, want2);
+    assert!(ok(&["failover", "status", d]).contains("committed"));
+}
+
+#[test]
+fn an_unplanned_failover_commits_the_latest_point_in_one_step() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("disk.img");
+    let dir = t.path().join("replica");
+    let (i, d) = (img.to_str().unwrap(), dir.to_str().unwrap());
+    let data: Vec<u8> = (0..1u32 << 20).map(|x| (x % 253) as u8).collect();
+    std::fs::write(&img, &data).unwrap();
+    ok(&["sync", i, d]);
+    let out = ok(&["failover", "now", d, "--json"]);
+    assert!(out.contains("\"phase\":\"committed\""), "{out}");
+    assert_eq!(std::fs::read(dir.join("image")).unwrap(), data);
+}

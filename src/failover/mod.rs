@@ -135,7 +135,12 @@ impl Failover {
                 ));
             }
         }
-        let point = point.unwrap_or_else(|| replica.status().applied);
+        // Taken up again at the recorded point unless another is named
+        // (refused above); a first promotion defaults to the latest point.
+        let recorded = replica.failover_phase().map(|(_, p)| p);
+        let point = point
+            .or(recorded)
+            .unwrap_or_else(|| replica.status().applied);
         let view = Self::overlay_at(&replica, point)?;
         Ok(Failover {
             replica,
