@@ -3,7 +3,7 @@
 
 use super::{LogHeader, LogSummary, LogWriter, WriterOptions};
 use crate::error::{Error, Result};
-use crate::io::{Dir, FsDir, Storage, StorageWriter};
+use crate::io::{Dir, Storage, StorageWriter};
 use std::io::BufWriter;
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
@@ -24,16 +24,8 @@ pub struct LogFile {
 impl LogFile {
     /// Starts writing the log that will be `path`.
     pub fn create(path: impl AsRef<Path>, header: LogHeader, opts: WriterOptions) -> Result<Self> {
-        let path = path.as_ref();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| Error::invalid("log path has no UTF-8 file name").with_path(path))?;
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        Self::create_in(Arc::new(FsDir::new(parent)?), name, header, opts)
+        let (dir, name) = crate::io::split_path(path.as_ref())?;
+        Self::create_in(dir, &name, header, opts)
     }
 
     /// Starts writing the log that will be `name` in `dir`.
