@@ -343,6 +343,33 @@ fn write_guard(c: &mut Criterion) {
             }
         })
     });
+    // The same through the tracking chosen at run time (the builder's and
+    // the C ABI's), and for a disk that joined consistency groups (its
+    // completions count themselves for the group cut's drain).
+    let disk: std::sync::Arc<dyn blockrep::io::Storage> =
+        std::sync::Arc::new(blockrep::io::MemStorage::new());
+    let any = blockrep::source::Primary::new(
+        blockrep::source::AnyTracker::from(Tracker::new(geo)),
+        disk.clone(),
+    );
+    any.tracker().mark(0, size).unwrap();
+    g.bench_function("guard_any_tracker", |b| {
+        b.iter(|| {
+            for &o in &offs {
+                drop(black_box(any.write_guard(black_box(o), 4096).unwrap()));
+            }
+        })
+    });
+    let mut grouped = blockrep::source::Primary::new(Tracker::new(geo), disk);
+    grouped.join_group();
+    grouped.tracker().mark(0, size).unwrap();
+    g.bench_function("guard_grouped", |b| {
+        b.iter(|| {
+            for &o in &offs {
+                drop(black_box(grouped.write_guard(black_box(o), 4096).unwrap()));
+            }
+        })
+    });
     g.finish();
 }
 
