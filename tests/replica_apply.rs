@@ -102,18 +102,15 @@ fn crash_at_every_step_of_an_apply() {
         let log = src.change(&mut rng);
         let after = src.data.clone();
         let n_seq = log.header().sequence;
-        // Count the steps of a clean apply.
-        let counting = FaultPlan::counting();
-        let probe = base.recover(&counting);
-        Replica::open(Arc::new(probe)).unwrap().apply(&log).unwrap();
-        let steps = counting.ops();
-        assert!(steps > 5, "{steps} steps");
-        for n in 1..=steps {
-            let plan = FaultPlan::at(n, fault);
-            let faulty = Arc::new(base.recover(&plan));
+        let steps = common::at_every_step(&[fault], |plan, at| {
+            let faulty = Arc::new(base.recover(plan));
             let r = Replica::open(faulty.clone()).unwrap();
             let res = r.apply(&log);
-            assert!(plan.fired() && res.is_err(), "step {n}: {res:?}");
+            let Some((n, _)) = at else {
+                res.unwrap();
+                return;
+            };
+            assert!(res.is_err(), "step {n}: {res:?}");
             if matches!(fault, Fault::Error | Fault::NoSpace) {
                 // Still open: at the previous point (or about to undo), and
                 // a retry succeeds.
@@ -125,7 +122,7 @@ fn crash_at_every_step_of_an_apply() {
                 );
                 assert_eq!(r.apply(&log).unwrap(), applied(&log));
                 assert_eq!(first_diff(&image(&r, src.g), &after), None);
-                continue;
+                return;
             }
             drop(r);
             let reopened = Replica::open(Arc::new(faulty.recover(&FaultPlan::counting()))).unwrap();
@@ -148,7 +145,8 @@ fn crash_at_every_step_of_an_apply() {
                 reopened.apply(&log).unwrap();
                 assert_eq!(first_diff(&image(&reopened, src.g), &after), None);
             }
-        }
+        });
+        assert!(steps > 5, "{steps} steps");
     }
 }
 

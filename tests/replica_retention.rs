@@ -183,31 +183,30 @@ fn crash_at_every_step_of_rollback_and_prune() {
             r.prune(&p, 0).map(|_| ())
         }),
     ];
+    let faults = [
+        Fault::PowerLoss { torn: false },
+        Fault::PowerLoss { torn: true },
+    ];
     for (name, op) in ops {
-        let counting = FaultPlan::counting();
-        op(&Replica::open(Arc::new(base.recover(&counting))).unwrap()).unwrap();
-        let steps = counting.ops();
+        let steps = common::at_every_step(&faults, |plan, at| {
+            let d = Arc::new(base.recover(plan));
+            let res = op(&Replica::open(d.clone()).unwrap());
+            let Some((n, fault)) = at else {
+                return res.unwrap();
+            };
+            assert!(res.is_err(), "{name} step {n} {fault:?}");
+            let r = Replica::open(Arc::new(d.recover(&FaultPlan::counting()))).unwrap();
+            let applied = r.status().applied;
+            let mut img = vec![0u8; src.data.len()];
+            r.read_at(&mut img, 0).unwrap();
+            assert_eq!(
+                first_diff(&img, &states[&applied]),
+                None,
+                "{name} step {n}: image at {applied}"
+            );
+            check_points(&r, &states, &format!("{name} step {n}"));
+        });
         assert!(steps > 3, "{name}: {steps} steps");
-        for torn in [false, true] {
-            for n in 1..=steps {
-                let plan = FaultPlan::at(n, Fault::PowerLoss { torn });
-                let d = Arc::new(base.recover(&plan));
-                assert!(
-                    op(&Replica::open(d.clone()).unwrap()).is_err(),
-                    "{name} step {n}"
-                );
-                let r = Replica::open(Arc::new(d.recover(&FaultPlan::counting()))).unwrap();
-                let applied = r.status().applied;
-                let mut img = vec![0u8; src.data.len()];
-                r.read_at(&mut img, 0).unwrap();
-                assert_eq!(
-                    first_diff(&img, &states[&applied]),
-                    None,
-                    "{name} step {n}: image at {applied}"
-                );
-                check_points(&r, &states, &format!("{name} step {n}"));
-            }
-        }
     }
 }
 
