@@ -54,6 +54,29 @@ typedef uint32_t blockrep_status;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// A log's kind. Values are stable and match the log format's.
+enum blockrep_log_kind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // The whole disk: creates a replica.
+  BLOCKREP_LOG_FULL = 1,
+  // The blocks changed since the previous log.
+  BLOCKREP_LOG_DELTA = 2,
+  // The blocks that differed after tracking was lost; a new epoch.
+  BLOCKREP_LOG_RESYNC = 3,
+  // Old contents saved by a replica before it applied a log.
+  BLOCKREP_LOG_UNDO = 4,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum blockrep_log_kind blockrep_log_kind;
+#else
+typedef uint32_t blockrep_log_kind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // How a persistent tracker file was found when opened.
 enum blockrep_open_state
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -77,6 +100,26 @@ enum blockrep_open_state
 typedef enum blockrep_open_state blockrep_open_state;
 #else
 typedef uint32_t blockrep_open_state;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// What a point is consistent with. Values are stable and match the log
+// format's.
+enum blockrep_consistency
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // As after a power cut: what the disk held at one instant.
+  BLOCKREP_CONSISTENCY_CRASH = 1,
+  // The integration quiesced the guest for this point.
+  BLOCKREP_CONSISTENCY_APP = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum blockrep_consistency blockrep_consistency;
+#else
+typedef uint32_t blockrep_consistency;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -209,8 +252,8 @@ typedef struct {
   uint64_t disk_size;
   // Block size in bytes.
   uint32_t block_size;
-  // 1 full, 2 delta, 3 resync, 4 undo.
-  uint32_t kind;
+  // Full, delta, resync or undo.
+  blockrep_log_kind kind;
   // Blocks held (zero and data) and data blocks.
   uint64_t blocks;
   // Data (non-zero) blocks held.
@@ -231,10 +274,10 @@ typedef struct {
   uint64_t bytes;
   // When its point was cut (ns since the Unix epoch).
   uint64_t created_ns;
-  // 1 full, 2 delta, 3 resync.
-  uint32_t kind;
-  // 1 crash-consistent, 2 app-consistent.
-  uint32_t consistency;
+  // Full, delta or resync.
+  blockrep_log_kind kind;
+  // Crash- or app-consistent.
+  blockrep_consistency consistency;
   // The content digest after it: with `sequence`, the log's identity,
   // which `blockrep_pipeline_ack` names.
   uint8_t digest[32];
@@ -295,8 +338,8 @@ typedef struct {
   uint64_t created_ns;
   // Size of the undo log leading to the point before it (0: oldest).
   uint64_t undo_bytes;
-  // 1 crash-consistent, 2 app-consistent.
-  uint32_t consistency;
+  // Crash- or app-consistent.
+  blockrep_consistency consistency;
 } blockrep_point;
 
 // A retention policy: a point is kept when any rule keeps it; the latest
@@ -715,8 +758,9 @@ blockrep_status blockrep_pipeline_initial_sync(const blockrep_pipeline *p,
                                                blockrep_cycle_info *out);
 
 // One cycle: cuts at this instant (writers keep running), writes the
-// changed blocks as the next log into the spool. `consistency`: 1 crash,
-// 2 app-consistent (the integration quiesced the guest); `label` may be
+// changed blocks as the next log into the spool. `consistency`: a
+// `blockrep_consistency` (app-consistent when the integration quiesced
+// the guest); `label` may be
 // null. On failure the blocks stay tracked. `out` may be null.
 //
 // # Safety

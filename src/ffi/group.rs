@@ -1,12 +1,12 @@
 //! Consistency groups, resize and tagging through the C ABI.
 
-use super::log::c_path;
+use super::log::{c_path, consistency_of};
 use super::pipeline::{blockrep_cycle_info, blockrep_pipeline, info_out};
 use super::replica::{blockrep_replica, live as live_replica};
 use super::status::{blockrep_status, guard, null, register, unregister};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::io::FsDir;
-use crate::log::{Consistency, MappedLog, ReadOptions};
+use crate::log::{MappedLog, ReadOptions};
 use crate::replica::{ApplyOutcome, Replica, ReplicaGroup};
 use crate::source::{ConsistencyGroup, CycleOptions};
 use std::ffi::c_char;
@@ -53,11 +53,7 @@ pub unsafe extern "C" fn blockrep_group_cycle(
         let ms = unsafe { handles(members, n, "member pipeline")? };
         let pipelines: Vec<_> = ms.iter().map(|m| m.pipeline()).collect();
         let c = CycleOptions {
-            consistency: match consistency {
-                1 => Consistency::Crash,
-                2 => Consistency::App,
-                c => return Err(Error::invalid(format!("consistency {c} (1 crash, 2 app)"))),
-            },
+            consistency: consistency_of(consistency)?,
             label: if label.is_null() {
                 String::new()
             } else {

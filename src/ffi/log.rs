@@ -4,7 +4,7 @@ use super::status::{blockrep_status, guard, null, register, unregister};
 use crate::error::Error;
 use crate::geometry::{Extent, Geometry};
 use crate::id::DiskId;
-use crate::log::{LogFile, LogHeader, LogKind, ReadOptions, WriterOptions};
+use crate::log::{Consistency, LogFile, LogHeader, LogKind, ReadOptions, WriterOptions};
 use std::ffi::{c_char, CStr};
 
 /// A log file being written (as `PATH.partial` until committed). One thread
@@ -29,8 +29,8 @@ pub struct blockrep_log_info {
     pub disk_size: u64,
     /// Block size in bytes.
     pub block_size: u32,
-    /// 1 full, 2 delta, 3 resync, 4 undo.
-    pub kind: u32,
+    /// Full, delta, resync or undo.
+    pub kind: blockrep_log_kind,
     /// Blocks held (zero and data) and data blocks.
     pub blocks: u64,
     /// Data (non-zero) blocks held.
@@ -68,6 +68,65 @@ pub(super) fn opt_path<'a>(p: *const c_char) -> Result<Option<&'a str>, Error> {
         Ok(None)
     } else {
         c_path(p).map(Some)
+    }
+}
+
+/// A log's kind. Values are stable and match the log format's.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum blockrep_log_kind {
+    /// The whole disk: creates a replica.
+    #[default]
+    BLOCKREP_LOG_FULL = 1,
+    /// The blocks changed since the previous log.
+    BLOCKREP_LOG_DELTA = 2,
+    /// The blocks that differed after tracking was lost; a new epoch.
+    BLOCKREP_LOG_RESYNC = 3,
+    /// Old contents saved by a replica before it applied a log.
+    BLOCKREP_LOG_UNDO = 4,
+}
+
+impl From<LogKind> for blockrep_log_kind {
+    fn from(k: LogKind) -> Self {
+        match k {
+            LogKind::Full => blockrep_log_kind::BLOCKREP_LOG_FULL,
+            LogKind::Delta => blockrep_log_kind::BLOCKREP_LOG_DELTA,
+            LogKind::Resync => blockrep_log_kind::BLOCKREP_LOG_RESYNC,
+            LogKind::Undo => blockrep_log_kind::BLOCKREP_LOG_UNDO,
+        }
+    }
+}
+
+/// What a point is consistent with. Values are stable and match the log
+/// format's.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum blockrep_consistency {
+    /// As after a power cut: what the disk held at one instant.
+    #[default]
+    BLOCKREP_CONSISTENCY_CRASH = 1,
+    /// The integration quiesced the guest for this point.
+    BLOCKREP_CONSISTENCY_APP = 2,
+}
+
+impl From<Consistency> for blockrep_consistency {
+    fn from(c: Consistency) -> Self {
+        match c {
+            Consistency::Crash => blockrep_consistency::BLOCKREP_CONSISTENCY_CRASH,
+            Consistency::App => blockrep_consistency::BLOCKREP_CONSISTENCY_APP,
+        }
+    }
+}
+
+/// A consistency passed in by a caller as a `blockrep_consistency` value
+/// (taken as an integer: C may pass any).
+pub(super) fn consistency_of(c: u32) -> Result<Consistency, Error> {
+    match c {
+        1 => Ok(Consistency::Crash),
+        2 => Ok(Consistency::App),
+        c => Err(Error::invalid(format!(
+            "consistency {c}: BLOCKREP_CONSISTENCY_CRASH (1) or BLOCKREP_CONSISTENCY_APP (2)"
+        ))),
     }
 }
 
@@ -232,7 +291,7 @@ pub unsafe extern "C" fn blockrep_log_verify(
             base_sequence: s.header.base_sequence,
             disk_size: s.header.geometry.size(),
             block_size: s.header.geometry.block_size(),
-            kind: s.header.kind as u32,
+            kind: s.header.kind.into(),
             blocks: s.trailer.blocks,
             data_blocks: s.trailer.data_blocks,
             bytes: s.bytes,

@@ -34,9 +34,9 @@ pub use group::{
     blockrep_replica_group_open, blockrep_replica_tag,
 };
 pub use log::{
-    blockrep_log_info, blockrep_log_verify, blockrep_log_writer, blockrep_log_writer_add_block,
-    blockrep_log_writer_add_zero, blockrep_log_writer_commit, blockrep_log_writer_create,
-    blockrep_log_writer_free,
+    blockrep_consistency, blockrep_log_info, blockrep_log_kind, blockrep_log_verify,
+    blockrep_log_writer, blockrep_log_writer_add_block, blockrep_log_writer_add_zero,
+    blockrep_log_writer_commit, blockrep_log_writer_create, blockrep_log_writer_free,
 };
 pub use pipeline::{
     blockrep_cycle_info, blockrep_pipeline, blockrep_pipeline_ack, blockrep_pipeline_close,

@@ -1,13 +1,15 @@
 //! The primary-side pipeline through the C ABI: write begin/end pairs
 //! around guest writes, cycles into the spool, shipping, resync.
 
-use super::log::{c_path, digest_in, opt_path};
+use super::log::{
+    blockrep_consistency, blockrep_log_kind, c_path, consistency_of, digest_in, opt_path,
+};
 use super::ptracker::blockrep_open_state;
 use super::status::{blockrep_status, guard, null, register, unregister};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::DiskId;
 use crate::io::{FileStorage, FsDir};
-use crate::log::{BlockDigests, Consistency, LogKind};
+use crate::log::BlockDigests;
 use crate::source::{AnyTracker, CycleOptions, CycleReport, Pipeline, PipelineBuilder, SpooledLog};
 use std::ffi::c_char;
 use std::sync::Arc;
@@ -60,10 +62,10 @@ pub struct blockrep_spooled_log {
     pub bytes: u64,
     /// When its point was cut (ns since the Unix epoch).
     pub created_ns: u64,
-    /// 1 full, 2 delta, 3 resync.
-    pub kind: u32,
-    /// 1 crash-consistent, 2 app-consistent.
-    pub consistency: u32,
+    /// Full, delta or resync.
+    pub kind: blockrep_log_kind,
+    /// Crash- or app-consistent.
+    pub consistency: blockrep_consistency,
     /// The content digest after it: with `sequence`, the log's identity,
     /// which `blockrep_pipeline_ack` names.
     pub digest: [u8; 32],
@@ -303,8 +305,9 @@ pub unsafe extern "C" fn blockrep_pipeline_initial_sync(
 }
 
 /// One cycle: cuts at this instant (writers keep running), writes the
-/// changed blocks as the next log into the spool. `consistency`: 1 crash,
-/// 2 app-consistent (the integration quiesced the guest); `label` may be
+/// changed blocks as the next log into the spool. `consistency`: a
+/// `blockrep_consistency` (app-consistent when the integration quiesced
+/// the guest); `label` may be
 /// null. On failure the blocks stay tracked. `out` may be null.
 ///
 /// # Safety
@@ -318,11 +321,7 @@ pub unsafe extern "C" fn blockrep_pipeline_cycle(
 ) -> blockrep_status {
     guard(|| {
         let pipeline = live(p)?;
-        let consistency = match consistency {
-            1 => Consistency::Crash,
-            2 => Consistency::App,
-            c => return Err(Error::invalid(format!("consistency {c} (1 crash, 2 app)"))),
-        };
+        let consistency = consistency_of(consistency)?;
         let c = CycleOptions {
             consistency,
             label: opt_path(label)?.unwrap_or("").to_owned(),
@@ -342,13 +341,8 @@ fn spooled_out(out: *mut blockrep_spooled_log, l: &SpooledLog) {
             epoch: l.point.epoch,
             bytes: l.bytes,
             created_ns: l.point.created_ns,
-            kind: match l.kind {
-                LogKind::Full => 1,
-                LogKind::Delta => 2,
-                LogKind::Resync => 3,
-                LogKind::Undo => 4,
-            },
-            consistency: l.consistency as u32,
+            kind: l.kind.into(),
+            consistency: l.consistency.into(),
             digest: l.point.digest.0,
         },
     );

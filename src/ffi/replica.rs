@@ -1,10 +1,10 @@
 //! The replica through the C ABI.
 
-use super::log::c_path;
+use super::log::{blockrep_consistency, c_path};
 use super::status::{blockrep_status, guard, null, register, unregister};
 use crate::error::Error;
 use crate::io::FsDir;
-use crate::log::{Consistency, ReadOptions};
+use crate::log::ReadOptions;
 use crate::replica::{ApplyOutcome, IncomingLog, PointView, Replica, RetentionPolicy};
 use std::sync::Arc;
 
@@ -37,8 +37,8 @@ pub struct blockrep_point {
     pub created_ns: u64,
     /// Size of the undo log leading to the point before it (0: oldest).
     pub undo_bytes: u64,
-    /// 1 crash-consistent, 2 app-consistent.
-    pub consistency: u32,
+    /// Crash- or app-consistent.
+    pub consistency: blockrep_consistency,
 }
 
 /// A replica's identity and position.
@@ -185,11 +185,7 @@ pub unsafe extern "C" fn blockrep_replica_points(
                 epoch: p.epoch,
                 created_ns: p.created_ns,
                 undo_bytes: p.undo_bytes,
-                consistency: if p.consistency == Consistency::App {
-                    2
-                } else {
-                    1
-                },
+                consistency: p.consistency.into(),
             };
             // SAFETY: i < cap elements, writable per the contract.
             unsafe { *points.add(i) = c };

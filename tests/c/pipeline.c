@@ -52,7 +52,7 @@ static unsigned ship(blockrep_pipeline *p, blockrep_replica **r) {
       CHECK(plen > 4 && plen < sizeof path);
       CHECK(blockrep_pipeline_log_path(p, l.sequence, path, sizeof path, &plen) ==
             BLOCKREP_STATUS_OK);
-      CHECK(strlen(path) == plen && l.kind == 1);
+      CHECK(strlen(path) == plen && l.kind == BLOCKREP_LOG_FULL);
       CHECK(blockrep_replica_create(rdir, path, r) == BLOCKREP_STATUS_OK);
     } else {
       blockrep_incoming *in = NULL;
@@ -211,7 +211,7 @@ int main(void) {
   blockrep_point pts[8];
   size_t npts = 0;
   CHECK(blockrep_replica_points(r, pts, 8, &npts) == BLOCKREP_STATUS_OK);
-  CHECK(npts == 2 && pts[1].consistency == 2);
+  CHECK(npts == 2 && pts[1].consistency == BLOCKREP_CONSISTENCY_APP);
 
   /* An abandoned transfer and a broken one change nothing. */
   blockrep_incoming *in = NULL;

@@ -52,7 +52,7 @@ int main(void) {
 
   blockrep_log_info info;
   CHECK(blockrep_log_verify(path, &info) == BLOCKREP_STATUS_OK);
-  CHECK(info.sequence == 1 && info.kind == 1 && info.blocks == BLOCKS);
+  CHECK(info.sequence == 1 && info.kind == BLOCKREP_LOG_FULL && info.blocks == BLOCKS);
   CHECK(memcmp(info.digest, digest, 32) == 0);
 
   blockrep_replica *r = NULL;
@@ -112,7 +112,7 @@ int main(void) {
   static unsigned char buf[SIZE];
   for (unsigned p = 0; p < POINTS; p++) {
     blockrep_view *v = NULL;
-    CHECK(pts[p].sequence == p + 1 && pts[p].consistency == 1);
+    CHECK(pts[p].sequence == p + 1 && pts[p].consistency == BLOCKREP_CONSISTENCY_CRASH);
     CHECK(blockrep_view_open(r, p + 1, &v) == BLOCKREP_STATUS_OK);
     CHECK(blockrep_view_read(v, buf, SIZE, 0) == BLOCKREP_STATUS_OK);
     CHECK(memcmp(buf, disk[p], SIZE) == 0);
