@@ -141,20 +141,18 @@ fn a_crash_at_every_step_of_a_resizing_apply_leaves_old_or_new() {
         }
         drop(r);
         let (old, new) = (&run.points[target - 2].1, &run.points[target - 1].1);
-        let mut n = 1;
-        loop {
-            let plan = FaultPlan::at(n, Fault::PowerLoss { torn: n % 2 == 0 });
-            let dir = Arc::new(base.recover(&plan));
+        let faults = [
+            Fault::PowerLoss { torn: false },
+            Fault::PowerLoss { torn: true },
+        ];
+        let steps = common::at_every_step(&faults, |plan, at| {
+            let dir = Arc::new(base.recover(plan));
             let result = Replica::open(dir.clone()).and_then(|r| r.apply(&run.logs[target - 1]));
-            assert_eq!(
-                result.is_err(),
-                plan.fired(),
-                "log {target} step {n}: {result:?}"
-            );
-            if result.is_ok() {
-                assert!(n > 5, "only {n} steps");
-                break;
-            }
+            let Some((n, fault)) = at else {
+                result.unwrap();
+                return;
+            };
+            assert!(result.is_err(), "log {target} step {n} {fault:?}");
             let r = Replica::open(Arc::new(dir.recover(&FaultPlan::counting()))).unwrap();
             let img = image(&r);
             assert!(
@@ -164,7 +162,7 @@ fn a_crash_at_every_step_of_a_resizing_apply_leaves_old_or_new() {
             );
             r.apply(&run.logs[target - 1]).unwrap();
             assert_eq!(first_diff(&image(&r), new), None, "log {target} step {n}");
-            n += 1;
-        }
+        });
+        assert!(steps > 5, "only {steps} steps");
     }
 }
