@@ -62,6 +62,17 @@ pub(super) fn digest_in(p: *const u8) -> Result<crate::log::Digest, Error> {
     Ok(crate::log::Digest(d))
 }
 
+/// A 16-byte disk id passed by pointer; null is refused.
+pub(super) fn disk_id_in(p: *const u8) -> Result<DiskId, Error> {
+    if p.is_null() {
+        return Err(null("disk_id"));
+    }
+    let mut id = [0u8; 16];
+    // SAFETY: non-null; 16 readable bytes per every caller's contract.
+    unsafe { std::ptr::copy_nonoverlapping(p, id.as_mut_ptr(), 16) };
+    Ok(DiskId(id))
+}
+
 /// A path that may be null (optional).
 pub(super) fn opt_path<'a>(p: *const c_char) -> Result<Option<&'a str>, Error> {
     if p.is_null() {
@@ -166,22 +177,18 @@ pub unsafe extern "C" fn blockrep_log_writer_create(
 ) -> blockrep_status {
     guard(|| {
         let path = c_path(path)?;
-        if disk_id.is_null() || out.is_null() {
-            return Err(null("an argument"));
+        if out.is_null() {
+            return Err(null("out"));
         }
-        let mut id = [0u8; 16];
-        // SAFETY: 16 readable bytes per the contract.
-        unsafe { std::ptr::copy_nonoverlapping(disk_id, id.as_mut_ptr(), 16) };
         let mut h = LogHeader::new(
-            DiskId(id),
+            disk_id_in(disk_id)?,
             Geometry::new(size, block_size)?,
             kind_of(kind)?,
             epoch,
             sequence,
         )?;
         if !base_digest.is_null() {
-            // SAFETY: 32 readable bytes per the contract.
-            unsafe { std::ptr::copy_nonoverlapping(base_digest, h.base_digest.0.as_mut_ptr(), 32) };
+            h.base_digest = digest_in(base_digest)?;
         }
         let w = LogFile::create(path, h, WriterOptions::default())?;
         let p = register(Box::new(blockrep_log_writer { inner: w }));

@@ -2,12 +2,12 @@
 //! around guest writes, cycles into the spool, shipping, resync.
 
 use super::log::{
-    blockrep_consistency, blockrep_log_kind, c_path, consistency_of, digest_in, opt_path,
+    blockrep_consistency, blockrep_log_kind, c_path, consistency_of, digest_in, disk_id_in,
+    opt_path,
 };
 use super::ptracker::blockrep_open_state;
 use super::status::{blockrep_status, guard, null, register, unregister};
 use crate::error::{Error, ErrorKind, Result};
-use crate::id::DiskId;
 use crate::io::{FileStorage, FsDir};
 use crate::log::BlockDigests;
 use crate::source::{AnyTracker, CycleOptions, CycleReport, Pipeline, PipelineBuilder, SpooledLog};
@@ -113,16 +113,6 @@ pub(super) fn live<'a>(p: *const blockrep_pipeline) -> Result<&'a Pipeline<AnyTr
         .ok_or_else(|| null("pipeline"))
 }
 
-fn disk_id_of(p: *const u8) -> Result<DiskId> {
-    if p.is_null() {
-        return Err(null("disk_id"));
-    }
-    let mut id = [0u8; 16];
-    // SAFETY: non-null; 16 readable bytes per the contract.
-    unsafe { std::ptr::copy_nonoverlapping(p, id.as_mut_ptr(), 16) };
-    Ok(DiskId(id))
-}
-
 /// The builder for the disk at `disk_path` (opened read-only: the guest
 /// writes it, the pipeline only reads), its spool in `spool_dir`.
 fn builder(
@@ -169,7 +159,7 @@ pub unsafe extern "C" fn blockrep_pipeline_create(
     guard(|| {
         let (disk_path, spool_dir) = (c_path(disk_path)?, c_path(spool_dir)?);
         let tracker_path = opt_path(tracker_path)?;
-        let id = disk_id_of(disk_id)?;
+        let id = disk_id_in(disk_id)?;
         if out.is_null() {
             return Err(null("out"));
         }

@@ -1,14 +1,13 @@
 //! The persistent tracker through the C ABI.
 
-use super::log::opt_path;
+use super::log::{c_path, disk_id_in, opt_path};
 use super::status::{blockrep_status, guard, null, register, unregister};
 use super::tracker::blockrep_blockset;
 use crate::error::Error;
 use crate::geometry::Geometry;
-use crate::id::DiskId;
 use crate::io::{FileStorage, Storage};
 use crate::tracker::{OpenState, PersistentTracker};
-use std::ffi::{c_char, CStr};
+use std::ffi::c_char;
 
 /// A tracker persisted in a memory-mapped file (write-intent map and
 /// checkpoint). All calls but `_close` and `_free` may run from many
@@ -87,13 +86,7 @@ pub unsafe extern "C" fn blockrep_ptracker_open(
         if path.is_null() || disk_id.is_null() || out.is_null() || out_state.is_null() {
             return Err(null("an argument"));
         }
-        // SAFETY: non-null and NUL-terminated per the contract.
-        let path = unsafe { CStr::from_ptr(path) }
-            .to_str()
-            .map_err(|_| Error::invalid("path is not UTF-8"))?;
-        let mut id = [0u8; 16];
-        // SAFETY: `disk_id` points to 16 readable bytes per the contract.
-        unsafe { std::ptr::copy_nonoverlapping(disk_id, id.as_mut_ptr(), 16) };
+        let (path, id) = (c_path(path)?, disk_id_in(disk_id)?);
         let geometry = Geometry::new(size, block_size)?;
         let disk = match opt_path(disk_path)? {
             Some(p) => Some(FileStorage::open_read_only(p)?),
@@ -103,8 +96,7 @@ pub unsafe extern "C" fn blockrep_ptracker_open(
             Some(d) => d.identity()?,
             None => None,
         };
-        let (pt, state) =
-            PersistentTracker::open_or_create(path, DiskId(id), geometry, region_size, seen)?;
+        let (pt, state) = PersistentTracker::open_or_create(path, id, geometry, region_size, seen)?;
         let state = blockrep_open_state::from(&state);
         let p = register(Box::new(blockrep_ptracker { inner: pt, disk }));
         // SAFETY: both outputs are non-null and writable per the contract.
