@@ -54,6 +54,29 @@ typedef uint32_t blockrep_status;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// A disk's role at this site (`blockrep_disk_status.role`).
+enum blockrep_role
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // Runs the workload and replicates it.
+  BLOCKREP_ROLE_PRIMARY = 1,
+  // Holds the copy and applies logs.
+  BLOCKREP_ROLE_REPLICA = 2,
+  // A replica promoted by a failover not yet committed.
+  BLOCKREP_ROLE_PROMOTED = 3,
+  // A replica whose failover was committed: the new primary's disk.
+  BLOCKREP_ROLE_FAILED_OVER = 4,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum blockrep_role blockrep_role;
+#else
+typedef uint32_t blockrep_role;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // A log's kind. Values are stable and match the log format's.
 enum blockrep_log_kind
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -237,6 +260,31 @@ typedef struct {
   // Logs folded back from an overflowing spool before the cut.
   uint64_t folded_logs;
 } blockrep_cycle_info;
+
+// Everything a console shows for one disk, primary or replica.
+typedef struct {
+  // The disk (16 bytes).
+  uint8_t disk_id[16];
+  // Its role here.
+  blockrep_role role;
+  // The replication epoch.
+  uint64_t epoch;
+  // The chain's head on a primary; the applied point on a replica (the
+  // failover point once promoted).
+  uint64_t latest_point;
+  // Whether `rpo_ns` is set (false before the first point).
+  bool has_rpo;
+  // How much writing a disaster now would lose, in ns.
+  uint64_t rpo_ns;
+  // Logs waiting to ship (primary).
+  uint64_t pending_logs;
+  // Their bytes (primary).
+  uint64_t pending_bytes;
+  // Blocks marked in the tracker (primary).
+  uint64_t dirty_blocks;
+  // Whether a digest resync is required before replication goes on.
+  bool resync_required;
+} blockrep_disk_status;
 
 // What a log holds, as the C ABI reports it.
 typedef struct {
@@ -521,26 +569,19 @@ blockrep_status blockrep_pipeline_reverse_sync(const blockrep_pipeline *p,
                                                const blockrep_blockset *other,
                                                blockrep_cycle_info *out);
 
-// The replica's status (role, epoch, latest point, RPO...) as one JSON
-// object, NUL-terminated in `buf`; its length goes to `*out_len` first,
-// so a buffer too small is refused (`BLOCKREP_STATUS_INVALID_ARGUMENT`)
-// and the call can be repeated.
+// The replica's status for a console (role, epoch, latest point, RPO)
+// in `*out`. Thread-safe.
 //
 // # Safety
-// `r` live; `buf` null or `len` writable bytes; `out_len` writable.
-blockrep_status blockrep_replica_status_json(const blockrep_replica *r,
-                                             char *buf,
-                                             size_t len,
-                                             size_t *out_len);
+// `r` live; `out` null (refused) or writable.
+blockrep_status blockrep_replica_disk_status(const blockrep_replica *r, blockrep_disk_status *out);
 
-// The primary's status as JSON; as `blockrep_replica_status_json`.
+// The primary's status for a console; as `blockrep_replica_disk_status`.
 //
 // # Safety
-// `p` live; `buf` null or `len` writable bytes; `out_len` writable.
-blockrep_status blockrep_pipeline_status_json(const blockrep_pipeline *p,
-                                              char *buf,
-                                              size_t len,
-                                              size_t *out_len);
+// `p` live; `out` null (refused) or writable.
+blockrep_status blockrep_pipeline_disk_status(const blockrep_pipeline *p,
+                                              blockrep_disk_status *out);
 
 // One group cycle over the `n` pipelines of `members` (one machine's
 // disks, each of which joined groups): cut at one instant, their

@@ -40,7 +40,10 @@ pub mod io;
 mod le;
 pub mod log;
 pub mod replica;
+#[cfg(feature = "serde")]
+mod serde_impls;
 pub mod source;
+pub mod status;
 pub mod tracker;
 
 pub use error::{Detail, Error, ErrorKind, Result};

@@ -2,76 +2,47 @@
 //! point; sync an image no one is writing.
 
 use super::{human, now_ns};
-use blockrep::failover::DiskStatus;
 use blockrep::io::{FileStorage, FsDir, Storage};
-use blockrep::log::{LogKind, MappedLog, ReadOptions, WriterOptions};
+use blockrep::log::{MappedLog, ReadOptions, WriterOptions};
 use blockrep::replica::Replica;
 use blockrep::source::Source;
+use blockrep::status::DiskStatus;
 use blockrep::tracker::PersistentTracker;
 use blockrep::{DiskId, Error, Geometry, Result};
-use std::fmt::Write;
+use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
 
 /// Key-value pairs printed as text lines or one JSON object.
-struct Out(Vec<(&'static str, String, bool)>);
+struct Out(serde_json::Map<String, Value>);
 
 impl Out {
     fn new() -> Self {
-        Out(Vec::new())
+        Out(serde_json::Map::new())
     }
-    fn num(&mut self, k: &'static str, v: impl ToString) -> &mut Self {
-        self.0.push((k, v.to_string(), false));
+    /// Adds `k`: anything serde serialises (numbers, strings, ids, digests).
+    fn put(&mut self, k: &str, v: impl serde::Serialize) -> &mut Self {
+        self.0
+            .insert(k.into(), serde_json::to_value(v).unwrap_or(Value::Null));
         self
-    }
-    fn text(&mut self, k: &'static str, v: impl ToString) -> &mut Self {
-        self.0.push((k, v.to_string(), true));
-        self
-    }
-    fn json(&self) -> String {
-        let mut j = String::from("{");
-        for (i, (k, v, quoted)) in self.0.iter().enumerate() {
-            let _ = write!(j, "{}\"{k}\":", if i > 0 { "," } else { "" });
-            if *quoted {
-                j.push('"');
-                for c in v.chars() {
-                    match c {
-                        '"' | '\\' => {
-                            j.push('\\');
-                            j.push(c);
-                        }
-                        c if (c as u32) < 0x20 => {
-                            let _ = write!(j, "\\u{:04x}", c as u32);
-                        }
-                        c => j.push(c),
-                    }
-                }
-                j.push('"');
-            } else {
-                j.push_str(v);
-            }
-        }
-        j.push('}');
-        j
     }
     fn print(&self, json: bool) {
         if json {
-            println!("{}", self.json());
+            println!("{}", Value::Object(self.0.clone()));
         } else {
-            for (k, v, _) in &self.0 {
-                println!("{k:>16}: {v}");
+            for (k, v) in &self.0 {
+                match v {
+                    Value::String(s) => println!("{k:>18}: {s}"),
+                    v => println!("{k:>18}: {v}"),
+                }
             }
         }
     }
 }
 
-fn kind_name(k: LogKind) -> &'static str {
-    match k {
-        LogKind::Full => "full",
-        LogKind::Delta => "delta",
-        LogKind::Resync => "resync",
-        LogKind::Undo => "undo",
-    }
+/// `v` as one line of JSON.
+fn json_of(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
 /// Opens the replica in `dir`, its image in `dir` unless `--image PATH`
@@ -95,26 +66,26 @@ pub fn log_inspect(file: &str, json: bool) -> Result<()> {
     let log = MappedLog::open(file, &ReadOptions::default())?;
     let (h, t) = (log.header(), log.trailer());
     let mut o = Out::new();
-    o.text("disk_id", h.disk_id)
-        .text("kind", kind_name(h.kind))
-        .num("epoch", h.epoch)
-        .num("sequence", h.sequence)
-        .num("base_sequence", h.base_sequence)
-        .text("base_digest", h.base_digest)
-        .num("disk_size", h.geometry.size())
-        .num("block_size", h.geometry.block_size())
-        .text("consistency", format!("{:?}", h.consistency).to_lowercase())
-        .text("label", &h.label)
-        .num("created_ns", h.created_ns)
-        .num("records", t.records)
-        .num("blocks", t.blocks)
-        .num("data_blocks", t.data_blocks)
-        .num("raw_bytes", t.raw_bytes)
-        .num("bytes", log.bytes().len())
-        .text("digest", t.digest)
-        .text("verify", "ok: every record, checksum and the trailer");
+    o.put("disk_id", h.disk_id)
+        .put("kind", h.kind)
+        .put("epoch", h.epoch)
+        .put("sequence", h.sequence)
+        .put("base_sequence", h.base_sequence)
+        .put("base_digest", h.base_digest)
+        .put("disk_size", h.geometry.size())
+        .put("block_size", h.geometry.block_size())
+        .put("consistency", h.consistency)
+        .put("label", &h.label)
+        .put("created_ns", h.created_ns)
+        .put("records", t.records)
+        .put("blocks", t.blocks)
+        .put("data_blocks", t.data_blocks)
+        .put("raw_bytes", t.raw_bytes)
+        .put("bytes", log.bytes().len())
+        .put("digest", t.digest)
+        .put("verify", "ok: every record, checksum and the trailer");
     if let Some(g) = h.group {
-        o.num("group_members", g.members);
+        o.put("group_members", g.members);
     }
     o.print(json);
     Ok(())
@@ -125,20 +96,20 @@ pub fn replica_status(dir: &str, image: Option<&str>, json: bool) -> Result<()> 
     let r = open_replica(dir, image)?;
     let s = DiskStatus::of_replica(&r, now_ns());
     if json {
-        println!("{}", s.to_json());
+        println!("{}", json_of(&s));
     } else {
         let mut o = Out::new();
-        o.text("disk_id", s.disk_id)
-            .text("role", format!("{:?}", s.role).to_lowercase())
-            .num("epoch", s.epoch)
-            .num("latest_point", s.latest_point)
-            .text(
+        o.put("disk_id", s.disk_id)
+            .put("role", s.role.name())
+            .put("epoch", s.epoch)
+            .put("latest_point", s.latest_point)
+            .put(
                 "rpo",
                 s.rpo_ns
                     .map_or("none".into(), |r| format!("{:.1} s", r as f64 / 1e9)),
             )
-            .text("geometry", r.status().geometry)
-            .num("points", r.points().len());
+            .put("geometry", r.status().geometry)
+            .put("points", r.points().len());
         o.print(false);
     }
     Ok(())
@@ -149,20 +120,7 @@ pub fn replica_points(dir: &str, image: Option<&str>, json: bool) -> Result<()> 
     let r = open_replica(dir, image)?;
     let points = r.points();
     if json {
-        let items: Vec<String> = points
-            .iter()
-            .map(|p| {
-                let mut o = Out::new();
-                o.num("sequence", p.sequence)
-                    .num("epoch", p.epoch)
-                    .num("created_ns", p.created_ns)
-                    .text("consistency", format!("{:?}", p.consistency).to_lowercase())
-                    .text("label", &p.label)
-                    .num("undo_bytes", p.undo_bytes);
-                o.json()
-            })
-            .collect();
-        println!("[{}]", items.join(","));
+        println!("{}", json_of(&points));
     } else {
         println!(
             "{:>10} {:>6} {:>12} {:>10}  label",
@@ -173,7 +131,7 @@ pub fn replica_points(dir: &str, image: Option<&str>, json: bool) -> Result<()> 
                 "{:>10} {:>6} {:>12} {:>10}  {}",
                 p.sequence,
                 p.epoch,
-                format!("{:?}", p.consistency).to_lowercase(),
+                json_of(&p.consistency).trim_matches('"'),
                 human(p.undo_bytes),
                 p.label
             );
@@ -199,9 +157,9 @@ pub fn replica_verify(dir: &str, image: Option<&str>, json: bool) -> Result<()> 
         }
     }
     let mut o = Out::new();
-    o.text("verify", "ok: state, undo logs and every point read back")
-        .num("points", r.points().len())
-        .text("geometry", g);
+    o.put("verify", "ok: state, undo logs and every point read back")
+        .put("points", r.points().len())
+        .put("geometry", g);
     o.print(json);
     Ok(())
 }
@@ -218,13 +176,13 @@ pub fn replica_export(dir: &str, image: Option<&str>, point: u64, out: &str) -> 
 pub fn tracker_inspect(file: &str, json: bool) -> Result<()> {
     let h = PersistentTracker::read_header(file)?;
     let mut o = Out::new();
-    o.text("disk_id", h.disk_id)
-        .num("disk_size", h.geometry.size())
-        .num("block_size", h.geometry.block_size())
-        .num("region_size", h.region_size)
-        .num("generation", h.generation)
-        .text("in_use", h.in_use)
-        .text(
+    o.put("disk_id", h.disk_id)
+        .put("disk_size", h.geometry.size())
+        .put("block_size", h.geometry.block_size())
+        .put("region_size", h.region_size)
+        .put("generation", h.generation)
+        .put("in_use", h.in_use)
+        .put(
             "state",
             if h.in_use {
                 "in use or stopped uncleanly: the next open resends its intent regions"
@@ -279,14 +237,14 @@ pub fn sync(source: &str, dir: &str, json: bool) -> Result<()> {
     };
     std::fs::remove_file(&log_path).map_err(|e| Error::io("remove log", e).with_path(&log_path))?;
     let mut o = Out::new();
-    o.text("source", source)
-        .text("replica", dir)
-        .text("run", kind)
-        .num("point", summary.header.sequence)
-        .num("blocks_sent", summary.trailer.blocks)
-        .num("log_bytes", summary.bytes)
-        .num("points", replica.points().len())
-        .text("time", format!("{:.2} s", started.elapsed().as_secs_f64()));
+    o.put("source", source)
+        .put("replica", dir)
+        .put("run", kind)
+        .put("point", summary.header.sequence)
+        .put("blocks_sent", summary.trailer.blocks)
+        .put("log_bytes", summary.bytes)
+        .put("points", replica.points().len())
+        .put("time", format!("{:.2} s", started.elapsed().as_secs_f64()));
     o.print(json);
     Ok(())
 }
@@ -301,13 +259,11 @@ pub fn replica_prune(
 ) -> Result<()> {
     let r = open_replica(dir, image)?;
     let dropped = r.prune(policy, now_ns())?;
-    let kept: Vec<String> = r.points().iter().map(|p| p.sequence.to_string()).collect();
-    let dropped: Vec<String> = dropped.iter().map(u64::to_string).collect();
+    let kept: Vec<u64> = r.points().iter().map(|p| p.sequence).collect();
     if json {
         println!(
-            "{{\"dropped\":[{}],\"kept\":[{}]}}",
-            dropped.join(","),
-            kept.join(",")
+            "{}",
+            serde_json::json!({ "dropped": dropped, "kept": kept })
         );
     } else {
         println!("dropped points: {}", none_or(&dropped));
@@ -316,11 +272,14 @@ pub fn replica_prune(
     Ok(())
 }
 
-fn none_or(list: &[String]) -> String {
+fn none_or(list: &[u64]) -> String {
     if list.is_empty() {
         "none".into()
     } else {
-        list.join(" ")
+        list.iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -348,20 +307,20 @@ pub fn failover(dir: &str, action: FailoverAction, json: bool) -> Result<()> {
     let mut o = Out::new();
     match action {
         FailoverAction::Status => {
-            o.text(
+            o.put(
                 "phase",
                 phase.map_or("not promoted".into(), |(p, _)| {
                     format!("{p:?}").to_lowercase()
                 }),
             );
             if let Some((_, point)) = phase {
-                o.num("point", point);
+                o.put("point", point);
             }
-            o.num("latest_point", r.status().applied);
+            o.put("latest_point", r.status().applied);
         }
         FailoverAction::Promote(point) => {
             let f = Failover::promote(r, point)?;
-            o.text("phase", "promoted").num("point", f.point());
+            o.put("phase", "promoted").put("point", f.point());
         }
         FailoverAction::Switch(point) => {
             if phase.is_none() {
@@ -372,7 +331,7 @@ pub fn failover(dir: &str, action: FailoverAction, json: bool) -> Result<()> {
             }
             let f = Failover::promote(r, None)?;
             f.switch(point)?;
-            o.text("phase", "promoted").num("point", f.point());
+            o.put("phase", "promoted").put("point", f.point());
         }
         FailoverAction::Commit | FailoverAction::Now(_) => {
             let point = match action {
@@ -387,10 +346,10 @@ pub fn failover(dir: &str, action: FailoverAction, json: bool) -> Result<()> {
             };
             let f = Failover::promote(r, point)?;
             let c = f.commit()?;
-            o.text("phase", "committed")
-                .num("point", c.point)
-                .num("blocks_to_send_back", c.divergence().count())
-                .text("disk", Path::new(dir).join("image").display());
+            o.put("phase", "committed")
+                .put("point", c.point)
+                .put("blocks_to_send_back", c.divergence().count())
+                .put("disk", Path::new(dir).join("image").display().to_string());
         }
     }
     o.print(json);

@@ -26,17 +26,16 @@
 //!   old primary's disk becomes a replica at the failover point
 //!   ([`Replica::adopt`]) and applies it. Failback is the same done again.
 //! * **Recovery plans** ([`RecoveryPlan`]) fail machines over group by
-//!   group with the integration's hooks around each; [`DiskStatus`] is
-//!   what a console shows per disk.
+//!   group with the integration's hooks around each;
+//!   [`DiskStatus`](crate::status::DiskStatus) is what a console shows per
+//!   disk.
 
 mod plan;
-mod status;
 
 pub use plan::{
     DiskFailover, MachineFailover, PlanFailure, PlanGroup, PlanHooks, PlanMachine, PlanMode,
     PlanReport, RecoveryPlan,
 };
-pub use status::{DiskStatus, Role};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::{Dir, Storage};

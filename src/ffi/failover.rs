@@ -1,19 +1,20 @@
 //! Failover through the C ABI: test failover, promotion, switching,
 //! commit, the new primary's pipeline, adopting the old primary's disk,
-//! reverse replication, and statuses as JSON.
+//! reverse replication, and a disk's status for a console.
 
 use super::log::c_path;
 use super::pipeline::{blockrep_cycle_info, blockrep_pipeline, info_out, live as live_pipeline};
 use super::replica::{blockrep_replica, live as live_replica, out_handle as replica_out};
 use super::status::{blockrep_status, guard, null, register, unregister};
 use super::tracker::blockrep_blockset;
-use crate::error::{Error, Result};
-use crate::failover::{test_failover, DiskStatus, Failover};
+use crate::error::Result;
+use crate::failover::{test_failover, Failover};
 use crate::geometry::Geometry;
 use crate::id::DiskId;
 use crate::io::{FileStorage, FsDir, Storage};
 use crate::log::Digest;
 use crate::replica::{AdoptAt, OverlayView, Replica};
+use crate::status::{DiskStatus, Role};
 use crate::tracker::{BlockSet, FrozenSet};
 use std::ffi::c_char;
 use std::sync::Arc;
@@ -391,61 +392,102 @@ pub unsafe extern "C" fn blockrep_pipeline_reverse_sync(
     })
 }
 
-fn json_out(json: String, buf: *mut c_char, len: usize, out_len: *mut usize) -> Result<()> {
-    write_out(out_len, json.len())?;
-    if buf.is_null() || len <= json.len() {
-        return Err(Error::invalid(format!(
-            "JSON of {} bytes does not fit a buffer of {len}",
-            json.len()
-        )));
+/// A disk's role at this site (`blockrep_disk_status.role`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum blockrep_role {
+    /// Runs the workload and replicates it.
+    BLOCKREP_ROLE_PRIMARY = 1,
+    /// Holds the copy and applies logs.
+    BLOCKREP_ROLE_REPLICA = 2,
+    /// A replica promoted by a failover not yet committed.
+    BLOCKREP_ROLE_PROMOTED = 3,
+    /// A replica whose failover was committed: the new primary's disk.
+    BLOCKREP_ROLE_FAILED_OVER = 4,
+}
+
+/// Everything a console shows for one disk, primary or replica.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct blockrep_disk_status {
+    /// The disk (16 bytes).
+    pub disk_id: [u8; 16],
+    /// Its role here.
+    pub role: blockrep_role,
+    /// The replication epoch.
+    pub epoch: u64,
+    /// The chain's head on a primary; the applied point on a replica (the
+    /// failover point once promoted).
+    pub latest_point: u64,
+    /// Whether `rpo_ns` is set (false before the first point).
+    pub has_rpo: bool,
+    /// How much writing a disaster now would lose, in ns.
+    pub rpo_ns: u64,
+    /// Logs waiting to ship (primary).
+    pub pending_logs: u64,
+    /// Their bytes (primary).
+    pub pending_bytes: u64,
+    /// Blocks marked in the tracker (primary).
+    pub dirty_blocks: u64,
+    /// Whether a digest resync is required before replication goes on.
+    pub resync_required: bool,
+}
+
+impl From<&DiskStatus> for blockrep_disk_status {
+    fn from(s: &DiskStatus) -> Self {
+        blockrep_disk_status {
+            disk_id: s.disk_id.0,
+            role: match s.role {
+                Role::Primary => blockrep_role::BLOCKREP_ROLE_PRIMARY,
+                Role::Replica => blockrep_role::BLOCKREP_ROLE_REPLICA,
+                Role::Promoted => blockrep_role::BLOCKREP_ROLE_PROMOTED,
+                Role::FailedOver => blockrep_role::BLOCKREP_ROLE_FAILED_OVER,
+            },
+            epoch: s.epoch,
+            latest_point: s.latest_point,
+            has_rpo: s.rpo_ns.is_some(),
+            rpo_ns: s.rpo_ns.unwrap_or(0),
+            pending_logs: s.pending_logs,
+            pending_bytes: s.pending_bytes,
+            dirty_blocks: s.dirty_blocks,
+            resync_required: s.resync_required,
+        }
     }
-    // SAFETY: `buf` holds `len` > json.len() writable bytes per contract.
-    unsafe {
-        std::ptr::copy_nonoverlapping(json.as_ptr(), buf.cast::<u8>(), json.len());
-        *buf.add(json.len()) = 0;
-    }
-    Ok(())
 }
 
 fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The replica's status (role, epoch, latest point, RPO...) as one JSON
-/// object, NUL-terminated in `buf`; its length goes to `*out_len` first,
-/// so a buffer too small is refused (`BLOCKREP_STATUS_INVALID_ARGUMENT`)
-/// and the call can be repeated.
+/// The replica's status for a console (role, epoch, latest point, RPO)
+/// in `*out`. Thread-safe.
 ///
 /// # Safety
-/// `r` live; `buf` null or `len` writable bytes; `out_len` writable.
+/// `r` live; `out` null (refused) or writable.
 #[no_mangle]
-pub unsafe extern "C" fn blockrep_replica_status_json(
+pub unsafe extern "C" fn blockrep_replica_disk_status(
     r: *const blockrep_replica,
-    buf: *mut c_char,
-    len: usize,
-    out_len: *mut usize,
+    out: *mut blockrep_disk_status,
 ) -> blockrep_status {
     guard(|| {
-        let json = DiskStatus::of_replica(live_replica(r)?, now_ns()).to_json();
-        json_out(json, buf, len, out_len)
+        let s = DiskStatus::of_replica(live_replica(r)?, now_ns());
+        write_out(out, (&s).into())
     })
 }
 
-/// The primary's status as JSON; as `blockrep_replica_status_json`.
+/// The primary's status for a console; as `blockrep_replica_disk_status`.
 ///
 /// # Safety
-/// `p` live; `buf` null or `len` writable bytes; `out_len` writable.
+/// `p` live; `out` null (refused) or writable.
 #[no_mangle]
-pub unsafe extern "C" fn blockrep_pipeline_status_json(
+pub unsafe extern "C" fn blockrep_pipeline_disk_status(
     p: *const blockrep_pipeline,
-    buf: *mut c_char,
-    len: usize,
-    out_len: *mut usize,
+    out: *mut blockrep_disk_status,
 ) -> blockrep_status {
     guard(|| {
-        let json = DiskStatus::of_pipeline(live_pipeline(p)?, now_ns()).to_json();
-        json_out(json, buf, len, out_len)
+        let s = DiskStatus::of_pipeline(live_pipeline(p)?, now_ns());
+        write_out(out, (&s).into())
     })
 }

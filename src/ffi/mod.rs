@@ -20,13 +20,13 @@ mod status;
 mod tracker;
 
 pub use failover::{
-    blockrep_adopt_point, blockrep_failover, blockrep_failover_adopt_point,
+    blockrep_adopt_point, blockrep_disk_status, blockrep_failover, blockrep_failover_adopt_point,
     blockrep_failover_commit, blockrep_failover_free, blockrep_failover_promote,
     blockrep_failover_read, blockrep_failover_start_pipeline, blockrep_failover_switch,
-    blockrep_failover_write, blockrep_pipeline_divergence, blockrep_pipeline_reverse_sync,
-    blockrep_pipeline_status_json, blockrep_replica_adopt, blockrep_replica_status_json,
-    blockrep_test_failover, blockrep_test_failover_free, blockrep_test_failover_open,
-    blockrep_test_failover_read, blockrep_test_failover_write,
+    blockrep_failover_write, blockrep_pipeline_disk_status, blockrep_pipeline_divergence,
+    blockrep_pipeline_reverse_sync, blockrep_replica_adopt, blockrep_replica_disk_status,
+    blockrep_role, blockrep_test_failover, blockrep_test_failover_free,
+    blockrep_test_failover_open, blockrep_test_failover_read, blockrep_test_failover_write,
 };
 pub use group::{
     blockrep_group_cycle, blockrep_pipeline_join_group, blockrep_pipeline_resize,

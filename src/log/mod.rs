@@ -76,6 +76,8 @@ impl fmt::Display for Digest {
 
 /// What a log holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 #[repr(u8)]
 pub enum LogKind {
     /// The whole disk: creates a replica.
@@ -102,6 +104,8 @@ impl LogKind {
 
 /// The consistency of the point a log creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 #[repr(u8)]
 pub enum Consistency {
     /// As after a power cut: what the disk held at one instant.

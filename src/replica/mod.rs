@@ -127,8 +127,6 @@ struct Shared {
     pins: Mutex<BTreeMap<u64, usize>>,
     /// Set once the replica was promoted (failover): no log applies.
     failover: Mutex<Option<FailoverRecord>>,
-    /// The message of the last failed apply, cleared by a success.
-    last_error: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -221,7 +219,6 @@ impl Replica {
                 undo: RwLock::new(BTreeMap::new()),
                 pins: Mutex::new(BTreeMap::new()),
                 failover: Mutex::new(None),
-                last_error: Mutex::new(None),
             }),
         }
     }
@@ -418,17 +415,6 @@ impl Replica {
     /// with the replica still at its previous point, history intact, and a
     /// retry may succeed; a crash is undone on the next open.
     pub fn apply(&self, log: &MappedLog) -> Result<ApplyOutcome> {
-        let r = self.apply_inner(log);
-        *self.s.last_error.lock() = r.as_ref().err().map(|e| e.to_string());
-        r
-    }
-
-    /// The message of the last failed apply, until one succeeds.
-    pub fn last_error(&self) -> Option<String> {
-        self.s.last_error.lock().clone()
-    }
-
-    fn apply_inner(&self, log: &MappedLog) -> Result<ApplyOutcome> {
         if let Some((_, point)) = self.failover_phase() {
             return Err(Error::new(
                 ErrorKind::Misuse,
@@ -898,6 +884,7 @@ impl Drop for IncomingLog {
 /// A replica's identity and position.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ReplicaStatus {
     /// The disk replicated.
     pub disk_id: crate::id::DiskId,

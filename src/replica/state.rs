@@ -20,6 +20,7 @@ pub(crate) const STATE: &str = "state";
 /// A retention point: a replica state the user can return to.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct PointInfo {
     /// The sequence of the log that produced the point.
     pub sequence: u64,

@@ -32,8 +32,6 @@ pub struct Pipeline<T: Tracking = Tracker> {
     pub(crate) spool: Spool,
     pub(crate) writer: WriterOptions,
     pub(crate) cycles: Mutex<()>,
-    /// The message of the last failed operation, cleared by a success.
-    last_error: Mutex<Option<String>>,
 }
 
 impl<T: Tracking> std::fmt::Debug for Pipeline<T> {
@@ -60,7 +58,6 @@ impl<T: Tracking> Pipeline<T> {
             spool,
             writer,
             cycles: Mutex::new(()),
-            last_error: Mutex::new(None),
         })
     }
 
@@ -112,11 +109,7 @@ impl<T: Tracking> Pipeline<T> {
 
     /// Writes the full log of the disk into the spool (the first log of a
     /// chain). Writers may run: what they change goes into the next cycle.
-    pub fn initial_sync(&self, t: TransferOptions<'_>) -> Result<CycleReport> {
-        self.noted(self.initial_sync_inner(t))
-    }
-
-    fn initial_sync_inner(&self, mut t: TransferOptions<'_>) -> Result<CycleReport> {
+    pub fn initial_sync(&self, mut t: TransferOptions<'_>) -> Result<CycleReport> {
         let _one = self.cycles.lock();
         let mut source = self.source();
         if source.sequence != 0 {
@@ -144,7 +137,7 @@ impl<T: Tracking> Pipeline<T> {
     /// One cycle: [`begin_cycle`](Self::begin_cycle), then
     /// [`PipelineCycle::write`].
     pub fn cycle(&self, cycle: &CycleOptions) -> Result<CycleReport> {
-        self.noted(self.begin_cycle().and_then(|c| c.write(cycle)))
+        self.begin_cycle().and_then(|c| c.write(cycle))
     }
 
     /// Starts a cycle: when the spool is over its limit, folds its
@@ -173,15 +166,7 @@ impl<T: Tracking> Pipeline<T> {
     /// replica's point (`remote`, its block digests), cuts the tracker and
     /// spools a resync log of exactly the blocks that differ, in a new
     /// epoch. Writers may run: what they change goes into the next cycle.
-    pub fn resync(&self, remote: &BlockDigests, t: TransferOptions<'_>) -> Result<CycleReport> {
-        self.noted(self.resync_inner(remote, t))
-    }
-
-    fn resync_inner(
-        &self,
-        remote: &BlockDigests,
-        mut t: TransferOptions<'_>,
-    ) -> Result<CycleReport> {
+    pub fn resync(&self, remote: &BlockDigests, mut t: TransferOptions<'_>) -> Result<CycleReport> {
         let _one = self.cycles.lock();
         self.spool.restart(ChainPoint {
             epoch: remote.epoch,
@@ -237,10 +222,6 @@ impl<T: Tracking> Pipeline<T> {
     /// head, the failover point; the other side adopts that point
     /// ([`Replica::adopt`](crate::replica::Replica::adopt)) and applies it.
     pub fn reverse_sync(&self, other: &BlockSet) -> Result<CycleReport> {
-        self.noted(self.reverse_sync_inner(other))
-    }
-
-    fn reverse_sync_inner(&self, other: &BlockSet) -> Result<CycleReport> {
         let one = self.cycles.lock();
         for e in other.extents() {
             self.primary.mark_durable(e)?;
@@ -252,18 +233,6 @@ impl<T: Tracking> Pipeline<T> {
             _one: one,
         };
         cycle.write_as(LogKind::Resync, &CycleOptions::default())
-    }
-
-    /// Records the outcome of an operation for [`last_error`](Self::last_error).
-    fn noted<R>(&self, r: Result<R>) -> Result<R> {
-        *self.last_error.lock() = r.as_ref().err().map(|e| e.to_string());
-        r
-    }
-
-    /// The message of the last failed initial sync, cycle or resync, until
-    /// one succeeds.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().clone()
     }
 
     /// The spool's status: pending logs and bytes, acknowledged point.

@@ -58,6 +58,7 @@ fn log_name(sequence: u64) -> String {
 
 /// A position in a disk's chain of logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ChainPoint {
     /// The epoch of the log.
     pub epoch: u64,
@@ -120,6 +121,7 @@ pub struct FoldBack {
 /// The spool's state, for a console.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct SpoolStatus {
     /// Logs not yet acknowledged.
     pub pending_logs: u64,

@@ -1,13 +1,15 @@
-//! The status of one disk, as a console shows it: a plain struct that
-//! prints as JSON.
+//! The status of one disk, primary or replica, as a console shows it: a
+//! plain struct. With the `serde` feature it serialises (to JSON, say,
+//! with `serde_json`); the C ABI copies it into `blockrep_disk_status`.
 
 use crate::id::DiskId;
 use crate::replica::{FailoverPhase, Replica};
 use crate::source::{Pipeline, Tracking};
-use std::fmt::Write;
 
 /// A disk's role at this site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 pub enum Role {
     /// Runs the workload and replicates it.
     Primary,
@@ -20,7 +22,9 @@ pub enum Role {
 }
 
 impl Role {
-    fn name(self) -> &'static str {
+    /// The role's name as printed: `primary`, `replica`, `promoted`,
+    /// `failed-over`.
+    pub fn name(self) -> &'static str {
         match self {
             Role::Primary => "primary",
             Role::Replica => "replica",
@@ -30,9 +34,16 @@ impl Role {
     }
 }
 
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Everything a console shows for one disk.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct DiskStatus {
     /// The disk.
     pub disk_id: DiskId,
@@ -55,8 +66,6 @@ pub struct DiskStatus {
     pub dirty_blocks: u64,
     /// Whether a digest resync is required before replication goes on.
     pub resync_required: bool,
-    /// The last error the integration saw for this disk, if any.
-    pub last_error: Option<String>,
 }
 
 impl DiskStatus {
@@ -73,7 +82,6 @@ impl DiskStatus {
             pending_bytes: s.pending_bytes,
             dirty_blocks: p.primary().marked().count(),
             resync_required: s.resync_required,
-            last_error: p.last_error(),
         }
     }
 
@@ -100,67 +108,21 @@ impl DiskStatus {
             pending_bytes: 0,
             dirty_blocks: 0,
             resync_required: false,
-            last_error: r.last_error(),
         }
-    }
-
-    /// The status as one JSON object.
-    pub fn to_json(&self) -> String {
-        let mut j = String::from("{");
-        let _ = write!(j, "\"disk_id\":\"{}\"", self.disk_id);
-        let _ = write!(j, ",\"role\":\"{}\"", self.role.name());
-        let _ = write!(j, ",\"epoch\":{}", self.epoch);
-        let _ = write!(j, ",\"latest_point\":{}", self.latest_point);
-        match self.rpo_ns {
-            Some(r) => {
-                let _ = write!(j, ",\"rpo_ns\":{r}");
-            }
-            None => j.push_str(",\"rpo_ns\":null"),
-        }
-        let _ = write!(j, ",\"pending_logs\":{}", self.pending_logs);
-        let _ = write!(j, ",\"pending_bytes\":{}", self.pending_bytes);
-        let _ = write!(j, ",\"dirty_blocks\":{}", self.dirty_blocks);
-        let _ = write!(j, ",\"resync_required\":{}", self.resync_required);
-        match &self.last_error {
-            Some(e) => {
-                j.push_str(",\"last_error\":");
-                json_string(&mut j, e);
-            }
-            None => j.push_str(",\"last_error\":null"),
-        }
-        j.push('}');
-        j
     }
 }
 
-/// Appends `s` as a JSON string literal.
-pub(crate) fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-#[cfg(test)]
+#[cfg(all(test, feature = "serde"))]
 mod tests {
     use super::*;
 
+    /// The JSON a console reads: field names, the role's name, the disk
+    /// id in hex, `null` for no RPO.
     #[test]
-    fn json_is_escaped_and_complete() {
+    fn serialises_with_the_documented_names() {
         let s = DiskStatus {
             disk_id: DiskId([0xab; 16]),
-            role: Role::Promoted,
+            role: Role::FailedOver,
             epoch: 3,
             latest_point: 17,
             rpo_ns: None,
@@ -168,15 +130,14 @@ mod tests {
             pending_bytes: 4096,
             dirty_blocks: 9,
             resync_required: true,
-            last_error: Some("disk \"a\"\nfull\u{1}".into()),
         };
         assert_eq!(
-            s.to_json(),
+            serde_json::to_string(&s).unwrap(),
             format!(
-                "{{\"disk_id\":\"{}\",\"role\":\"promoted\",\"epoch\":3,\"latest_point\":17,\
+                "{{\"disk_id\":\"{}\",\"role\":\"failed-over\",\"epoch\":3,\"latest_point\":17,\
                  \"rpo_ns\":null,\"pending_logs\":2,\"pending_bytes\":4096,\"dirty_blocks\":9,\
-                 \"resync_required\":true,\"last_error\":\"disk \\\"a\\\"\\nfull\\u0001\"}}",
-                DiskId([0xab; 16])
+                 \"resync_required\":true}}",
+                "ab".repeat(16)
             )
         );
     }
