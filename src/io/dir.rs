@@ -39,6 +39,13 @@ pub trait Dir: Send + Sync {
         self.rename(&tmp, name)?;
         self.sync()
     }
+    /// Takes the directory for one handle: a second lock of the same
+    /// directory, from this process or another, is refused until the first
+    /// is dropped, so two replicas (or spools) never work on the same files.
+    /// The default, for a directory in memory, takes nothing.
+    fn lock(&self) -> Result<DirLock> {
+        Ok(DirLock { _file: None })
+    }
     /// Reads a whole file into memory.
     fn read_all(&self, name: &str) -> Result<Vec<u8>> {
         let s = self.open(name)?;
@@ -49,6 +56,15 @@ pub trait Dir: Send + Sync {
         Ok(buf)
     }
 }
+
+/// A directory taken by [`Dir::lock`], released when dropped.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: Option<std::fs::File>,
+}
+
+/// The lock file inside a locked directory; not listed.
+const LOCK: &str = ".lock";
 
 /// A real directory on a file system.
 #[derive(Debug, Clone)]
@@ -105,8 +121,9 @@ impl Dir for FsDir {
         let mut names = Vec::new();
         for e in rd {
             let e = e.map_err(|e| Error::io("list directory", e).with_path(&self.path))?;
-            if let Some(n) = e.file_name().to_str() {
-                names.push(n.to_owned());
+            match e.file_name().to_str() {
+                Some(LOCK) | None => {}
+                Some(n) => names.push(n.to_owned()),
             }
         }
         names.sort();
@@ -114,6 +131,37 @@ impl Dir for FsDir {
     }
     fn path_of(&self, name: &str) -> Option<PathBuf> {
         Some(self.path.join(name))
+    }
+    /// An exclusive `flock` on `.lock` in the directory: advisory, between
+    /// blockrep's own opens, released by the kernel when the process dies
+    /// (so a crash leaves nothing to clean up).
+    fn lock(&self) -> Result<DirLock> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::io::AsRawFd;
+        let p = self.path.join(LOCK);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&p)
+            .map_err(|e| Error::io("open the lock file", e).with_path(&p))?;
+        // SAFETY: flock on a file descriptor this function owns; no memory
+        // is involved.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(if e.kind() == std::io::ErrorKind::WouldBlock {
+                Error::new(
+                    ErrorKind::Misuse,
+                    "in use: another process, or another open handle in this one, holds it",
+                )
+                .with_path(&self.path)
+            } else {
+                Error::io("lock", e).with_path(&p)
+            });
+        }
+        Ok(DirLock { _file: Some(f) })
     }
 }
 
@@ -302,5 +350,22 @@ mod tests {
         d.remove("g").unwrap();
         d.remove("g").unwrap();
         assert!(!d.exists("g"));
+    }
+
+    /// A second lock of a directory is refused while the first is held
+    /// (another handle of the same directory included) and taken once it
+    /// is dropped; the lock file is not listed.
+    #[test]
+    fn a_directory_is_locked_by_one_handle_at_a_time() {
+        let t = tempfile::tempdir().unwrap();
+        let a = FsDir::new(t.path()).unwrap();
+        let b = FsDir::new(t.path()).unwrap();
+        let held = a.lock().unwrap();
+        let e = b.lock().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Misuse);
+        assert!(e.to_string().contains("in use"), "{e}");
+        drop(held);
+        let _again = b.lock().unwrap();
+        assert!(a.list().unwrap().is_empty());
     }
 }

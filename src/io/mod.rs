@@ -12,7 +12,7 @@ mod fault;
 mod file;
 mod memory;
 
-pub use dir::{split_path, Dir, FsDir, MemDir};
+pub use dir::{split_path, Dir, DirLock, FsDir, MemDir};
 pub use fault::{Fault, FaultPlan, FaultStorage};
 pub use file::FileStorage;
 pub use memory::MemStorage;

@@ -29,7 +29,7 @@ pub use view::{OverlayView, PointView};
 
 use crate::error::{Detail, Error, ErrorKind, Result};
 use crate::geometry::{Extent, Geometry};
-use crate::io::{Dir, Storage};
+use crate::io::{Dir, DirLock, Storage};
 use crate::log::{
     block_digests, BlockDigests, Digest, LogFile, LogHeader, LogKind, MappedLog, ReadOptions,
     WriterOptions,
@@ -109,6 +109,8 @@ pub struct Replica {
 
 /// The replica's state, shared by every handle.
 struct Shared {
+    /// Keeps other handles (processes) off the directory.
+    _lock: DirLock,
     dir: Arc<dyn Dir>,
     image: Arc<dyn Storage>,
     /// The latest point's size in bytes (the block size never changes);
@@ -145,6 +147,11 @@ impl Replica {
     /// renamed into place, so neither a second call nor a crash can damage
     /// an existing replica.
     pub fn create(dir: Arc<dyn Dir>, full: &MappedLog) -> Result<Self> {
+        let lock = dir.lock()?;
+        Self::create_locked(dir, lock, full)
+    }
+
+    fn create_locked(dir: Arc<dyn Dir>, lock: DirLock, full: &MappedLog) -> Result<Self> {
         refuse_existing(&*dir)?;
         let partial = format!("{IMAGE}.partial");
         let image = dir.create(&partial)?;
@@ -153,17 +160,18 @@ impl Replica {
         dir.sync()?;
         // The replica exists once its state does; a crash before leaves none.
         st.store(&*dir)?;
-        Ok(Replica::assemble(dir, image, st))
+        Ok(Replica::assemble(dir, lock, image, st))
     }
 
     /// [`create`](Self::create) from the full log file at `path` (from
     /// outside: a caller's path), copied into `dir` first so memory stays
     /// bounded and no foreign file is mapped.
     pub fn create_from_file(dir: Arc<dyn Dir>, path: impl AsRef<Path>) -> Result<Self> {
+        let lock = dir.lock()?;
         refuse_existing(&*dir)?;
         let staged = stage_file(&*dir, path.as_ref())?;
         let r = MappedLog::open_in(&*dir, &staged, &ReadOptions::default())
-            .and_then(|full| Self::create(dir.clone(), &full));
+            .and_then(|full| Self::create_locked(dir.clone(), lock, &full));
         let _ = dir.remove(&staged);
         r
     }
@@ -175,11 +183,12 @@ impl Replica {
         image: Arc<dyn Storage>,
         full: &MappedLog,
     ) -> Result<Self> {
+        let lock = dir.lock()?;
         refuse_existing(&*dir)?;
         let st = Self::fill_image(&*image, full, false)?;
         // The replica exists once its state does; a crash before leaves none.
         st.store(&*dir)?;
-        Ok(Replica::assemble(dir, image, st))
+        Ok(Replica::assemble(dir, lock, image, st))
     }
 
     /// Writes the full log's point onto `image` and syncs it; returns the
@@ -208,9 +217,12 @@ impl Replica {
         })
     }
 
-    fn assemble(dir: Arc<dyn Dir>, image: Arc<dyn Storage>, st: State) -> Self {
+    /// The handle over a locked directory: the lock lives as long as the
+    /// last clone.
+    fn assemble(dir: Arc<dyn Dir>, lock: DirLock, image: Arc<dyn Storage>, st: State) -> Self {
         Replica {
             s: Arc::new(Shared {
+                _lock: lock,
                 dir,
                 image,
                 size: AtomicU64::new(st.geometry.size()),
@@ -232,8 +244,9 @@ impl Replica {
 
     /// Opens the replica in `dir` with a caller-given image.
     pub fn open_with_image(dir: Arc<dyn Dir>, image: Arc<dyn Storage>) -> Result<Self> {
+        let lock = dir.lock()?;
         let st = State::load(&*dir)?;
-        let r = Replica::assemble(dir, image, st);
+        let r = Replica::assemble(dir, lock, image, st);
         r.recover()?;
         let st = r.s.state.lock();
         let mut undo = r.s.undo.write();

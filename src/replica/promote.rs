@@ -122,6 +122,7 @@ impl Replica {
     /// point, with no older history. The next log it takes is a resync
     /// log building on `at` (so its epoch is newer).
     pub fn adopt(dir: Arc<dyn Dir>, image: Arc<dyn Storage>, at: AdoptAt) -> Result<Self> {
+        let lock = dir.lock()?;
         if dir.exists(super::state::STATE) {
             return Err(Error::new(
                 ErrorKind::Misuse,
@@ -156,7 +157,7 @@ impl Replica {
             }],
         };
         st.store(&*dir)?;
-        Ok(Replica::assemble(dir, image, st))
+        Ok(Replica::assemble(dir, lock, image, st))
     }
 
     /// The failover phase, if this replica was promoted.

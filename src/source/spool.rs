@@ -38,7 +38,7 @@ use crate::error::{Detail, Error, ErrorKind, Result};
 use crate::frame;
 use crate::geometry::{Extent, Geometry};
 use crate::id::DiskId;
-use crate::io::{Dir, Storage};
+use crate::io::{Dir, DirLock, Storage};
 use crate::le::{get_u32, get_u64, put_u32, put_u64};
 use crate::log::{Consistency, GroupInfo, WriterOptions};
 use crate::log::{Digest, LogFile, LogHeader, LogKind, LogSummary, MappedLog, ReadOptions};
@@ -176,6 +176,8 @@ impl Inner {
 /// All methods take `&self` and may be called from several threads (the
 /// transport's and the cycle's).
 pub struct Spool {
+    /// Keeps other spools (processes) off the directory.
+    _lock: DirLock,
     dir: Arc<dyn Dir>,
     limit: u64,
     inner: Mutex<Inner>,
@@ -199,6 +201,7 @@ impl Spool {
         start: ChainPoint,
         limit_bytes: u64,
     ) -> Result<Self> {
+        let lock = dir.lock()?;
         if dir.exists(STATE) {
             return Err(Error::new(
                 ErrorKind::Misuse,
@@ -207,6 +210,7 @@ impl Spool {
         }
         store_state(&*dir, disk_id, &start, false)?;
         Ok(Spool {
+            _lock: lock,
             dir,
             limit: limit_bytes,
             inner: Mutex::new(Inner {
@@ -227,6 +231,7 @@ impl Spool {
     /// log is an error of kind `ResyncRequired`: its blocks are known
     /// nowhere else.
     pub fn open(dir: Arc<dyn Dir>, limit_bytes: u64) -> Result<Self> {
+        let lock = dir.lock()?;
         let bytes = dir.read_all(STATE)?;
         let (disk_id, acked, mut resync_required) =
             decode_state(&bytes).map_err(|e| match dir.path_of(STATE) {
@@ -283,6 +288,7 @@ impl Spool {
             dir.sync()?;
         }
         Ok(Spool {
+            _lock: lock,
             dir,
             limit: limit_bytes,
             inner: Mutex::new(Inner {
