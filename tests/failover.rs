@@ -446,8 +446,10 @@ impl blockrep::failover::PlanHooks for Hooks {
         _: usize,
         g: &blockrep::failover::PlanGroup,
         _: blockrep::failover::PlanMode,
+        machines: &[blockrep::failover::MachineFailover],
     ) -> blockrep::Result<()> {
-        self.calls.push(format!("after {}", g.name));
+        self.calls
+            .push(format!("after {} ({} machines)", g.name, machines.len()));
         Ok(())
     }
     fn test_overlay(&mut self, m: &str, d: usize) -> blockrep::Result<Arc<dyn Storage>> {
@@ -495,11 +497,11 @@ fn a_recovery_plan_stops_at_the_failing_hook_and_reports() {
         [
             "before database",
             "overlay db/0",
-            "after database",
+            "after database (1 machines)",
             "before apps",
             "overlay app1/0",
             "overlay app2/0",
-            "after apps"
+            "after apps (2 machines)"
         ]
     );
     assert!(matches!(
@@ -522,7 +524,11 @@ fn a_recovery_plan_stops_at_the_failing_hook_and_reports() {
     assert_eq!(report.groups[0].1[0].machine, "db");
     assert_eq!(
         hooks.calls,
-        ["before database", "after database", "before apps"]
+        [
+            "before database",
+            "after database (1 machines)",
+            "before apps"
+        ]
     );
     assert!(replicas[0].failover_phase().is_some());
     assert!(replicas[1].failover_phase().is_none() && replicas[2].failover_phase().is_none());

@@ -4,7 +4,10 @@
 
 mod bench;
 mod demo;
+mod failover;
+mod nbd;
 mod ops;
+mod plan;
 
 use blockrep::{Error, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -66,10 +69,15 @@ enum Command {
     /// Persistent tracker files on the primary site.
     #[command(subcommand)]
     Tracker(TrackerCommand),
-    /// Fails a replica over: promote it at a point, switch points, commit.
-    /// After the commit the replica's image is the new primary's disk.
+    /// Fails a replica over: test failover, promote at a point, switch
+    /// points, commit, planned and unplanned failover, reverse replication
+    /// and failback. After the commit the replica's image is the new
+    /// primary's disk.
     #[command(subcommand)]
     Failover(FailoverCommand),
+    /// Recovery plans: machines failed over group by group.
+    #[command(subcommand)]
+    Plan(PlanCommand),
     /// Replicates an image no one is writing into a replica directory:
     /// the initial copy the first time, then only the blocks whose digests
     /// differ.
@@ -80,6 +88,10 @@ enum Command {
         source: PathBuf,
         /// The replica directory (created the first time).
         replica: PathBuf,
+        /// The replica's image when kept outside its directory (an
+        /// adopted disk, after `failover reverse`).
+        #[arg(long)]
+        image: Option<PathBuf>,
         #[command(flatten)]
         out: Output,
     },
@@ -174,55 +186,178 @@ enum FailoverCommand {
     #[command(after_long_help = "Example:
   blockrep failover promote /srv/replicas/vm1 --point 12")]
     Promote {
-        /// The replica directory.
-        dir: PathBuf,
+        #[command(flatten)]
+        replica: ReplicaArgs,
         /// The point (default: the latest).
         #[arg(long)]
         point: Option<u64>,
-        #[command(flatten)]
-        out: Output,
     },
     /// Moves a promoted replica to another retained point.
     Switch {
-        /// The replica directory.
-        dir: PathBuf,
+        #[command(flatten)]
+        replica: ReplicaArgs,
         /// The point.
         #[arg(long)]
         point: u64,
-        #[command(flatten)]
-        out: Output,
     },
     /// Makes the promoted point final (crash-safe: finished on the next
-    /// open if interrupted). The image in the directory is then the new
-    /// primary's disk; later points are dropped.
-    Commit {
-        /// The replica directory.
-        dir: PathBuf,
-        #[command(flatten)]
-        out: Output,
-    },
+    /// open if interrupted). The replica's image is then the new primary's
+    /// disk; later points are dropped.
+    Commit(ReplicaArgs),
     /// Unplanned failover in one step: promotes at the point (the latest
     /// by default) and commits.
     #[command(after_long_help = "Example:
   blockrep failover now /srv/replicas/vm1
   qemu-system-x86_64 -drive file=/srv/replicas/vm1/image,format=raw ...")]
     Now {
-        /// The replica directory.
-        dir: PathBuf,
+        #[command(flatten)]
+        replica: ReplicaArgs,
         /// The point (default: the latest).
         #[arg(long)]
         point: Option<u64>,
+    },
+    /// Planned failover: the primary is shut down; its image's last
+    /// changes are sent (only the blocks whose digests differ), then the
+    /// replica fails over at that final point and commits. Nothing written
+    /// on the primary is lost.
+    #[command(after_long_help = "Example:
+  virsh shutdown vm1
+  blockrep failover planned /srv/replicas/vm1 --source /var/lib/images/vm1.raw")]
+    Planned {
         #[command(flatten)]
-        out: Output,
+        replica: ReplicaArgs,
+        /// The stopped primary's image.
+        #[arg(long)]
+        source: PathBuf,
     },
     /// Where a failover stands: not promoted, promoted at a point, or
     /// committed.
-    Status {
+    Status(ReplicaArgs),
+    /// Test failover: a writable view of a point for a test machine,
+    /// while replication goes on.
+    #[command(subcommand)]
+    Test(TestCommand),
+    /// Reverse replication after a committed failover: the old primary's
+    /// disk becomes a replica at the failover point and receives every
+    /// block that differs from the new primary's (by digest). Run `sync`
+    /// from the new primary's image to send later changes.
+    #[command(after_long_help = "Example:
+  blockrep failover reverse /srv/replicas/vm1 --to /var/lib/images/vm1.raw \\
+      --new-replica /srv/replicas/vm1-back")]
+    Reverse {
+        #[command(flatten)]
+        replica: ReplicaArgs,
+        /// The old primary's disk (image or block device).
+        #[arg(long)]
+        to: PathBuf,
+        /// The directory for the old primary's replica state.
+        #[arg(long)]
+        new_replica: PathBuf,
+    },
+    /// Failback: the old primary's replica (from `reverse`) fails over at
+    /// its latest point and commits, then the other site's disk becomes its
+    /// replica again, by digest.
+    #[command(after_long_help = "Example:
+  blockrep failover failback /srv/replicas/vm1-back --image /var/lib/images/vm1.raw \\
+      --to /srv/replicas/vm1/image --new-replica /srv/replicas/vm1-again")]
+    Failback {
+        #[command(flatten)]
+        replica: ReplicaArgs,
+        /// The disk that served while failed over (becomes the replica).
+        #[arg(long)]
+        to: PathBuf,
+        /// The directory for its replica state.
+        #[arg(long)]
+        new_replica: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TestCommand {
+    /// Serves a writable view of a point over NBD on a Unix socket until
+    /// `test stop`; writes go to the overlay file, the replica is not
+    /// written. Runs in the foreground.
+    #[command(after_long_help = "Example:
+  blockrep failover test start /srv/replicas/vm1 --point 12 \\
+      --overlay /var/tmp/vm1-test.overlay --socket /run/vm1-test.sock &
+  qemu-system-x86_64 -drive file=nbd+unix:///?socket=/run/vm1-test.sock,format=raw ...
+  blockrep failover test stop --overlay /var/tmp/vm1-test.overlay")]
+    Start {
         /// The replica directory.
         dir: PathBuf,
+        /// The replica's image when kept outside its directory.
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// The point (default: the latest).
+        #[arg(long)]
+        point: Option<u64>,
+        /// The overlay file for the test machine's writes (created; must
+        /// not exist).
+        #[arg(long)]
+        overlay: PathBuf,
+        /// The Unix socket to serve NBD on.
+        #[arg(long)]
+        socket: PathBuf,
+    },
+    /// Stops the test failover with this overlay and discards its writes.
+    Stop {
+        /// The overlay given to `test start`.
+        #[arg(long)]
+        overlay: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PlanCommand {
+    /// Runs a recovery plan (TOML): groups in order, hook commands before
+    /// and after each, a report that stops at the first failure.
+    #[command(after_long_help = "Example:
+  blockrep plan run site-b.toml --mode unplanned --dry-run
+  blockrep plan run site-b.toml --mode unplanned
+  blockrep plan run site-b.toml --mode test --test-dir /var/tmp/drill
+
+A plan:
+  [[group]]
+  name = \"database\"
+  before = [\"ssh site-a virsh shutdown db1\"]
+  after = [\"virsh start db1\"]
+  [[group.machine]]
+  name = \"db1\"
+  [[group.machine.disk]]
+  replica = \"/srv/replicas/db1-os\"
+  [[group.machine.disk]]
+  replica = \"/srv/replicas/db1-data\"
+  point = 42
+
+Hooks get BLOCKREP_PLAN_MODE, _GROUP, _STEP (before, after) and, after a
+group, BLOCKREP_PLAN_DISKS: MACHINE=DISK lines (an image, or an NBD address
+in a test).")]
+    Run {
+        /// The plan file.
+        file: PathBuf,
+        /// test (NBD-served views; nothing changes), planned (the latest
+        /// points, after the before hooks stopped the primaries) or
+        /// unplanned (each disk's point, the latest by default).
+        #[arg(long, value_enum)]
+        mode: ModeArg,
+        /// Print what would happen and check the replicas and points;
+        /// change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Test mode: where the overlays and NBD sockets go.
+        #[arg(long)]
+        test_dir: Option<PathBuf>,
         #[command(flatten)]
         out: Output,
     },
+}
+
+/// `--mode` of `plan run`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ModeArg {
+    Test,
+    Planned,
+    Unplanned,
 }
 
 #[derive(Subcommand, Debug)]
@@ -281,14 +416,19 @@ fn run(command: Command) -> Result<()> {
         Command::Log(LogCommand::Inspect { file, out }) => ops::log_inspect(path(&file)?, out.json),
         Command::Replica(c) => replica(c),
         Command::Failover(c) => failover(c),
+        Command::Plan(c) => plan(c),
         Command::Tracker(TrackerCommand::Inspect { file, out }) => {
             ops::tracker_inspect(path(&file)?, out.json)
         }
         Command::Sync {
             source,
             replica,
+            image,
             out,
-        } => ops::sync(path(&source)?, path(&replica)?, out.json),
+        } => {
+            let image = image.as_deref().map(path).transpose()?;
+            ops::sync(path(&source)?, path(&replica)?, image, out.json)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -336,15 +476,81 @@ fn replica(c: ReplicaCommand) -> Result<()> {
 }
 
 fn failover(c: FailoverCommand) -> Result<()> {
-    use ops::FailoverAction as A;
-    let (dir, action, out) = match c {
-        FailoverCommand::Promote { dir, point, out } => (dir, A::Promote(point), out),
-        FailoverCommand::Switch { dir, point, out } => (dir, A::Switch(point), out),
-        FailoverCommand::Commit { dir, out } => (dir, A::Commit, out),
-        FailoverCommand::Now { dir, point, out } => (dir, A::Now(point), out),
-        FailoverCommand::Status { dir, out } => (dir, A::Status, out),
+    use failover::FailoverAction as A;
+    let (a, action) = match c {
+        FailoverCommand::Promote { replica, point } => (replica, A::Promote(point)),
+        FailoverCommand::Switch { replica, point } => (replica, A::Switch(point)),
+        FailoverCommand::Commit(replica) => (replica, A::Commit),
+        FailoverCommand::Now { replica, point } => (replica, A::Now(point)),
+        FailoverCommand::Status(replica) => (replica, A::Status),
+        FailoverCommand::Planned { replica: a, source } => {
+            return failover::planned(path(&a.dir)?, image(&a)?, path(&source)?, a.out.json)
+        }
+        FailoverCommand::Reverse {
+            replica: a,
+            to,
+            new_replica,
+        } => {
+            return failover::reverse(
+                path(&a.dir)?,
+                image(&a)?,
+                path(&to)?,
+                path(&new_replica)?,
+                a.out.json,
+            )
+        }
+        FailoverCommand::Failback {
+            replica: a,
+            to,
+            new_replica,
+        } => {
+            return failover::failback(
+                path(&a.dir)?,
+                image(&a)?,
+                path(&to)?,
+                path(&new_replica)?,
+                a.out.json,
+            )
+        }
+        FailoverCommand::Test(TestCommand::Start {
+            dir,
+            image,
+            point,
+            overlay,
+            socket,
+        }) => {
+            let image = image.as_deref().map(path).transpose()?;
+            return failover::test_start(path(&dir)?, image, point, &overlay, &socket);
+        }
+        FailoverCommand::Test(TestCommand::Stop { overlay }) => {
+            return failover::test_stop(&overlay)
+        }
     };
-    ops::failover(path(&dir)?, action, out.json)
+    failover::failover(path(&a.dir)?, image(&a)?, action, a.out.json)
+}
+
+fn plan(c: PlanCommand) -> Result<()> {
+    let PlanCommand::Run {
+        file,
+        mode,
+        dry_run,
+        test_dir,
+        out,
+    } = c;
+    let mode = match mode {
+        ModeArg::Test => blockrep::failover::PlanMode::Test,
+        ModeArg::Planned => blockrep::failover::PlanMode::Planned,
+        ModeArg::Unplanned => blockrep::failover::PlanMode::Unplanned,
+    };
+    plan::run(
+        &file,
+        plan::RunOptions {
+            mode,
+            dry_run,
+            test_dir,
+            json: out.json,
+        },
+    )
 }
 
 fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {

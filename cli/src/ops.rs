@@ -3,7 +3,7 @@
 
 use super::{human, now_ns};
 use blockrep::io::{FileStorage, FsDir, Storage};
-use blockrep::log::{MappedLog, ReadOptions, WriterOptions};
+use blockrep::log::{LogSummary, MappedLog, ReadOptions, WriterOptions};
 use blockrep::replica::Replica;
 use blockrep::source::Source;
 use blockrep::status::DiskStatus;
@@ -14,19 +14,19 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Key-value pairs printed as text lines or one JSON object.
-struct Out(serde_json::Map<String, Value>);
+pub struct Out(serde_json::Map<String, Value>);
 
 impl Out {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Out(serde_json::Map::new())
     }
     /// Adds `k`: anything serde serialises (numbers, strings, ids, digests).
-    fn put(&mut self, k: &str, v: impl serde::Serialize) -> &mut Self {
+    pub fn put(&mut self, k: &str, v: impl serde::Serialize) -> &mut Self {
         self.0
             .insert(k.into(), serde_json::to_value(v).unwrap_or(Value::Null));
         self
     }
-    fn print(&self, json: bool) {
+    pub fn print(&self, json: bool) {
         if json {
             println!("{}", Value::Object(self.0.clone()));
         } else {
@@ -41,13 +41,13 @@ impl Out {
 }
 
 /// `v` as one line of JSON.
-fn json_of(v: &impl serde::Serialize) -> String {
+pub fn json_of(v: &impl serde::Serialize) -> String {
     serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
 /// Opens the replica in `dir`, its image in `dir` unless `--image PATH`
 /// names another (an adopted disk, say).
-fn open_replica(dir: &str, image: Option<&str>) -> Result<Replica> {
+pub fn open_replica(dir: &str, image: Option<&str>) -> Result<Replica> {
     let d = Path::new(dir);
     if !d.join("state").exists() {
         return Err(Error::invalid(format!(
@@ -108,7 +108,7 @@ pub fn replica_status(dir: &str, image: Option<&str>, json: bool) -> Result<()> 
                 s.rpo_ns
                     .map_or("none".into(), |r| format!("{:.1} s", r as f64 / 1e9)),
             )
-            .put("geometry", r.status().geometry)
+            .put("geometry", r.status().geometry.to_string())
             .put("points", r.points().len());
         o.print(false);
     }
@@ -159,7 +159,7 @@ pub fn replica_verify(dir: &str, image: Option<&str>, json: bool) -> Result<()> 
     let mut o = Out::new();
     o.put("verify", "ok: state, undo logs and every point read back")
         .put("points", r.points().len())
-        .put("geometry", g);
+        .put("geometry", g.to_string());
     o.print(json);
     Ok(())
 }
@@ -194,48 +194,62 @@ pub fn tracker_inspect(file: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Sends the blocks of `disk` whose digests differ from `replica`'s, as
+/// one resync log applied to it (written at `log_path`, then removed).
+pub fn digest_resync(disk: &dyn Storage, replica: &Replica, log_path: &Path) -> Result<LogSummary> {
+    let st = replica.status();
+    let g = Geometry::new(disk.len()?, st.geometry.block_size())?;
+    let remote = replica.block_digests(0)?;
+    let mut src = Source::enable(st.disk_id, st.epoch, g);
+    let f = std::fs::File::create(log_path)
+        .map_err(|e| Error::io("create log", e).with_path(log_path))?;
+    let (_, summary) = src.resync(
+        disk,
+        &remote,
+        std::io::BufWriter::new(f),
+        WriterOptions::default(),
+    )?;
+    let applied = replica.apply_file(log_path);
+    std::fs::remove_file(log_path).map_err(|e| Error::io("remove log", e).with_path(log_path))?;
+    applied?;
+    Ok(summary)
+}
+
 /// `blockrep sync SOURCE-IMAGE REPLICA-DIR`: the first run copies the
 /// image (a full log, holes skipped); later runs send only the blocks
 /// whose digests differ. Each run leaves a retention point.
-pub fn sync(source: &str, dir: &str, json: bool) -> Result<()> {
+pub fn sync(source: &str, dir: &str, image: Option<&str>, json: bool) -> Result<()> {
     let disk = FileStorage::open_read_only(source)?;
     let g = Geometry::new(disk.len()?, 4096)?;
     let d = Path::new(dir);
-    let fs = Arc::new(FsDir::new(d)?);
     let log_path = d.join("sync.brlog");
     let started = std::time::Instant::now();
     let (kind, summary, replica) = if d.join("state").exists() {
-        let r = Replica::open(fs)?;
-        let st = r.status();
-        if st.geometry.block_size() != g.block_size() {
+        let r = open_replica(dir, image)?;
+        if r.status().geometry.block_size() != g.block_size() {
             return Err(Error::mismatch(format!(
                 "{dir}: replica of another block size"
             )));
         }
-        let remote = r.block_digests(0)?;
-        let mut src = Source::enable(st.disk_id, st.epoch, g);
-        let f = std::fs::File::create(&log_path)
-            .map_err(|e| Error::io("create log", e).with_path(&log_path))?;
-        let (_, summary) = src.resync(
-            &disk,
-            &remote,
-            std::io::BufWriter::new(f),
-            WriterOptions::default(),
-        )?;
-        let log = MappedLog::open(&log_path, &ReadOptions::default())?;
-        r.apply(&log)?;
+        let summary = digest_resync(&disk, &r, &log_path)?;
         ("digest resync", summary, r)
+    } else if image.is_some() {
+        return Err(Error::invalid(format!(
+            "{dir}: no replica yet: the first sync creates it with its image inside"
+        )));
     } else {
+        let fs = Arc::new(FsDir::new(d)?);
         let id = DiskId::random()?;
         let mut src = Source::enable(id, 1, g);
         let f = std::fs::File::create(&log_path)
             .map_err(|e| Error::io("create log", e).with_path(&log_path))?;
         let (_, summary) =
             src.initial_sync(&disk, std::io::BufWriter::new(f), WriterOptions::default())?;
-        let log = MappedLog::open(&log_path, &ReadOptions::default())?;
-        ("initial sync", summary, Replica::create(fs, &log)?)
+        let r = Replica::create_from_file(fs, &log_path);
+        std::fs::remove_file(&log_path)
+            .map_err(|e| Error::io("remove log", e).with_path(&log_path))?;
+        ("initial sync", summary, r?)
     };
-    std::fs::remove_file(&log_path).map_err(|e| Error::io("remove log", e).with_path(&log_path))?;
     let mut o = Out::new();
     o.put("source", source)
         .put("replica", dir)
@@ -281,77 +295,4 @@ fn none_or(list: &[u64]) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     }
-}
-
-/// What an operator does to a replica during a disaster.
-pub enum FailoverAction {
-    /// Promote at a point (the latest when `None`): no log applies any
-    /// more; the point is served until the commit.
-    Promote(Option<u64>),
-    /// Move a promoted, uncommitted replica to another retained point.
-    Switch(u64),
-    /// Make the promoted point final: the image becomes the new primary's
-    /// disk, the history after the point is dropped.
-    Commit,
-    /// Unplanned failover in one step: promote at the point and commit.
-    Now(Option<u64>),
-    /// Where the failover stands.
-    Status,
-}
-
-/// `blockrep failover ... DIR`.
-pub fn failover(dir: &str, action: FailoverAction, json: bool) -> Result<()> {
-    use blockrep::failover::Failover;
-    let r = open_replica(dir, None)?;
-    let phase = r.failover_phase();
-    let mut o = Out::new();
-    match action {
-        FailoverAction::Status => {
-            o.put(
-                "phase",
-                phase.map_or("not promoted".into(), |(p, _)| {
-                    format!("{p:?}").to_lowercase()
-                }),
-            );
-            if let Some((_, point)) = phase {
-                o.put("point", point);
-            }
-            o.put("latest_point", r.status().applied);
-        }
-        FailoverAction::Promote(point) => {
-            let f = Failover::promote(r, point)?;
-            o.put("phase", "promoted").put("point", f.point());
-        }
-        FailoverAction::Switch(point) => {
-            if phase.is_none() {
-                return Err(Error::new(
-                    blockrep::ErrorKind::Misuse,
-                    format!("{dir}: not promoted: promote it first"),
-                ));
-            }
-            let f = Failover::promote(r, None)?;
-            f.switch(point)?;
-            o.put("phase", "promoted").put("point", f.point());
-        }
-        FailoverAction::Commit | FailoverAction::Now(_) => {
-            let point = match action {
-                FailoverAction::Now(p) => p,
-                _ if phase.is_none() => {
-                    return Err(Error::new(
-                        blockrep::ErrorKind::Misuse,
-                        format!("{dir}: not promoted: promote it first (or fail over now)"),
-                    ))
-                }
-                _ => None,
-            };
-            let f = Failover::promote(r, point)?;
-            let c = f.commit()?;
-            o.put("phase", "committed")
-                .put("point", c.point)
-                .put("blocks_to_send_back", c.divergence().count())
-                .put("disk", Path::new(dir).join("image").display().to_string());
-        }
-    }
-    o.print(json);
-    Ok(())
 }

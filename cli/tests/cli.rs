@@ -147,6 +147,13 @@ fn every_subcommand_has_help_and_completions_and_man_pages_are_generated() {
         &["replica", "export", "--help"],
         &["tracker", "inspect", "--help"],
         &["sync", "--help"],
+        &["failover", "promote", "--help"],
+        &["failover", "planned", "--help"],
+        &["failover", "test", "start", "--help"],
+        &["failover", "test", "stop", "--help"],
+        &["failover", "reverse", "--help"],
+        &["failover", "failback", "--help"],
+        &["plan", "run", "--help"],
         &["completions", "--help"],
         &["man", "--help"],
     ] {

@@ -63,9 +63,15 @@ pub struct RecoveryPlan {
 pub trait PlanHooks {
     /// Before group `index` fails over.
     fn before_group(&mut self, index: usize, group: &PlanGroup, mode: PlanMode) -> Result<()>;
-    /// After group `index` failed over (its machines' disks are in the
-    /// report).
-    fn after_group(&mut self, index: usize, group: &PlanGroup, mode: PlanMode) -> Result<()>;
+    /// After group `index` failed over: `machines` are its disks, failed
+    /// over (to commit promotions before booting the machines, say).
+    fn after_group(
+        &mut self,
+        index: usize,
+        group: &PlanGroup,
+        mode: PlanMode,
+        machines: &[MachineFailover],
+    ) -> Result<()>;
     /// The overlay for a test failover of `disk` (its index) of `machine`:
     /// a sparse file or memory the size of the disk.
     fn test_overlay(&mut self, machine: &str, disk: usize) -> Result<Arc<dyn Storage>>;
@@ -73,8 +79,9 @@ pub trait PlanHooks {
 
 /// A disk failed over by a plan.
 pub enum DiskFailover {
-    /// A test failover: a writable view; dropping it discards it.
-    Test(OverlayView),
+    /// A test failover: a writable view, shared (with a server that
+    /// exports it, say); dropping the last reference discards it.
+    Test(Arc<OverlayView>),
     /// A promoted replica; commit it when the choice is final.
     Promoted(Failover),
 }
@@ -157,7 +164,9 @@ impl RecoveryPlan {
                         done.disks.push(match mode {
                             PlanMode::Test => {
                                 let overlay = hooks.test_overlay(&m.name, d)?;
-                                DiskFailover::Test(test_failover(replica, *point, overlay)?)
+                                DiskFailover::Test(Arc::new(test_failover(
+                                    replica, *point, overlay,
+                                )?))
                             }
                             PlanMode::Planned => {
                                 DiskFailover::Promoted(Failover::promote(replica.clone(), None)?)
@@ -176,8 +185,9 @@ impl RecoveryPlan {
                     return report;
                 }
             }
+            let after = hooks.after_group(i, group, mode, &machines);
             report.groups.push((group.name.clone(), machines));
-            if let Err(e) = hooks.after_group(i, group, mode) {
+            if let Err(e) = after {
                 report.failure = Some(fail("after hook".into(), e));
                 return report;
             }

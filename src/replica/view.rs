@@ -228,16 +228,25 @@ impl OverlayView {
         let g = self.written.geometry();
         let e = g.blocks_for_range(offset, buf.len() as u64)?;
         let end = offset + buf.len() as u64;
-        for b in e.start..e.end() {
-            let (boff, blen) = g.extent_bytes(crate::geometry::Extent::new(b, 1));
+        // Runs of blocks from the same side, each read in one call.
+        let in_overlay = |b: u64| self.written.any_marked(crate::geometry::Extent::new(b, 1));
+        let mut b = e.start;
+        while b < e.end() {
+            let side = in_overlay(b);
+            let mut run_end = b + 1;
+            while run_end < e.end() && in_overlay(run_end) == side {
+                run_end += 1;
+            }
+            let (boff, blen) = g.extent_bytes(crate::geometry::Extent::new(b, run_end - b));
             let from = offset.max(boff);
             let to = end.min(boff + blen);
             let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];
-            if self.written.any_marked(crate::geometry::Extent::new(b, 1)) {
+            if side {
                 self.overlay.read_at(dst, from)?;
             } else {
                 self.view.read_at(dst, from)?;
             }
+            b = run_end;
         }
         Ok(())
     }
@@ -269,5 +278,28 @@ impl OverlayView {
         }
         self.overlay.write_at(buf, offset)?;
         self.written.mark_extent(e)
+    }
+}
+
+/// A test failover's disk as a [`Storage`]: to serve it (over NBD, say)
+/// or hand it to anything that takes a disk.
+impl Storage for OverlayView {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        OverlayView::read_at(self, buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        OverlayView::write_at(self, buf, offset)
+    }
+    fn sync(&self) -> Result<()> {
+        OverlayView::sync(self)
+    }
+    fn len(&self) -> Result<u64> {
+        Ok(self.view.geometry().size())
+    }
+    fn set_len(&self, _len: u64) -> Result<()> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "a test failover's disk keeps its point's size",
+        ))
     }
 }
