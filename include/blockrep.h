@@ -54,26 +54,36 @@ typedef uint32_t blockrep_status;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
-// A disk's role at this site (`blockrep_disk_status.role`).
-enum blockrep_role
+// What a refused log or acknowledgement conflicts with (see
+// `blockrep_error_detail`). Values are stable and never reused.
+enum blockrep_detail
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : uint32_t
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
-  // Runs the workload and replicates it.
-  BLOCKREP_ROLE_PRIMARY = 1,
-  // Holds the copy and applies logs.
-  BLOCKREP_ROLE_REPLICA = 2,
-  // A replica promoted by a failover not yet committed.
-  BLOCKREP_ROLE_PROMOTED = 3,
-  // A replica whose failover was committed: the new primary's disk.
-  BLOCKREP_ROLE_FAILED_OVER = 4,
+  // The last error carries no detail.
+  BLOCKREP_DETAIL_NONE = 0,
+  // Not the next log: `value` is the sequence the replica expects.
+  BLOCKREP_DETAIL_SEQUENCE_GAP = 1,
+  // Another disk's: `disk_id` is the one expected.
+  BLOCKREP_DETAIL_OTHER_DISK = 2,
+  // An older epoch: `value` is the current epoch.
+  BLOCKREP_DETAIL_EPOCH_BEHIND = 3,
+  // Builds on other content: `value` and `digest` are the replica's
+  // latest sequence and content digest.
+  BLOCKREP_DETAIL_DIVERGED_HISTORY = 4,
+  // Another log with this sequence is held: `value` is the sequence,
+  // `digest` the held log's content digest.
+  BLOCKREP_DETAIL_CONFLICT = 5,
+  // Not past the latest point, and its point is pruned: whether it was
+  // applied cannot be proved; `value` is the oldest retained sequence.
+  BLOCKREP_DETAIL_NOT_RETAINED = 6,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
-typedef enum blockrep_role blockrep_role;
+typedef enum blockrep_detail blockrep_detail;
 #else
-typedef uint32_t blockrep_role;
+typedef uint32_t blockrep_detail;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -146,36 +156,26 @@ typedef uint32_t blockrep_consistency;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
-// What a refused log or acknowledgement conflicts with (see
-// `blockrep_error_detail`). Values are stable and never reused.
-enum blockrep_detail
+// A disk's role at this site (`blockrep_disk_status.role`).
+enum blockrep_role
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : uint32_t
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
-  // The last error carries no detail.
-  BLOCKREP_DETAIL_NONE = 0,
-  // Not the next log: `value` is the sequence the replica expects.
-  BLOCKREP_DETAIL_SEQUENCE_GAP = 1,
-  // Another disk's: `disk_id` is the one expected.
-  BLOCKREP_DETAIL_OTHER_DISK = 2,
-  // An older epoch: `value` is the current epoch.
-  BLOCKREP_DETAIL_EPOCH_BEHIND = 3,
-  // Builds on other content: `value` and `digest` are the replica's
-  // latest sequence and content digest.
-  BLOCKREP_DETAIL_DIVERGED_HISTORY = 4,
-  // Another log with this sequence is held: `value` is the sequence,
-  // `digest` the held log's content digest.
-  BLOCKREP_DETAIL_CONFLICT = 5,
-  // Not past the latest point, and its point is pruned: whether it was
-  // applied cannot be proved; `value` is the oldest retained sequence.
-  BLOCKREP_DETAIL_NOT_RETAINED = 6,
+  // Runs the workload and replicates it.
+  BLOCKREP_ROLE_PRIMARY = 1,
+  // Holds the copy and applies logs.
+  BLOCKREP_ROLE_REPLICA = 2,
+  // A replica promoted by a failover not yet committed.
+  BLOCKREP_ROLE_PROMOTED = 3,
+  // A replica whose failover was committed: the new primary's disk.
+  BLOCKREP_ROLE_FAILED_OVER = 4,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
-typedef enum blockrep_detail blockrep_detail;
+typedef enum blockrep_role blockrep_role;
 #else
-typedef uint32_t blockrep_detail;
+typedef uint32_t blockrep_role;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -227,8 +227,29 @@ typedef struct blockrep_test_failover blockrep_test_failover;
 // any number of threads at once on the same `const` handle.
 typedef struct blockrep_tracker blockrep_tracker;
 
-// A read-only view of one retained point; pins it while open.
+// A read-only view of one retained point; pins it while open. Reads may
+// run from many threads.
 typedef struct blockrep_view blockrep_view;
+
+// A run of `count` blocks from block `start`.
+typedef struct {
+  // The first block.
+  uint64_t start;
+  // How many blocks.
+  uint64_t count;
+} blockrep_extent;
+
+// The typed detail of the calling thread's last failed call.
+typedef struct {
+  // Which detail (`BLOCKREP_DETAIL_NONE` when the error has none).
+  blockrep_detail detail;
+  // A sequence or epoch, as the detail says; 0 when unused.
+  uint64_t value;
+  // A content digest, as the detail says; zeros when unused.
+  uint8_t digest[32];
+  // A disk id, as the detail says; zeros when unused.
+  uint8_t disk_id[16];
+} blockrep_error_detail;
 
 // The point a disk is declared to hold when adopted as a replica (the
 // failover point, for the old primary in reverse replication).
@@ -260,31 +281,6 @@ typedef struct {
   // Logs folded back from an overflowing spool before the cut.
   uint64_t folded_logs;
 } blockrep_cycle_info;
-
-// Everything a console shows for one disk, primary or replica.
-typedef struct {
-  // The disk (16 bytes).
-  uint8_t disk_id[16];
-  // Its role here.
-  blockrep_role role;
-  // The replication epoch.
-  uint64_t epoch;
-  // The chain's head on a primary; the applied point on a replica (the
-  // failover point once promoted).
-  uint64_t latest_point;
-  // Whether `rpo_ns` is set (false before the first point).
-  bool has_rpo;
-  // How much writing a disaster now would lose, in ns.
-  uint64_t rpo_ns;
-  // Logs waiting to ship (primary).
-  uint64_t pending_logs;
-  // Their bytes (primary).
-  uint64_t pending_bytes;
-  // Blocks marked in the tracker (primary).
-  uint64_t dirty_blocks;
-  // Whether a digest resync is required before replication goes on.
-  bool resync_required;
-} blockrep_disk_status;
 
 // What a log holds, as the C ABI reports it.
 typedef struct {
@@ -359,6 +355,31 @@ typedef struct {
   uint32_t resync_required;
 } blockrep_pipeline_status;
 
+// Everything a console shows for one disk, primary or replica.
+typedef struct {
+  // The disk (16 bytes).
+  uint8_t disk_id[16];
+  // Its role here.
+  blockrep_role role;
+  // The replication epoch.
+  uint64_t epoch;
+  // The chain's head on a primary; the applied point on a replica (the
+  // failover point once promoted).
+  uint64_t latest_point;
+  // Whether `rpo_ns` is set (false before the first point).
+  bool has_rpo;
+  // How much writing a disaster now would lose, in ns.
+  uint64_t rpo_ns;
+  // Logs waiting to ship (primary).
+  uint64_t pending_logs;
+  // Their bytes (primary).
+  uint64_t pending_bytes;
+  // Blocks marked in the tracker (primary).
+  uint64_t dirty_blocks;
+  // Whether a digest resync is required before replication goes on.
+  bool resync_required;
+} blockrep_disk_status;
+
 // A replica's identity and position.
 typedef struct {
   // The disk replicated.
@@ -403,65 +424,77 @@ typedef struct {
   uint64_t keep_app_for_secs;
 } blockrep_retention;
 
-// The typed detail of the calling thread's last failed call.
-typedef struct {
-  // Which detail (`BLOCKREP_DETAIL_NONE` when the error has none).
-  blockrep_detail detail;
-  // A sequence or epoch, as the detail says; 0 when unused.
-  uint64_t value;
-  // A content digest, as the detail says; zeros when unused.
-  uint8_t digest[32];
-  // A disk id, as the detail says; zeros when unused.
-  uint8_t disk_id[16];
-} blockrep_error_detail;
-
-// A run of `count` blocks from block `start`.
-typedef struct {
-  // The first block.
-  uint64_t start;
-  // How many blocks.
-  uint64_t count;
-} blockrep_extent;
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
 
-// Opens a test failover of retained point `point` (0: the latest) of
-// `r`: writes go to a sparse overlay file created at `overlay_path`; the
-// replica keeps applying logs underneath. Free it to discard it (the
-// overlay file is the caller's to delete).
+// Writes the number of blocks in the set to `*out`.
 //
 // # Safety
-// `r` live; `overlay_path` NUL-terminated; `out` writable.
-blockrep_status blockrep_test_failover_open(const blockrep_replica *r,
-                                            uint64_t point,
-                                            const char *overlay_path,
-                                            blockrep_test_failover **out);
+// `set` null (refused) or live; `out` null (refused) or writable.
+blockrep_status blockrep_blockset_count(const blockrep_blockset *set, uint64_t *out);
 
-// Reads `len` bytes at `offset` of a test failover.
+// Writes the generation the set's cut closed to `*out`.
 //
 // # Safety
-// `t` live; `buf` `len` writable bytes.
-blockrep_status blockrep_test_failover_read(const blockrep_test_failover *t,
-                                            uint8_t *buf,
-                                            size_t len,
-                                            uint64_t offset);
+// `set` null (refused) or live; `out` null (refused) or writable.
+blockrep_status blockrep_blockset_generation(const blockrep_blockset *set, uint64_t *out);
 
-// Writes `len` bytes at `offset` of a test failover (into its overlay).
+// Copies up to `cap` coalesced extents at or after block `from` into
+// `extents`, writes how many to `*out_n` and the block to continue from to
+// `*out_next` (`UINT64_MAX` once the set is exhausted). Thread-safe.
 //
 // # Safety
-// `t` live; `buf` `len` readable bytes.
-blockrep_status blockrep_test_failover_write(const blockrep_test_failover *t,
-                                             const uint8_t *buf,
-                                             size_t len,
-                                             uint64_t offset);
+// `set` null (refused) or live; `extents` must point to `cap` writable
+// elements (null is refused unless `cap` is 0); `out_n` and `out_next`
+// writable (null refused).
+blockrep_status blockrep_blockset_extents(const blockrep_blockset *set,
+                                          uint64_t from,
+                                          blockrep_extent *extents,
+                                          size_t cap,
+                                          size_t *out_n,
+                                          uint64_t *out_next);
 
-// Discards a test failover: the replica is as if it never happened.
+// Frees a set. Null and double frees are refused.
 //
 // # Safety
-// `t` null (refused) or a handle not yet released.
-blockrep_status blockrep_test_failover_free(blockrep_test_failover *t);
+// `set` must be null or a handle from `blockrep_tracker_cut`.
+blockrep_status blockrep_blockset_free(blockrep_blockset *set);
+
+// Writes to `*out` (the caller's) a new set of the blocks in `a` or `b`
+// (sets of the same disk). Thread-safe.
+//
+// # Safety
+// `a` and `b` live; `out` writable.
+blockrep_status blockrep_blockset_union(const blockrep_blockset *a,
+                                        const blockrep_blockset *b,
+                                        blockrep_blockset **out);
+
+// Writes the typed detail of the calling thread's last failed call to
+// `*out` (`BLOCKREP_DETAIL_NONE` when it had none), so a transport can
+// react to a gap, a conflict or an older epoch without parsing messages.
+// Thread-safe: each thread has its own. A null `out` is refused (and
+// becomes the last error, without detail).
+//
+// # Safety
+// `out` null (refused) or writable.
+blockrep_status blockrep_last_error_detail(blockrep_error_detail *out);
+
+// The message of the calling thread's last failed call (empty when none
+// failed yet), as every string blockrep returns: its length without the
+// NUL goes to `*out_len`; with `buf` null and `len` 0 that is all (a size
+// query); else `buf` must hold more than that many bytes (a smaller
+// buffer is refused with `BLOCKREP_STATUS_INVALID_ARGUMENT` and left
+// untouched) and receives the message and a NUL. This call never changes
+// the last error itself. Thread-safe: each thread has its own.
+//
+// # Safety
+// `buf` null or `len` writable bytes; `out_len` writable (null refused).
+blockrep_status blockrep_last_error(char *buf, size_t len, size_t *out_len);
+
+// The library version as a static NUL-terminated string ("MAJOR.MINOR.PATCH").
+// Never freed; thread-safe.
+const char *blockrep_version(void);
 
 // Promotes `r` at retained point `point` (0: the latest): no log applies
 // to it from now on, and the handle serves the new primary's disk (the
@@ -539,50 +572,6 @@ blockrep_status blockrep_failover_adopt_point(const blockrep_failover *f,
 // `f` null (refused) or a handle not yet released.
 blockrep_status blockrep_failover_free(blockrep_failover *f);
 
-// Makes the disk at `disk_path` (the old primary's) a replica in the new
-// directory `dir` at point `*at`, for reverse replication: the next log
-// it takes is the new primary's resync log.
-//
-// # Safety
-// Paths NUL-terminated; `at` readable; `out` writable.
-blockrep_status blockrep_replica_adopt(const char *dir,
-                                       const char *disk_path,
-                                       const blockrep_adopt_point *at,
-                                       blockrep_replica **out);
-
-// The blocks this primary changed that its replica may not hold (its
-// tracker and unacknowledged logs): after a failover, the old primary's
-// part of what reverse replication sends. `*out` is the caller's.
-//
-// # Safety
-// `p` live; `out` writable.
-blockrep_status blockrep_pipeline_divergence(const blockrep_pipeline *p, blockrep_blockset **out);
-
-// Reverse replication from the new primary: spools a resync log, in a
-// new epoch, of every block of `other` (the old primary's divergence
-// unioned with the commit's, see `blockrep_blockset_union`; null for
-// none) and every block this pipeline tracked.
-//
-// # Safety
-// `p` live; `other` null or live; `out` null or writable.
-blockrep_status blockrep_pipeline_reverse_sync(const blockrep_pipeline *p,
-                                               const blockrep_blockset *other,
-                                               blockrep_cycle_info *out);
-
-// The replica's status for a console (role, epoch, latest point, RPO)
-// in `*out`. Thread-safe.
-//
-// # Safety
-// `r` live; `out` null (refused) or writable.
-blockrep_status blockrep_replica_disk_status(const blockrep_replica *r, blockrep_disk_status *out);
-
-// The primary's status for a console; as `blockrep_replica_disk_status`.
-//
-// # Safety
-// `p` live; `out` null (refused) or writable.
-blockrep_status blockrep_pipeline_disk_status(const blockrep_pipeline *p,
-                                              blockrep_disk_status *out);
-
 // One group cycle over the `n` pipelines of `members` (one machine's
 // disks, each of which joined groups): cut at one instant, their
 // logs sharing a group id, spooled all or none. `consistency` 1 crash, 2
@@ -628,32 +617,27 @@ blockrep_status blockrep_replica_group_apply(const blockrep_replica_group *g,
 // `g` null (refused) or a handle not yet released.
 blockrep_status blockrep_replica_group_free(blockrep_replica_group *g);
 
-// Lets the pipeline be cut in a consistency group (`blockrep_group_cycle`
-// refuses members that did not join): call it before the disk takes
-// writes. Its write completions then take part in a group cut's hold,
-// which costs two atomic operations each. No other call may run on `p`
-// meanwhile.
+// Appends `len` bytes of the log being received.
 //
 // # Safety
-// `p` null (refused) or live, used by no other thread during the call.
-blockrep_status blockrep_pipeline_join_group(blockrep_pipeline *p);
+// `i` live, used by one thread; `buf` `len` readable bytes.
+blockrep_status blockrep_incoming_write(blockrep_incoming *i, const uint8_t *buf, size_t len);
 
-// The disk was resized to `size` bytes (by the integration, with its I/O
-// drained): the next cycle's log ships the new size and the replica
-// follows. No other call may run on `p` meanwhile.
+// Verifies the received log whole and applies it (as
+// `blockrep_replica_apply`; same outputs). Consumes the handle, also on
+// failure, which leaves the replica unchanged.
 //
 // # Safety
-// `p` null (refused) or live, used by no other thread during the call.
-blockrep_status blockrep_pipeline_resize(blockrep_pipeline *p, uint64_t size);
+// `i` a live handle; outputs null or writable.
+blockrep_status blockrep_incoming_apply(blockrep_incoming *i,
+                                        uint64_t *out_sequence,
+                                        uint32_t *out_applied);
 
-// Marks retained point `sequence` app-consistent with `label` (the
-// integration quiesced the guest for it). Thread-safe.
+// Abandons a log being received; nothing is left behind.
 //
 // # Safety
-// `r` live; `label` NUL-terminated.
-blockrep_status blockrep_replica_tag(const blockrep_replica *r,
-                                     uint64_t sequence,
-                                     const char *label);
+// `i` null (refused) or a handle not yet released.
+blockrep_status blockrep_incoming_free(blockrep_incoming *i);
 
 // Starts writing the log file `path`: for disk `disk_id` (16 bytes) of
 // `size` bytes in `block_size` blocks, of `kind` (1 full, 2 delta,
@@ -823,10 +807,11 @@ blockrep_status blockrep_pipeline_next_log(const blockrep_pipeline *p,
                                            blockrep_spooled_log *out,
                                            uint32_t *out_found);
 
-// Copies the path of spooled log `sequence` into `buf` (NUL-terminated,
-// `len` bytes) and its length without the NUL into `*out_len`. A buffer
-// too small is refused (`BLOCKREP_STATUS_INVALID_ARGUMENT`) after
-// `*out_len` is written, so the caller can retry.
+// The path of spooled log `sequence`, as every string blockrep returns:
+// its length without the NUL goes to `*out_len`; with `buf` null and
+// `len` 0 that is all (a size query); else `buf` must hold more than that
+// many bytes (a smaller buffer is refused, `BLOCKREP_STATUS_INVALID_ARGUMENT`,
+// and left untouched) and receives the path and a NUL.
 //
 // # Safety
 // `p` live; `buf` null or `len` writable bytes; `out_len` writable.
@@ -900,6 +885,51 @@ blockrep_status blockrep_pipeline_get_status(const blockrep_pipeline *p,
 blockrep_status blockrep_pipeline_resync(const blockrep_pipeline *p,
                                          const char *digests_path,
                                          blockrep_cycle_info *out);
+
+// The blocks this primary changed that its replica may not hold (its
+// tracker and unacknowledged logs): after a failover, the old primary's
+// part of what reverse replication sends. `*out` is the caller's.
+//
+// # Safety
+// `p` live; `out` writable.
+blockrep_status blockrep_pipeline_divergence(const blockrep_pipeline *p, blockrep_blockset **out);
+
+// Reverse replication from the new primary: spools a resync log, in a
+// new epoch, of every block of `other` (the old primary's divergence
+// unioned with the commit's, see `blockrep_blockset_union`; null for
+// none) and every block this pipeline tracked.
+//
+// # Safety
+// `p` live; `other` null or live; `out` null or writable.
+blockrep_status blockrep_pipeline_reverse_sync(const blockrep_pipeline *p,
+                                               const blockrep_blockset *other,
+                                               blockrep_cycle_info *out);
+
+// The primary's status for a console (role, epoch, latest point, RPO,
+// pending logs) in `*out`. Thread-safe.
+//
+// # Safety
+// `p` live; `out` null (refused) or writable.
+blockrep_status blockrep_pipeline_disk_status(const blockrep_pipeline *p,
+                                              blockrep_disk_status *out);
+
+// Lets the pipeline be cut in a consistency group (`blockrep_group_cycle`
+// refuses members that did not join): call it before the disk takes
+// writes. Its write completions then take part in a group cut's hold,
+// which costs two atomic operations each. No other call may run on `p`
+// meanwhile.
+//
+// # Safety
+// `p` null (refused) or live, used by no other thread during the call.
+blockrep_status blockrep_pipeline_join_group(blockrep_pipeline *p);
+
+// The disk was resized to `size` bytes (by the integration, with its I/O
+// drained): the next cycle's log ships the new size and the replica
+// follows. No other call may run on `p` meanwhile.
+//
+// # Safety
+// `p` null (refused) or live, used by no other thread during the call.
+blockrep_status blockrep_pipeline_resize(blockrep_pipeline *p, uint64_t size);
 
 // Stops the pipeline cleanly and releases it: a tracker file records the
 // blocks still to ship, so the next open is clean. Consumes the handle
@@ -1005,6 +1035,13 @@ blockrep_status blockrep_ptracker_free(blockrep_ptracker *t);
 // `r` live; `out` null (refused) or writable.
 blockrep_status blockrep_replica_get_info(const blockrep_replica *r, blockrep_replica_info *out);
 
+// The replica's status for a console (role, epoch, latest point, RPO)
+// in `*out`. Thread-safe.
+//
+// # Safety
+// `r` live; `out` null (refused) or writable.
+blockrep_status blockrep_replica_disk_status(const blockrep_replica *r, blockrep_disk_status *out);
+
 // Creates a replica in directory `dir` from the full log file `full_log`.
 //
 // # Safety
@@ -1019,6 +1056,17 @@ blockrep_status blockrep_replica_create(const char *dir,
 // `dir` NUL-terminated, `out` writable; nulls refused.
 blockrep_status blockrep_replica_open(const char *dir, blockrep_replica **out);
 
+// Makes the disk at `disk_path` (the old primary's) a replica in the new
+// directory `dir` at point `*at`, for reverse replication: the next log
+// it takes is the new primary's resync log.
+//
+// # Safety
+// Paths NUL-terminated; `at` readable; `out` writable.
+blockrep_status blockrep_replica_adopt(const char *dir,
+                                       const char *disk_path,
+                                       const blockrep_adopt_point *at,
+                                       blockrep_replica **out);
+
 // Verifies and applies the log file `path`. Writes the log's sequence to
 // `*out_sequence` and 1 to `*out_applied` when applied now, 0 when it was
 // applied before (both optional). A log of another disk, an older epoch,
@@ -1030,6 +1078,15 @@ blockrep_status blockrep_replica_apply(const blockrep_replica *r,
                                        const char *path,
                                        uint64_t *out_sequence,
                                        uint32_t *out_applied);
+
+// Starts receiving a log pushed in chunks by a transport: `*out` is the
+// caller's; feed it with `blockrep_incoming_write`, then
+// `blockrep_incoming_apply` (or drop it with `blockrep_incoming_free`).
+// Nothing is applied until the whole log is verified. Thread-safe on `r`.
+//
+// # Safety
+// `r` live; `out` writable.
+blockrep_status blockrep_replica_receive(const blockrep_replica *r, blockrep_incoming **out);
 
 // Copies up to `cap` retained points, oldest first, into `points` and
 // writes their total number to `*out_n` (which may exceed `cap`).
@@ -1060,85 +1117,6 @@ blockrep_status blockrep_replica_prune(const blockrep_replica *r,
                                        uint32_t keep_app_last,
                                        size_t *out_dropped);
 
-// Writes point `sequence` as a sparse raw image file at `path`.
-//
-// # Safety
-// `r` live; `path` NUL-terminated. Nulls refused.
-blockrep_status blockrep_replica_export(const blockrep_replica *r,
-                                        uint64_t sequence,
-                                        const char *path);
-
-// Opens a read-only view of point `sequence` (`*out`, owned by the
-// caller), pinning it until `blockrep_view_free`. Logs may keep applying.
-//
-// # Safety
-// `r` live; `out` writable. Nulls refused.
-blockrep_status blockrep_view_open(const blockrep_replica *r,
-                                   uint64_t sequence,
-                                   blockrep_view **out);
-
-// Reads `len` bytes of the view's point at `offset` into `buf`.
-// Thread-safe.
-//
-// # Safety
-// `v` live; `buf` `len` writable bytes. Nulls refused.
-blockrep_status blockrep_view_read(const blockrep_view *v,
-                                   uint8_t *buf,
-                                   size_t len,
-                                   uint64_t offset);
-
-// Closes a view, unpinning its point.
-//
-// # Safety
-// `v` null (refused) or live.
-blockrep_status blockrep_view_free(blockrep_view *v);
-
-// Frees a replica handle (its files stay). Views keep what they need.
-//
-// # Safety
-// `r` null (refused) or live; no other call may use it meanwhile or after.
-blockrep_status blockrep_replica_free(blockrep_replica *r);
-
-// Starts receiving a log pushed in chunks by a transport: `*out` is the
-// caller's; feed it with `blockrep_incoming_write`, then
-// `blockrep_incoming_apply` (or drop it with `blockrep_incoming_free`).
-// Nothing is applied until the whole log is verified. Thread-safe on `r`.
-//
-// # Safety
-// `r` live; `out` writable.
-blockrep_status blockrep_replica_receive(const blockrep_replica *r, blockrep_incoming **out);
-
-// Appends `len` bytes of the log being received.
-//
-// # Safety
-// `i` live, used by one thread; `buf` `len` readable bytes.
-blockrep_status blockrep_incoming_write(blockrep_incoming *i, const uint8_t *buf, size_t len);
-
-// Verifies the received log whole and applies it (as
-// `blockrep_replica_apply`; same outputs). Consumes the handle, also on
-// failure, which leaves the replica unchanged.
-//
-// # Safety
-// `i` a live handle; outputs null or writable.
-blockrep_status blockrep_incoming_apply(blockrep_incoming *i,
-                                        uint64_t *out_sequence,
-                                        uint32_t *out_applied);
-
-// Abandons a log being received; nothing is left behind.
-//
-// # Safety
-// `i` null (refused) or a handle not yet released.
-blockrep_status blockrep_incoming_free(blockrep_incoming *i);
-
-// Writes the BLAKE3 digest of every block of the latest point to the file
-// `path` (crash-safely: a temporary file, synced, renamed, the directory
-// synced), for the primary's
-// `blockrep_pipeline_resync`. Uses every core; applies wait meanwhile.
-//
-// # Safety
-// `r` live; `path` NUL-terminated.
-blockrep_status blockrep_replica_block_digests(const blockrep_replica *r, const char *path);
-
 // Prunes points by `*policy` as of `now_ns` (ns since the Unix epoch; 0:
 // the current time). Points between kept ones are dropped by merging
 // their undo logs. Writes how many were dropped to `*out_dropped` when
@@ -1151,29 +1129,73 @@ blockrep_status blockrep_replica_prune_policy(const blockrep_replica *r,
                                               uint64_t now_ns,
                                               size_t *out_dropped);
 
-// Writes the typed detail of the calling thread's last failed call to
-// `*out` (`BLOCKREP_DETAIL_NONE` when it had none), so a transport can
-// react to a gap, a conflict or an older epoch without parsing messages.
-// Thread-safe: each thread has its own. A null `out` is refused (and
-// becomes the last error, without detail).
+// Marks retained point `sequence` app-consistent with `label` (the
+// integration quiesced the guest for it). Thread-safe.
 //
 // # Safety
-// `out` null (refused) or writable.
-blockrep_status blockrep_last_error_detail(blockrep_error_detail *out);
+// `r` live; `label` NUL-terminated.
+blockrep_status blockrep_replica_tag(const blockrep_replica *r,
+                                     uint64_t sequence,
+                                     const char *label);
 
-// Copies the message of the calling thread's last failed call into `buf`
-// (NUL terminated, truncated to `len` bytes) and writes its full length
-// (without the NUL) to `out_len` when it is not null; empty when no call
-// failed yet. Thread-safe: each thread has its own.
+// Writes point `sequence` as a sparse raw image file at `path`.
 //
 // # Safety
-// `buf` must be null or point to `len` writable bytes; `out_len` must be
-// null or point to a writable `size_t`.
-void blockrep_last_error(char *buf, size_t len, size_t *out_len);
+// `r` live; `path` NUL-terminated. Nulls refused.
+blockrep_status blockrep_replica_export(const blockrep_replica *r,
+                                        uint64_t sequence,
+                                        const char *path);
 
-// The library version as a static NUL-terminated string ("MAJOR.MINOR.PATCH").
-// Never freed; thread-safe.
-const char *blockrep_version(void);
+// Writes the BLAKE3 digest of every block of the latest point to the file
+// `path` (crash-safely: a temporary file, synced, renamed, the directory
+// synced), for the primary's
+// `blockrep_pipeline_resync`. Uses every core; applies wait meanwhile.
+//
+// # Safety
+// `r` live; `path` NUL-terminated.
+blockrep_status blockrep_replica_block_digests(const blockrep_replica *r, const char *path);
+
+// Frees a replica handle (its files stay). Views keep what they need.
+//
+// # Safety
+// `r` null (refused) or live; no other call may use it meanwhile or after.
+blockrep_status blockrep_replica_free(blockrep_replica *r);
+
+// Opens a test failover of retained point `point` (0: the latest) of
+// `r`: writes go to a sparse overlay file created at `overlay_path`; the
+// replica keeps applying logs underneath. Free it to discard it (the
+// overlay file is the caller's to delete).
+//
+// # Safety
+// `r` live; `overlay_path` NUL-terminated; `out` writable.
+blockrep_status blockrep_test_failover_open(const blockrep_replica *r,
+                                            uint64_t point,
+                                            const char *overlay_path,
+                                            blockrep_test_failover **out);
+
+// Reads `len` bytes at `offset` of a test failover.
+//
+// # Safety
+// `t` live; `buf` `len` writable bytes.
+blockrep_status blockrep_test_failover_read(const blockrep_test_failover *t,
+                                            uint8_t *buf,
+                                            size_t len,
+                                            uint64_t offset);
+
+// Writes `len` bytes at `offset` of a test failover (into its overlay).
+//
+// # Safety
+// `t` live; `buf` `len` readable bytes.
+blockrep_status blockrep_test_failover_write(const blockrep_test_failover *t,
+                                             const uint8_t *buf,
+                                             size_t len,
+                                             uint64_t offset);
+
+// Discards a test failover: the replica is as if it never happened.
+//
+// # Safety
+// `t` null (refused) or a handle not yet released.
+blockrep_status blockrep_test_failover_free(blockrep_test_failover *t);
 
 // Creates a clean tracker for a disk of `size` bytes in blocks of
 // `block_size` bytes (a power of two from 4096 to 1048576). On success
@@ -1214,47 +1236,30 @@ blockrep_status blockrep_tracker_cut(const blockrep_tracker *t, blockrep_blockse
 // Both handles must be null (refused) or live.
 blockrep_status blockrep_tracker_reclaim(const blockrep_tracker *t, const blockrep_blockset *set);
 
-// Writes the number of blocks in the set to `*out`.
+// Opens a read-only view of point `sequence` (`*out`, owned by the
+// caller), pinning it until `blockrep_view_free`. Logs may keep applying.
 //
 // # Safety
-// `set` null (refused) or live; `out` null (refused) or writable.
-blockrep_status blockrep_blockset_count(const blockrep_blockset *set, uint64_t *out);
+// `r` live; `out` writable. Nulls refused.
+blockrep_status blockrep_view_open(const blockrep_replica *r,
+                                   uint64_t sequence,
+                                   blockrep_view **out);
 
-// Writes the generation the set's cut closed to `*out`.
+// Reads `len` bytes of the view's point at `offset` into `buf`.
+// Thread-safe.
 //
 // # Safety
-// `set` null (refused) or live; `out` null (refused) or writable.
-blockrep_status blockrep_blockset_generation(const blockrep_blockset *set, uint64_t *out);
+// `v` live; `buf` `len` writable bytes. Nulls refused.
+blockrep_status blockrep_view_read(const blockrep_view *v,
+                                   uint8_t *buf,
+                                   size_t len,
+                                   uint64_t offset);
 
-// Copies up to `cap` coalesced extents at or after block `from` into
-// `extents`, writes how many to `*out_n` and the block to continue from to
-// `*out_next` (`UINT64_MAX` once the set is exhausted). Thread-safe.
+// Closes a view, unpinning its point.
 //
 // # Safety
-// `set` null (refused) or live; `extents` must point to `cap` writable
-// elements (null is refused unless `cap` is 0); `out_n` and `out_next`
-// writable (null refused).
-blockrep_status blockrep_blockset_extents(const blockrep_blockset *set,
-                                          uint64_t from,
-                                          blockrep_extent *extents,
-                                          size_t cap,
-                                          size_t *out_n,
-                                          uint64_t *out_next);
-
-// Frees a set. Null and double frees are refused.
-//
-// # Safety
-// `set` must be null or a handle from `blockrep_tracker_cut`.
-blockrep_status blockrep_blockset_free(blockrep_blockset *set);
-
-// Writes to `*out` (the caller's) a new set of the blocks in `a` or `b`
-// (sets of the same disk). Thread-safe.
-//
-// # Safety
-// `a` and `b` live; `out` writable.
-blockrep_status blockrep_blockset_union(const blockrep_blockset *a,
-                                        const blockrep_blockset *b,
-                                        blockrep_blockset **out);
+// `v` null (refused) or live.
+blockrep_status blockrep_view_free(blockrep_view *v);
 
 #ifdef __cplusplus
 }  // extern "C"

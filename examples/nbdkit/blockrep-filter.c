@@ -44,9 +44,14 @@ static bool stopping, cycler_running;
 /* Logs blockrep's message for a failed call; returns the status. */
 static blockrep_status report(const char *what, blockrep_status s) {
   if (s != BLOCKREP_STATUS_OK) {
-    char msg[512];
-    blockrep_last_error(msg, sizeof msg, NULL);
-    nbdkit_error("blockrep: %s: status %u: %s", what, (unsigned)s, msg);
+    size_t n = 0;
+    blockrep_last_error(NULL, 0, &n); /* ask the size, then fill */
+    char *msg = malloc(n + 1);
+    if (msg != NULL && blockrep_last_error(msg, n + 1, &n) == BLOCKREP_STATUS_OK)
+      nbdkit_error("blockrep: %s: status %u: %s", what, (unsigned)s, msg);
+    else
+      nbdkit_error("blockrep: %s: status %u", what, (unsigned)s);
+    free(msg);
   }
   return s;
 }

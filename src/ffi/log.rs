@@ -1,17 +1,22 @@
-//! Delta logs through the C ABI: writing a log file, verifying one.
+//! `blockrep_log_*`: writing a log file, verifying one, and the log's
+//! enums the other handles share.
 
-use super::status::{blockrep_status, guard, null, register, unregister};
+use super::convert::{
+    borrow_mut, bytes_in, bytes_out, digest_in, disk_id_in, free, handle, handle_out, need,
+    path_in, write_out,
+};
+use super::error::{blockrep_status, guard};
 use crate::error::Error;
 use crate::geometry::{Extent, Geometry};
-use crate::id::DiskId;
 use crate::log::{Consistency, LogFile, LogHeader, LogKind, ReadOptions, WriterOptions};
-use std::ffi::{c_char, CStr};
+use std::ffi::c_char;
 
 /// A log file being written (as `PATH.partial` until committed). One thread
 /// at a time.
 pub struct blockrep_log_writer {
     inner: LogFile,
 }
+handle!(blockrep_log_writer, LogFile, "log writer");
 
 /// What a log holds, as the C ABI reports it.
 #[repr(C)]
@@ -39,47 +44,6 @@ pub struct blockrep_log_info {
     pub bytes: u64,
     /// The content digest after applying it.
     pub digest: [u8; 32],
-}
-
-pub(super) fn c_path<'a>(p: *const c_char) -> Result<&'a str, Error> {
-    if p.is_null() {
-        return Err(null("path"));
-    }
-    // SAFETY: non-null and NUL-terminated per every caller's contract.
-    unsafe { CStr::from_ptr(p) }
-        .to_str()
-        .map_err(|_| Error::invalid("path is not UTF-8"))
-}
-
-/// A 32-byte content digest passed by pointer; null is refused.
-pub(super) fn digest_in(p: *const u8) -> Result<crate::log::Digest, Error> {
-    if p.is_null() {
-        return Err(null("digest"));
-    }
-    let mut d = [0u8; 32];
-    // SAFETY: non-null; 32 readable bytes per every caller's contract.
-    unsafe { std::ptr::copy_nonoverlapping(p, d.as_mut_ptr(), 32) };
-    Ok(crate::log::Digest(d))
-}
-
-/// A 16-byte disk id passed by pointer; null is refused.
-pub(super) fn disk_id_in(p: *const u8) -> Result<DiskId, Error> {
-    if p.is_null() {
-        return Err(null("disk_id"));
-    }
-    let mut id = [0u8; 16];
-    // SAFETY: non-null; 16 readable bytes per every caller's contract.
-    unsafe { std::ptr::copy_nonoverlapping(p, id.as_mut_ptr(), 16) };
-    Ok(DiskId(id))
-}
-
-/// A path that may be null (optional).
-pub(super) fn opt_path<'a>(p: *const c_char) -> Result<Option<&'a str>, Error> {
-    if p.is_null() {
-        Ok(None)
-    } else {
-        c_path(p).map(Some)
-    }
 }
 
 /// A log's kind. Values are stable and match the log format's.
@@ -176,10 +140,8 @@ pub unsafe extern "C" fn blockrep_log_writer_create(
     out: *mut *mut blockrep_log_writer,
 ) -> blockrep_status {
     guard(|| {
-        let path = c_path(path)?;
-        if out.is_null() {
-            return Err(null("out"));
-        }
+        let path = path_in(path)?;
+        need(out, "out")?;
         let mut h = LogHeader::new(
             disk_id_in(disk_id)?,
             Geometry::new(size, block_size)?,
@@ -190,11 +152,7 @@ pub unsafe extern "C" fn blockrep_log_writer_create(
         if !base_digest.is_null() {
             h.base_digest = digest_in(base_digest)?;
         }
-        let w = LogFile::create(path, h, WriterOptions::default())?;
-        let p = register(Box::new(blockrep_log_writer { inner: w }));
-        // SAFETY: `out` is non-null and writable.
-        unsafe { *out = p };
-        Ok(())
+        handle_out(out, LogFile::create(path, h, WriterOptions::default())?)
     })
 }
 
@@ -210,16 +168,7 @@ pub unsafe extern "C" fn blockrep_log_writer_add_block(
     data: *const u8,
     len: usize,
 ) -> blockrep_status {
-    guard(|| {
-        // SAFETY: non-null handles are live and used by one thread.
-        let w = unsafe { w.as_mut() }.ok_or_else(|| null("writer"))?;
-        if data.is_null() {
-            return Err(null("data"));
-        }
-        // SAFETY: `len` readable bytes at `data` per the contract.
-        let d = unsafe { std::slice::from_raw_parts(data, len) };
-        w.inner.add_block(block, d)
-    })
+    guard(|| borrow_mut(w)?.add_block(block, bytes_in(data, len)?))
 }
 
 /// Adds `count` zero blocks from `start` (a discard or zero write).
@@ -232,11 +181,7 @@ pub unsafe extern "C" fn blockrep_log_writer_add_zero(
     start: u64,
     count: u64,
 ) -> blockrep_status {
-    guard(|| {
-        // SAFETY: non-null handles are live and used by one thread.
-        let w = unsafe { w.as_mut() }.ok_or_else(|| null("writer"))?;
-        w.inner.add_zero(Extent::new(start, count))
-    })
+    guard(|| borrow_mut(w)?.add_zero(Extent::new(start, count)))
 }
 
 /// Finishes the log, makes it durable under its name and frees the
@@ -252,13 +197,9 @@ pub unsafe extern "C" fn blockrep_log_writer_commit(
     out_digest: *mut u8,
 ) -> blockrep_status {
     guard(|| {
-        let b = unregister(w, "writer")?;
-        let summary = b.inner.commit()?;
+        let summary = free(w)?.commit()?;
         if !out_digest.is_null() {
-            // SAFETY: 32 writable bytes per the contract.
-            unsafe {
-                std::ptr::copy_nonoverlapping(summary.trailer.digest.0.as_ptr(), out_digest, 32)
-            };
+            bytes_out(out_digest, 32)?.copy_from_slice(&summary.trailer.digest.0);
         }
         Ok(())
     })
@@ -270,7 +211,7 @@ pub unsafe extern "C" fn blockrep_log_writer_commit(
 /// `w` null (refused) or live.
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_log_writer_free(w: *mut blockrep_log_writer) -> blockrep_status {
-    guard(|| unregister(w, "writer").map(drop))
+    guard(|| free(w).map(drop))
 }
 
 /// Verifies the whole log file `path` (every record and the trailer) and
@@ -284,10 +225,8 @@ pub unsafe extern "C" fn blockrep_log_verify(
     out: *mut blockrep_log_info,
 ) -> blockrep_status {
     guard(|| {
-        let path = c_path(path)?;
-        if out.is_null() {
-            return Err(null("out"));
-        }
+        let path = path_in(path)?;
+        need(out, "out")?;
         let f = std::fs::File::open(path).map_err(|e| Error::io("open log", e).with_path(path))?;
         let s = crate::log::verify(std::io::BufReader::new(f), ReadOptions::default())
             .map_err(|e| e.with_path(path))?;
@@ -304,8 +243,6 @@ pub unsafe extern "C" fn blockrep_log_verify(
             bytes: s.bytes,
             digest: s.trailer.digest.0,
         };
-        // SAFETY: `out` is non-null and writable.
-        unsafe { *out = info };
-        Ok(())
+        write_out(out, info)
     })
 }

@@ -1,16 +1,22 @@
-//! The primary-side pipeline through the C ABI: write begin/end pairs
-//! around guest writes, cycles into the spool, shipping, resync.
+//! `blockrep_pipeline_*`: the primary side of one disk. Write begin/end
+//! pairs around guest writes, cycles into the spool, shipping, resync,
+//! consistency groups, resize, and reverse replication after a failover.
 
-use super::log::{
-    blockrep_consistency, blockrep_log_kind, c_path, consistency_of, digest_in, disk_id_in,
-    opt_path,
+use super::blockset::blockrep_blockset;
+use super::convert::{
+    borrow, borrow_mut, bytes_out, digest_in, disk_id_in, free, handle, handle_out, need, opt_out,
+    opt_path_in, path_in, string_out, write_out,
 };
+use super::error::{blockrep_status, guard};
+use super::log::{blockrep_consistency, blockrep_log_kind, consistency_of};
 use super::ptracker::blockrep_open_state;
-use super::status::{blockrep_status, guard, null, register, unregister};
+use super::status::{blockrep_disk_status, now_ns};
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::{FileStorage, FsDir};
 use crate::log::BlockDigests;
 use crate::source::{AnyTracker, CycleOptions, CycleReport, Pipeline, PipelineBuilder, SpooledLog};
+use crate::status::DiskStatus;
+use crate::tracker::{BlockSet, FrozenSet};
 use std::ffi::c_char;
 use std::sync::Arc;
 
@@ -23,16 +29,7 @@ use std::sync::Arc;
 pub struct blockrep_pipeline {
     inner: Pipeline<AnyTracker>,
 }
-
-impl blockrep_pipeline {
-    pub(super) fn pipeline(&self) -> &Pipeline<AnyTracker> {
-        &self.inner
-    }
-
-    pub(super) fn pipeline_mut(&mut self) -> &mut Pipeline<AnyTracker> {
-        &mut self.inner
-    }
-}
+handle!(blockrep_pipeline, Pipeline<AnyTracker>, "pipeline");
 
 /// What a cycle (or an initial sync, or a resync) wrote.
 #[repr(C)]
@@ -101,18 +98,6 @@ pub struct blockrep_pipeline_status {
     pub resync_required: u32,
 }
 
-/// Registers a pipeline as a C handle.
-pub(super) fn boxed(p: Pipeline<AnyTracker>) -> *mut blockrep_pipeline {
-    register(Box::new(blockrep_pipeline { inner: p }))
-}
-
-pub(super) fn live<'a>(p: *const blockrep_pipeline) -> Result<&'a Pipeline<AnyTracker>> {
-    // SAFETY: callers pass null (refused) or a live handle per contract.
-    unsafe { p.as_ref() }
-        .map(|p| &p.inner)
-        .ok_or_else(|| null("pipeline"))
-}
-
 /// The builder for the disk at `disk_path` (opened read-only: the guest
 /// writes it, the pipeline only reads), its spool in `spool_dir`.
 fn builder(
@@ -127,11 +112,6 @@ fn builder(
         Some(p) => b.tracker_file(p),
         None => b,
     })
-}
-
-fn write_out<T>(out: *mut T, v: T) {
-    // SAFETY: callers checked `out` is non-null; writable per contract.
-    unsafe { *out = v };
 }
 
 /// Starts replicating the disk image (or block device) at `disk_path`:
@@ -157,15 +137,12 @@ pub unsafe extern "C" fn blockrep_pipeline_create(
     out: *mut *mut blockrep_pipeline,
 ) -> blockrep_status {
     guard(|| {
-        let (disk_path, spool_dir) = (c_path(disk_path)?, c_path(spool_dir)?);
-        let tracker_path = opt_path(tracker_path)?;
+        let (disk_path, spool_dir) = (path_in(disk_path)?, path_in(spool_dir)?);
+        let tracker_path = opt_path_in(tracker_path)?;
         let id = disk_id_in(disk_id)?;
-        if out.is_null() {
-            return Err(null("out"));
-        }
+        need(out, "out")?;
         let b = builder(disk_path, spool_dir, spool_limit, tracker_path)?;
-        write_out(out, boxed(b.block_size(block_size).create(id, epoch)?));
-        Ok(())
+        handle_out(out, b.block_size(block_size).create(id, epoch)?)
     })
 }
 
@@ -188,15 +165,13 @@ pub unsafe extern "C" fn blockrep_pipeline_open(
     out: *mut *mut blockrep_pipeline,
 ) -> blockrep_status {
     guard(|| {
-        let (disk_path, spool_dir) = (c_path(disk_path)?, c_path(spool_dir)?);
-        let tracker_path = opt_path(tracker_path)?;
-        if out.is_null() || out_state.is_null() {
-            return Err(null("out"));
-        }
+        let (disk_path, spool_dir) = (path_in(disk_path)?, path_in(spool_dir)?);
+        let tracker_path = opt_path_in(tracker_path)?;
+        need(out, "out")?;
+        need(out_state, "out_state")?;
         let (p, state) = builder(disk_path, spool_dir, spool_limit, tracker_path)?.open()?;
-        write_out(out_state, (&state).into());
-        write_out(out, boxed(p));
-        Ok(())
+        write_out(out_state, (&state).into())?;
+        handle_out(out, p)
     })
 }
 
@@ -214,7 +189,7 @@ pub unsafe extern "C" fn blockrep_pipeline_write_begin(
     offset: u64,
     len: u64,
 ) -> blockrep_status {
-    guard(|| live(p)?.primary().begin_write(offset, len, false))
+    guard(|| borrow(p)?.primary().begin_write(offset, len, false))
 }
 
 /// Completes a write begun with `blockrep_pipeline_write_begin`: marks its
@@ -228,7 +203,7 @@ pub unsafe extern "C" fn blockrep_pipeline_write_end(
     offset: u64,
     len: u64,
 ) -> blockrep_status {
-    guard(|| live(p)?.primary().end_write(offset, len, false))
+    guard(|| borrow(p)?.primary().end_write(offset, len, false))
 }
 
 /// As `blockrep_pipeline_write_begin`, for a write of zeros or a discard
@@ -244,7 +219,7 @@ pub unsafe extern "C" fn blockrep_pipeline_zero_begin(
     offset: u64,
     len: u64,
 ) -> blockrep_status {
-    guard(|| live(p)?.primary().begin_write(offset, len, true))
+    guard(|| borrow(p)?.primary().begin_write(offset, len, true))
 }
 
 /// Completes a zero write or discard begun with
@@ -258,14 +233,12 @@ pub unsafe extern "C" fn blockrep_pipeline_zero_end(
     offset: u64,
     len: u64,
 ) -> blockrep_status {
-    guard(|| live(p)?.primary().end_write(offset, len, true))
+    guard(|| borrow(p)?.primary().end_write(offset, len, true))
 }
 
+/// Writes what a cycle wrote to the optional output `out`.
 pub(super) fn info_out(out: *mut blockrep_cycle_info, r: &CycleReport) {
-    if out.is_null() {
-        return;
-    }
-    write_out(
+    opt_out(
         out,
         blockrep_cycle_info {
             sequence: r.summary.header.sequence,
@@ -288,7 +261,7 @@ pub unsafe extern "C" fn blockrep_pipeline_initial_sync(
     out: *mut blockrep_cycle_info,
 ) -> blockrep_status {
     guard(|| {
-        let r = live(p)?.initial_sync(Default::default())?;
+        let r = borrow(p)?.initial_sync(Default::default())?;
         info_out(out, &r);
         Ok(())
     })
@@ -310,11 +283,11 @@ pub unsafe extern "C" fn blockrep_pipeline_cycle(
     out: *mut blockrep_cycle_info,
 ) -> blockrep_status {
     guard(|| {
-        let pipeline = live(p)?;
+        let pipeline = borrow(p)?;
         let consistency = consistency_of(consistency)?;
         let c = CycleOptions {
             consistency,
-            label: opt_path(label)?.unwrap_or("").to_owned(),
+            label: label_in(label)?,
             group: None,
         };
         let r = pipeline.cycle(&c)?;
@@ -323,7 +296,16 @@ pub unsafe extern "C" fn blockrep_pipeline_cycle(
     })
 }
 
-fn spooled_out(out: *mut blockrep_spooled_log, l: &SpooledLog) {
+/// A cycle's label: null for none.
+pub(super) fn label_in(label: *const c_char) -> Result<String> {
+    Ok(if label.is_null() {
+        String::new()
+    } else {
+        super::convert::str_in(label, "label")?.to_owned()
+    })
+}
+
+fn spooled_out(out: *mut blockrep_spooled_log, l: &SpooledLog) -> Result<()> {
     write_out(
         out,
         blockrep_spooled_log {
@@ -335,7 +317,7 @@ fn spooled_out(out: *mut blockrep_spooled_log, l: &SpooledLog) {
             consistency: l.consistency.into(),
             digest: l.point.digest.0,
         },
-    );
+    )
 }
 
 /// The oldest log not yet handed to the transport, now counted as in
@@ -353,25 +335,24 @@ pub unsafe extern "C" fn blockrep_pipeline_next_log(
     out_found: *mut u32,
 ) -> blockrep_status {
     guard(|| {
-        let pipeline = live(p)?;
-        if out.is_null() || out_found.is_null() {
-            return Err(null("out"));
-        }
+        let pipeline = borrow(p)?;
+        need(out, "out")?;
+        need(out_found, "out_found")?;
         match pipeline.spool().next_to_ship() {
             Some(l) => {
-                spooled_out(out, &l);
-                write_out(out_found, 1);
+                spooled_out(out, &l)?;
+                write_out(out_found, 1)
             }
             None => write_out(out_found, 0),
         }
-        Ok(())
     })
 }
 
-/// Copies the path of spooled log `sequence` into `buf` (NUL-terminated,
-/// `len` bytes) and its length without the NUL into `*out_len`. A buffer
-/// too small is refused (`BLOCKREP_STATUS_INVALID_ARGUMENT`) after
-/// `*out_len` is written, so the caller can retry.
+/// The path of spooled log `sequence`, as every string blockrep returns:
+/// its length without the NUL goes to `*out_len`; with `buf` null and
+/// `len` 0 that is all (a size query); else `buf` must hold more than that
+/// many bytes (a smaller buffer is refused, `BLOCKREP_STATUS_INVALID_ARGUMENT`,
+/// and left untouched) and receives the path and a NUL.
 ///
 /// # Safety
 /// `p` live; `buf` null or `len` writable bytes; `out_len` writable.
@@ -384,10 +365,8 @@ pub unsafe extern "C" fn blockrep_pipeline_log_path(
     out_len: *mut usize,
 ) -> blockrep_status {
     guard(|| {
-        let pipeline = live(p)?;
-        if out_len.is_null() {
-            return Err(null("out_len"));
-        }
+        let pipeline = borrow(p)?;
+        need(out_len, "out_len")?;
         let path = pipeline
             .spool()
             .pending()
@@ -403,19 +382,7 @@ pub unsafe extern "C" fn blockrep_pipeline_log_path(
         let s = path
             .to_str()
             .ok_or_else(|| Error::invalid("spool path is not UTF-8"))?;
-        write_out(out_len, s.len());
-        if buf.is_null() || len <= s.len() {
-            return Err(Error::invalid(format!(
-                "path of {} bytes does not fit a buffer of {len}",
-                s.len()
-            )));
-        }
-        // SAFETY: `buf` holds `len` > s.len() writable bytes per contract.
-        unsafe {
-            std::ptr::copy_nonoverlapping(s.as_ptr(), buf.cast::<u8>(), s.len());
-            *buf.add(s.len()) = 0;
-        }
-        Ok(())
+        string_out(s, buf, len, out_len)
     })
 }
 
@@ -434,17 +401,12 @@ pub unsafe extern "C" fn blockrep_pipeline_log_read(
     len: usize,
 ) -> blockrep_status {
     guard(|| {
-        let pipeline = live(p)?;
-        if len == 0 {
+        let pipeline = borrow(p)?;
+        let out = bytes_out(buf, len)?;
+        if out.is_empty() {
             return Ok(());
         }
-        if buf.is_null() {
-            return Err(null("buf"));
-        }
-        let f = pipeline.spool().open_log(sequence)?;
-        // SAFETY: `buf` holds `len` writable bytes per the contract.
-        let out = unsafe { std::slice::from_raw_parts_mut(buf, len) };
-        f.read_at(out, offset)
+        pipeline.spool().open_log(sequence)?.read_at(out, offset)
     })
 }
 
@@ -464,7 +426,7 @@ pub unsafe extern "C" fn blockrep_pipeline_ack(
     digest: *const u8,
 ) -> blockrep_status {
     guard(|| {
-        let p = live(p)?;
+        let p = borrow(p)?;
         p.spool().ack(sequence, &digest_in(digest)?)
     })
 }
@@ -486,7 +448,7 @@ pub unsafe extern "C" fn blockrep_pipeline_reconcile(
     digest: *const u8,
 ) -> blockrep_status {
     guard(|| {
-        let p = live(p)?;
+        let p = borrow(p)?;
         p.spool().reconcile(sequence, &digest_in(digest)?)
     })
 }
@@ -499,7 +461,7 @@ pub unsafe extern "C" fn blockrep_pipeline_reconcile(
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_pipeline_rewind(p: *const blockrep_pipeline) -> blockrep_status {
     guard(|| {
-        live(p)?.spool().rewind();
+        borrow(p)?.spool().rewind();
         Ok(())
     })
 }
@@ -514,10 +476,7 @@ pub unsafe extern "C" fn blockrep_pipeline_get_status(
     out: *mut blockrep_pipeline_status,
 ) -> blockrep_status {
     guard(|| {
-        let pipeline = live(p)?;
-        if out.is_null() {
-            return Err(null("out"));
-        }
+        let pipeline = borrow(p)?;
         let s = pipeline.spool().status();
         write_out(
             out,
@@ -533,10 +492,9 @@ pub unsafe extern "C" fn blockrep_pipeline_get_status(
                 epoch: s.head.epoch,
                 folded_logs: s.folded_logs,
                 dirty_blocks: pipeline.primary().marked().count(),
-                resync_required: s.resync_required as u32,
+                resync_required: u32::from(s.resync_required),
             },
-        );
-        Ok(())
+        )
     })
 }
 
@@ -555,8 +513,8 @@ pub unsafe extern "C" fn blockrep_pipeline_resync(
     out: *mut blockrep_cycle_info,
 ) -> blockrep_status {
     guard(|| {
-        let pipeline = live(p)?;
-        let path = c_path(digests_path)?;
+        let pipeline = borrow(p)?;
+        let path = path_in(digests_path)?;
         let bytes =
             std::fs::read(path).map_err(|e| Error::io("read digests", e).with_path(path))?;
         let d = BlockDigests::decode(&bytes).map_err(|e| e.with_path(path))?;
@@ -564,6 +522,94 @@ pub unsafe extern "C" fn blockrep_pipeline_resync(
         info_out(out, &r);
         Ok(())
     })
+}
+
+/// The blocks this primary changed that its replica may not hold (its
+/// tracker and unacknowledged logs): after a failover, the old primary's
+/// part of what reverse replication sends. `*out` is the caller's.
+///
+/// # Safety
+/// `p` live; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_divergence(
+    p: *const blockrep_pipeline,
+    out: *mut *mut blockrep_blockset,
+) -> blockrep_status {
+    guard(|| {
+        let set = borrow(p)?.divergence()?;
+        handle_out::<blockrep_blockset>(out, FrozenSet::new(0, set))
+    })
+}
+
+/// Reverse replication from the new primary: spools a resync log, in a
+/// new epoch, of every block of `other` (the old primary's divergence
+/// unioned with the commit's, see `blockrep_blockset_union`; null for
+/// none) and every block this pipeline tracked.
+///
+/// # Safety
+/// `p` live; `other` null or live; `out` null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_reverse_sync(
+    p: *const blockrep_pipeline,
+    other: *const blockrep_blockset,
+    out: *mut blockrep_cycle_info,
+) -> blockrep_status {
+    guard(|| {
+        let p = borrow(p)?;
+        let other = if other.is_null() {
+            BlockSet::new(p.primary().tracker().geometry().block_count())
+        } else {
+            borrow(other)?.set().clone()
+        };
+        let r = p.reverse_sync(&other)?;
+        info_out(out, &r);
+        Ok(())
+    })
+}
+
+/// The primary's status for a console (role, epoch, latest point, RPO,
+/// pending logs) in `*out`. Thread-safe.
+///
+/// # Safety
+/// `p` live; `out` null (refused) or writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_disk_status(
+    p: *const blockrep_pipeline,
+    out: *mut blockrep_disk_status,
+) -> blockrep_status {
+    guard(|| write_out(out, (&DiskStatus::of_pipeline(borrow(p)?, now_ns())).into()))
+}
+
+/// Lets the pipeline be cut in a consistency group (`blockrep_group_cycle`
+/// refuses members that did not join): call it before the disk takes
+/// writes. Its write completions then take part in a group cut's hold,
+/// which costs two atomic operations each. No other call may run on `p`
+/// meanwhile.
+///
+/// # Safety
+/// `p` null (refused) or live, used by no other thread during the call.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_join_group(
+    p: *mut blockrep_pipeline,
+) -> blockrep_status {
+    guard(|| {
+        borrow_mut(p)?.join_group();
+        Ok(())
+    })
+}
+
+/// The disk was resized to `size` bytes (by the integration, with its I/O
+/// drained): the next cycle's log ships the new size and the replica
+/// follows. No other call may run on `p` meanwhile.
+///
+/// # Safety
+/// `p` null (refused) or live, used by no other thread during the call.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_pipeline_resize(
+    p: *mut blockrep_pipeline,
+    size: u64,
+) -> blockrep_status {
+    guard(|| borrow_mut(p)?.resize(size))
 }
 
 /// Stops the pipeline cleanly and releases it: a tracker file records the
@@ -575,7 +621,7 @@ pub unsafe extern "C" fn blockrep_pipeline_resync(
 /// refused while the address was not reused).
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_pipeline_close(p: *mut blockrep_pipeline) -> blockrep_status {
-    guard(|| unregister(p, "pipeline")?.inner.close())
+    guard(|| free(p)?.close())
 }
 
 /// Releases the pipeline without a clean stop (as a crash would: a
@@ -585,5 +631,5 @@ pub unsafe extern "C" fn blockrep_pipeline_close(p: *mut blockrep_pipeline) -> b
 /// As `blockrep_pipeline_close`.
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_pipeline_free(p: *mut blockrep_pipeline) -> blockrep_status {
-    guard(|| unregister(p, "pipeline").map(drop))
+    guard(|| free(p).map(drop))
 }

@@ -1,9 +1,10 @@
-//! The persistent tracker through the C ABI.
+//! `blockrep_ptracker_*`: the persistent tracker.
 
-use super::log::{c_path, disk_id_in, opt_path};
-use super::status::{blockrep_status, guard, null, register, unregister};
-use super::tracker::blockrep_blockset;
-use crate::error::Error;
+use super::blockset::blockrep_blockset;
+use super::convert::{
+    borrow, disk_id_in, free, handle, handle_out, need, new_handle, opt_path_in, path_in, write_out,
+};
+use super::error::{blockrep_status, guard};
 use crate::geometry::Geometry;
 use crate::io::{FileStorage, Storage};
 use crate::tracker::{OpenState, PersistentTracker};
@@ -13,10 +14,24 @@ use std::ffi::c_char;
 /// checkpoint). All calls but `_close` and `_free` may run from many
 /// threads at once on the same handle.
 pub struct blockrep_ptracker {
-    inner: PersistentTracker,
+    inner: TrackerFile,
+}
+handle!(blockrep_ptracker, TrackerFile, "tracker");
+
+/// A persistent tracker and the disk it tracks.
+pub(crate) struct TrackerFile {
+    tracker: PersistentTracker,
     /// The disk, when named: its identity is recorded at a clean close and
     /// checked at the next open.
     disk: Option<FileStorage>,
+}
+
+/// The disk's identity now, when it was named.
+fn identity_of(disk: Option<&FileStorage>) -> crate::Result<Option<crate::io::DiskIdentity>> {
+    match disk {
+        Some(d) => d.identity(),
+        None => Ok(None),
+    }
 }
 
 /// How a persistent tracker file was found when opened.
@@ -47,14 +62,6 @@ impl From<&OpenState> for blockrep_open_state {
     }
 }
 
-fn live<'a>(t: *const blockrep_ptracker) -> Result<&'a PersistentTracker, Error> {
-    // SAFETY: callers pass null (refused here) or a live handle, per the
-    // contract of every function below.
-    unsafe { t.as_ref() }
-        .map(|t| &t.inner)
-        .ok_or_else(|| null("tracker"))
-}
-
 /// Opens the tracker file at `path` (a NUL-terminated UTF-8 path) for the
 /// disk `disk_id` (16 bytes) of `size` bytes in `block_size` blocks, or
 /// creates it (intent regions of `region_size` bytes: 1, 2 or 4 MiB). On
@@ -83,28 +90,19 @@ pub unsafe extern "C" fn blockrep_ptracker_open(
     out_state: *mut blockrep_open_state,
 ) -> blockrep_status {
     guard(|| {
-        if path.is_null() || disk_id.is_null() || out.is_null() || out_state.is_null() {
-            return Err(null("an argument"));
-        }
-        let (path, id) = (c_path(path)?, disk_id_in(disk_id)?);
+        let (path, id) = (path_in(path)?, disk_id_in(disk_id)?);
+        need(out, "out")?;
+        need(out_state, "out_state")?;
         let geometry = Geometry::new(size, block_size)?;
-        let disk = match opt_path(disk_path)? {
+        let disk = match opt_path_in(disk_path)? {
             Some(p) => Some(FileStorage::open_read_only(p)?),
             None => None,
         };
-        let seen = match &disk {
-            Some(d) => d.identity()?,
-            None => None,
-        };
-        let (pt, state) = PersistentTracker::open_or_create(path, id, geometry, region_size, seen)?;
-        let state = blockrep_open_state::from(&state);
-        let p = register(Box::new(blockrep_ptracker { inner: pt, disk }));
-        // SAFETY: both outputs are non-null and writable per the contract.
-        unsafe {
-            *out = p;
-            *out_state = state;
-        }
-        Ok(())
+        let seen = identity_of(disk.as_ref())?;
+        let (tracker, state) =
+            PersistentTracker::open_or_create(path, id, geometry, region_size, seen)?;
+        write_out(out_state, blockrep_open_state::from(&state))?;
+        handle_out(out, TrackerFile { tracker, disk })
     })
 }
 
@@ -122,7 +120,7 @@ pub unsafe extern "C" fn blockrep_ptracker_begin_write(
     offset: u64,
     len: u64,
 ) -> blockrep_status {
-    guard(|| live(t)?.begin_write_unguarded(offset, len))
+    guard(|| borrow(t)?.tracker.begin_write_unguarded(offset, len))
 }
 
 /// Completes a write announced by `blockrep_ptracker_begin_write`: marks
@@ -136,7 +134,7 @@ pub unsafe extern "C" fn blockrep_ptracker_end_write(
     offset: u64,
     len: u64,
 ) -> blockrep_status {
-    guard(|| live(t)?.end_write(offset, len))
+    guard(|| borrow(t)?.tracker.end_write(offset, len))
 }
 
 /// Closes the current generation into a new set the caller owns (`*out`).
@@ -151,14 +149,9 @@ pub unsafe extern "C" fn blockrep_ptracker_cut(
     out: *mut *mut blockrep_blockset,
 ) -> blockrep_status {
     guard(|| {
-        let t = live(t)?;
-        if out.is_null() {
-            return Err(null("out"));
-        }
-        let p = register(Box::new(blockrep_blockset::from_frozen(t.cut())));
-        // SAFETY: `out` is non-null and writable per the contract.
-        unsafe { *out = p };
-        Ok(())
+        let t = borrow(t)?;
+        need(out, "out")?;
+        write_out(out, new_handle(t.tracker.cut()))
     })
 }
 
@@ -172,12 +165,7 @@ pub unsafe extern "C" fn blockrep_ptracker_commit(
     t: *const blockrep_ptracker,
     set: *const blockrep_blockset,
 ) -> blockrep_status {
-    guard(|| {
-        let t = live(t)?;
-        // SAFETY: non-null handles are live per the contract.
-        let s = unsafe { set.as_ref() }.ok_or_else(|| null("set"))?;
-        t.commit(s.frozen().generation())
-    })
+    guard(|| borrow(t)?.tracker.commit(borrow(set)?.generation()))
 }
 
 /// Hands a failed cycle's blocks back. The set stays the caller's.
@@ -190,10 +178,7 @@ pub unsafe extern "C" fn blockrep_ptracker_reclaim(
     set: *const blockrep_blockset,
 ) -> blockrep_status {
     guard(|| {
-        let t = live(t)?;
-        // SAFETY: non-null handles are live per the contract.
-        let s = unsafe { set.as_ref() }.ok_or_else(|| null("set"))?;
-        t.reclaim(s.frozen());
+        borrow(t)?.tracker.reclaim(borrow(set)?);
         Ok(())
     })
 }
@@ -207,12 +192,9 @@ pub unsafe extern "C" fn blockrep_ptracker_reclaim(
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_ptracker_close(t: *mut blockrep_ptracker) -> blockrep_status {
     guard(|| {
-        let t = unregister(t, "tracker")?;
-        let seen = match &t.disk {
-            Some(d) => d.identity()?,
-            None => None,
-        };
-        t.inner.close(seen)
+        let t = free(t)?;
+        let seen = identity_of(t.disk.as_ref())?;
+        t.tracker.close(seen)
     })
 }
 
@@ -223,5 +205,5 @@ pub unsafe extern "C" fn blockrep_ptracker_close(t: *mut blockrep_ptracker) -> b
 /// `t` must be null (refused) or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_ptracker_free(t: *mut blockrep_ptracker) -> blockrep_status {
-    guard(|| unregister(t, "tracker").map(drop))
+    guard(|| free(t).map(drop))
 }

@@ -1,11 +1,22 @@
-//! The replica through the C ABI.
+//! `blockrep_replica_*`: a replica in a directory (create, open, adopt,
+//! apply, points, rollback, prune, export, digests, status).
 
-use super::log::{blockrep_consistency, c_path};
-use super::status::{blockrep_status, guard, null, register, unregister};
-use crate::error::Error;
-use crate::io::FsDir;
-use crate::log::ReadOptions;
-use crate::replica::{ApplyOutcome, IncomingLog, PointView, Replica, RetentionPolicy};
+use super::convert::{
+    borrow, handle, handle_out, need, new_handle, opt_out, path_in, slice_out, str_in, struct_in,
+    write_out,
+};
+use super::error::{blockrep_status, guard};
+use super::failover::blockrep_adopt_point;
+use super::incoming::blockrep_incoming;
+use super::log::blockrep_consistency;
+use super::status::blockrep_disk_status;
+use crate::geometry::Geometry;
+use crate::id::DiskId;
+use crate::io::{FileStorage, FsDir, Storage};
+use crate::log::Digest;
+use crate::replica::{AdoptAt, ApplyOutcome, Replica, RetentionPolicy};
+use crate::status::DiskStatus;
+use std::ffi::c_char;
 use std::sync::Arc;
 
 /// A replica in a directory. All calls but `_free` may run from many
@@ -13,17 +24,7 @@ use std::sync::Arc;
 pub struct blockrep_replica {
     inner: Replica,
 }
-
-/// A log being received in chunks (`blockrep_replica_receive`). Not
-/// thread-safe: one thread feeds it.
-pub struct blockrep_incoming {
-    inner: IncomingLog,
-}
-
-/// A read-only view of one retained point; pins it while open.
-pub struct blockrep_view {
-    inner: PointView,
-}
+handle!(blockrep_replica, Replica, "replica");
 
 /// One retained point.
 #[repr(C)]
@@ -70,33 +71,37 @@ pub unsafe extern "C" fn blockrep_replica_get_info(
     out: *mut blockrep_replica_info,
 ) -> blockrep_status {
     guard(|| {
-        let s = live(r)?.status();
-        // SAFETY: null (refused) or writable per the contract.
-        let out = unsafe { out.as_mut() }.ok_or_else(|| null("out"))?;
-        *out = blockrep_replica_info {
-            disk_id: s.disk_id.0,
-            epoch: s.epoch,
-            applied: s.applied,
-            digest: s.digest.0,
-            size: s.geometry.size(),
-            block_size: s.geometry.block_size(),
-        };
-        Ok(())
+        let s = borrow(r)?.status();
+        write_out(
+            out,
+            blockrep_replica_info {
+                disk_id: s.disk_id.0,
+                epoch: s.epoch,
+                applied: s.applied,
+                digest: s.digest.0,
+                size: s.geometry.size(),
+                block_size: s.geometry.block_size(),
+            },
+        )
     })
 }
 
-pub(super) fn live<'a>(r: *const blockrep_replica) -> Result<&'a Replica, Error> {
-    // SAFETY: callers pass null (refused) or a live handle per contract.
-    unsafe { r.as_ref() }
-        .map(|r| &r.inner)
-        .ok_or_else(|| null("replica"))
-}
-
-pub(super) fn out_handle(r: Replica, out: *mut *mut blockrep_replica) -> Result<(), Error> {
-    let p = register(Box::new(blockrep_replica { inner: r }));
-    // SAFETY: callers checked `out` is non-null; writable per contract.
-    unsafe { *out = p };
-    Ok(())
+/// The replica's status for a console (role, epoch, latest point, RPO)
+/// in `*out`. Thread-safe.
+///
+/// # Safety
+/// `r` live; `out` null (refused) or writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_disk_status(
+    r: *const blockrep_replica,
+    out: *mut blockrep_disk_status,
+) -> blockrep_status {
+    guard(|| {
+        write_out(
+            out,
+            (&DiskStatus::of_replica(borrow(r)?, super::status::now_ns())).into(),
+        )
+    })
 }
 
 /// Creates a replica in directory `dir` from the full log file `full_log`.
@@ -105,18 +110,16 @@ pub(super) fn out_handle(r: Replica, out: *mut *mut blockrep_replica) -> Result<
 /// Paths NUL-terminated, `out` writable; nulls refused.
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_replica_create(
-    dir: *const std::ffi::c_char,
-    full_log: *const std::ffi::c_char,
+    dir: *const c_char,
+    full_log: *const c_char,
     out: *mut *mut blockrep_replica,
 ) -> blockrep_status {
     guard(|| {
-        let (dir, log) = (c_path(dir)?, c_path(full_log)?);
-        if out.is_null() {
-            return Err(null("out"));
-        }
-        out_handle(
-            Replica::create_from_file(Arc::new(FsDir::new(dir)?), log)?,
+        let (dir, log) = (path_in(dir)?, path_in(full_log)?);
+        need(out, "out")?;
+        handle_out(
             out,
+            Replica::create_from_file(Arc::new(FsDir::new(dir)?), log)?,
         )
     })
 }
@@ -127,15 +130,42 @@ pub unsafe extern "C" fn blockrep_replica_create(
 /// `dir` NUL-terminated, `out` writable; nulls refused.
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_replica_open(
-    dir: *const std::ffi::c_char,
+    dir: *const c_char,
     out: *mut *mut blockrep_replica,
 ) -> blockrep_status {
     guard(|| {
-        let dir = c_path(dir)?;
-        if out.is_null() {
-            return Err(null("out"));
-        }
-        out_handle(Replica::open(Arc::new(FsDir::new(dir)?))?, out)
+        let dir = path_in(dir)?;
+        need(out, "out")?;
+        handle_out(out, Replica::open(Arc::new(FsDir::new(dir)?))?)
+    })
+}
+
+/// Makes the disk at `disk_path` (the old primary's) a replica in the new
+/// directory `dir` at point `*at`, for reverse replication: the next log
+/// it takes is the new primary's resync log.
+///
+/// # Safety
+/// Paths NUL-terminated; `at` readable; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_adopt(
+    dir: *const c_char,
+    disk_path: *const c_char,
+    at: *const blockrep_adopt_point,
+    out: *mut *mut blockrep_replica,
+) -> blockrep_status {
+    guard(|| {
+        let (dir, disk) = (path_in(dir)?, path_in(disk_path)?);
+        let at = struct_in(at, "at")?;
+        need(out, "out")?;
+        let at = AdoptAt {
+            disk_id: DiskId(at.disk_id),
+            epoch: at.epoch,
+            sequence: at.sequence,
+            digest: Digest(at.digest),
+            geometry: Geometry::new(at.disk_size, at.block_size)?,
+        };
+        let image: Arc<dyn Storage> = Arc::new(FileStorage::open(disk)?);
+        handle_out(out, Replica::adopt(Arc::new(FsDir::new(dir)?), image, at)?)
     })
 }
 
@@ -149,14 +179,40 @@ pub unsafe extern "C" fn blockrep_replica_open(
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_replica_apply(
     r: *const blockrep_replica,
-    path: *const std::ffi::c_char,
+    path: *const c_char,
     out_sequence: *mut u64,
     out_applied: *mut u32,
 ) -> blockrep_status {
     guard(|| {
-        let r = live(r)?;
-        outcome_out(r.apply_file(c_path(path)?)?, out_sequence, out_applied);
+        let r = borrow(r)?;
+        outcome_out(r.apply_file(path_in(path)?)?, out_sequence, out_applied);
         Ok(())
+    })
+}
+
+/// Writes an apply's outcome to the optional outputs: the log's sequence,
+/// and 1 when applied now (0: applied before).
+pub(super) fn outcome_out(o: ApplyOutcome, out_sequence: *mut u64, out_applied: *mut u32) {
+    opt_out(out_sequence, o.sequence());
+    opt_out(out_applied, u32::from(o.applied_now()));
+}
+
+/// Starts receiving a log pushed in chunks by a transport: `*out` is the
+/// caller's; feed it with `blockrep_incoming_write`, then
+/// `blockrep_incoming_apply` (or drop it with `blockrep_incoming_free`).
+/// Nothing is applied until the whole log is verified. Thread-safe on `r`.
+///
+/// # Safety
+/// `r` live; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_receive(
+    r: *const blockrep_replica,
+    out: *mut *mut blockrep_incoming,
+) -> blockrep_status {
+    guard(|| {
+        let r = borrow(r)?;
+        need(out, "out")?;
+        write_out(out, new_handle(r.receive()?))
     })
 }
 
@@ -174,12 +230,11 @@ pub unsafe extern "C" fn blockrep_replica_points(
     out_n: *mut usize,
 ) -> blockrep_status {
     guard(|| {
-        let r = live(r)?;
-        if (points.is_null() && cap > 0) || out_n.is_null() {
-            return Err(null("an output"));
-        }
+        let r = borrow(r)?;
+        need(out_n, "out_n")?;
+        let slots = slice_out(points, cap, "points")?;
         let all = r.points();
-        for (i, p) in all.iter().take(cap).enumerate() {
+        for (slot, p) in slots.iter_mut().zip(&all) {
             let c = blockrep_point {
                 sequence: p.sequence,
                 epoch: p.epoch,
@@ -187,12 +242,9 @@ pub unsafe extern "C" fn blockrep_replica_points(
                 undo_bytes: p.undo_bytes,
                 consistency: p.consistency.into(),
             };
-            // SAFETY: i < cap elements, writable per the contract.
-            unsafe { *points.add(i) = c };
+            *slot = c;
         }
-        // SAFETY: non-null and writable.
-        unsafe { *out_n = all.len() };
-        Ok(())
+        write_out(out_n, all.len())
     })
 }
 
@@ -206,7 +258,7 @@ pub unsafe extern "C" fn blockrep_replica_rollback(
     r: *const blockrep_replica,
     sequence: u64,
 ) -> blockrep_status {
-    guard(|| live(r)?.rollback(sequence))
+    guard(|| borrow(r)?.rollback(sequence))
 }
 
 /// Prunes points: keeps the newest `keep_last`, and the newest
@@ -229,204 +281,9 @@ pub unsafe extern "C" fn blockrep_replica_prune(
             keep_app_last: keep_app_last as usize,
             keep_app_for: None,
         };
-        let dropped = live(r)?.prune(&policy, 0)?;
-        // SAFETY: null or writable per the contract.
-        if let Some(o) = unsafe { out_dropped.as_mut() } {
-            *o = dropped.len();
-        }
+        let dropped = borrow(r)?.prune(&policy, 0)?;
+        opt_out(out_dropped, dropped.len());
         Ok(())
-    })
-}
-
-/// Writes point `sequence` as a sparse raw image file at `path`.
-///
-/// # Safety
-/// `r` live; `path` NUL-terminated. Nulls refused.
-#[no_mangle]
-pub unsafe extern "C" fn blockrep_replica_export(
-    r: *const blockrep_replica,
-    sequence: u64,
-    path: *const std::ffi::c_char,
-) -> blockrep_status {
-    guard(|| live(r)?.export(sequence, c_path(path)?))
-}
-
-/// Opens a read-only view of point `sequence` (`*out`, owned by the
-/// caller), pinning it until `blockrep_view_free`. Logs may keep applying.
-///
-/// # Safety
-/// `r` live; `out` writable. Nulls refused.
-#[no_mangle]
-pub unsafe extern "C" fn blockrep_view_open(
-    r: *const blockrep_replica,
-    sequence: u64,
-    out: *mut *mut blockrep_view,
-) -> blockrep_status {
-    guard(|| {
-        let r = live(r)?;
-        if out.is_null() {
-            return Err(null("out"));
-        }
-        let p = register(Box::new(blockrep_view {
-            inner: r.view(sequence)?,
-        }));
-        // SAFETY: `out` is non-null and writable.
-        unsafe { *out = p };
-        Ok(())
-    })
-}
-
-/// Reads `len` bytes of the view's point at `offset` into `buf`.
-/// Thread-safe.
-///
-/// # Safety
-/// `v` live; `buf` `len` writable bytes. Nulls refused.
-#[no_mangle]
-pub unsafe extern "C" fn blockrep_view_read(
-    v: *const blockrep_view,
-    buf: *mut u8,
-    len: usize,
-    offset: u64,
-) -> blockrep_status {
-    guard(|| {
-        // SAFETY: non-null handles are live per the contract.
-        let v = unsafe { v.as_ref() }.ok_or_else(|| null("view"))?;
-        if buf.is_null() {
-            return Err(null("buf"));
-        }
-        // SAFETY: `len` writable bytes at `buf` per the contract.
-        let b = unsafe { std::slice::from_raw_parts_mut(buf, len) };
-        v.inner.read_at(b, offset)
-    })
-}
-
-/// Closes a view, unpinning its point.
-///
-/// # Safety
-/// `v` null (refused) or live.
-#[no_mangle]
-pub unsafe extern "C" fn blockrep_view_free(v: *mut blockrep_view) -> blockrep_status {
-    guard(|| unregister(v, "view").map(drop))
-}
-
-/// Frees a replica handle (its files stay). Views keep what they need.
-///
-/// # Safety
-/// `r` null (refused) or live; no other call may use it meanwhile or after.
-#[no_mangle]
-pub unsafe extern "C" fn blockrep_replica_free(r: *mut blockrep_replica) -> blockrep_status {
-    guard(|| unregister(r, "replica").map(drop))
-}
-
-fn outcome_out(o: ApplyOutcome, out_sequence: *mut u64, out_applied: *mut u32) {
-    let (seq, applied) = (o.sequence(), u32::from(o.applied_now()));
-    // SAFETY: outputs are null or writable per the callers' contracts.
-    unsafe {
-        if let Some(o) = out_sequence.as_mut() {
-            *o = seq;
-        }
-        if let Some(o) = out_applied.as_mut() {
-            *o = applied;
-        }
-    }
-}
-
-/// Starts receiving a log pushed in chunks by a transport: `*out` is the
-/// caller's; feed it with `blockrep_incoming_write`, then
-/// `blockrep_incoming_apply` (or drop it with `blockrep_incoming_free`).
-/// Nothing is applied until the whole log is verified. Thread-safe on `r`.
-///
-/// # Safety
-/// `r` live; `out` writable.
-#[no_mangle]
-pub unsafe extern "C" fn blockrep_replica_receive(
-    r: *const blockrep_replica,
-    out: *mut *mut blockrep_incoming,
-) -> blockrep_status {
-    guard(|| {
-        let r = live(r)?;
-        if out.is_null() {
-            return Err(null("out"));
-        }
-        let inner = r.receive()?;
-        // SAFETY: `out` is non-null and writable per the contract.
-        unsafe { *out = register(Box::new(blockrep_incoming { inner })) };
-        Ok(())
-    })
-}
-
-/// Appends `len` bytes of the log being received.
-///
-/// # Safety
-/// `i` live, used by one thread; `buf` `len` readable bytes.
-#[no_mangle]
-pub unsafe extern "C" fn blockrep_incoming_write(
-    i: *mut blockrep_incoming,
-    buf: *const u8,
-    len: usize,
-) -> blockrep_status {
-    guard(|| {
-        // SAFETY: null (refused) or a live handle used by one thread.
-        let i = unsafe { i.as_mut() }.ok_or_else(|| null("incoming"))?;
-        if len == 0 {
-            return Ok(());
-        }
-        if buf.is_null() {
-            return Err(null("buf"));
-        }
-        // SAFETY: `buf` holds `len` readable bytes per the contract.
-        i.inner
-            .write(unsafe { std::slice::from_raw_parts(buf, len) })
-    })
-}
-
-/// Verifies the received log whole and applies it (as
-/// `blockrep_replica_apply`; same outputs). Consumes the handle, also on
-/// failure, which leaves the replica unchanged.
-///
-/// # Safety
-/// `i` a live handle; outputs null or writable.
-#[no_mangle]
-pub unsafe extern "C" fn blockrep_incoming_apply(
-    i: *mut blockrep_incoming,
-    out_sequence: *mut u64,
-    out_applied: *mut u32,
-) -> blockrep_status {
-    guard(|| {
-        let i = unregister(i, "incoming log")?;
-        outcome_out(
-            i.inner.apply(&ReadOptions::default())?,
-            out_sequence,
-            out_applied,
-        );
-        Ok(())
-    })
-}
-
-/// Abandons a log being received; nothing is left behind.
-///
-/// # Safety
-/// `i` null (refused) or a handle not yet released.
-#[no_mangle]
-pub unsafe extern "C" fn blockrep_incoming_free(i: *mut blockrep_incoming) -> blockrep_status {
-    guard(|| unregister(i, "incoming log").map(drop))
-}
-
-/// Writes the BLAKE3 digest of every block of the latest point to the file
-/// `path` (crash-safely: a temporary file, synced, renamed, the directory
-/// synced), for the primary's
-/// `blockrep_pipeline_resync`. Uses every core; applies wait meanwhile.
-///
-/// # Safety
-/// `r` live; `path` NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn blockrep_replica_block_digests(
-    r: *const blockrep_replica,
-    path: *const std::ffi::c_char,
-) -> blockrep_status {
-    guard(|| {
-        let r = live(r)?;
-        r.block_digests(0)?.store(c_path(path)?)
     })
 }
 
@@ -460,9 +317,8 @@ pub unsafe extern "C" fn blockrep_replica_prune_policy(
     out_dropped: *mut usize,
 ) -> blockrep_status {
     guard(|| {
-        let r = live(r)?;
-        // SAFETY: null (refused) or readable per the contract.
-        let p = unsafe { policy.as_ref() }.ok_or_else(|| null("policy"))?;
+        let r = borrow(r)?;
+        let p = struct_in(policy, "policy")?;
         let secs = |s: u64| (s > 0).then(|| std::time::Duration::from_secs(s));
         let policy = RetentionPolicy {
             keep_last: p.keep_last as usize,
@@ -471,17 +327,66 @@ pub unsafe extern "C" fn blockrep_replica_prune_policy(
             keep_app_for: secs(p.keep_app_for_secs),
         };
         let now = if now_ns == 0 {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
+            super::status::now_ns()
         } else {
             now_ns
         };
         let dropped = r.prune(&policy, now)?;
-        // SAFETY: null or writable per the contract.
-        if let Some(o) = unsafe { out_dropped.as_mut() } {
-            *o = dropped.len();
-        }
+        opt_out(out_dropped, dropped.len());
         Ok(())
     })
+}
+
+/// Marks retained point `sequence` app-consistent with `label` (the
+/// integration quiesced the guest for it). Thread-safe.
+///
+/// # Safety
+/// `r` live; `label` NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_tag(
+    r: *const blockrep_replica,
+    sequence: u64,
+    label: *const c_char,
+) -> blockrep_status {
+    guard(|| borrow(r)?.tag_app_consistent(sequence, str_in(label, "label")?))
+}
+
+/// Writes point `sequence` as a sparse raw image file at `path`.
+///
+/// # Safety
+/// `r` live; `path` NUL-terminated. Nulls refused.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_export(
+    r: *const blockrep_replica,
+    sequence: u64,
+    path: *const c_char,
+) -> blockrep_status {
+    guard(|| borrow(r)?.export(sequence, path_in(path)?))
+}
+
+/// Writes the BLAKE3 digest of every block of the latest point to the file
+/// `path` (crash-safely: a temporary file, synced, renamed, the directory
+/// synced), for the primary's
+/// `blockrep_pipeline_resync`. Uses every core; applies wait meanwhile.
+///
+/// # Safety
+/// `r` live; `path` NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_block_digests(
+    r: *const blockrep_replica,
+    path: *const c_char,
+) -> blockrep_status {
+    guard(|| {
+        let r = borrow(r)?;
+        r.block_digests(0)?.store(path_in(path)?)
+    })
+}
+
+/// Frees a replica handle (its files stay). Views keep what they need.
+///
+/// # Safety
+/// `r` null (refused) or live; no other call may use it meanwhile or after.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_replica_free(r: *mut blockrep_replica) -> blockrep_status {
+    guard(|| super::convert::free(r).map(drop))
 }

@@ -1,258 +1,74 @@
-//! Status codes, the last-error message, panic containment, handle
-//! bookkeeping and the version.
+//! The status of a disk for a console, primary or replica, as C reads it:
+//! a copy of the core's `DiskStatus`.
 
-use crate::error::{Detail, Error, ErrorKind};
-use parking_lot::Mutex;
-use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
-use std::ffi::c_char;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use crate::status::{DiskStatus, Role};
 
-/// The result of every call. Values are stable and never reused; they
-/// match `blockrep::ErrorKind::code` one to one.
+/// A disk's role at this site (`blockrep_disk_status.role`).
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum blockrep_status {
-    /// Success.
-    BLOCKREP_STATUS_OK = 0,
-    /// An I/O call failed.
-    BLOCKREP_STATUS_IO = 100,
-    /// The device or file system is full.
-    BLOCKREP_STATUS_NO_SPACE = 101,
-    /// Stored data failed validation.
-    BLOCKREP_STATUS_CORRUPT = 200,
-    /// Data belongs to another disk, epoch, geometry or sequence.
-    BLOCKREP_STATUS_MISMATCH = 201,
-    /// An offset, length or block lies outside the disk.
-    BLOCKREP_STATUS_OUT_OF_RANGE = 300,
-    /// An argument is impossible (a null pointer, a zero length, a bad size).
-    BLOCKREP_STATUS_INVALID_ARGUMENT = 301,
-    /// The call is not allowed now (a handle freed twice, a pinned point).
-    BLOCKREP_STATUS_MISUSE = 302,
-    /// Change tracking was lost; a digest resync is required.
-    BLOCKREP_STATUS_RESYNC_REQUIRED = 400,
-    /// A format version or feature this build does not support.
-    BLOCKREP_STATUS_UNSUPPORTED = 500,
-    /// A bug in blockrep (a caught panic); the message says where.
-    BLOCKREP_STATUS_INTERNAL = 900,
+pub enum blockrep_role {
+    /// Runs the workload and replicates it.
+    BLOCKREP_ROLE_PRIMARY = 1,
+    /// Holds the copy and applies logs.
+    BLOCKREP_ROLE_REPLICA = 2,
+    /// A replica promoted by a failover not yet committed.
+    BLOCKREP_ROLE_PROMOTED = 3,
+    /// A replica whose failover was committed: the new primary's disk.
+    BLOCKREP_ROLE_FAILED_OVER = 4,
 }
 
-impl From<ErrorKind> for blockrep_status {
-    fn from(k: ErrorKind) -> Self {
-        use blockrep_status::*;
-        match k {
-            ErrorKind::Io => BLOCKREP_STATUS_IO,
-            ErrorKind::NoSpace => BLOCKREP_STATUS_NO_SPACE,
-            ErrorKind::Corrupt => BLOCKREP_STATUS_CORRUPT,
-            ErrorKind::Mismatch => BLOCKREP_STATUS_MISMATCH,
-            ErrorKind::OutOfRange => BLOCKREP_STATUS_OUT_OF_RANGE,
-            ErrorKind::InvalidArgument => BLOCKREP_STATUS_INVALID_ARGUMENT,
-            ErrorKind::Misuse => BLOCKREP_STATUS_MISUSE,
-            ErrorKind::ResyncRequired => BLOCKREP_STATUS_RESYNC_REQUIRED,
-            ErrorKind::Unsupported => BLOCKREP_STATUS_UNSUPPORTED,
-        }
-    }
-}
-
-thread_local! {
-    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
-    static LAST_DETAIL: Cell<Option<Detail>> = const { Cell::new(None) };
-}
-
-/// What a refused log or acknowledgement conflicts with (see
-/// `blockrep_error_detail`). Values are stable and never reused.
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum blockrep_detail {
-    /// The last error carries no detail.
-    BLOCKREP_DETAIL_NONE = 0,
-    /// Not the next log: `value` is the sequence the replica expects.
-    BLOCKREP_DETAIL_SEQUENCE_GAP = 1,
-    /// Another disk's: `disk_id` is the one expected.
-    BLOCKREP_DETAIL_OTHER_DISK = 2,
-    /// An older epoch: `value` is the current epoch.
-    BLOCKREP_DETAIL_EPOCH_BEHIND = 3,
-    /// Builds on other content: `value` and `digest` are the replica's
-    /// latest sequence and content digest.
-    BLOCKREP_DETAIL_DIVERGED_HISTORY = 4,
-    /// Another log with this sequence is held: `value` is the sequence,
-    /// `digest` the held log's content digest.
-    BLOCKREP_DETAIL_CONFLICT = 5,
-    /// Not past the latest point, and its point is pruned: whether it was
-    /// applied cannot be proved; `value` is the oldest retained sequence.
-    BLOCKREP_DETAIL_NOT_RETAINED = 6,
-}
-
-/// The typed detail of the calling thread's last failed call.
+/// Everything a console shows for one disk, primary or replica.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct blockrep_error_detail {
-    /// Which detail (`BLOCKREP_DETAIL_NONE` when the error has none).
-    pub detail: blockrep_detail,
-    /// A sequence or epoch, as the detail says; 0 when unused.
-    pub value: u64,
-    /// A content digest, as the detail says; zeros when unused.
-    pub digest: [u8; 32],
-    /// A disk id, as the detail says; zeros when unused.
+pub struct blockrep_disk_status {
+    /// The disk (16 bytes).
     pub disk_id: [u8; 16],
+    /// Its role here.
+    pub role: blockrep_role,
+    /// The replication epoch.
+    pub epoch: u64,
+    /// The chain's head on a primary; the applied point on a replica (the
+    /// failover point once promoted).
+    pub latest_point: u64,
+    /// Whether `rpo_ns` is set (false before the first point).
+    pub has_rpo: bool,
+    /// How much writing a disaster now would lose, in ns.
+    pub rpo_ns: u64,
+    /// Logs waiting to ship (primary).
+    pub pending_logs: u64,
+    /// Their bytes (primary).
+    pub pending_bytes: u64,
+    /// Blocks marked in the tracker (primary).
+    pub dirty_blocks: u64,
+    /// Whether a digest resync is required before replication goes on.
+    pub resync_required: bool,
 }
 
-impl From<Option<Detail>> for blockrep_error_detail {
-    fn from(d: Option<Detail>) -> Self {
-        use blockrep_detail::*;
-        let mut out = blockrep_error_detail {
-            detail: BLOCKREP_DETAIL_NONE,
-            value: 0,
-            digest: [0; 32],
-            disk_id: [0; 16],
-        };
-        match d {
-            None => {}
-            Some(Detail::SequenceGap { expected }) => {
-                (out.detail, out.value) = (BLOCKREP_DETAIL_SEQUENCE_GAP, expected)
-            }
-            Some(Detail::OtherDisk { expected }) => {
-                (out.detail, out.disk_id) = (BLOCKREP_DETAIL_OTHER_DISK, expected.0)
-            }
-            Some(Detail::EpochBehind { current }) => {
-                (out.detail, out.value) = (BLOCKREP_DETAIL_EPOCH_BEHIND, current)
-            }
-            Some(Detail::DivergedHistory { sequence, held }) => {
-                (out.detail, out.value, out.digest) =
-                    (BLOCKREP_DETAIL_DIVERGED_HISTORY, sequence, held.0)
-            }
-            Some(Detail::Conflict { sequence, held }) => {
-                (out.detail, out.value, out.digest) = (BLOCKREP_DETAIL_CONFLICT, sequence, held.0)
-            }
-            Some(Detail::NotRetained { oldest }) => {
-                (out.detail, out.value) = (BLOCKREP_DETAIL_NOT_RETAINED, oldest)
-            }
+impl From<&DiskStatus> for blockrep_disk_status {
+    fn from(s: &DiskStatus) -> Self {
+        blockrep_disk_status {
+            disk_id: s.disk_id.0,
+            role: match s.role {
+                Role::Primary => blockrep_role::BLOCKREP_ROLE_PRIMARY,
+                Role::Replica => blockrep_role::BLOCKREP_ROLE_REPLICA,
+                Role::Promoted => blockrep_role::BLOCKREP_ROLE_PROMOTED,
+                Role::FailedOver => blockrep_role::BLOCKREP_ROLE_FAILED_OVER,
+            },
+            epoch: s.epoch,
+            latest_point: s.latest_point,
+            has_rpo: s.rpo_ns.is_some(),
+            rpo_ns: s.rpo_ns.unwrap_or(0),
+            pending_logs: s.pending_logs,
+            pending_bytes: s.pending_bytes,
+            dirty_blocks: s.dirty_blocks,
+            resync_required: s.resync_required,
         }
-        out
     }
 }
 
-/// Writes the typed detail of the calling thread's last failed call to
-/// `*out` (`BLOCKREP_DETAIL_NONE` when it had none), so a transport can
-/// react to a gap, a conflict or an older epoch without parsing messages.
-/// Thread-safe: each thread has its own. A null `out` is refused (and
-/// becomes the last error, without detail).
-///
-/// # Safety
-/// `out` null (refused) or writable.
-#[no_mangle]
-pub unsafe extern "C" fn blockrep_last_error_detail(
-    out: *mut blockrep_error_detail,
-) -> blockrep_status {
-    let d = LAST_DETAIL.with(Cell::get);
-    guard(|| {
-        // SAFETY: the caller promises `out` is null or writable.
-        let out = unsafe { out.as_mut() }.ok_or_else(|| null("out"))?;
-        *out = d.into();
-        Ok(())
-    })
-}
-
-/// Runs `f`, turning its error or panic into a status and the thread's
-/// last-error message. Success leaves the message alone, so the hot path
-/// (a mark) touches no thread-local state.
-#[inline]
-pub(crate) fn guard(f: impl FnOnce() -> Result<(), Error>) -> blockrep_status {
-    let (status, msg) = match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(())) => return blockrep_status::BLOCKREP_STATUS_OK,
-        Ok(Err(e)) => {
-            LAST_DETAIL.with(|l| l.set(e.detail()));
-            (e.kind().into(), e.to_string())
-        }
-        Err(p) => {
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            LAST_DETAIL.with(|l| l.set(None));
-            (
-                blockrep_status::BLOCKREP_STATUS_INTERNAL,
-                format!("internal error: {what}"),
-            )
-        }
-    };
-    LAST_ERROR.with(|l| *l.borrow_mut() = msg);
-    status
-}
-
-pub(crate) fn null(what: &str) -> Error {
-    Error::invalid(format!("{what} is a null pointer"))
-}
-
-/// Live handles, so a second `_free` of the same pointer is refused rather
-/// than freeing memory twice.
-static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
-
-pub(crate) fn register<T>(b: Box<T>) -> *mut T {
-    let p = Box::into_raw(b);
-    LIVE.lock()
-        .get_or_insert_with(HashSet::new)
-        .insert(p as usize);
-    p
-}
-
-/// Takes a handle back for freeing. A null pointer is an invalid
-/// argument; a handle that is not live (released already, or never
-/// created) is misuse.
-pub(crate) fn unregister<T>(p: *mut T, what: &str) -> Result<Box<T>, Error> {
-    if p.is_null() {
-        return Err(null(what));
-    }
-    let live = LIVE
-        .lock()
-        .as_mut()
-        .is_some_and(|s| s.remove(&(p as usize)));
-    if !live {
-        return Err(Error::new(
-            ErrorKind::Misuse,
-            format!("{what} was already released, or never created"),
-        ));
-    }
-    // SAFETY: `p` was produced by `register` (Box::into_raw of a Box<T>) and
-    // was live until the removal just above, which only one caller can win;
-    // so it is a valid, uniquely owned allocation of T.
-    Ok(unsafe { Box::from_raw(p) })
-}
-
-/// Copies the message of the calling thread's last failed call into `buf`
-/// (NUL terminated, truncated to `len` bytes) and writes its full length
-/// (without the NUL) to `out_len` when it is not null; empty when no call
-/// failed yet. Thread-safe: each thread has its own.
-///
-/// # Safety
-/// `buf` must be null or point to `len` writable bytes; `out_len` must be
-/// null or point to a writable `size_t`.
-#[no_mangle]
-pub unsafe extern "C" fn blockrep_last_error(buf: *mut c_char, len: usize, out_len: *mut usize) {
-    let _ = catch_unwind(|| {
-        LAST_ERROR.with(|l| {
-            let msg = l.borrow();
-            if !out_len.is_null() {
-                // SAFETY: the caller promises `out_len` is writable.
-                unsafe { *out_len = msg.len() };
-            }
-            if !buf.is_null() && len > 0 {
-                let n = msg.len().min(len - 1);
-                // SAFETY: the caller promises `len` writable bytes at `buf`;
-                // n + 1 <= len.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(msg.as_ptr(), buf.cast::<u8>(), n);
-                    *buf.add(n) = 0;
-                }
-            }
-        })
-    });
-}
-
-/// The library version as a static NUL-terminated string ("MAJOR.MINOR.PATCH").
-/// Never freed; thread-safe.
-#[no_mangle]
-pub extern "C" fn blockrep_version() -> *const c_char {
-    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+/// Nanoseconds since the Unix epoch, now.
+pub(super) fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }

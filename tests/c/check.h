@@ -11,8 +11,11 @@
 #define CHECK(cond)                                                           \
   do {                                                                        \
     if (!(cond)) {                                                            \
-      char msg_[512];                                                         \
-      blockrep_last_error(msg_, sizeof msg_, NULL);                           \
+      size_t n_ = 0;                                                          \
+      blockrep_last_error(NULL, 0, &n_); /* ask the size, then fill */       \
+      char *msg_ = malloc(n_ + 1);                                            \
+      if (msg_ == NULL || blockrep_last_error(msg_, n_ + 1, &n_) != 0)        \
+        msg_ = "?";                                                           \
       fprintf(stderr, "%s:%d: check failed: %s (last error: %s)\n", __FILE__, \
               __LINE__, #cond, msg_);                                         \
       exit(1);                                                                \

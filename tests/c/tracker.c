@@ -61,10 +61,14 @@ int main(void) {
   CHECK(blockrep_tracker_new(1 << 20, 1000, &t) ==
         BLOCKREP_STATUS_INVALID_ARGUMENT);
   CHECK(t == NULL); /* outputs are written only on success */
-  blockrep_last_error(msg, sizeof msg, &len);
-  CHECK(len > 0 && strstr(msg, "block size") != NULL);
-  blockrep_last_error(msg, 4, NULL); /* truncated, NUL terminated */
-  CHECK(strlen(msg) == 3);
+  /* Strings: ask the size, then fill; too small is refused, untouched. */
+  CHECK(blockrep_last_error(NULL, 0, &len) == BLOCKREP_STATUS_OK && len > 0);
+  CHECK(blockrep_last_error(msg, sizeof msg, NULL) == BLOCKREP_STATUS_INVALID_ARGUMENT);
+  strcpy(msg, "unchanged");
+  CHECK(blockrep_last_error(msg, len, &len) == BLOCKREP_STATUS_INVALID_ARGUMENT);
+  CHECK(strcmp(msg, "unchanged") == 0);
+  CHECK(blockrep_last_error(msg, len + 1, &len) == BLOCKREP_STATUS_OK);
+  CHECK(strlen(msg) == len && strstr(msg, "block size") != NULL);
   CHECK(blockrep_tracker_new(0, 4096, &t) == BLOCKREP_STATUS_INVALID_ARGUMENT);
   CHECK(blockrep_tracker_mark(NULL, 0, 1) == BLOCKREP_STATUS_INVALID_ARGUMENT);
   CHECK(blockrep_tracker_free(NULL) == BLOCKREP_STATUS_INVALID_ARGUMENT);
@@ -72,6 +76,12 @@ int main(void) {
   CHECK(blockrep_tracker_new((uint64_t)BLOCKS * BS, BS, &t) ==
         BLOCKREP_STATUS_OK);
   CHECK(blockrep_tracker_mark(t, 0, 0) == BLOCKREP_STATUS_INVALID_ARGUMENT);
+  {
+    /* A handle of another type is refused by its tag, not misread. */
+    uint64_t n = 0;
+    CHECK(blockrep_blockset_count((const blockrep_blockset *)t, &n) ==
+          BLOCKREP_STATUS_MISUSE);
+  }
   CHECK(blockrep_tracker_mark(t, UINT64_MAX - 5, 10) ==
         BLOCKREP_STATUS_OUT_OF_RANGE);
   CHECK(blockrep_tracker_mark(t, (uint64_t)BLOCKS * BS, 1) ==
