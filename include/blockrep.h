@@ -239,6 +239,12 @@ typedef struct {
   uint64_t count;
 } blockrep_extent;
 
+// A disk's 16-byte identifier (random at its first replication).
+typedef struct {
+  // The identifier's bytes.
+  uint8_t bytes[16];
+} blockrep_disk_id;
+
 // The typed detail of the calling thread's last failed call.
 typedef struct {
   // Which detail (`BLOCKREP_DETAIL_NONE` when the error has none).
@@ -248,14 +254,14 @@ typedef struct {
   // A content digest, as the detail says; zeros when unused.
   uint8_t digest[32];
   // A disk id, as the detail says; zeros when unused.
-  uint8_t disk_id[16];
+  blockrep_disk_id disk_id;
 } blockrep_error_detail;
 
 // The point a disk is declared to hold when adopted as a replica (the
 // failover point, for the old primary in reverse replication).
 typedef struct {
-  // The disk (16 bytes).
-  uint8_t disk_id[16];
+  // The disk.
+  blockrep_disk_id disk_id;
   // The point's epoch.
   uint64_t epoch;
   // Its sequence.
@@ -284,8 +290,8 @@ typedef struct {
 
 // What a log holds, as the C ABI reports it.
 typedef struct {
-  // The disk (16 bytes).
-  uint8_t disk_id[16];
+  // The disk.
+  blockrep_disk_id disk_id;
   // Epoch and sequence.
   uint64_t epoch;
   // The log's sequence number.
@@ -357,8 +363,8 @@ typedef struct {
 
 // Everything a console shows for one disk, primary or replica.
 typedef struct {
-  // The disk (16 bytes).
-  uint8_t disk_id[16];
+  // The disk.
+  blockrep_disk_id disk_id;
   // Its role here.
   blockrep_role role;
   // The replication epoch.
@@ -383,7 +389,7 @@ typedef struct {
 // A replica's identity and position.
 typedef struct {
   // The disk replicated.
-  uint8_t disk_id[16];
+  blockrep_disk_id disk_id;
   // The current epoch.
   uint64_t epoch;
   // The sequence of the latest applied log.
@@ -639,16 +645,16 @@ blockrep_status blockrep_incoming_apply(blockrep_incoming *i,
 // `i` null (refused) or a handle not yet released.
 blockrep_status blockrep_incoming_free(blockrep_incoming *i);
 
-// Starts writing the log file `path`: for disk `disk_id` (16 bytes) of
+// Starts writing the log file `path`: for disk `*disk_id` of
 // `size` bytes in `block_size` blocks, of `kind` (1 full, 2 delta,
 // 3 resync), `epoch` and `sequence`, building on `base_digest` (32 bytes;
 // null for a full log). Blocks must then be added in ascending order.
 //
 // # Safety
-// `path` NUL-terminated; `disk_id` 16 readable bytes; `base_digest` null or
+// `path` NUL-terminated; `disk_id` readable; `base_digest` null or
 // 32 readable bytes; `out` writable. Null where not allowed is refused.
 blockrep_status blockrep_log_writer_create(const char *path,
-                                           const uint8_t *disk_id,
+                                           const blockrep_disk_id *disk_id,
                                            uint64_t size,
                                            uint32_t block_size,
                                            uint32_t kind,
@@ -700,17 +706,17 @@ blockrep_status blockrep_log_verify(const char *path, blockrep_log_info *out);
 // Starts replicating the disk image (or block device) at `disk_path`:
 // its size is the disk's, in blocks of `block_size` bytes. Creates the
 // spool in directory `spool_dir` (at most about `spool_limit` bytes of
-// unshipped logs) for disk `disk_id` (16 bytes) in epoch `epoch`, and, when
+// unshipped logs) for disk `*disk_id` in epoch `epoch`, and, when
 // `tracker_path` is not null, a tracker file there (else tracking is in
 // memory and lost at exit). Run `blockrep_pipeline_initial_sync` next. The
 // handle (`*out`) is the caller's; release it with `_close` or `_free`.
 //
 // # Safety
-// Paths NUL-terminated (`tracker_path` may be null), `disk_id` 16
-// readable bytes, `out` writable.
+// Paths NUL-terminated (`tracker_path` may be null), `disk_id`
+// readable, `out` writable.
 blockrep_status blockrep_pipeline_create(const char *disk_path,
                                          const char *spool_dir,
-                                         const uint8_t *disk_id,
+                                         const blockrep_disk_id *disk_id,
                                          uint64_t epoch,
                                          uint32_t block_size,
                                          uint64_t spool_limit,
@@ -948,7 +954,7 @@ blockrep_status blockrep_pipeline_close(blockrep_pipeline *p);
 blockrep_status blockrep_pipeline_free(blockrep_pipeline *p);
 
 // Opens the tracker file at `path` (a NUL-terminated UTF-8 path) for the
-// disk `disk_id` (16 bytes) of `size` bytes in `block_size` blocks, or
+// disk `*disk_id` of `size` bytes in `block_size` blocks, or
 // creates it (intent regions of `region_size` bytes: 1, 2 or 4 MiB). On
 // success writes the handle (owned by the caller) to `*out` and how the
 // file was found to `*out_state`.
@@ -961,11 +967,11 @@ blockrep_status blockrep_pipeline_free(blockrep_pipeline *p);
 //
 // # Safety
 // `path` must be a NUL-terminated string, `disk_path` null or one,
-// `disk_id` 16 readable bytes, `out` and `out_state` writable; other null
+// `disk_id` readable, `out` and `out_state` writable; other null
 // pointers are refused.
 blockrep_status blockrep_ptracker_open(const char *path,
                                        const char *disk_path,
-                                       const uint8_t *disk_id,
+                                       const blockrep_disk_id *disk_id,
                                        uint64_t size,
                                        uint32_t block_size,
                                        uint32_t region_size,

@@ -162,10 +162,10 @@ static int blockrep_get_ready(int thread_model) {
         return -1;
     }
   } else {
-    uint8_t id[16];
+    blockrep_disk_id id;
     /* A real integration stores the VM's disk identity here. */
-    memset(id, 0x42, sizeof id);
-    if (report("create pipeline", blockrep_pipeline_create(disk_path, spool_dir, id, 1, 4096,
+    memset(id.bytes, 0x42, sizeof id.bytes);
+    if (report("create pipeline", blockrep_pipeline_create(disk_path, spool_dir, &id, 1, 4096,
                                                            1ull << 30, tracker_path, &pipeline)))
       return -1;
     if (report("initial sync", blockrep_pipeline_initial_sync(pipeline, NULL))) return -1;

@@ -293,9 +293,9 @@ pub(crate) fn digest_in(p: *const u8) -> Result<Digest> {
     array_in(p, "digest").map(Digest)
 }
 
-/// A 16-byte disk id.
-pub(crate) fn disk_id_in(p: *const u8) -> Result<DiskId> {
-    array_in(p, "disk_id").map(DiskId)
+/// A disk id.
+pub(crate) fn disk_id_in(p: *const super::types::blockrep_disk_id) -> Result<DiskId> {
+    struct_in(p, "disk_id").map(DiskId::from)
 }
 
 /// Writes `s` under the one output-string policy (module docs): its length

@@ -2,6 +2,7 @@
 //! and the version.
 
 use super::convert::{string_out, write_out};
+use super::types::blockrep_disk_id;
 use crate::error::{Detail, Error, ErrorKind};
 use std::cell::{Cell, RefCell};
 use std::ffi::c_char;
@@ -93,7 +94,7 @@ pub struct blockrep_error_detail {
     /// A content digest, as the detail says; zeros when unused.
     pub digest: [u8; 32],
     /// A disk id, as the detail says; zeros when unused.
-    pub disk_id: [u8; 16],
+    pub disk_id: blockrep_disk_id,
 }
 
 impl From<Option<Detail>> for blockrep_error_detail {
@@ -103,7 +104,7 @@ impl From<Option<Detail>> for blockrep_error_detail {
             detail: BLOCKREP_DETAIL_NONE,
             value: 0,
             digest: [0; 32],
-            disk_id: [0; 16],
+            disk_id: blockrep_disk_id::default(),
         };
         match d {
             None => {}
@@ -111,7 +112,7 @@ impl From<Option<Detail>> for blockrep_error_detail {
                 (out.detail, out.value) = (BLOCKREP_DETAIL_SEQUENCE_GAP, expected)
             }
             Some(Detail::OtherDisk { expected }) => {
-                (out.detail, out.disk_id) = (BLOCKREP_DETAIL_OTHER_DISK, expected.0)
+                (out.detail, out.disk_id) = (BLOCKREP_DETAIL_OTHER_DISK, expected.into())
             }
             Some(Detail::EpochBehind { current }) => {
                 (out.detail, out.value) = (BLOCKREP_DETAIL_EPOCH_BEHIND, current)

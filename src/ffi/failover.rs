@@ -9,6 +9,7 @@ use super::convert::{
 use super::error::{blockrep_status, guard};
 use super::pipeline::blockrep_pipeline;
 use super::replica::blockrep_replica;
+use super::types::blockrep_disk_id;
 use crate::failover::Failover;
 use crate::io::FsDir;
 use crate::tracker::FrozenSet;
@@ -28,8 +29,8 @@ handle!(blockrep_failover, Failover, "failover");
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct blockrep_adopt_point {
-    /// The disk (16 bytes).
-    pub disk_id: [u8; 16],
+    /// The disk.
+    pub disk_id: blockrep_disk_id,
     /// The point's epoch.
     pub epoch: u64,
     /// Its sequence.
@@ -171,7 +172,7 @@ pub unsafe extern "C" fn blockrep_failover_adopt_point(
         write_out(
             out,
             blockrep_adopt_point {
-                disk_id: a.disk_id.0,
+                disk_id: a.disk_id.into(),
                 epoch: a.epoch,
                 sequence: a.sequence,
                 digest: a.digest.0,

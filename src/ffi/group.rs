@@ -7,9 +7,9 @@ use super::convert::{
     slice_out, write_out,
 };
 use super::error::{blockrep_status, guard};
-use super::log::consistency_of;
 use super::pipeline::{blockrep_cycle_info, blockrep_pipeline, info_out, label_in};
 use super::replica::blockrep_replica;
+use super::types::consistency_of;
 use crate::error::Result;
 use crate::io::FsDir;
 use crate::log::{MappedLog, ReadOptions};

@@ -1,14 +1,14 @@
-//! `blockrep_log_*`: writing a log file, verifying one, and the log's
-//! enums the other handles share.
+//! `blockrep_log_*`: writing a log file, verifying one.
 
 use super::convert::{
     borrow_mut, bytes_in, bytes_out, digest_in, disk_id_in, free, handle, handle_out, need,
     path_in, write_out,
 };
 use super::error::{blockrep_status, guard};
+use super::types::{blockrep_disk_id, blockrep_log_kind};
 use crate::error::Error;
 use crate::geometry::{Extent, Geometry};
-use crate::log::{Consistency, LogFile, LogHeader, LogKind, ReadOptions, WriterOptions};
+use crate::log::{LogFile, LogHeader, LogKind, ReadOptions, WriterOptions};
 use std::ffi::c_char;
 
 /// A log file being written (as `PATH.partial` until committed). One thread
@@ -22,8 +22,8 @@ handle!(blockrep_log_writer, LogFile, "log writer");
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct blockrep_log_info {
-    /// The disk (16 bytes).
-    pub disk_id: [u8; 16],
+    /// The disk.
+    pub disk_id: blockrep_disk_id,
     /// Epoch and sequence.
     pub epoch: u64,
     /// The log's sequence number.
@@ -46,65 +46,6 @@ pub struct blockrep_log_info {
     pub digest: [u8; 32],
 }
 
-/// A log's kind. Values are stable and match the log format's.
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum blockrep_log_kind {
-    /// The whole disk: creates a replica.
-    #[default]
-    BLOCKREP_LOG_FULL = 1,
-    /// The blocks changed since the previous log.
-    BLOCKREP_LOG_DELTA = 2,
-    /// The blocks that differed after tracking was lost; a new epoch.
-    BLOCKREP_LOG_RESYNC = 3,
-    /// Old contents saved by a replica before it applied a log.
-    BLOCKREP_LOG_UNDO = 4,
-}
-
-impl From<LogKind> for blockrep_log_kind {
-    fn from(k: LogKind) -> Self {
-        match k {
-            LogKind::Full => blockrep_log_kind::BLOCKREP_LOG_FULL,
-            LogKind::Delta => blockrep_log_kind::BLOCKREP_LOG_DELTA,
-            LogKind::Resync => blockrep_log_kind::BLOCKREP_LOG_RESYNC,
-            LogKind::Undo => blockrep_log_kind::BLOCKREP_LOG_UNDO,
-        }
-    }
-}
-
-/// What a point is consistent with. Values are stable and match the log
-/// format's.
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum blockrep_consistency {
-    /// As after a power cut: what the disk held at one instant.
-    #[default]
-    BLOCKREP_CONSISTENCY_CRASH = 1,
-    /// The integration quiesced the guest for this point.
-    BLOCKREP_CONSISTENCY_APP = 2,
-}
-
-impl From<Consistency> for blockrep_consistency {
-    fn from(c: Consistency) -> Self {
-        match c {
-            Consistency::Crash => blockrep_consistency::BLOCKREP_CONSISTENCY_CRASH,
-            Consistency::App => blockrep_consistency::BLOCKREP_CONSISTENCY_APP,
-        }
-    }
-}
-
-/// A consistency passed in by a caller as a `blockrep_consistency` value
-/// (taken as an integer: C may pass any).
-pub(super) fn consistency_of(c: u32) -> Result<Consistency, Error> {
-    match c {
-        1 => Ok(Consistency::Crash),
-        2 => Ok(Consistency::App),
-        c => Err(Error::invalid(format!(
-            "consistency {c}: BLOCKREP_CONSISTENCY_CRASH (1) or BLOCKREP_CONSISTENCY_APP (2)"
-        ))),
-    }
-}
-
 fn kind_of(k: u32) -> Result<LogKind, Error> {
     Ok(match k {
         1 => LogKind::Full,
@@ -118,19 +59,19 @@ fn kind_of(k: u32) -> Result<LogKind, Error> {
     })
 }
 
-/// Starts writing the log file `path`: for disk `disk_id` (16 bytes) of
+/// Starts writing the log file `path`: for disk `*disk_id` of
 /// `size` bytes in `block_size` blocks, of `kind` (1 full, 2 delta,
 /// 3 resync), `epoch` and `sequence`, building on `base_digest` (32 bytes;
 /// null for a full log). Blocks must then be added in ascending order.
 ///
 /// # Safety
-/// `path` NUL-terminated; `disk_id` 16 readable bytes; `base_digest` null or
+/// `path` NUL-terminated; `disk_id` readable; `base_digest` null or
 /// 32 readable bytes; `out` writable. Null where not allowed is refused.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn blockrep_log_writer_create(
     path: *const c_char,
-    disk_id: *const u8,
+    disk_id: *const blockrep_disk_id,
     size: u64,
     block_size: u32,
     kind: u32,
@@ -231,7 +172,7 @@ pub unsafe extern "C" fn blockrep_log_verify(
         let s = crate::log::verify(std::io::BufReader::new(f), ReadOptions::default())
             .map_err(|e| e.with_path(path))?;
         let info = blockrep_log_info {
-            disk_id: s.header.disk_id.0,
+            disk_id: s.header.disk_id.into(),
             epoch: s.header.epoch,
             sequence: s.header.sequence,
             base_sequence: s.header.base_sequence,

@@ -29,6 +29,7 @@ mod replica;
 mod status;
 mod test_failover;
 mod tracker;
+mod types;
 mod view;
 
 pub use blockset::*;
@@ -43,4 +44,5 @@ pub use replica::*;
 pub use status::*;
 pub use test_failover::*;
 pub use tracker::*;
+pub use types::*;
 pub use view::*;

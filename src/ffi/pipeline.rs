@@ -8,9 +8,9 @@ use super::convert::{
     opt_path_in, path_in, string_out, write_out,
 };
 use super::error::{blockrep_status, guard};
-use super::log::{blockrep_consistency, blockrep_log_kind, consistency_of};
 use super::ptracker::blockrep_open_state;
 use super::status::{blockrep_disk_status, now_ns};
+use super::types::{blockrep_consistency, blockrep_disk_id, blockrep_log_kind, consistency_of};
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::{FileStorage, FsDir};
 use crate::log::BlockDigests;
@@ -117,19 +117,19 @@ fn builder(
 /// Starts replicating the disk image (or block device) at `disk_path`:
 /// its size is the disk's, in blocks of `block_size` bytes. Creates the
 /// spool in directory `spool_dir` (at most about `spool_limit` bytes of
-/// unshipped logs) for disk `disk_id` (16 bytes) in epoch `epoch`, and, when
+/// unshipped logs) for disk `*disk_id` in epoch `epoch`, and, when
 /// `tracker_path` is not null, a tracker file there (else tracking is in
 /// memory and lost at exit). Run `blockrep_pipeline_initial_sync` next. The
 /// handle (`*out`) is the caller's; release it with `_close` or `_free`.
 ///
 /// # Safety
-/// Paths NUL-terminated (`tracker_path` may be null), `disk_id` 16
-/// readable bytes, `out` writable.
+/// Paths NUL-terminated (`tracker_path` may be null), `disk_id`
+/// readable, `out` writable.
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_pipeline_create(
     disk_path: *const c_char,
     spool_dir: *const c_char,
-    disk_id: *const u8,
+    disk_id: *const blockrep_disk_id,
     epoch: u64,
     block_size: u32,
     spool_limit: u64,

@@ -5,6 +5,7 @@ use super::convert::{
     borrow, disk_id_in, free, handle, handle_out, need, new_handle, opt_path_in, path_in, write_out,
 };
 use super::error::{blockrep_status, guard};
+use super::types::blockrep_disk_id;
 use crate::geometry::Geometry;
 use crate::io::{FileStorage, Storage};
 use crate::tracker::{OpenState, PersistentTracker};
@@ -63,7 +64,7 @@ impl From<&OpenState> for blockrep_open_state {
 }
 
 /// Opens the tracker file at `path` (a NUL-terminated UTF-8 path) for the
-/// disk `disk_id` (16 bytes) of `size` bytes in `block_size` blocks, or
+/// disk `*disk_id` of `size` bytes in `block_size` blocks, or
 /// creates it (intent regions of `region_size` bytes: 1, 2 or 4 MiB). On
 /// success writes the handle (owned by the caller) to `*out` and how the
 /// file was found to `*out_state`.
@@ -76,13 +77,13 @@ impl From<&OpenState> for blockrep_open_state {
 ///
 /// # Safety
 /// `path` must be a NUL-terminated string, `disk_path` null or one,
-/// `disk_id` 16 readable bytes, `out` and `out_state` writable; other null
+/// `disk_id` readable, `out` and `out_state` writable; other null
 /// pointers are refused.
 #[no_mangle]
 pub unsafe extern "C" fn blockrep_ptracker_open(
     path: *const c_char,
     disk_path: *const c_char,
-    disk_id: *const u8,
+    disk_id: *const blockrep_disk_id,
     size: u64,
     block_size: u32,
     region_size: u32,

@@ -8,10 +8,9 @@ use super::convert::{
 use super::error::{blockrep_status, guard};
 use super::failover::blockrep_adopt_point;
 use super::incoming::blockrep_incoming;
-use super::log::blockrep_consistency;
 use super::status::blockrep_disk_status;
+use super::types::{blockrep_consistency, blockrep_disk_id};
 use crate::geometry::Geometry;
-use crate::id::DiskId;
 use crate::io::{FileStorage, FsDir, Storage};
 use crate::log::Digest;
 use crate::replica::{AdoptAt, ApplyOutcome, Replica, RetentionPolicy};
@@ -47,7 +46,7 @@ pub struct blockrep_point {
 #[derive(Debug, Clone, Copy)]
 pub struct blockrep_replica_info {
     /// The disk replicated.
-    pub disk_id: [u8; 16],
+    pub disk_id: blockrep_disk_id,
     /// The current epoch.
     pub epoch: u64,
     /// The sequence of the latest applied log.
@@ -75,7 +74,7 @@ pub unsafe extern "C" fn blockrep_replica_get_info(
         write_out(
             out,
             blockrep_replica_info {
-                disk_id: s.disk_id.0,
+                disk_id: s.disk_id.into(),
                 epoch: s.epoch,
                 applied: s.applied,
                 digest: s.digest.0,
@@ -158,7 +157,7 @@ pub unsafe extern "C" fn blockrep_replica_adopt(
         let at = struct_in(at, "at")?;
         need(out, "out")?;
         let at = AdoptAt {
-            disk_id: DiskId(at.disk_id),
+            disk_id: at.disk_id.into(),
             epoch: at.epoch,
             sequence: at.sequence,
             digest: Digest(at.digest),

@@ -1,6 +1,7 @@
 //! The status of a disk for a console, primary or replica, as C reads it:
 //! a copy of the core's `DiskStatus`.
 
+use super::types::blockrep_disk_id;
 use crate::status::{DiskStatus, Role};
 
 /// A disk's role at this site (`blockrep_disk_status.role`).
@@ -21,8 +22,8 @@ pub enum blockrep_role {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct blockrep_disk_status {
-    /// The disk (16 bytes).
-    pub disk_id: [u8; 16],
+    /// The disk.
+    pub disk_id: blockrep_disk_id,
     /// Its role here.
     pub role: blockrep_role,
     /// The replication epoch.
@@ -47,7 +48,7 @@ pub struct blockrep_disk_status {
 impl From<&DiskStatus> for blockrep_disk_status {
     fn from(s: &DiskStatus) -> Self {
         blockrep_disk_status {
-            disk_id: s.disk_id.0,
+            disk_id: s.disk_id.into(),
             role: match s.role {
                 Role::Primary => blockrep_role::BLOCKREP_ROLE_PRIMARY,
                 Role::Replica => blockrep_role::BLOCKREP_ROLE_REPLICA,

@@ -62,12 +62,12 @@ int main(void) {
     a[i] = (unsigned char)(seed >> 16);
   }
   CHECK(pwrite(fd, a, SIZE, 0) == (ssize_t)SIZE);
-  uint8_t id[16];
-  memset(id, 9, sizeof id);
+  blockrep_disk_id id;
+  memset(id.bytes, 9, sizeof id.bytes);
 
   /* A replicates to B. */
   blockrep_pipeline *pa = NULL;
-  CHECK(blockrep_pipeline_create(disk, spool_a, id, 1, BS, 1 << 30, NULL, &pa) ==
+  CHECK(blockrep_pipeline_create(disk, spool_a, &id, 1, BS, 1 << 30, NULL, &pa) ==
         BLOCKREP_STATUS_OK);
   CHECK(blockrep_pipeline_initial_sync(pa, NULL) == BLOCKREP_STATUS_OK);
   blockrep_replica *rb = NULL;

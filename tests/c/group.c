@@ -58,9 +58,9 @@ int main(void) {
     snprintf(d[i].rdir, sizeof d[i].rdir, "%s/replica%d", dir, i);
     d[i].fd = open(d[i].path, O_RDWR | O_CREAT | O_TRUNC, 0600);
     CHECK(d[i].fd >= 0 && ftruncate(d[i].fd, SIZE) == 0);
-    uint8_t id[16];
-    memset(id, 20 + i, sizeof id);
-    CHECK(blockrep_pipeline_create(d[i].path, d[i].spool, id, 1, BS, 1 << 30, NULL, &d[i].p) ==
+    blockrep_disk_id id;
+    memset(id.bytes, 20 + i, sizeof id.bytes);
+    CHECK(blockrep_pipeline_create(d[i].path, d[i].spool, &id, 1, BS, 1 << 30, NULL, &d[i].p) ==
           BLOCKREP_STATUS_OK);
     if (i == 0) {
       /* A member that did not join groups is refused. */

@@ -20,7 +20,7 @@
 #define WRITERS 4
 #define WRITES 150
 
-static uint8_t id[16];
+static blockrep_disk_id id;
 static unsigned char buf[SIZE], got[SIZE];
 static char dir[] = "/tmp/blockrep-c-pipe-XXXXXX";
 static char disk_path[256], spool[256], tracker[256], rdir[256], digests[256];
@@ -127,7 +127,7 @@ int main(void) {
   snprintf(tracker, sizeof tracker, "%s/tracker", dir);
   snprintf(rdir, sizeof rdir, "%s/replica", dir);
   snprintf(digests, sizeof digests, "%s/digests", dir);
-  memset(id, 7, sizeof id);
+  memset(id.bytes, 7, sizeof id.bytes);
   disk_fd = open(disk_path, O_RDWR | O_CREAT | O_TRUNC, 0600);
   CHECK(disk_fd >= 0);
   unsigned seed = 99;
@@ -137,18 +137,18 @@ int main(void) {
 
   /* Creation and its errors. */
   blockrep_pipeline *p = NULL;
-  CHECK(blockrep_pipeline_create(NULL, spool, id, 1, BS, 1 << 30, tracker, &p) ==
+  CHECK(blockrep_pipeline_create(NULL, spool, &id, 1, BS, 1 << 30, tracker, &p) ==
         BLOCKREP_STATUS_INVALID_ARGUMENT);
   CHECK(blockrep_pipeline_create(disk_path, spool, NULL, 1, BS, 1 << 30, tracker, &p) ==
         BLOCKREP_STATUS_INVALID_ARGUMENT);
-  CHECK(blockrep_pipeline_create(disk_path, spool, id, 1, 1000, 1 << 30, tracker, &p) ==
+  CHECK(blockrep_pipeline_create(disk_path, spool, &id, 1, 1000, 1 << 30, tracker, &p) ==
         BLOCKREP_STATUS_INVALID_ARGUMENT); /* not a power of two */
-  CHECK(blockrep_pipeline_create(disk_path, spool, id, 1, BS, 1 << 30, tracker, NULL) ==
+  CHECK(blockrep_pipeline_create(disk_path, spool, &id, 1, BS, 1 << 30, tracker, NULL) ==
         BLOCKREP_STATUS_INVALID_ARGUMENT);
-  CHECK(blockrep_pipeline_create(disk_path, spool, id, 1, BS, 1 << 30, tracker, &p) ==
+  CHECK(blockrep_pipeline_create(disk_path, spool, &id, 1, BS, 1 << 30, tracker, &p) ==
         BLOCKREP_STATUS_OK);
   blockrep_pipeline *again = NULL;
-  CHECK(blockrep_pipeline_create(disk_path, spool, id, 1, BS, 1 << 30, NULL, &again) ==
+  CHECK(blockrep_pipeline_create(disk_path, spool, &id, 1, BS, 1 << 30, NULL, &again) ==
         BLOCKREP_STATUS_MISUSE); /* the spool exists */
 
   blockrep_cycle_info info;

@@ -26,17 +26,17 @@ int main(void) {
   CHECK(fd >= 0);
   close(fd);
   unlink(path); /* a path that does not exist yet */
-  uint8_t id[16];
-  memset(id, 7, sizeof id);
+  blockrep_disk_id id;
+  memset(id.bytes, 7, sizeof id.bytes);
   blockrep_ptracker *t = NULL;
   blockrep_open_state st = 0;
 
-  CHECK(blockrep_ptracker_open(NULL, NULL, id, SIZE, BS, REGION, &t, &st) ==
+  CHECK(blockrep_ptracker_open(NULL, NULL, &id, SIZE, BS, REGION, &t, &st) ==
         BLOCKREP_STATUS_INVALID_ARGUMENT);
-  CHECK(blockrep_ptracker_open(path, NULL, id, SIZE, BS, 12345, &t, &st) ==
+  CHECK(blockrep_ptracker_open(path, NULL, &id, SIZE, BS, 12345, &t, &st) ==
         BLOCKREP_STATUS_INVALID_ARGUMENT);
   CHECK(t == NULL);
-  CHECK(blockrep_ptracker_open(path, NULL, id, SIZE, BS, REGION, &t, &st) ==
+  CHECK(blockrep_ptracker_open(path, NULL, &id, SIZE, BS, REGION, &t, &st) ==
         BLOCKREP_STATUS_OK);
   CHECK(st == BLOCKREP_OPEN_CREATED);
 
@@ -72,7 +72,7 @@ int main(void) {
   CHECK(blockrep_ptracker_close(t) == BLOCKREP_STATUS_MISUSE);
 
   /* Clean reopen: the one dirty block is back. */
-  CHECK(blockrep_ptracker_open(path, NULL, id, SIZE, BS, REGION, &t, &st) ==
+  CHECK(blockrep_ptracker_open(path, NULL, &id, SIZE, BS, REGION, &t, &st) ==
         BLOCKREP_STATUS_OK);
   CHECK(st == BLOCKREP_OPEN_CLEAN);
   CHECK(blockrep_ptracker_cut(t, &set) == BLOCKREP_STATUS_OK);
@@ -82,7 +82,7 @@ int main(void) {
   CHECK(blockrep_ptracker_begin_write(t, 30 << 20, 4096) == BLOCKREP_STATUS_OK);
   CHECK(blockrep_ptracker_free(t) == BLOCKREP_STATUS_OK);
 
-  CHECK(blockrep_ptracker_open(path, NULL, id, SIZE, BS, REGION, &t, &st) ==
+  CHECK(blockrep_ptracker_open(path, NULL, &id, SIZE, BS, REGION, &t, &st) ==
         BLOCKREP_STATUS_OK);
   CHECK(st == BLOCKREP_OPEN_RECOVERED);
   CHECK(blockrep_ptracker_cut(t, &set) == BLOCKREP_STATUS_OK);
@@ -92,9 +92,9 @@ int main(void) {
   CHECK(blockrep_ptracker_close(t) == BLOCKREP_STATUS_OK);
 
   /* Another disk's id: the file is untrusted and recreated. */
-  uint8_t other[16];
-  memset(other, 8, sizeof other);
-  CHECK(blockrep_ptracker_open(path, NULL, other, SIZE, BS, REGION, &t, &st) ==
+  blockrep_disk_id other;
+  memset(other.bytes, 8, sizeof other.bytes);
+  CHECK(blockrep_ptracker_open(path, NULL, &other, SIZE, BS, REGION, &t, &st) ==
         BLOCKREP_STATUS_OK);
   CHECK(st == BLOCKREP_OPEN_INVALID);
   CHECK(blockrep_ptracker_close(t) == BLOCKREP_STATUS_OK);
@@ -103,15 +103,15 @@ int main(void) {
   char disk[] = "/tmp/blockrep-ptracker-disk-XXXXXX";
   int dfd = mkstemp(disk);
   CHECK(dfd >= 0 && ftruncate(dfd, SIZE) == 0);
-  CHECK(blockrep_ptracker_open(path, disk, other, SIZE, BS, REGION, &t, &st) ==
+  CHECK(blockrep_ptracker_open(path, disk, &other, SIZE, BS, REGION, &t, &st) ==
         BLOCKREP_STATUS_OK);
   CHECK(blockrep_ptracker_close(t) == BLOCKREP_STATUS_OK);
-  CHECK(blockrep_ptracker_open(path, disk, other, SIZE, BS, REGION, &t, &st) ==
+  CHECK(blockrep_ptracker_open(path, disk, &other, SIZE, BS, REGION, &t, &st) ==
         BLOCKREP_STATUS_OK);
   CHECK(st == BLOCKREP_OPEN_CLEAN); /* untouched */
   CHECK(blockrep_ptracker_close(t) == BLOCKREP_STATUS_OK);
   CHECK(pwrite(dfd, "x", 1, 4096) == 1); /* nobody tracking */
-  CHECK(blockrep_ptracker_open(path, disk, other, SIZE, BS, REGION, &t, &st) ==
+  CHECK(blockrep_ptracker_open(path, disk, &other, SIZE, BS, REGION, &t, &st) ==
         BLOCKREP_STATUS_OK);
   CHECK(st == BLOCKREP_OPEN_INVALID);
   CHECK(blockrep_ptracker_close(t) == BLOCKREP_STATUS_OK);

@@ -17,7 +17,7 @@
 #define POINTS 4
 
 static unsigned char disk[POINTS][SIZE]; /* the source at each point */
-static uint8_t id[16];
+static blockrep_disk_id id;
 
 static void log_path(char *out, size_t n, const char *dir, unsigned seq) {
   snprintf(out, n, "%s/log-%u", dir, seq);
@@ -28,7 +28,7 @@ int main(void) {
   CHECK(mkdtemp(dir) != NULL);
   char rdir[256], path[256], exported[256];
   snprintf(rdir, sizeof rdir, "%s/replica", dir);
-  memset(id, 3, sizeof id);
+  memset(id.bytes, 3, sizeof id.bytes);
   unsigned seed = 12345;
   for (size_t i = 0; i < SIZE; i++) {
     seed = seed * 1103515245u + 12345u;
@@ -39,9 +39,9 @@ int main(void) {
   uint8_t digest[32];
   blockrep_log_writer *w = NULL;
   log_path(path, sizeof path, dir, 1);
-  CHECK(blockrep_log_writer_create(path, id, SIZE, BS, 7, 1, 1, NULL, &w) ==
+  CHECK(blockrep_log_writer_create(path, &id, SIZE, BS, 7, 1, 1, NULL, &w) ==
         BLOCKREP_STATUS_INVALID_ARGUMENT); /* kind 7 */
-  CHECK(blockrep_log_writer_create(path, id, SIZE, BS, 1, 1, 1, NULL, &w) ==
+  CHECK(blockrep_log_writer_create(path, &id, SIZE, BS, 1, 1, 1, NULL, &w) ==
         BLOCKREP_STATUS_OK);
   for (unsigned b = 0; b < BLOCKS; b++)
     CHECK(blockrep_log_writer_add_block(w, b, disk[0] + (size_t)b * BS, BS) ==
@@ -67,7 +67,7 @@ int main(void) {
   char scratch[300];
   snprintf(scratch, sizeof scratch, "%s/abandoned", dir);
   blockrep_log_writer *aw = NULL;
-  CHECK(blockrep_log_writer_create(scratch, id, SIZE, BS, 2, 1, 2, digest, &aw) ==
+  CHECK(blockrep_log_writer_create(scratch, &id, SIZE, BS, 2, 1, 2, digest, &aw) ==
         BLOCKREP_STATUS_OK);
   CHECK(blockrep_log_writer_add_zero(aw, 0, 4) == BLOCKREP_STATUS_OK);
   CHECK(blockrep_log_writer_add_zero(aw, 2, 1) == BLOCKREP_STATUS_INVALID_ARGUMENT);
@@ -80,7 +80,7 @@ int main(void) {
   for (unsigned p = 1; p < POINTS; p++) {
     memcpy(disk[p], disk[p - 1], SIZE);
     log_path(path, sizeof path, dir, p + 1);
-    CHECK(blockrep_log_writer_create(path, id, SIZE, BS, 2, 1, p + 1, digest, &w) ==
+    CHECK(blockrep_log_writer_create(path, &id, SIZE, BS, 2, 1, p + 1, digest, &w) ==
           BLOCKREP_STATUS_OK);
     for (unsigned b = p; b < BLOCKS; b += 5) {
       memset(disk[p] + (size_t)b * BS, (int)(p * 17 + b), BS);
@@ -96,10 +96,10 @@ int main(void) {
     CHECK(applied == 0);
   }
   /* A log of another disk is refused. */
-  uint8_t other[16];
-  memset(other, 4, sizeof other);
+  blockrep_disk_id other;
+  memset(other.bytes, 4, sizeof other.bytes);
   log_path(path, sizeof path, dir, 99);
-  CHECK(blockrep_log_writer_create(path, other, SIZE, BS, 2, 1, 5, digest, &w) ==
+  CHECK(blockrep_log_writer_create(path, &other, SIZE, BS, 2, 1, 5, digest, &w) ==
         BLOCKREP_STATUS_OK);
   CHECK(blockrep_log_writer_commit(w, NULL) == BLOCKREP_STATUS_OK);
   CHECK(blockrep_replica_apply(r, path, NULL, NULL) == BLOCKREP_STATUS_MISMATCH);
