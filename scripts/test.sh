@@ -24,6 +24,13 @@ rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup com
 
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
+# The fuzz targets (run by hand with `cargo +nightly fuzz`) must keep
+# compiling as the API changes.
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    (cd fuzz && cargo +nightly check --quiet --bins)
+else
+    echo "note: no nightly toolchain; the fuzz targets are not checked" >&2
+fi
 # Unit, integration and doc tests; examples are built too. Benchmarks
 # are only compiled (by clippy above) and run by hand.
 cargo test

@@ -47,9 +47,9 @@ pub mod status;
 pub mod tracker;
 
 pub use error::{Detail, Error, ErrorKind, Result};
-pub use geometry::{Extent, Geometry};
+pub use geometry::{BlockSet, Extent, Geometry};
 pub use id::DiskId;
-pub use tracker::{BlockSet, FrozenSet, PersistentTracker, Tracker};
+pub use tracker::{FrozenSet, PersistentTracker, Tracker};
 
 /// Compares `bytes` with the committed golden file `tests/golden/NAME`
 /// (rewritten when `BLOCKREP_BLESS` is set): a change to an on-disk

@@ -1,10 +1,11 @@
-//! Every way a log can be damaged is refused, or, tail-tolerant, yields
+//! Every way a log can be damaged is refused, or, with `TailPolicy::StopAtDamage`, yields
 //! exactly the verified prefix.
 
 mod common;
 
 use blockrep::log::{
-    verify, LogHeader, LogKind, LogReader, LogWriter, MappedLog, ReadOptions, Record, WriterOptions,
+    verify, LogHeader, LogKind, LogReader, LogWriter, MappedLog, ReadOptions, Record, TailPolicy,
+    WriterOptions,
 };
 use blockrep::{DiskId, ErrorKind, Extent, Geometry};
 
@@ -42,7 +43,11 @@ fn records(bytes: &[u8], tail: bool) -> blockrep::Result<(Vec<Record>, bool)> {
     let mut r = LogReader::new(
         bytes,
         ReadOptions {
-            tail_tolerant: tail,
+            tail: if tail {
+                TailPolicy::StopAtDamage
+            } else {
+                TailPolicy::Refuse
+            },
             ..Default::default()
         },
     )?;
@@ -160,7 +165,7 @@ fn wrong_disk_or_epoch_is_a_mismatch() {
     let right = ReadOptions {
         disk: Some(DiskId([5; 16])),
         epoch: Some(3),
-        tail_tolerant: false,
+        tail: TailPolicy::Refuse,
     };
     assert_eq!(verify(&log[..], right).unwrap().trailer.blocks, 10);
 }

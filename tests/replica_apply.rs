@@ -4,7 +4,9 @@
 mod common;
 
 use blockrep::io::{Dir, Fault, FaultPlan, FsDir, MemDir};
-use blockrep::log::{Digest, LogHeader, LogWriter, MappedLog, ReadOptions, WriterOptions};
+use blockrep::log::{
+    Digest, LogHeader, LogWriter, MappedLog, ReadOptions, TailPolicy, WriterOptions,
+};
 use blockrep::replica::{ApplyOutcome, Replica};
 use blockrep::{DiskId, ErrorKind, Geometry};
 use common::{first_diff, Rng, Source};
@@ -275,7 +277,7 @@ fn logs_from_a_stream_are_spooled_and_verified_first() {
     let opts = ReadOptions {
         disk: Some(common::ID),
         epoch: Some(1),
-        tail_tolerant: false,
+        tail: TailPolicy::Refuse,
     };
     assert_eq!(r.apply_stream(&bytes[..], &opts).unwrap(), applied(&log));
     assert_eq!(first_diff(&image(&r, src.g), &src.data), None);

@@ -2,7 +2,7 @@
 //! and checks that every record the reader returns is one that was written.
 #![no_main]
 
-use blockrep::log::{LogHeader, LogKind, LogReader, LogWriter, ReadOptions, Record, WriterOptions};
+use blockrep::log::{LogHeader, LogKind, LogReader, LogWriter, ReadOptions, Record, TailPolicy, WriterOptions};
 use blockrep::{DiskId, Extent, Geometry};
 use libfuzzer_sys::fuzz_target;
 
@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     let n = log.len();
     let pos = u16::from_le_bytes([ctl[1], ctl[2]]) as usize % n;
     log[pos] ^= ctl[3] | 1;
-    if let Ok(mut r) = LogReader::new(&log[..], ReadOptions { tail_tolerant: true, ..Default::default() }) {
+    if let Ok(mut r) = LogReader::new(&log[..], ReadOptions { tail: TailPolicy::StopAtDamage, ..Default::default() }) {
         let mut i = 0;
         while let Ok(Some(rec)) = r.next_record() {
             assert_eq!(rec, written[i], "record {i} differs from the one written");

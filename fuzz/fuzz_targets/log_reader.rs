@@ -3,12 +3,12 @@
 //! and every record handed out verifies.
 #![no_main]
 
-use blockrep::log::{verify, Block, LogReader, MappedLog, ReadOptions};
+use blockrep::log::{verify, Block, LogReader, MappedLog, ReadOptions, TailPolicy};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    for tail_tolerant in [false, true] {
-        let opts = ReadOptions { tail_tolerant, ..Default::default() };
+    for tail in [TailPolicy::Refuse, TailPolicy::StopAtDamage] {
+        let opts = ReadOptions { tail, ..Default::default() };
         if let Ok(mut r) = LogReader::new(data, opts) {
             let g = r.header().geometry;
             while let Ok(Some(rec)) = r.next_record() {

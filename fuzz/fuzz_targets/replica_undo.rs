@@ -4,7 +4,7 @@
 //! error, never panic.
 #![no_main]
 
-use blockrep::io::{Dir, FaultPlan, MemDir, Storage};
+use blockrep::io::{Dir, MemDir, Storage};
 use blockrep::log::{LogHeader, LogKind, LogWriter, MappedLog, ReadOptions, WriterOptions};
 use blockrep::replica::Replica;
 use blockrep::{DiskId, Geometry};

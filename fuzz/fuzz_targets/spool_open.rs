@@ -9,7 +9,7 @@
 //! itself (not only the log reader) is reached.
 #![no_main]
 
-use blockrep::io::{Dir, FaultPlan, MemDir, Storage};
+use blockrep::io::{Dir, MemDir, Storage};
 use blockrep::log::{Digest, LogHeader, LogKind, LogWriter, WriterOptions};
 use blockrep::source::{ChainPoint, Spool};
 use blockrep::{DiskId, Geometry};

@@ -8,7 +8,7 @@
 //! checksum instead of stopping at it.
 #![no_main]
 
-use blockrep::io::{Dir, FaultPlan, MemDir, Storage};
+use blockrep::io::{Dir, MemDir, Storage};
 use blockrep::log::{BlockDigests, LogHeader, LogKind, LogWriter, MappedLog, ReadOptions, WriterOptions};
 use blockrep::replica::{Replica, ReplicaGroup};
 use blockrep::source::Spool;
@@ -64,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = Replica::open(dir);
         }
         3 => {
-            let r = Arc::new(replica(&dir));
+            let r = replica(&dir);
             let gdir = Arc::new(MemDir::new());
             put(&gdir, "group-journal", bytes);
             let _ = ReplicaGroup::open(gdir, vec![r]);

@@ -38,10 +38,10 @@ pub use plan::{
 };
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::geometry::BlockSet;
 use crate::io::{Dir, Storage};
 use crate::replica::{AdoptAt, FailoverPhase, FailoverRecord, OverlayView, Replica, OVERLAY};
 use crate::source::{AnyTracker, ChainPoint, Pipeline};
-use crate::tracker::BlockSet;
 use parking_lot::RwLock;
 use std::sync::Arc;
 

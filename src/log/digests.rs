@@ -6,11 +6,11 @@
 use super::Digest;
 use crate::error::{Error, ErrorKind, Result};
 use crate::frame;
+use crate::geometry::BlockSet;
 use crate::geometry::{Extent, Geometry};
 use crate::id::DiskId;
 use crate::io::Storage;
 use crate::le::{get_u32, get_u64, put_u32, put_u64};
-use crate::tracker::BlockSet;
 
 const MAGIC: [u8; 8] = *b"BRDIGST\0";
 const VERSION: u32 = 1;

@@ -3,12 +3,12 @@
 use super::format::{
     corrupt_at, decode_extents, LogExtent, RecordHead, Trailer, COPY_LEN, EXTENT_LEN, RECORD_FIXED,
 };
-use super::reader::{decode_payload, LogReader, ReadOptions};
+use super::reader::{decode_payload, LogReader, ReadOptions, TailPolicy};
 use super::LogHeader;
 use crate::error::{Error, Result};
+use crate::geometry::BlockSet;
 use crate::io::Dir;
 use crate::le::get_u64;
-use crate::tracker::BlockSet;
 use bytes::Bytes;
 use memmap2::Mmap;
 use std::fs::File;
@@ -106,7 +106,7 @@ impl MappedLog {
 
     fn validate(map: Backing, path: &Path, opts: &ReadOptions) -> Result<Self> {
         let strict = ReadOptions {
-            tail_tolerant: false,
+            tail: TailPolicy::Refuse,
             ..opts.clone()
         };
         let mut r = LogReader::new(&map[..], strict)?;

@@ -45,7 +45,7 @@ pub use file::LogFile;
 pub use format::{Codec, LogExtent, Trailer, MAX_LABEL, MAX_RECORD_EXTENTS, MAX_RECORD_RAW};
 pub use mapped::{BlockLookup, MappedLog};
 pub use reader::Block;
-pub use reader::{verify, LogReader, ReadOptions, Record};
+pub use reader::{verify, LogReader, ReadOptions, Record, TailPolicy};
 pub use writer::{LogBuilder, LogSummary, LogWriter, WriterOptions};
 
 use crate::error::{Error, Result};

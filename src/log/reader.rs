@@ -20,9 +20,19 @@ pub struct ReadOptions {
     pub disk: Option<DiskId>,
     /// Refuse a log of another epoch.
     pub epoch: Option<u64>,
-    /// Stop quietly at the first truncated or corrupt record and report the
-    /// log incomplete, instead of failing: yields exactly the verified prefix.
-    pub tail_tolerant: bool,
+    /// What a truncated or corrupt record means.
+    pub tail: TailPolicy,
+}
+
+/// What a reader does at a truncated or corrupt record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TailPolicy {
+    /// Fail: the log is damaged (a log received or applied must be whole).
+    #[default]
+    Refuse,
+    /// Stop quietly there and report the log incomplete: yields exactly the
+    /// verified prefix (what survived of a log being written at a crash).
+    StopAtDamage,
 }
 
 /// One verified record: its extents and their raw data.
@@ -164,7 +174,7 @@ impl<R: Read> LogReader<R> {
 
     /// The next verified record, or `None` at the (verified) end.
     ///
-    /// In tail-tolerant mode a truncated or corrupt remainder also ends the
+    /// With [`TailPolicy::StopAtDamage`] a truncated or corrupt remainder also ends the
     /// log, with [`is_complete`](Self::is_complete) false.
     pub fn next_record(&mut self) -> Result<Option<Record>> {
         if self.done {
@@ -179,7 +189,7 @@ impl<R: Read> LogReader<R> {
             }
             Err(e) => {
                 self.done = true;
-                if self.opts.tail_tolerant && e.kind() == ErrorKind::Corrupt {
+                if self.opts.tail == TailPolicy::StopAtDamage && e.kind() == ErrorKind::Corrupt {
                     Ok(None)
                 } else {
                     Err(e.with_sequence(self.header.sequence))
@@ -391,7 +401,7 @@ pub fn verify<R: Read>(r: R, opts: ReadOptions) -> Result<LogSummary> {
     let mut reader = LogReader::new(
         r,
         ReadOptions {
-            tail_tolerant: false,
+            tail: TailPolicy::Refuse,
             ..opts
         },
     )?;

@@ -28,13 +28,13 @@ pub use state::PointInfo;
 pub use view::{OverlayView, PointView};
 
 use crate::error::{Detail, Error, ErrorKind, Result};
+use crate::geometry::BlockSet;
 use crate::geometry::{Extent, Geometry};
 use crate::io::{Dir, DirLock, Storage};
 use crate::log::{
     block_digests, BlockDigests, Digest, LogFile, LogHeader, LogKind, MappedLog, ReadOptions,
     WriterOptions,
 };
-use crate::tracker::BlockSet;
 use parking_lot::{Mutex, RwLock};
 use state::{Phase, State};
 use std::collections::BTreeMap;

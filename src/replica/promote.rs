@@ -8,12 +8,12 @@ use super::state::{Phase, PointInfo, State};
 use super::{undo_name, Replica, CHUNK};
 use crate::error::{Error, ErrorKind, Result};
 use crate::frame;
+use crate::geometry::BlockSet;
 use crate::geometry::{Extent, Geometry};
 use crate::id::DiskId;
 use crate::io::{Dir, Storage};
 use crate::le::{get_u32, get_u64, put_u32, put_u64};
 use crate::log::{Consistency, Digest};
-use crate::tracker::BlockSet;
 use std::sync::Arc;
 
 pub(crate) const FAILOVER: &str = "failover";

@@ -214,7 +214,7 @@ impl OverlayView {
     }
 
     /// The blocks written into the overlay so far.
-    pub fn written(&self) -> crate::tracker::BlockSet {
+    pub fn written(&self) -> crate::geometry::BlockSet {
         self.written.snapshot()
     }
 

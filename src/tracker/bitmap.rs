@@ -16,8 +16,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// One non-zero leaf word: its index and its bits.
-pub(crate) type Word = (u64, u64);
+use crate::geometry::set::{word_mask, Word};
 
 pub(crate) struct AtomicBitmap {
     bits: u64,
@@ -201,13 +200,6 @@ impl AtomicBitmap {
         }
         new
     }
-}
-
-/// The bits `lo ..= hi` of a word.
-#[inline]
-pub(crate) fn word_mask(lo: u64, hi: u64) -> u64 {
-    debug_assert!(lo <= hi && hi < 64);
-    (u64::MAX >> (63 - hi)) & (u64::MAX << lo)
 }
 
 #[cfg(test)]

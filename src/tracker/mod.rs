@@ -23,10 +23,11 @@ pub(crate) mod open_writes;
 mod persistent;
 mod set;
 
+pub use crate::geometry::{BlockSet, Extents};
 pub use persistent::{
     OpenState, PersistentTracker, TrackerHeader, WriteGuard, INTENT_REGION_DEFAULT,
 };
-pub use set::{BlockSet, Extents, FrozenSet};
+pub use set::FrozenSet;
 
 use crate::error::Result;
 use crate::geometry::{Extent, Geometry};

@@ -3,6 +3,10 @@
 use crate::error::{Error, Result};
 use std::fmt;
 
+pub(crate) mod set;
+
+pub use set::{BlockSet, Extents};
+
 /// The smallest block size blockrep tracks: 4 KiB.
 pub const MIN_BLOCK_SIZE: u32 = 4096;
 /// The largest block size blockrep tracks: 1 MiB.
