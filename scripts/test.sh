@@ -13,6 +13,10 @@ command -v nbdkit >/dev/null 2>&1 || need_pkgs+=(nbdkit)
 [ -f /usr/include/nbdkit-filter.h ] || need_pkgs+=(nbdkit-plugin-dev)
 command -v rsync >/dev/null 2>&1 || need_pkgs+=(rsync)
 command -v lz4 >/dev/null 2>&1 || need_pkgs+=(lz4)
+command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+command -v readelf >/dev/null 2>&1 || need_pkgs+=(binutils)
+# cargo-c (below) builds against OpenSSL.
+[ -f /usr/include/openssl/ssl.h ] || need_pkgs+=(libssl-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
@@ -21,6 +25,10 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     fi
 fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
+# cargo-c installs the library as C libraries install (tests/c_abi.rs):
+# built once per machine, the newest release this toolchain builds.
+cargo cinstall --version 2>/dev/null | grep -q '^cargo-c 0\.1[0-9]' ||
+    cargo install --quiet --locked cargo-c@0.10.24+cargo-0.98.0
 
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings

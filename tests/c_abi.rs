@@ -1,7 +1,10 @@
 //! The C ABI: the committed header matches what cbindgen generates, it
 //! compiles as C11 and C++17 with warnings as errors, and the C programs
 //! under tests/c run against the static and the shared library with
-//! AddressSanitizer and UBSan, and under valgrind.
+//! AddressSanitizer and UBSan, and under valgrind. The library installs
+//! with `cargo cinstall` (soname, static library, header, pkg-config), and
+//! the nbdkit filter and one C program build against that installed copy
+//! through pkg-config.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,6 +41,125 @@ fn lib_dir() -> PathBuf {
             profile_dir
         })
         .clone()
+}
+
+/// An installed copy of the library, as a C integrator gets it: `cargo
+/// cinstall` (cargo-c) into a temporary prefix, once per run. Returns the
+/// prefix and the `PKG_CONFIG_PATH` that finds its `blockrep.pc`.
+fn installed() -> &'static (PathBuf, PathBuf) {
+    static INSTALLED: std::sync::OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> =
+        std::sync::OnceLock::new();
+    let (_, prefix, pc) = INSTALLED.get_or_init(|| {
+        let t = tempfile::tempdir().unwrap();
+        let prefix = t.path().join("usr");
+        let exe = std::env::current_exe().unwrap();
+        let target = exe.ancestors().nth(3).unwrap().join("cinstall");
+        let out = Command::new(env!("CARGO"))
+            .args(["cinstall", "--release", "-p", "blockrep"])
+            .arg("--manifest-path")
+            .arg(root().join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .arg("--prefix")
+            .arg(&prefix)
+            .output()
+            .expect("run cargo cinstall");
+        assert!(
+            out.status.success(),
+            "cargo cinstall failed (cargo-c is required: \
+             cargo install cargo-c@0.10.24+cargo-0.98.0 --locked):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pc = std::fs::read_dir(prefix.join("lib"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .flat_map(|d| [d.join("pkgconfig"), d])
+            .find(|d| d.join("blockrep.pc").exists())
+            .expect("blockrep.pc installed");
+        (t, prefix, pc)
+    });
+    // The tuple without the TempDir (kept alive by the static).
+    static VIEW: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    VIEW.get_or_init(|| (prefix.clone(), pc.clone()))
+}
+
+/// `pkg-config --cflags --libs blockrep` against the installed copy, and
+/// an rpath to its library directory.
+fn pkg_config_flags() -> Vec<String> {
+    let (_, pc) = installed();
+    let out = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "blockrep"])
+        .env("PKG_CONFIG_PATH", pc)
+        .output()
+        .expect("pkg-config is required");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let libs = Command::new("pkg-config")
+        .args(["--variable=libdir", "blockrep"])
+        .env("PKG_CONFIG_PATH", pc)
+        .output()
+        .unwrap();
+    let libdir = String::from_utf8(libs.stdout).unwrap().trim().to_string();
+    let mut flags: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    flags.push(format!("-Wl,-rpath,{libdir}"));
+    flags
+}
+
+/// The installed copy is what C libraries install: the header, the static
+/// library, a shared object with a versioned soname and its links, and a
+/// pkg-config file; a C program built only from `pkg-config --cflags
+/// --libs blockrep` runs against it.
+#[test]
+fn the_installed_library_builds_a_c_program_through_pkg_config() {
+    let (prefix, pc) = installed();
+    assert!(prefix.join("include/blockrep.h").exists());
+    let libdir = pc.parent().unwrap();
+    assert!(libdir.join("libblockrep.a").exists());
+    let so = std::fs::read_dir(libdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("libblockrep.so"))
+        .collect::<Vec<_>>();
+    assert!(so.len() >= 2, "{so:?}");
+    let dynamic = Command::new("readelf")
+        .arg("-d")
+        .arg(libdir.join("libblockrep.so"))
+        .output()
+        .unwrap();
+    let dynamic = String::from_utf8_lossy(&dynamic.stdout);
+    let soname = dynamic
+        .lines()
+        .find(|l| l.contains("SONAME"))
+        .unwrap_or_else(|| panic!("no soname:\n{dynamic}"));
+    assert!(soname.contains("[libblockrep.so."), "{soname}");
+    let t = tempfile::tempdir().unwrap();
+    let exe = t.path().join("tracker-installed");
+    run(Command::new("gcc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-pthread"])
+        .arg(root().join("tests/c/tracker.c"))
+        .arg("-o")
+        .arg(&exe)
+        .args(pkg_config_flags()));
+    let needed = Command::new("readelf")
+        .arg("-d")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    let needed = String::from_utf8_lossy(&needed.stdout);
+    assert!(
+        needed
+            .lines()
+            .any(|l| l.contains("NEEDED") && l.contains("[libblockrep.so.")),
+        "linked against the versioned soname:\n{needed}"
+    );
+    run(&mut Command::new(&exe));
 }
 
 fn generate_header() -> String {
@@ -203,18 +325,16 @@ fn pipeline_c_program_with_threads_under_sanitizers_and_valgrind() {
 fn nbdkit_filter_replicates_what_qemu_io_writes_through_nbd() {
     let t = tempfile::tempdir().unwrap();
     let filter = t.path().join("blockrep-filter.so");
+    // Built as an integrator builds it: against the installed library,
+    // through pkg-config.
     run(Command::new("gcc")
         .args([
-            "-std=c11", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-O1", "-I",
+            "-std=c11", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-O1",
         ])
-        .arg(root().join("include"))
         .arg(root().join("examples/nbdkit/blockrep-filter.c"))
         .arg("-o")
         .arg(&filter)
-        .arg("-L")
-        .arg(lib_dir())
-        .arg("-lblockrep")
-        .arg(format!("-Wl,-rpath,{}", lib_dir().display()))
+        .args(pkg_config_flags())
         .arg("-pthread"));
     let image = t.path().join("disk.raw");
     run(Command::new("qemu-img")
