@@ -127,7 +127,7 @@ fn apply(c: &mut Criterion) {
                     s.image.sync().unwrap();
                 }
                 start.elapsed()
-            })
+            });
         });
         g.bench_function("log_without_undo", |b| {
             b.iter_custom(|iters| {
@@ -140,7 +140,7 @@ fn apply(c: &mut Criterion) {
                                 Block::Data(d) => s.image.write_at(d, blk * BS).unwrap(),
                                 // As the applier does: zeros for small runs.
                                 Block::Zero => {
-                                    s.image.write_at(&[0u8; BS as usize], blk * BS).unwrap()
+                                    s.image.write_at(&[0u8; BS as usize], blk * BS).unwrap();
                                 }
                                 Block::CopyOf(src) => {
                                     let mut c = [0u8; BS as usize];
@@ -153,7 +153,7 @@ fn apply(c: &mut Criterion) {
                     s.image.sync().unwrap();
                 }
                 start.elapsed()
-            })
+            });
         });
         for (blk, d) in &original {
             s.image.write_at(d, blk * BS).unwrap();
@@ -169,7 +169,7 @@ fn apply(c: &mut Criterion) {
                     s.replica.rollback(s.seq).unwrap();
                 }
                 total
-            })
+            });
         });
         g.finish();
     }
@@ -200,14 +200,14 @@ fn apply(c: &mut Criterion) {
             for &o in &offsets {
                 s.image.read_at(&mut buf, o).unwrap();
             }
-        })
+        });
     });
     g.bench_function(BenchmarkId::new("view", "10_points_back"), |b| {
         b.iter(|| {
             for &o in &offsets {
                 view.read_at(&mut buf, o).unwrap();
             }
-        })
+        });
     });
     g.finish();
     let _ = Extent::new(0, 1);

@@ -2,9 +2,9 @@
 //! blocks, 30 % text-like, 30 % random), each beside its baseline:
 //!
 //! * `log_write`: the log writer, one thread and all cores, against bare
-//!   lz4_flex block compression of the same bytes in the same 256 KiB
+//!   `lz4_flex` block compression of the same bytes in the same 256 KiB
 //!   chunks (no framing) and a memcpy of them (the limit);
-//! * `log_read`: streaming read plus verify, against bare lz4_flex
+//! * `log_read`: streaming read plus verify, against bare `lz4_flex`
 //!   decompression of those chunks and the memcpy.
 //!
 //! Before the groups it prints the log's size against `lz4 -1` of the same
@@ -144,20 +144,20 @@ fn write(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(8));
     let mut dst = vec![0u8; SIZE];
     g.bench_function("memcpy", |b| {
-        b.iter(|| dst.copy_from_slice(black_box(&data)))
+        b.iter(|| dst.copy_from_slice(black_box(&data)));
     });
     g.bench_function("lz4_bare_compress", |b| {
-        b.iter(|| black_box(bare_compress(&data)))
+        b.iter(|| black_box(bare_compress(&data)));
     });
     g.bench_function("writer_1thread", |b| {
-        b.iter(|| black_box(write_log(&data, 1)))
+        b.iter(|| black_box(write_log(&data, 1)));
     });
     g.bench_function("writer_1thread_no_copies", |b| {
-        b.iter(|| black_box(write_log_with(&data, 1, false)))
+        b.iter(|| black_box(write_log_with(&data, 1, false)));
     });
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     g.bench_function(format!("writer_{cores}threads"), |b| {
-        b.iter(|| black_box(write_log(&data, cores)))
+        b.iter(|| black_box(write_log(&data, cores)));
     });
     g.finish();
 }
@@ -172,17 +172,17 @@ fn read(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(8));
     let mut dst = vec![0u8; SIZE];
     g.bench_function("memcpy", |b| {
-        b.iter(|| dst.copy_from_slice(black_box(&data)))
+        b.iter(|| dst.copy_from_slice(black_box(&data)));
     });
     g.bench_function("lz4_bare_decompress", |b| {
         b.iter(|| {
             for (c, out) in chunks.iter().zip(dst.chunks_mut(CHUNK)) {
                 lz4_flex::block::decompress_into(c, out).unwrap();
             }
-        })
+        });
     });
     g.bench_function("reader_verify", |b| {
-        b.iter(|| black_box(verify(&log[..], ReadOptions::default()).unwrap()))
+        b.iter(|| black_box(verify(&log[..], ReadOptions::default()).unwrap()));
     });
     g.finish();
 }

@@ -33,7 +33,7 @@ struct PlainBits {
 
 impl PlainBits {
     fn new(size: u64, block: u32) -> Self {
-        let blocks = size.div_ceil(block as u64);
+        let blocks = size.div_ceil(u64::from(block));
         PlainBits {
             size,
             shift: block.trailing_zeros(),
@@ -77,7 +77,7 @@ fn mark_dirty(c: &mut Criterion) {
             for &o in &offs {
                 black_box(plain.mark(black_box(o), 4096));
             }
-        })
+        });
     });
     let t = Tracker::new(geo);
     t.mark(0, size).unwrap();
@@ -86,7 +86,7 @@ fn mark_dirty(c: &mut Criterion) {
             for &o in &offs {
                 black_box(t.mark(black_box(o), 4096)).unwrap();
             }
-        })
+        });
     });
 
     g.throughput(Throughput::Elements(2 * BATCH as u64));
@@ -94,9 +94,11 @@ fn mark_dirty(c: &mut Criterion) {
     g.bench_function("plain_bitset/2threads", |b| {
         b.iter_custom(|iters| {
             let mut plains = [PlainBits::new(size, 4096), PlainBits::new(size, 4096)];
-            plains.iter_mut().for_each(|p| p.words.fill(u64::MAX));
+            for p in &mut plains {
+                p.words.fill(u64::MAX);
+            }
             let mut parts = plains.iter_mut().zip(&offs2);
-            let work = [(); 2].map(|_| {
+            let work = [(); 2].map(|()| {
                 let (p, o) = parts.next().expect("two threads");
                 move || {
                     for _ in 0..iters {
@@ -107,7 +109,7 @@ fn mark_dirty(c: &mut Criterion) {
                 }
             });
             on_two_threads(work)
-        })
+        });
     });
     g.bench_function("tracker/2threads", |b| {
         b.iter_custom(|iters| {
@@ -121,7 +123,7 @@ fn mark_dirty(c: &mut Criterion) {
                     }
                 }
             }))
-        })
+        });
     });
     g.finish();
 }
@@ -167,7 +169,7 @@ fn mark_clean(c: &mut Criterion) {
                 black_box(plain.mark(black_box(o), 4096));
             }
             start.elapsed()
-        })
+        });
     });
     let t = Tracker::new(geo);
     g.bench_function("tracker/1thread", |b| {
@@ -180,7 +182,7 @@ fn mark_clean(c: &mut Criterion) {
                 black_box(t.mark(black_box(o), 4096)).unwrap();
             }
             start.elapsed()
-        })
+        });
     });
 
     g.throughput(Throughput::Elements(2 * BATCH as u64));
@@ -190,9 +192,11 @@ fn mark_clean(c: &mut Criterion) {
             seed += 2;
             let n = BATCH * iters as usize;
             let offs = [0, 1].map(|k| offsets(n, geo.block_count(), 4096, seed + k));
-            plains.iter_mut().for_each(|p| p.words.fill(0));
+            for p in &mut plains {
+                p.words.fill(0);
+            }
             let mut parts = plains.iter_mut().zip(&offs);
-            let work = [(); 2].map(|_| {
+            let work = [(); 2].map(|()| {
                 let (p, o) = parts.next().expect("two threads");
                 move || {
                     for &x in o {
@@ -201,7 +205,7 @@ fn mark_clean(c: &mut Criterion) {
                 }
             });
             on_two_threads(work)
-        })
+        });
     });
     g.bench_function("tracker/2threads", |b| {
         b.iter_custom(|iters| {
@@ -217,7 +221,7 @@ fn mark_clean(c: &mut Criterion) {
                     }
                 }
             }))
-        })
+        });
     });
     g.finish();
 }
@@ -243,7 +247,7 @@ fn scan_cut(words: &[AtomicU64]) -> (u64, u64) {
         }
         let mut v = w.swap(0, Ordering::AcqRel);
         while v != 0 {
-            let b = ((i as u64) << 6) | v.trailing_zeros() as u64;
+            let b = ((i as u64) << 6) | u64::from(v.trailing_zeros());
             v &= v - 1;
             if b != run_end {
                 extents += 1;
@@ -287,7 +291,7 @@ fn cut(c: &mut Criterion) {
                             total += start.elapsed();
                         }
                         total
-                    })
+                    });
                 },
             );
             g.bench_with_input(BenchmarkId::new("tracker", &param), &dirty, |b, dirty| {
@@ -308,7 +312,7 @@ fn cut(c: &mut Criterion) {
                         total += start.elapsed();
                     }
                     total
-                })
+                });
             });
         }
     }
@@ -336,7 +340,7 @@ fn write_guard(c: &mut Criterion) {
             for &o in &offs {
                 black_box(t.mark(black_box(o), 4096)).unwrap();
             }
-        })
+        });
     });
     let disk: std::sync::Arc<dyn blockrep::io::Storage> =
         std::sync::Arc::new(blockrep::io::MemStorage::new());
@@ -347,7 +351,7 @@ fn write_guard(c: &mut Criterion) {
             for &o in &offs {
                 drop(black_box(primary.write_guard(black_box(o), 4096).unwrap()));
             }
-        })
+        });
     });
     // The same through the tracking chosen at run time (the builder's and
     // the C ABI's), and for a disk that joined consistency groups (its
@@ -364,7 +368,7 @@ fn write_guard(c: &mut Criterion) {
             for &o in &offs {
                 drop(black_box(any.write_guard(black_box(o), 4096).unwrap()));
             }
-        })
+        });
     });
     let mut grouped = blockrep::source::Primary::new(Tracker::new(geo), disk);
     grouped.join_group();
@@ -374,7 +378,7 @@ fn write_guard(c: &mut Criterion) {
             for &o in &offs {
                 drop(black_box(grouped.write_guard(black_box(o), 4096).unwrap()));
             }
-        })
+        });
     });
     g.finish();
 }

@@ -31,12 +31,11 @@ impl Rng {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tmp;
-    let dir = match std::env::args().nth(1) {
-        Some(d) => std::path::PathBuf::from(d),
-        None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
-        }
+    let dir = if let Some(d) = std::env::args().nth(1) {
+        std::path::PathBuf::from(d)
+    } else {
+        tmp = tempfile::tempdir()?;
+        tmp.path().to_path_buf()
     };
     std::fs::create_dir_all(&dir)?;
     let image_path = dir.join("disk.img");
@@ -81,7 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         frozen.generation(),
         frozen.count(),
         frozen.extents().count(),
-        frozen.count() * BLOCK as u64 / 1024
+        frozen.count() * u64::from(BLOCK) / 1024
     );
     for e in frozen.extents().take(5) {
         println!("  blocks {e}");
@@ -91,9 +90,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let base = FileStorage::open_read_only(&base_path)?;
     let (mut a, mut b) = (vec![0u8; BLOCK as usize], vec![0u8; BLOCK as usize]);
     let mut changed = 0u64;
-    for block in 0..SIZE / BLOCK as u64 {
-        image.read_at(&mut a, block * BLOCK as u64)?;
-        base.read_at(&mut b, block * BLOCK as u64)?;
+    for block in 0..SIZE / u64::from(BLOCK) {
+        image.read_at(&mut a, block * u64::from(BLOCK))?;
+        base.read_at(&mut b, block * u64::from(BLOCK))?;
         if a != b {
             changed += 1;
             if !frozen.contains(block) {

@@ -198,7 +198,7 @@ impl Error {
     /// Wraps an OS error; a full device becomes [`ErrorKind::NoSpace`].
     pub fn io(what: impl Into<String>, err: io::Error) -> Self {
         let kind = match err.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorKind::NoSpace,
+            Some(libc::ENOSPC | libc::EDQUOT) => ErrorKind::NoSpace,
             _ if err.kind() == io::ErrorKind::StorageFull => ErrorKind::NoSpace,
             _ => ErrorKind::Io,
         };

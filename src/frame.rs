@@ -7,9 +7,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::le::{get_u32, put_u32};
 
 /// A frame of `fixed` zero bytes with `magic` and `version` written.
-pub(crate) fn start(magic: &[u8; 8], version: u32, fixed: usize) -> Vec<u8> {
+pub(crate) fn start(magic: [u8; 8], version: u32, fixed: usize) -> Vec<u8> {
     let mut b = vec![0u8; fixed];
-    b[0..8].copy_from_slice(magic);
+    b[0..8].copy_from_slice(&magic);
     put_u32(&mut b, 8, version);
     b
 }
@@ -26,7 +26,7 @@ pub(crate) fn seal(mut b: Vec<u8>) -> Vec<u8> {
 /// and the CRC. Returns the length before the CRC.
 pub(crate) fn open(
     b: &[u8],
-    magic: &[u8; 8],
+    magic: [u8; 8],
     version: u32,
     fixed: usize,
     what: &str,
@@ -35,7 +35,7 @@ pub(crate) fn open(
     if b.len() < fixed + 4 {
         return Err(bad(0, "truncated"));
     }
-    if b[0..8] != *magic {
+    if b[0..8] != magic {
         return Err(bad(0, "bad magic"));
     }
     if get_u32(b, 8) != version {

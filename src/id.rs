@@ -61,7 +61,7 @@ pub fn fill_random(buf: &mut [u8]) -> Result<()> {
             }
             return Err(Error::io("getrandom", e));
         }
-        done += n as usize;
+        done += n.unsigned_abs();
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The C ABI: the committed header matches what cbindgen generates, it
 //! compiles as C11 and C++17 with warnings as errors, and the C programs
 //! under tests/c run against the static and the shared library with
-//! AddressSanitizer and UBSan, and under valgrind. The library installs
+//! `AddressSanitizer` and `UBSan`, and under valgrind. The library installs
 //! with `cargo cinstall` (soname, static library, header, pkg-config), and
 //! the nbdkit filter and one C program build against that installed copy
 //! through pkg-config.
@@ -49,6 +49,8 @@ fn lib_dir() -> PathBuf {
 fn installed() -> &'static (PathBuf, PathBuf) {
     static INSTALLED: std::sync::OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> =
         std::sync::OnceLock::new();
+    // The paths without the TempDir (which the first static keeps alive).
+    static VIEW: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
     let (_, prefix, pc) = INSTALLED.get_or_init(|| {
         let t = tempfile::tempdir().unwrap();
         let prefix = t.path().join("usr");
@@ -78,8 +80,6 @@ fn installed() -> &'static (PathBuf, PathBuf) {
             .expect("blockrep.pc installed");
         (t, prefix, pc)
     });
-    // The tuple without the TempDir (kept alive by the static).
-    static VIEW: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
     VIEW.get_or_init(|| (prefix.clone(), pc.clone()))
 }
 
@@ -382,25 +382,25 @@ fn nbdkit_filter_replicates_what_qemu_io_writes_through_nbd() {
         seed ^= seed << 17;
         seed
     };
-    const MB: u64 = 1 << 20;
+    let mb: u64 = 1 << 20;
     for round in 0..8 {
         let mut cmds = Vec::new();
         for _ in 0..6 {
-            let off = next() % (32 * MB / 4096) * 4096;
+            let off = next() % (32 * mb / 4096) * 4096;
             cmds.push(format!("write -P {} {off} 4k", 1 + next() % 250));
         }
-        let seq = next() % 30 * MB;
+        let seq = next() % 30 * mb;
         cmds.push(format!("write -P {} {seq} 1M", 1 + round));
-        let z = next() % (31 * MB);
+        let z = next() % (31 * mb);
         cmds.push(format!("write -z {z} {}", 1 + next() % (256 << 10)));
-        let d = next() % (32 * MB / 4096 - 64) * 4096;
+        let d = next() % (32 * mb / 4096 - 64) * 4096;
         cmds.push(format!("discard {d} {}", (1 + next() % 64) * 4096));
         qemu_io(&target, &cmds);
         // Let a cycle or two run between batches.
         std::thread::sleep(std::time::Duration::from_millis(60));
     }
     // SAFETY: kill(2) with the child's pid; it is ours and still running.
-    unsafe { libc::kill(nbdkit.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(i32::try_from(nbdkit.id()).unwrap(), libc::SIGTERM) };
     let status = nbdkit.wait().unwrap();
     assert!(
         status.success() || status.code().is_none(),

@@ -8,9 +8,9 @@ mod common;
 
 use blockrep::failover::{test_failover, Failover};
 use blockrep::io::{Dir, FaultPlan, MemDir, MemStorage, Storage};
-use blockrep::log::{LogKind, ReadOptions};
+use blockrep::log::{LogKind, ReadOptions, WriterOptions};
 use blockrep::replica::{AdoptAt, Replica};
-use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool};
+use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool, TransferOptions};
 use blockrep::tracker::BlockSet;
 use blockrep::{DiskId, Geometry, Tracker};
 use common::{first_diff, Rng};
@@ -39,7 +39,7 @@ fn pipeline(disk: Arc<dyn Storage>, at: ChainPoint) -> Pipeline {
     Pipeline::new(
         Primary::new(Tracker::new(geo()), disk),
         spool,
-        Default::default(),
+        WriterOptions::default(),
     )
     .unwrap()
 }
@@ -118,7 +118,7 @@ fn replicated(rng: &mut Rng) -> Replicated {
     rng.fill(&mut init);
     let disk: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(init));
     let p = pipeline(disk.clone(), start());
-    p.initial_sync(Default::default()).unwrap();
+    p.initial_sync(TransferOptions::default()).unwrap();
     let dir = mem_dir();
     let mut rep = None;
     ship(&p, &dir, &mut rep);
@@ -289,7 +289,7 @@ fn replicated_base() -> (Arc<MemDir>, Vec<(u64, Vec<u8>)>) {
     rng.fill(&mut init);
     let disk: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(init));
     let pa = pipeline(disk.clone(), start());
-    pa.initial_sync(Default::default()).unwrap();
+    pa.initial_sync(TransferOptions::default()).unwrap();
     let base = Arc::new(MemDir::new());
     let dir: Arc<dyn Dir> = base.clone();
     let mut rep = None;
@@ -548,7 +548,7 @@ fn a_primary_status_shows_pending_logs_and_rpo() {
     let mut rng = Rng(53);
     let disk: Arc<dyn Storage> = Arc::new(MemStorage::zeroed(geo().size()).unwrap());
     let p = pipeline(disk.clone(), start());
-    p.initial_sync(Default::default()).unwrap();
+    p.initial_sync(TransferOptions::default()).unwrap();
     let s = DiskStatus::of_pipeline(&p, 1);
     assert_eq!((s.role, s.pending_logs, s.rpo_ns), (Role::Primary, 1, None));
     ship(&p, &mem_dir(), &mut None);
@@ -591,7 +591,7 @@ fn reverse_replication_after_the_old_primary_lost_tracking_uses_digests() {
         .filter(|(x, y)| x != y)
         .count() as u64;
     let report = pb
-        .resync(&rep_a.block_digests(0).unwrap(), Default::default())
+        .resync(&rep_a.block_digests(0).unwrap(), TransferOptions::default())
         .unwrap();
     assert_eq!(report.blocks, truth);
     ship(&pb, &dir_a, &mut Some(rep_a));

@@ -143,6 +143,9 @@ fn rollback_past_a_pinned_point_is_refused_and_tags_stick() {
     assert_eq!(r.points()[0].label, "db quiesced");
 }
 
+/// An operation on a replica the crash test interrupts.
+type Op = fn(&Replica) -> blockrep::Result<()>;
+
 /// For every n: lose power at the n-th write or sync of a rollback and of
 /// a prune; the replica reopens at a retained point, exactly, and every
 /// older point still reads back exactly.
@@ -160,7 +163,6 @@ fn crash_at_every_step_of_rollback_and_prune() {
     }
     r.tag_app_consistent(3, "app").unwrap();
     drop(r);
-    type Op = fn(&Replica) -> blockrep::Result<()>;
     let ops: [(&str, Op); 3] = [
         ("prune with merges", |r| {
             let p = RetentionPolicy {

@@ -148,7 +148,7 @@ fn a_cycle_failing_at_every_step_reclaims_its_blocks() {
             &CycleOptions::default(),
         )
         .unwrap();
-    let (reads, writes) = (disk.reads.load(Ordering::SeqCst), counting.ops());
+    let (reads, writes) = (disk.calls.load(Ordering::SeqCst), counting.ops());
     assert!(reads > 3 && writes > 3, "{reads} reads, {writes} writes");
     for (kind, steps) in [("read", reads), ("write", writes)] {
         for n in 1..=steps {

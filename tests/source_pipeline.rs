@@ -320,7 +320,7 @@ impl Site {
                     let log = MappedLog::from_bytes(bytes, &l.name, &ReadOptions::default())?;
                     match &self.replica {
                         None => {
-                            self.replica = Some(Replica::create(self.replica_dir.clone(), &log)?)
+                            self.replica = Some(Replica::create(self.replica_dir.clone(), &log)?);
                         }
                         Some(r) => {
                             r.apply(&log)?;

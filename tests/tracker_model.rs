@@ -63,8 +63,8 @@ proptest! {
                     match t.mark(o, l) {
                         Ok(()) => {
                             prop_assert!(valid);
-                            let first = o / g.block_size() as u64;
-                            let last = (o + l - 1) / g.block_size() as u64;
+                            let first = o / u64::from(g.block_size());
+                            let last = (o + l - 1) / u64::from(g.block_size());
                             model.extend(first..=last);
                         }
                         Err(e) => {

@@ -84,7 +84,7 @@ impl Model {
         match f.as_slice() {
             ["A", off, len] => {
                 let (off, len): (u64, u64) = (off.parse().unwrap(), len.parse().unwrap());
-                for b in off / BS as u64..=(off + len - 1) / BS as u64 {
+                for b in off / u64::from(BS)..=(off + len - 1) / u64::from(BS) {
                     self.last_ack.insert(b, self.step);
                 }
             }
@@ -109,9 +109,7 @@ fn run_child(path: &Path, seed: u64, lines: usize, model: &mut Model) {
     let mut seen = 0;
     while seen < lines {
         line.clear();
-        if out.read_line(&mut line).unwrap() == 0 {
-            panic!("child ended early");
-        }
+        assert!(out.read_line(&mut line).unwrap() != 0, "child ended early");
         if line.ends_with('\n') {
             model.apply(&line);
             seen += 1;
@@ -131,7 +129,7 @@ fn run_child(path: &Path, seed: u64, lines: usize, model: &mut Model) {
 fn sigkill_at_random_moments_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.brt");
-    let mut rng = Rng(0xc0ffee);
+    let mut rng = Rng(0x00c0_ffee);
     let mut model = Model::default();
     for round in 0..12 {
         let lines = 20 + (rng.next() % 3000) as usize;
@@ -150,9 +148,9 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
         }
         // Only the regions that were written may be resent: 8 areas of 8 MiB.
         for b in resend.blocks() {
-            let off = b * BS as u64 % (DISK / 8);
+            let off = b * u64::from(BS) % (DISK / 8);
             assert!(
-                off < (8 << 20) + REGION as u64,
+                off < (8 << 20) + u64::from(REGION),
                 "round {round}: block {b} was never near a write"
             );
         }
@@ -219,7 +217,7 @@ fn corrupt_checkpoint_truncation_and_mismatch_each_have_their_kind() {
     assert!(!h.in_use);
     // The active checkpoint slot starts at page 1 or after slot 0.
     let words = geo().block_count() / 64;
-    let slot = 4096 + h.active_slot as u64 * words * 8;
+    let slot = 4096 + u64::from(h.active_slot) * words * 8;
     flip(&p, slot + 100);
     assert_eq!(open_kind(&p), ErrorKind::Corrupt);
     flip(&p, slot + 100);

@@ -39,7 +39,12 @@ pub enum blockrep_status {
 
 impl From<ErrorKind> for blockrep_status {
     fn from(k: ErrorKind) -> Self {
-        use blockrep_status::*;
+        use blockrep_status::{
+            BLOCKREP_STATUS_CORRUPT, BLOCKREP_STATUS_INVALID_ARGUMENT, BLOCKREP_STATUS_IO,
+            BLOCKREP_STATUS_MISMATCH, BLOCKREP_STATUS_MISUSE, BLOCKREP_STATUS_NO_SPACE,
+            BLOCKREP_STATUS_OUT_OF_RANGE, BLOCKREP_STATUS_RESYNC_REQUIRED,
+            BLOCKREP_STATUS_UNSUPPORTED,
+        };
         match k {
             ErrorKind::Io => BLOCKREP_STATUS_IO,
             ErrorKind::NoSpace => BLOCKREP_STATUS_NO_SPACE,
@@ -99,7 +104,11 @@ pub struct blockrep_error_detail {
 
 impl From<Option<Detail>> for blockrep_error_detail {
     fn from(d: Option<Detail>) -> Self {
-        use blockrep_detail::*;
+        use blockrep_detail::{
+            BLOCKREP_DETAIL_CONFLICT, BLOCKREP_DETAIL_DIVERGED_HISTORY,
+            BLOCKREP_DETAIL_EPOCH_BEHIND, BLOCKREP_DETAIL_NONE, BLOCKREP_DETAIL_NOT_RETAINED,
+            BLOCKREP_DETAIL_OTHER_DISK, BLOCKREP_DETAIL_SEQUENCE_GAP,
+        };
         let mut out = blockrep_error_detail {
             detail: BLOCKREP_DETAIL_NONE,
             value: 0,
@@ -109,23 +118,23 @@ impl From<Option<Detail>> for blockrep_error_detail {
         match d {
             None => {}
             Some(Detail::SequenceGap { expected }) => {
-                (out.detail, out.value) = (BLOCKREP_DETAIL_SEQUENCE_GAP, expected)
+                (out.detail, out.value) = (BLOCKREP_DETAIL_SEQUENCE_GAP, expected);
             }
             Some(Detail::OtherDisk { expected }) => {
-                (out.detail, out.disk_id) = (BLOCKREP_DETAIL_OTHER_DISK, expected.into())
+                (out.detail, out.disk_id) = (BLOCKREP_DETAIL_OTHER_DISK, expected.into());
             }
             Some(Detail::EpochBehind { current }) => {
-                (out.detail, out.value) = (BLOCKREP_DETAIL_EPOCH_BEHIND, current)
+                (out.detail, out.value) = (BLOCKREP_DETAIL_EPOCH_BEHIND, current);
             }
             Some(Detail::DivergedHistory { sequence, held }) => {
                 (out.detail, out.value, out.digest) =
-                    (BLOCKREP_DETAIL_DIVERGED_HISTORY, sequence, held.0)
+                    (BLOCKREP_DETAIL_DIVERGED_HISTORY, sequence, held.0);
             }
             Some(Detail::Conflict { sequence, held }) => {
-                (out.detail, out.value, out.digest) = (BLOCKREP_DETAIL_CONFLICT, sequence, held.0)
+                (out.detail, out.value, out.digest) = (BLOCKREP_DETAIL_CONFLICT, sequence, held.0);
             }
             Some(Detail::NotRetained { oldest }) => {
-                (out.detail, out.value) = (BLOCKREP_DETAIL_NOT_RETAINED, oldest)
+                (out.detail, out.value) = (BLOCKREP_DETAIL_NOT_RETAINED, oldest);
             }
         }
         out
@@ -162,7 +171,7 @@ pub(crate) fn guard(f: impl FnOnce() -> Result<(), Error>) -> blockrep_status {
         Err(p) => {
             let what = p
                 .downcast_ref::<&str>()
-                .map(|s| s.to_string())
+                .map(ToString::to_string)
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             LAST_DETAIL.with(|l| l.set(None));

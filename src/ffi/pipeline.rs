@@ -14,7 +14,9 @@ use super::types::{blockrep_consistency, blockrep_disk_id, blockrep_log_kind, co
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::{FileStorage, FsDir};
 use crate::log::BlockDigests;
-use crate::source::{AnyTracker, CycleOptions, CycleReport, Pipeline, PipelineBuilder, SpooledLog};
+use crate::source::{
+    AnyTracker, CycleOptions, CycleReport, Pipeline, PipelineBuilder, SpooledLog, TransferOptions,
+};
 use crate::status::DiskStatus;
 use crate::tracker::{BlockSet, FrozenSet};
 use std::ffi::c_char;
@@ -261,7 +263,7 @@ pub unsafe extern "C" fn blockrep_pipeline_initial_sync(
     out: *mut blockrep_cycle_info,
 ) -> blockrep_status {
     guard(|| {
-        let r = borrow(p)?.initial_sync(Default::default())?;
+        let r = borrow(p)?.initial_sync(TransferOptions::default())?;
         info_out(out, &r);
         Ok(())
     })
@@ -518,7 +520,7 @@ pub unsafe extern "C" fn blockrep_pipeline_resync(
         let bytes =
             std::fs::read(path).map_err(|e| Error::io("read digests", e).with_path(path))?;
         let d = BlockDigests::decode(&bytes).map_err(|e| e.with_path(path))?;
-        let r = pipeline.resync(&d, Default::default())?;
+        let r = pipeline.resync(&d, TransferOptions::default())?;
         info_out(out, &r);
         Ok(())
     })

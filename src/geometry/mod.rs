@@ -112,7 +112,7 @@ impl Geometry {
     /// The number of blocks, counting a short last block as one.
     #[inline]
     pub fn block_count(&self) -> u64 {
-        self.size.div_ceil(self.block_size() as u64)
+        self.size.div_ceil(u64::from(self.block_size()))
     }
 
     /// The blocks that a write of `len` bytes at `offset` touches, partial
@@ -160,7 +160,7 @@ impl Geometry {
     /// last block. Zero for a block past the end.
     pub fn block_len(&self, block: u64) -> u32 {
         let off = self.block_offset(block);
-        (self.size.saturating_sub(off)).min(self.block_size() as u64) as u32
+        (self.size.saturating_sub(off)).min(u64::from(self.block_size())) as u32
     }
 
     /// The byte range `(offset, len)` an extent covers, clipped to the disk.

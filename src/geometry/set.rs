@@ -38,7 +38,7 @@ impl BlockSet {
     pub(crate) fn from_words(universe: u64, words: Vec<Word>) -> Self {
         debug_assert!(words.windows(2).all(|w| w[0].0 < w[1].0));
         debug_assert!(words.iter().all(|&(_, v)| v != 0));
-        let count = words.iter().map(|&(_, v)| v.count_ones() as u64).sum();
+        let count = words.iter().map(|&(_, v)| u64::from(v.count_ones())).sum();
         BlockSet {
             universe,
             words,
@@ -140,7 +140,7 @@ impl BlockSet {
             let mut v = v;
             std::iter::from_fn(move || {
                 (v != 0).then(|| {
-                    let b = v.trailing_zeros() as u64;
+                    let b = u64::from(v.trailing_zeros());
                     v &= v - 1;
                     (w << 6) | b
                 })
@@ -234,8 +234,8 @@ impl Iterator for Extents<'_> {
             self.next += 1;
         }
         let (w, v) = self.cur;
-        let lo = v.trailing_zeros() as u64;
-        let ones = (!(v >> lo)).trailing_zeros() as u64; // 64 - lo when it runs to bit 63
+        let lo = u64::from(v.trailing_zeros());
+        let ones = u64::from((!(v >> lo)).trailing_zeros()); // 64 - lo when it runs to bit 63
         let start = (w << 6) | lo;
         if lo + ones < 64 {
             self.cur.1 = v & !word_mask(lo, lo + ones - 1);
@@ -249,7 +249,7 @@ impl Iterator for Extents<'_> {
                 break;
             }
             self.next += 1;
-            let ones = (!nv).trailing_zeros() as u64;
+            let ones = u64::from((!nv).trailing_zeros());
             end += ones;
             if ones < 64 {
                 self.cur = (nw, nv & !word_mask(0, ones - 1));

@@ -1,7 +1,7 @@
 //! A fault-injecting storage wrapper for crash tests.
 //!
-//! A [`FaultPlan`] counts the mutating operations (write, set_len,
-//! punch_hole, sync) of every [`FaultStorage`] that shares it, and at the
+//! A [`FaultPlan`] counts the mutating operations (write, `set_len`,
+//! `punch_hole`, sync) of every [`FaultStorage`] that shares it, and at the
 //! chosen N-th operation injects a [`Fault`]. Crash tests run an operation
 //! once to learn how many steps it takes ([`FaultPlan::ops`]), then again for
 //! every N.

@@ -78,7 +78,7 @@ fn coarse_now_ns() -> i64 {
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid, writable timespec for the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &raw mut ts) };
     if rc != 0 {
         return 0;
     }
@@ -127,7 +127,7 @@ impl Storage for FileStorage {
                 Error::io("seek to end", std::io::Error::last_os_error()).with_path(&self.path)
             );
         }
-        Ok(end as u64)
+        Ok(end.cast_unsigned())
     }
 
     fn set_len(&self, len: u64) -> Result<()> {
@@ -145,21 +145,25 @@ impl Storage for FileStorage {
         let seek = |whence| {
             // SAFETY: `fd` is owned by `self.file` for the call; lseek does
             // not touch memory.
-            unsafe { libc::lseek(fd, offset as libc::off_t, whence) }
+            unsafe { libc::lseek(fd, offset.cast_signed(), whence) }
         };
         let start = seek(libc::SEEK_DATA);
         if start < 0 {
             let e = std::io::Error::last_os_error();
             return match e.raw_os_error() {
                 Some(libc::ENXIO) => Ok(None), // no data after `offset`
-                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(Some((offset, len - offset))),
+                Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(Some((offset, len - offset))),
                 _ => Err(self.err("seek data", e, offset)),
             };
         }
-        let start = start as u64;
+        let start = start.cast_unsigned();
         // SAFETY: as above.
-        let end = unsafe { libc::lseek(fd, start as libc::off_t, libc::SEEK_HOLE) };
-        let end = if end < 0 { len } else { (end as u64).min(len) };
+        let end = unsafe { libc::lseek(fd, start.cast_signed(), libc::SEEK_HOLE) };
+        let end = if end < 0 {
+            len
+        } else {
+            end.cast_unsigned().min(len)
+        };
         Ok(Some((start, end - start)))
     }
 
@@ -218,7 +222,7 @@ impl Storage for FileStorage {
         }
         let e = std::io::Error::last_os_error();
         match e.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(false),
+            Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => Ok(false),
             _ => Err(self.err("punch hole", e, offset)),
         }
     }

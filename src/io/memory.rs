@@ -116,7 +116,7 @@ impl Storage for MemStorage {
             device: 0,
             inode: self.id,
             size: data.len() as u64,
-            modified_ns: self.changes.load(Ordering::Relaxed) as i64,
+            modified_ns: self.changes.load(Ordering::Relaxed).cast_signed(),
             changed_ns: 0,
         }))
     }

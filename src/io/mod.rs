@@ -48,7 +48,7 @@ pub trait Storage: Send + Sync {
     }
     /// The next range `(start, len)` at or after `offset` that may hold
     /// data; `None` past the last one. Backends that know their holes
-    /// (files, through SEEK_DATA and SEEK_HOLE) skip them; the default
+    /// (files, through `SEEK_DATA` and `SEEK_HOLE`) skip them; the default
     /// treats everything as data.
     fn next_data(&self, offset: u64) -> Result<Option<(u64, u64)>> {
         let len = self.len()?;

@@ -59,7 +59,7 @@ pub(crate) fn digest_blocks(
     threads: usize,
 ) -> Result<()> {
     let threads = match threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         t => t,
     }
     .min(out.len().max(1));
@@ -102,14 +102,14 @@ impl BlockDigests {
         let mut runs = Vec::new();
         let mut b = 0u64;
         while b < n {
-            if self.blocks[b as usize] != other[b as usize] {
+            if self.blocks[b as usize] == other[b as usize] {
+                b += 1;
+            } else {
                 let start = b;
                 while b < n && self.blocks[b as usize] != other[b as usize] {
                     b += 1;
                 }
                 runs.push(Extent::new(start, b - start));
-            } else {
-                b += 1;
             }
         }
         BlockSet::from_extents(n, runs)
@@ -117,7 +117,7 @@ impl BlockDigests {
 
     /// Encodes the list for shipping.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = frame::start(&MAGIC, VERSION, FIXED);
+        let mut b = frame::start(MAGIC, VERSION, FIXED);
         b[16..32].copy_from_slice(&self.disk_id.0);
         put_u64(&mut b, 32, self.epoch);
         put_u64(&mut b, 40, self.sequence);
@@ -137,7 +137,7 @@ impl BlockDigests {
         let bad = |at: usize, m: &str| {
             Error::corrupt(format!("block digest list: {m}")).with_offset(at as u64)
         };
-        let n = frame::open(b, &MAGIC, VERSION, FIXED, "block digest list")?;
+        let n = frame::open(b, MAGIC, VERSION, FIXED, "block digest list")?;
         if get_u32(b, 12) != 0 || get_u32(b, 92) != 0 || get_u64(b, 104) != 0 {
             return Err(bad(12, "reserved bytes are not zero"));
         }
@@ -171,7 +171,7 @@ impl BlockDigests {
 
 /// Digests blocks `first..first + out.len()` into `out`.
 fn digest_range(disk: &dyn Storage, g: Geometry, first: u64, out: &mut [[u8; 32]]) -> Result<()> {
-    let bs = g.block_size() as u64;
+    let bs = u64::from(g.block_size());
     let end = first + out.len() as u64;
     let zero = |len: u64| *blake3::hash(&vec![0u8; len as usize]).as_bytes();
     let full_zero = zero(bs);
@@ -186,7 +186,7 @@ fn digest_range(disk: &dyn Storage, g: Geometry, first: u64, out: &mut [[u8; 32]
         };
         let hole_end = (data_at / bs).min(end);
         while b < hole_end {
-            let len = g.block_len(b) as u64;
+            let len = u64::from(g.block_len(b));
             out[(b - first) as usize] = if len == bs { full_zero } else { zero(len) };
             b += 1;
         }

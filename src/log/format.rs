@@ -297,7 +297,7 @@ pub(crate) fn decode_extents(
     for (i, c) in b.chunks_exact(EXTENT_LEN).enumerate() {
         let at = offset + (i * EXTENT_LEN) as u64;
         let start = get_u64(c, 0);
-        let count = get_u32(c, 8) as u64;
+        let count = u64::from(get_u32(c, 8));
         let flags = get_u32(c, 12);
         let known = if copies { EXTENT_COPY } else { 0 } | EXTENT_ZERO;
         if flags & !known != 0 || flags == EXTENT_ZERO | EXTENT_COPY {

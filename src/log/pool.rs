@@ -63,7 +63,7 @@ impl EncodePool {
             .jobs
             .as_ref()
             .is_some_and(|j| j.send((self.next_send, p)).is_ok());
-        self.next_send += sent as u64;
+        self.next_send += u64::from(sent);
         sent
     }
 

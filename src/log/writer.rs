@@ -27,7 +27,7 @@ impl Default for WriterOptions {
     fn default() -> Self {
         WriterOptions {
             record_bytes: 256 << 10,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         }
     }
 }
@@ -318,7 +318,7 @@ impl<W: Write> LogWriter<W> {
         while left.count > 0 {
             // Extend the record's last extent when contiguous and alike (a
             // copy also from the next source block).
-            let room = u32::MAX as u64;
+            let room = u64::from(u32::MAX);
             let cur = &mut self.cur;
             let source = match kind {
                 Kind::Copy(s) => Some(s + (left.start - extent.start)),
@@ -453,7 +453,7 @@ impl<W: Write> LogWriter<W> {
         let t = self.trailer.encode();
         self.out
             .write_all(&t)
-            .and_then(|_| self.out.flush())
+            .and_then(|()| self.out.flush())
             .map_err(|e| Error::io("write log trailer", e).with_offset(self.written))?;
         self.written += t.len() as u64;
         Ok((

@@ -168,7 +168,7 @@ impl ReplicaGroup {
 }
 
 fn encode(id: &[u8; 16], moves: &[Move]) -> Vec<u8> {
-    let mut b = frame::start(&MAGIC, VERSION, FIXED);
+    let mut b = frame::start(MAGIC, VERSION, FIXED);
     put_u32(&mut b, 12, moves.len() as u32);
     b[16..32].copy_from_slice(id);
     for m in moves {
@@ -182,7 +182,7 @@ fn encode(id: &[u8; 16], moves: &[Move]) -> Vec<u8> {
 }
 
 fn decode(b: &[u8]) -> Result<Vec<Move>> {
-    let end = frame::open(b, &MAGIC, VERSION, FIXED, "group journal")?;
+    let end = frame::open(b, MAGIC, VERSION, FIXED, "group journal")?;
     let n = get_u32(b, 12) as usize;
     if end != FIXED + n * MEMBER {
         return Err(Error::corrupt(

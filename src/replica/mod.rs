@@ -792,7 +792,7 @@ fn point_of(h: &LogHeader, digest: Digest, undo_bytes: u64) -> PointInfo {
 
 /// Splits an extent into pieces of at most [`CHUNK`] bytes.
 fn chunks(e: Extent, block_size: u32) -> impl Iterator<Item = Extent> {
-    let per = (CHUNK / block_size as u64).max(1);
+    let per = (CHUNK / u64::from(block_size)).max(1);
     (0..e.count.div_ceil(per)).map(move |i| {
         let start = e.start + i * per;
         Extent::new(start, per.min(e.end() - start))

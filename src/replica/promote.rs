@@ -49,7 +49,7 @@ pub(crate) struct FailoverRecord {
 
 impl FailoverRecord {
     fn encode(&self) -> Vec<u8> {
-        let mut b = frame::start(&MAGIC, VERSION, FIXED);
+        let mut b = frame::start(MAGIC, VERSION, FIXED);
         b[12] = match self.phase {
             FailoverPhase::Promoted => 1,
             FailoverPhase::Committing => 2,
@@ -67,7 +67,7 @@ impl FailoverRecord {
 
     fn decode(b: &[u8]) -> Result<Self> {
         let bad = |m: &str| Error::corrupt(format!("failover record: {m}"));
-        let end = frame::open(b, &MAGIC, VERSION, FIXED, "failover record")?;
+        let end = frame::open(b, MAGIC, VERSION, FIXED, "failover record")?;
         let phase = match b[12] {
             1 => FailoverPhase::Promoted,
             2 => FailoverPhase::Committing,

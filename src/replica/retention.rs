@@ -53,7 +53,7 @@ impl Replica {
                     .with_sequence(sequence)
             })?;
         p.consistency = Consistency::App;
-        p.label = label.to_owned();
+        label.clone_into(&mut p.label);
         next.store(&*self.s.dir)?;
         *st = next;
         Ok(())

@@ -63,7 +63,7 @@ pub(crate) struct State {
 
 impl State {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut b = frame::start(&MAGIC, VERSION, FIXED);
+        let mut b = frame::start(MAGIC, VERSION, FIXED);
         b[16..32].copy_from_slice(&self.disk_id.0);
         put_u64(&mut b, 32, self.epoch);
         put_u64(&mut b, 40, self.geometry.size());
@@ -99,7 +99,7 @@ impl State {
         let bad = |at: usize, m: &str| {
             Error::corrupt(format!("replica state: {m}")).with_offset(at as u64)
         };
-        let n = frame::open(b, &MAGIC, VERSION, FIXED, "replica state")?;
+        let n = frame::open(b, MAGIC, VERSION, FIXED, "replica state")?;
         if get_u32(b, 12) as usize != b.len() {
             return Err(bad(12, "length does not match the file"));
         }

@@ -188,7 +188,7 @@ impl<T: Tracking> Primary<T> {
     /// blocks at its ends keep other data and are marked as written.
     fn mark_zeroed(&self, offset: u64, len: u64) {
         let g = self.tracker().geometry();
-        let bs = g.block_size() as u64;
+        let bs = u64::from(g.block_size());
         let end = offset + len;
         let first = offset.div_ceil(bs);
         // The disk's last block may be short: a write to the end covers it.
@@ -370,7 +370,7 @@ impl<T: Tracking> Primary<T> {
 impl<T: Tracking> CycleHandle<'_, T> {
     /// The generation the cut closed.
     pub fn generation(&self) -> u64 {
-        self.frozen.as_ref().map_or(0, |f| f.generation())
+        self.frozen.as_ref().map_or(0, FrozenSet::generation)
     }
 
     /// Blocks the cycle ships (read or zeroed).

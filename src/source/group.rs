@@ -96,7 +96,7 @@ impl<'a, T: Tracking> ConsistencyGroup<'a, T> {
     /// sharing a disk cannot deadlock.
     fn lock_all(&self) -> Vec<parking_lot::MutexGuard<'a, ()>> {
         let mut order: Vec<&'a Pipeline<T>> = self.members.clone();
-        order.sort_by_key(|p| *p as *const Pipeline<T> as usize);
+        order.sort_by_key(|p| std::ptr::from_ref::<Pipeline<T>>(*p) as usize);
         order.into_iter().map(|p| p.cycles.lock()).collect()
     }
 
@@ -188,7 +188,7 @@ mod tests {
     use super::*;
     use crate::io::{MemDir, MemStorage, Storage};
     use crate::log::{MappedLog, WriterOptions};
-    use crate::source::{ChainPoint, Primary, Spool};
+    use crate::source::{ChainPoint, Primary, Spool, TransferOptions};
     use crate::tracker::Tracker;
     use crate::Geometry;
     use std::sync::atomic::Ordering;
@@ -245,8 +245,8 @@ mod tests {
         let g = Geometry::new(1 << 20, 4096).unwrap();
         let (a, disk_a) = pipeline(1, g);
         let (b, disk_b) = pipeline(2, g);
-        a.initial_sync(Default::default()).unwrap();
-        b.initial_sync(Default::default()).unwrap();
+        a.initial_sync(TransferOptions::default()).unwrap();
+        b.initial_sync(TransferOptions::default()).unwrap();
         for p in [&a, &b] {
             let full = p.spool().next_to_ship().unwrap();
             p.spool()

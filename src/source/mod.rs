@@ -156,7 +156,7 @@ impl Source {
     }
 
     /// Writes the full log of `disk` to `out`: data ranges are read, holes
-    /// (found with SEEK_DATA/SEEK_HOLE where the backend can) and zero
+    /// (found with `SEEK_DATA`/`SEEK_HOLE` where the backend can) and zero
     /// blocks become zero extents without being read or stored. Start
     /// tracking before calling it: what changes during the copy goes into
     /// the first delta.
@@ -213,7 +213,7 @@ impl Source {
         }
         // In slabs, so limits and progress apply as the disk is read.
         let mut local = vec![[0u8; 32]; g.block_count() as usize];
-        let per = (DIGEST_SLAB / g.block_size() as u64).max(1) as usize;
+        let per = (DIGEST_SLAB / u64::from(g.block_size())).max(1) as usize;
         for (i, slab) in local.chunks_mut(per).enumerate() {
             let first = (i * per) as u64;
             let (off, len) = g.extent_bytes(Extent::new(first, slab.len() as u64));
@@ -289,7 +289,7 @@ pub(crate) fn copy_disk<W: Write>(
     t: &mut TransferOptions<'_>,
 ) -> Result<()> {
     let g = w.header().geometry;
-    let bs = g.block_size() as u64;
+    let bs = u64::from(g.block_size());
     let mut next_block = 0u64;
     let mut at = 0u64;
     while let Some((start, len)) = disk.next_data(at)? {
@@ -344,7 +344,7 @@ pub(crate) fn read_extents<W: Write>(
     t: &mut TransferOptions<'_>,
 ) -> Result<()> {
     let g = w.header().geometry;
-    let per = (READ_CHUNK / g.block_size() as u64).max(1);
+    let per = (READ_CHUNK / u64::from(g.block_size())).max(1);
     let mut buf = Vec::new();
     let mut paid = w.written();
     for e in extents {

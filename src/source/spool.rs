@@ -242,7 +242,10 @@ impl Spool {
         let mut head = acked;
         let mut removed = false;
         for name in dir.list()? {
-            if name.ends_with(".partial") || name.ends_with(".tmp") {
+            if std::path::Path::new(&name)
+                .extension()
+                .is_some_and(|e| e == "partial" || e == "tmp")
+            {
                 dir.remove(&name)?;
                 removed = true;
                 continue;
@@ -430,7 +433,7 @@ impl Spool {
     }
 
     fn ack_locked(&self, st: &mut Inner, sequence: u64, digest: &Digest) -> Result<()> {
-        let acked = self.point_of(st, sequence, digest)?;
+        let acked = Self::point_of(st, sequence, digest)?;
         if sequence <= st.acked.sequence {
             return Ok(());
         }
@@ -480,23 +483,23 @@ impl Spool {
     /// The acknowledged point or the spooled log with `sequence`, checked
     /// to have content `digest`. An older sequence than the acknowledged
     /// one gives the acknowledged point (it cannot be checked any more).
-    fn point_of(&self, st: &Inner, sequence: u64, digest: &Digest) -> Result<ChainPoint> {
-        let held = if sequence < st.acked.sequence {
-            return Ok(st.acked);
-        } else if sequence == st.acked.sequence {
-            st.acked
-        } else {
-            match st.logs.iter().find(|l| l.point.sequence == sequence) {
-                Some(l) => l.point,
-                None => {
-                    return Err(Error::new(
-                        ErrorKind::Misuse,
-                        format!(
-                            "acknowledged log {sequence}, the spool's head is {}",
-                            st.head().sequence
-                        ),
-                    )
-                    .with_sequence(sequence))
+    fn point_of(st: &Inner, sequence: u64, digest: &Digest) -> Result<ChainPoint> {
+        let held = match sequence.cmp(&st.acked.sequence) {
+            std::cmp::Ordering::Less => return Ok(st.acked),
+            std::cmp::Ordering::Equal => st.acked,
+            std::cmp::Ordering::Greater => {
+                match st.logs.iter().find(|l| l.point.sequence == sequence) {
+                    Some(l) => l.point,
+                    None => {
+                        return Err(Error::new(
+                            ErrorKind::Misuse,
+                            format!(
+                                "acknowledged log {sequence}, the spool's head is {}",
+                                st.head().sequence
+                            ),
+                        )
+                        .with_sequence(sequence))
+                    }
                 }
             }
         };
@@ -706,7 +709,7 @@ fn read_log(dir: &dyn Dir, name: &str) -> Result<MappedLog> {
 const FLAG_RESYNC: u32 = 1;
 
 fn store_state(dir: &dyn Dir, disk_id: DiskId, p: &ChainPoint, resync: bool) -> Result<()> {
-    let mut b = frame::start(&MAGIC, VERSION, STATE_LEN - 4);
+    let mut b = frame::start(MAGIC, VERSION, STATE_LEN - 4);
     put_u32(&mut b, 12, if resync { FLAG_RESYNC } else { 0 });
     b[16..32].copy_from_slice(&disk_id.0);
     put_u64(&mut b, 32, p.geometry.size());
@@ -724,7 +727,7 @@ fn decode_state(b: &[u8]) -> Result<(DiskId, ChainPoint, bool)> {
     if b.len() != STATE_LEN {
         return Err(bad(0, "wrong length"));
     }
-    frame::open(b, &MAGIC, VERSION, STATE_LEN - 4, "spool state")?;
+    frame::open(b, MAGIC, VERSION, STATE_LEN - 4, "spool state")?;
     if get_u32(b, 12) & !FLAG_RESYNC != 0
         || get_u32(b, 44) != 0
         || get_u32(b, 104) != 0

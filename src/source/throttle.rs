@@ -21,7 +21,7 @@ impl Throttle {
     pub fn new(bytes_per_sec: u64) -> Self {
         Throttle {
             bytes_per_sec: bytes_per_sec.max(1),
-            consumed: Default::default(),
+            consumed: std::sync::atomic::AtomicU64::default(),
             paid_until: Mutex::new(Instant::now()),
         }
     }

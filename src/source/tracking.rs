@@ -25,7 +25,7 @@ pub trait Tracking: Send + Sync {
     }
     /// Hands a failed cycle's blocks back.
     fn reclaim(&self, frozen: &FrozenSet) {
-        self.tracker().reclaim(frozen)
+        self.tracker().reclaim(frozen);
     }
     /// The log of `generation` is durable in the spool.
     fn commit(&self, generation: u64) -> Result<()> {
@@ -95,7 +95,7 @@ impl Tracking for PersistentTracker {
         PersistentTracker::cut(self)
     }
     fn reclaim(&self, frozen: &FrozenSet) {
-        PersistentTracker::reclaim(self, frozen)
+        PersistentTracker::reclaim(self, frozen);
     }
     fn commit(&self, generation: u64) -> Result<()> {
         PersistentTracker::commit(self, generation)
@@ -158,13 +158,13 @@ impl Tracking for AnyTracker {
     }
     #[inline]
     fn end_write(&self, offset: u64, len: u64, data: bool) {
-        either!(self, t => Tracking::end_write(t, offset, len, data))
+        either!(self, t => Tracking::end_write(t, offset, len, data));
     }
     fn cut(&self) -> FrozenSet {
         either!(self, t => Tracking::cut(t))
     }
     fn reclaim(&self, frozen: &FrozenSet) {
-        either!(self, t => Tracking::reclaim(t, frozen))
+        either!(self, t => Tracking::reclaim(t, frozen));
     }
     fn commit(&self, generation: u64) -> Result<()> {
         either!(self, t => Tracking::commit(t, generation))

@@ -152,7 +152,7 @@ impl Tracker {
             && !self
                 .geometry
                 .size()
-                .is_multiple_of(self.geometry.block_size() as u64)
+                .is_multiple_of(u64::from(self.geometry.block_size()))
         {
             old_blocks - 1
         } else {

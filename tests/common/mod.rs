@@ -145,7 +145,7 @@ impl Source {
     /// Rewrites some blocks (random data, zeros, partial) and returns a
     /// delta log of them.
     pub fn change(&mut self, rng: &mut Rng) -> MappedLog {
-        let mut blocks: Vec<u64> = (0..1 + rng.below(12))
+        let mut blocks: Vec<u64> = (0..=rng.below(12))
             .map(|_| rng.below(self.g.block_count()))
             .collect();
         blocks.sort_unstable();
@@ -179,7 +179,7 @@ pub fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
 pub struct Reads<S> {
     pub inner: S,
     pub bytes: AtomicU64,
-    pub reads: AtomicU64,
+    pub calls: AtomicU64,
     pub fail_at: u64,
 }
 
@@ -188,7 +188,7 @@ impl<S: Storage> Reads<S> {
         Reads {
             inner,
             bytes: AtomicU64::new(0),
-            reads: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
             fail_at,
         }
     }
@@ -196,7 +196,7 @@ impl<S: Storage> Reads<S> {
 
 impl<S: Storage> Storage for Reads<S> {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        if self.reads.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
+        if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
             return Err(blockrep::Error::io(
                 "read",
                 std::io::Error::from_raw_os_error(libc::EIO),

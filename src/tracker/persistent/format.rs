@@ -143,8 +143,8 @@ impl TrackerHeader {
             put_u64(&mut b, at::DEVICE, d.device);
             put_u64(&mut b, at::INODE, d.inode);
             put_u64(&mut b, at::DISK_SIZE, d.size);
-            put_u64(&mut b, at::MODIFIED, d.modified_ns as u64);
-            put_u64(&mut b, at::CHANGED, d.changed_ns as u64);
+            put_u64(&mut b, at::MODIFIED, d.modified_ns.cast_unsigned());
+            put_u64(&mut b, at::CHANGED, d.changed_ns.cast_unsigned());
         }
         put_u32(&mut b, at::FLAGS, flags);
         b[at::DISK_ID..at::DISK_ID + 16].copy_from_slice(&self.disk_id.0);
@@ -250,8 +250,8 @@ impl TrackerHeader {
             device: get_u64(b, at::DEVICE),
             inode: get_u64(b, at::INODE),
             size: get_u64(b, at::DISK_SIZE),
-            modified_ns: get_u64(b, at::MODIFIED) as i64,
-            changed_ns: get_u64(b, at::CHANGED) as i64,
+            modified_ns: get_u64(b, at::MODIFIED).cast_signed(),
+            changed_ns: get_u64(b, at::CHANGED).cast_signed(),
         });
         if identity.is_none() && b[at::DEVICE..at::CHANGED + 8].iter().any(|&x| x != 0) {
             return Err(

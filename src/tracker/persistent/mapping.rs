@@ -93,7 +93,7 @@ impl Mapping for FileMap {
         // outlives the call; writers of this range hold the lock the caller
         // holds, so the bytes do not change during the copy.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.base.add(off as usize), buf.as_mut_ptr(), buf.len())
+            std::ptr::copy_nonoverlapping(self.base.add(off as usize), buf.as_mut_ptr(), buf.len());
         }
     }
 
@@ -102,7 +102,7 @@ impl Mapping for FileMap {
         // SAFETY: the range lies within the mapping (checked), and the
         // caller holds the lock guarding it, so no other access overlaps.
         unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.add(off as usize), src.len())
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.add(off as usize), src.len());
         }
     }
 
