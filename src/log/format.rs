@@ -20,6 +20,60 @@ pub(crate) const KNOWN_INCOMPAT: u32 = INCOMPAT_COPIES;
 
 /// Fixed part of the header, before the label.
 pub(crate) const HEADER_FIXED: usize = 144;
+
+/// Where each header field is (docs/FORMAT.md, "Header"): the one table
+/// encode and decode both use. The label follows at `HEADER_FIXED`, then
+/// the CRC.
+mod hdr {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 8;
+    pub const LEN: usize = 10;
+    pub const INCOMPAT: usize = 12;
+    pub const COMPAT: usize = 16;
+    pub const KIND: usize = 20;
+    pub const CONSISTENCY: usize = 21;
+    pub const LABEL_LEN: usize = 22;
+    pub const DISK_ID: usize = 24;
+    pub const EPOCH: usize = 40;
+    pub const SALT: usize = 48;
+    pub const SEQUENCE: usize = 56;
+    pub const BASE_SEQUENCE: usize = 64;
+    pub const BASE_DIGEST: usize = 72;
+    pub const DISK_SIZE: usize = 104;
+    pub const BLOCK_SIZE: usize = 112;
+    pub const GROUP_MEMBERS: usize = 116;
+    pub const GROUP_ID: usize = 120;
+    pub const CREATED: usize = 136;
+}
+
+/// Where each field of a record's fixed header is (docs/FORMAT.md,
+/// "Records"); the extent table follows at `RECORD_FIXED`.
+mod rec {
+    pub const TAG: usize = 0;
+    pub const CODEC: usize = 4;
+    pub const RESERVED: usize = 5;
+    pub const EXTENTS: usize = 6;
+    pub const STORED: usize = 8;
+    pub const RAW: usize = 12;
+    pub const RAW_CRC: usize = 16;
+    pub const RESERVED2: usize = 20;
+}
+
+/// Where each fixed trailer field is (docs/FORMAT.md, "Trailer"); the
+/// index entries follow at `TRAILER_FIXED`.
+mod trl {
+    pub const TAG: usize = 0;
+    pub const RESERVED: usize = 4;
+    pub const RECORDS: usize = 8;
+    pub const BLOCKS: usize = 16;
+    pub const DATA_BLOCKS: usize = 24;
+    pub const RAW_BYTES: usize = 32;
+    pub const CHAIN: usize = 40;
+    pub const RESERVED2: usize = 44;
+    pub const DIGEST: usize = 48;
+    pub const OFFSET: usize = 80;
+    pub const INDEX_LEN: usize = 88;
+}
 /// Longest label, in bytes.
 pub const MAX_LABEL: usize = 255;
 /// Most extents one record carries.
@@ -65,26 +119,27 @@ impl LogHeader {
         let label = self.label.as_bytes();
         let len = HEADER_FIXED + label.len() + 4;
         let mut b = vec![0u8; len];
-        b[0..8].copy_from_slice(&MAGIC);
-        b[8..10].copy_from_slice(&VERSION.to_le_bytes());
-        b[10..12].copy_from_slice(&(len as u16).to_le_bytes());
-        put_u32(&mut b, 12, if self.copies { INCOMPAT_COPIES } else { 0 });
-        put_u32(&mut b, 16, 0);
-        b[20] = self.kind as u8;
-        b[21] = self.consistency as u8;
-        b[22..24].copy_from_slice(&(label.len() as u16).to_le_bytes());
-        b[24..40].copy_from_slice(&self.disk_id.0);
-        put_u64(&mut b, 40, self.epoch);
-        put_u64(&mut b, 48, self.salt);
-        put_u64(&mut b, 56, self.sequence);
-        put_u64(&mut b, 64, self.base_sequence);
-        b[72..104].copy_from_slice(&self.base_digest.0);
-        put_u64(&mut b, 104, self.geometry.size());
-        put_u32(&mut b, 112, self.geometry.block_size());
+        b[hdr::MAGIC..hdr::MAGIC + 8].copy_from_slice(&MAGIC);
+        b[hdr::VERSION..hdr::VERSION + 2].copy_from_slice(&VERSION.to_le_bytes());
+        b[hdr::LEN..hdr::LEN + 2].copy_from_slice(&(len as u16).to_le_bytes());
+        let incompat = if self.copies { INCOMPAT_COPIES } else { 0 };
+        put_u32(&mut b, hdr::INCOMPAT, incompat);
+        put_u32(&mut b, hdr::COMPAT, 0);
+        b[hdr::KIND] = self.kind as u8;
+        b[hdr::CONSISTENCY] = self.consistency as u8;
+        b[hdr::LABEL_LEN..hdr::LABEL_LEN + 2].copy_from_slice(&(label.len() as u16).to_le_bytes());
+        b[hdr::DISK_ID..hdr::DISK_ID + 16].copy_from_slice(&self.disk_id.0);
+        put_u64(&mut b, hdr::EPOCH, self.epoch);
+        put_u64(&mut b, hdr::SALT, self.salt);
+        put_u64(&mut b, hdr::SEQUENCE, self.sequence);
+        put_u64(&mut b, hdr::BASE_SEQUENCE, self.base_sequence);
+        b[hdr::BASE_DIGEST..hdr::BASE_DIGEST + 32].copy_from_slice(&self.base_digest.0);
+        put_u64(&mut b, hdr::DISK_SIZE, self.geometry.size());
+        put_u32(&mut b, hdr::BLOCK_SIZE, self.geometry.block_size());
         let (gid, gcount) = self.group.map_or(([0; 16], 0), |g| (g.id, g.members));
-        put_u32(&mut b, 116, gcount);
-        b[120..136].copy_from_slice(&gid);
-        put_u64(&mut b, 136, self.created_ns);
+        put_u32(&mut b, hdr::GROUP_MEMBERS, gcount);
+        b[hdr::GROUP_ID..hdr::GROUP_ID + 16].copy_from_slice(&gid);
+        put_u64(&mut b, hdr::CREATED, self.created_ns);
         b[HEADER_FIXED..HEADER_FIXED + label.len()].copy_from_slice(label);
         let crc = crc32fast::hash(&b[..len - 4]);
         put_u32(&mut b, len - 4, crc);
@@ -94,22 +149,25 @@ impl LogHeader {
     /// The total header length announced by its first 24 bytes, checked
     /// against the format's bounds before anything is allocated.
     pub(crate) fn announced_len(prefix: &[u8; 24]) -> Result<usize> {
-        if prefix[0..8] != MAGIC {
+        if prefix[hdr::MAGIC..hdr::MAGIC + 8] != MAGIC {
             return Err(corrupt_at(0, "not a delta log: bad magic"));
         }
-        let version = u16::from_le_bytes([prefix[8], prefix[9]]);
+        let version = u16::from_le_bytes([prefix[hdr::VERSION], prefix[hdr::VERSION + 1]]);
         if version != VERSION {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!("delta log version {version}, this build reads {VERSION}"),
             )
-            .with_offset(8));
+            .with_offset(hdr::VERSION as u64));
         }
-        let len = u16::from_le_bytes([prefix[10], prefix[11]]) as usize;
-        let label = u16::from_le_bytes([prefix[22], prefix[23]]) as usize;
+        let len = usize::from(u16::from_le_bytes([prefix[hdr::LEN], prefix[hdr::LEN + 1]]));
+        let label = usize::from(u16::from_le_bytes([
+            prefix[hdr::LABEL_LEN],
+            prefix[hdr::LABEL_LEN + 1],
+        ]));
         if label > MAX_LABEL || len != HEADER_FIXED + label + 4 {
             return Err(corrupt_at(
-                10,
+                hdr::LEN as u64,
                 format!("header length {len} with a label of {label} bytes"),
             ));
         }
@@ -122,50 +180,56 @@ impl LogHeader {
         if crc32fast::hash(&b[..len - 4]) != get_u32(b, len - 4) {
             return Err(corrupt_at(len as u64 - 4, "header checksum mismatch"));
         }
-        let incompat = get_u32(b, 12);
+        let incompat = get_u32(b, hdr::INCOMPAT);
         if incompat & !KNOWN_INCOMPAT != 0 {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!("unknown incompatible features {incompat:#x}"),
             )
-            .with_offset(12));
+            .with_offset(hdr::INCOMPAT as u64));
         }
-        let kind = LogKind::from_u8(b[20])
-            .ok_or_else(|| corrupt_at(20, format!("unknown log kind {}", b[20])))?;
-        let consistency = Consistency::from_u8(b[21])
-            .ok_or_else(|| corrupt_at(21, format!("unknown consistency {}", b[21])))?;
-        let geometry = Geometry::new(get_u64(b, 104), get_u32(b, 112))
-            .map_err(|e| corrupt_at(104, format!("geometry: {}", e.message())))?;
+        let at = |field: usize| field as u64;
+        let kind = LogKind::from_u8(b[hdr::KIND]).ok_or_else(|| {
+            corrupt_at(at(hdr::KIND), format!("unknown log kind {}", b[hdr::KIND]))
+        })?;
+        let consistency = Consistency::from_u8(b[hdr::CONSISTENCY]).ok_or_else(|| {
+            corrupt_at(
+                at(hdr::CONSISTENCY),
+                format!("unknown consistency {}", b[hdr::CONSISTENCY]),
+            )
+        })?;
+        let geometry = Geometry::new(get_u64(b, hdr::DISK_SIZE), get_u32(b, hdr::BLOCK_SIZE))
+            .map_err(|e| corrupt_at(at(hdr::DISK_SIZE), format!("geometry: {}", e.message())))?;
         let label = std::str::from_utf8(&b[HEADER_FIXED..len - 4])
             .map_err(|_| corrupt_at(HEADER_FIXED as u64, "label is not UTF-8"))?
             .to_owned();
-        let gcount = get_u32(b, 116);
+        let gcount = get_u32(b, hdr::GROUP_MEMBERS);
         let mut gid = [0u8; 16];
-        gid.copy_from_slice(&b[120..136]);
+        gid.copy_from_slice(&b[hdr::GROUP_ID..hdr::GROUP_ID + 16]);
         let group = (gcount != 0).then_some(GroupInfo {
             id: gid,
             members: gcount,
         });
         if gcount == 0 && gid != [0; 16] {
-            return Err(corrupt_at(120, "group id without members"));
+            return Err(corrupt_at(at(hdr::GROUP_ID), "group id without members"));
         }
         let mut id = [0u8; 16];
-        id.copy_from_slice(&b[24..40]);
+        id.copy_from_slice(&b[hdr::DISK_ID..hdr::DISK_ID + 16]);
         let mut base_digest = [0u8; 32];
-        base_digest.copy_from_slice(&b[72..104]);
+        base_digest.copy_from_slice(&b[hdr::BASE_DIGEST..hdr::BASE_DIGEST + 32]);
         Ok(LogHeader {
             disk_id: DiskId(id),
-            epoch: get_u64(b, 40),
-            salt: get_u64(b, 48),
-            sequence: get_u64(b, 56),
-            base_sequence: get_u64(b, 64),
+            epoch: get_u64(b, hdr::EPOCH),
+            salt: get_u64(b, hdr::SALT),
+            sequence: get_u64(b, hdr::SEQUENCE),
+            base_sequence: get_u64(b, hdr::BASE_SEQUENCE),
             base_digest: Digest(base_digest),
             geometry,
             kind,
             consistency,
             label,
             group,
-            created_ns: get_u64(b, 136),
+            created_ns: get_u64(b, hdr::CREATED),
             copies: incompat & INCOMPAT_COPIES != 0,
         })
     }
@@ -219,24 +283,28 @@ pub(crate) struct RecordHead {
 impl RecordHead {
     /// Checks the fixed record header at `offset` against the format bounds.
     pub(crate) fn decode(b: &[u8; RECORD_FIXED], offset: u64) -> Result<RecordHead> {
-        if b[0..4] != RECORD_TAG {
+        let at = |field: usize| offset + field as u64;
+        if b[rec::TAG..rec::TAG + 4] != RECORD_TAG {
             return Err(corrupt_at(offset, "expected a record tag"));
         }
-        let codec = match b[4] {
+        let codec = match b[rec::CODEC] {
             0 => Codec::Zero,
             1 => Codec::Raw,
             2 => Codec::Lz4,
-            c => return Err(corrupt_at(offset + 4, format!("unknown codec {c}"))),
+            c => return Err(corrupt_at(at(rec::CODEC), format!("unknown codec {c}"))),
         };
-        if b[5] != 0 || get_u32(b, 20) != 0 {
-            return Err(corrupt_at(offset + 5, "reserved record bytes are not zero"));
+        if b[rec::RESERVED] != 0 || get_u32(b, rec::RESERVED2) != 0 {
+            return Err(corrupt_at(
+                at(rec::RESERVED),
+                "reserved record bytes are not zero",
+            ));
         }
-        let extents = u16::from_le_bytes([b[6], b[7]]) as usize;
-        let stored = get_u32(b, 8) as usize;
-        let raw = get_u32(b, 12) as usize;
+        let extents = usize::from(u16::from_le_bytes([b[rec::EXTENTS], b[rec::EXTENTS + 1]]));
+        let stored = get_u32(b, rec::STORED) as usize;
+        let raw = get_u32(b, rec::RAW) as usize;
         if extents == 0 || extents > MAX_RECORD_EXTENTS {
             return Err(corrupt_at(
-                offset + 6,
+                at(rec::EXTENTS),
                 format!("{extents} extents in a record"),
             ));
         }
@@ -249,7 +317,7 @@ impl RecordHead {
         };
         if !ok {
             return Err(corrupt_at(
-                offset + 8,
+                at(rec::STORED),
                 format!("{codec:?} record with {stored} stored and {raw} raw bytes"),
             ));
         }
@@ -258,19 +326,19 @@ impl RecordHead {
             extents,
             stored,
             raw,
-            raw_crc: get_u32(b, 16),
+            raw_crc: get_u32(b, rec::RAW_CRC),
         })
     }
 
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&RECORD_TAG);
-        out.push(self.codec as u8);
-        out.push(0);
-        out.extend_from_slice(&(self.extents as u16).to_le_bytes());
-        out.extend_from_slice(&(self.stored as u32).to_le_bytes());
-        out.extend_from_slice(&(self.raw as u32).to_le_bytes());
-        out.extend_from_slice(&self.raw_crc.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
+        let mut b = [0u8; RECORD_FIXED];
+        b[rec::TAG..rec::TAG + 4].copy_from_slice(&RECORD_TAG);
+        b[rec::CODEC] = self.codec as u8;
+        b[rec::EXTENTS..rec::EXTENTS + 2].copy_from_slice(&(self.extents as u16).to_le_bytes());
+        put_u32(&mut b, rec::STORED, self.stored as u32);
+        put_u32(&mut b, rec::RAW, self.raw as u32);
+        put_u32(&mut b, rec::RAW_CRC, self.raw_crc);
+        out.extend_from_slice(&b);
     }
 }
 
@@ -367,17 +435,17 @@ pub struct Trailer {
 
 impl Trailer {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(TRAILER_FIXED + self.index.len() * 16 + 4 + FOOTER_LEN);
-        b.extend_from_slice(&TRAILER_TAG);
-        b.extend_from_slice(&[0; 4]);
-        for v in [self.records, self.blocks, self.data_blocks, self.raw_bytes] {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        b.extend_from_slice(&self.chain.to_le_bytes());
-        b.extend_from_slice(&[0; 4]);
-        b.extend_from_slice(&self.digest.0);
-        b.extend_from_slice(&self.offset.to_le_bytes());
-        b.extend_from_slice(&(self.index.len() as u64).to_le_bytes());
+        let mut b = vec![0u8; TRAILER_FIXED];
+        b.reserve(self.index.len() * 16 + 4 + FOOTER_LEN);
+        b[trl::TAG..trl::TAG + 4].copy_from_slice(&TRAILER_TAG);
+        put_u64(&mut b, trl::RECORDS, self.records);
+        put_u64(&mut b, trl::BLOCKS, self.blocks);
+        put_u64(&mut b, trl::DATA_BLOCKS, self.data_blocks);
+        put_u64(&mut b, trl::RAW_BYTES, self.raw_bytes);
+        put_u32(&mut b, trl::CHAIN, self.chain);
+        b[trl::DIGEST..trl::DIGEST + 32].copy_from_slice(&self.digest.0);
+        put_u64(&mut b, trl::OFFSET, self.offset);
+        put_u64(&mut b, trl::INDEX_LEN, self.index.len() as u64);
         for &(first, off) in &self.index {
             b.extend_from_slice(&first.to_le_bytes());
             b.extend_from_slice(&off.to_le_bytes());
@@ -397,33 +465,33 @@ impl Trailer {
         max_entries: u64,
     ) -> Result<(Trailer, usize)> {
         debug_assert_eq!(b.len(), TRAILER_FIXED);
-        if b[0..4] != TRAILER_TAG {
+        if b[trl::TAG..trl::TAG + 4] != TRAILER_TAG {
             return Err(corrupt_at(offset, "expected the trailer tag"));
         }
-        if get_u32(b, 4) != 0 || get_u32(b, 44) != 0 {
+        if get_u32(b, trl::RESERVED) != 0 || get_u32(b, trl::RESERVED2) != 0 {
             return Err(corrupt_at(
-                offset + 4,
+                offset + trl::RESERVED as u64,
                 "reserved trailer bytes are not zero",
             ));
         }
-        let n = get_u64(b, 88);
+        let n = get_u64(b, trl::INDEX_LEN);
         if n > max_entries {
             return Err(corrupt_at(
-                offset + 88,
+                offset + trl::INDEX_LEN as u64,
                 format!("index of {n} entries, at most {max_entries} possible"),
             ));
         }
         let mut digest = [0u8; 32];
-        digest.copy_from_slice(&b[48..80]);
+        digest.copy_from_slice(&b[trl::DIGEST..trl::DIGEST + 32]);
         Ok((
             Trailer {
-                records: get_u64(b, 8),
-                blocks: get_u64(b, 16),
-                data_blocks: get_u64(b, 24),
-                raw_bytes: get_u64(b, 32),
-                chain: get_u32(b, 40),
+                records: get_u64(b, trl::RECORDS),
+                blocks: get_u64(b, trl::BLOCKS),
+                data_blocks: get_u64(b, trl::DATA_BLOCKS),
+                raw_bytes: get_u64(b, trl::RAW_BYTES),
+                chain: get_u32(b, trl::CHAIN),
                 digest: Digest(digest),
-                offset: get_u64(b, 80),
+                offset: get_u64(b, trl::OFFSET),
                 index: Vec::new(),
             },
             n as usize,
