@@ -7,13 +7,25 @@
 mod common;
 
 use blockrep::failover::{test_failover, Failover};
-use blockrep::io::{Dir, FaultPlan, MemDir, MemStorage, Storage};
+use blockrep::io::{Dir, Fault, FaultPlan, MemDir, MemStorage, Storage};
 use blockrep::log::{LogKind, ReadOptions, WriterOptions};
 use blockrep::replica::{AdoptAt, Replica};
 use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool, TransferOptions};
 use blockrep::tracker::BlockSet;
 use blockrep::{DiskId, Geometry, Tracker};
 use common::{first_diff, Rng};
+
+/// Power lost with and without a torn write, and an I/O error.
+const FAULTS: [Fault; 3] = [
+    Fault::PowerLoss { torn: false },
+    Fault::PowerLoss { torn: true },
+    Fault::Error,
+];
+/// Power lost with and without a torn write.
+const POWER_LOSS: [Fault; 2] = [
+    Fault::PowerLoss { torn: false },
+    Fault::PowerLoss { torn: true },
+];
 use std::sync::Arc;
 
 const ID: DiskId = DiskId([0x66; 16]);
@@ -328,43 +340,33 @@ fn a_crash_at_every_step_of_promotion_and_commit_can_be_retried() {
         fo.commit()?;
         Ok(())
     };
-    // Power lost, or an I/O error (the process goes on, then restarts).
-    for power_loss in [true, false] {
-        let mut n = 1;
-        loop {
-            let fault = if power_loss {
-                blockrep::io::Fault::PowerLoss { torn: n % 2 == 0 }
-            } else {
-                blockrep::io::Fault::Error
-            };
-            let plan = FaultPlan::at(n, fault);
-            let dir = Arc::new(base.recover(&plan));
-            let result = attempt(dir.clone());
-            assert_eq!(
-                result.is_err(),
-                plan.fired(),
-                "step {n} {fault:?}: {result:?}"
-            );
-            if result.is_ok() {
-                assert!(n > 10, "only {n} steps");
-                break;
-            }
-            // Back up: open (finishing a commit under way), retry the
-            // failover; the disk ends at the point plus the writes, exactly.
-            let dir: Arc<dyn Dir> = Arc::new(dir.recover(&FaultPlan::counting()));
-            attempt(dir.clone()).unwrap();
-            let r = Replica::open(dir).unwrap();
-            let fo = Failover::promote(r.clone(), None).unwrap();
-            assert!(fo.is_committed(), "step {n} {fault:?}");
-            assert_eq!(
-                first_diff(&read_all(&*fo.disk()), &want),
-                None,
-                "step {n} {fault:?}"
-            );
-            assert_eq!(r.points().len(), 1, "step {n} {fault:?}");
-            n += 1;
-        }
-    }
+    // Power lost (torn or not), or an I/O error (the process goes on, then
+    // restarts), at every step.
+    let steps = common::at_every_step(&FAULTS, |plan, at| {
+        let dir = Arc::new(base.recover(plan));
+        let result = attempt(dir.clone());
+        let Some((n, fault)) = at else {
+            return result.unwrap();
+        };
+        assert!(
+            result.is_err(),
+            "step {n} {fault:?}: the fault went unnoticed"
+        );
+        // Back up: open (finishing a commit under way), retry the
+        // failover; the disk ends at the point plus the writes, exactly.
+        let dir: Arc<dyn Dir> = Arc::new(dir.recover(&FaultPlan::counting()));
+        attempt(dir.clone()).unwrap();
+        let r = Replica::open(dir).unwrap();
+        let fo = Failover::promote(r.clone(), None).unwrap();
+        assert!(fo.is_committed(), "step {n} {fault:?}");
+        assert_eq!(
+            first_diff(&read_all(&*fo.disk()), &want),
+            None,
+            "step {n} {fault:?}"
+        );
+        assert_eq!(r.points().len(), 1, "step {n} {fault:?}");
+    });
+    assert!(steps > 10, "only {steps} steps");
 }
 
 #[test]
@@ -392,21 +394,22 @@ fn a_crash_at_every_step_of_reverse_replication_can_be_retried() {
     let log = pb.spool().read(&l).unwrap();
     let want = read_all(&*disk_b);
     let adopt = adopt_at(&rep_b);
-    let mut n = 1;
-    loop {
-        let plan = FaultPlan::at(n, blockrep::io::Fault::PowerLoss { torn: n % 2 == 1 });
-        let dir_a = Arc::new(MemDir::with_plan(&plan));
+    let steps = common::at_every_step(&POWER_LOSS, |plan, at| {
+        let dir_a = Arc::new(MemDir::with_plan(plan));
         let disk_a = Arc::new(blockrep::io::FaultStorage::new(
             MemStorage::from_vec(old.clone()),
-            &plan,
+            plan,
         ));
         let result =
             Replica::adopt(dir_a.clone(), disk_a.clone(), adopt).and_then(|r| r.apply(&log));
-        assert_eq!(result.is_err(), plan.fired(), "step {n}: {result:?}");
-        if result.is_ok() {
-            assert!(n > 5, "only {n} steps");
-            break;
-        }
+        let Some((n, fault)) = at else {
+            result.unwrap();
+            return;
+        };
+        assert!(
+            result.is_err(),
+            "step {n} {fault:?}: the fault went unnoticed"
+        );
         // Restart A: open its replica (or adopt again if the crash came
         // first), apply the log again; A ends equal to B.
         let dir_a: Arc<dyn Dir> = Arc::new(dir_a.recover(&FaultPlan::counting()));
@@ -417,9 +420,13 @@ fn a_crash_at_every_step_of_reverse_replication_can_be_retried() {
             Replica::adopt(dir_a, disk_a.clone(), adopt).unwrap()
         };
         r.apply(&log).unwrap();
-        assert_eq!(first_diff(&read_all(&*disk_a), &want), None, "step {n}");
-        n += 1;
-    }
+        assert_eq!(
+            first_diff(&read_all(&*disk_a), &want),
+            None,
+            "step {n} {fault:?}"
+        );
+    });
+    assert!(steps > 5, "only {steps} steps");
 }
 
 /// Hooks that record their calls and fail where told.
