@@ -4,18 +4,35 @@
 //! agents: change tracking on the primary, delta logs shipped between sites,
 //! a crash-safe replica with retention points, and failover.
 //!
-//! This crate is built up module by module, one concern each:
+//! ## The front door
 //!
-//! * [`geometry`]: disk size, block size, byte ranges to blocks;
-//! * [`io`]: the [`Storage`](io::Storage) trait with file, memory and
-//!   fault-injecting backends;
+//! What an integration holds: a [`Pipeline`](source::Pipeline) per
+//! protected disk on the primary (built with
+//! [`Pipeline::builder`](source::Pipeline::builder): tracking, copy before
+//! write, cycles, the spool), a [`Replica`](replica::Replica) per disk on
+//! the secondary (apply, points, views, export), a
+//! [`Failover`](failover::Failover) when the replica becomes the disk, and
+//! a [`DiskStatus`](status::DiskStatus) of either for a console. These are
+//! cheap-to-clone handles or plain reports.
+//!
+//! ## The parts underneath
+//!
+//! Each module is one concern, usable alone by an integration that does
+//! its own composition:
+//!
+//! * [`geometry`]: disk size, block size, byte ranges to blocks, block sets;
+//! * [`io`]: the [`Storage`](io::Storage) and [`Dir`](io::Dir) traits with
+//!   file, memory and fault-injecting backends;
 //! * [`tracker`]: the lock-free dirty-block tracker, in memory or persistent;
 //! * [`log`]: the delta log shipped between sites: writer, readers, format;
 //! * [`replica`]: the crash-safe applier and the retention points;
-//! * [`source`]: the primary side: initial sync, cycles, the spool,
-//!   consistency groups, resync;
-//! * [`failover`]: promotion, commit and reverse replication;
-//! * [`ffi`]: the C ABI.
+//! * [`source`]: the primary side; besides the pipeline, the low-level
+//!   [`Source`](source::Source) (cycles into any writer) and
+//!   [`Spool`](source::Spool);
+//! * [`failover`]: promotion, commit, reverse replication, recovery plans;
+//! * [`status`]: what a console shows per disk (`Serialize` with the
+//!   `serde` feature);
+//! * [`ffi`]: the C ABI, which only translates (see `include/blockrep.h`).
 //!
 //! ```
 //! use blockrep::{Geometry, Tracker};
