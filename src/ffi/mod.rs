@@ -5,7 +5,7 @@
 //! cbindgen (see `cbindgen.toml`; a test fails when it drifts).
 //!
 //! The layer only translates: every export converts its arguments through
-//! [`convert`] (handles, out-parameters, buffers, strings: one policy
+//! `convert` (handles, out-parameters, buffers, strings: one policy
 //! each), calls the core, and converts the result back. One file per
 //! handle type holds every `blockrep_TYPE_*` function.
 //!

@@ -1,4 +1,4 @@
-//! The primary side as an integration runs it: a [`Primary`] whose cycles
+//! The primary side as an integration runs it: a [`Primary`](super::Primary) whose cycles
 //! write into a [`Spool`], folding the spool back into the tracker when it
 //! overflows.
 

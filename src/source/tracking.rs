@@ -8,7 +8,7 @@ use crate::geometry::Extent;
 use crate::io::DiskIdentity;
 use crate::tracker::{FrozenSet, PersistentTracker, Tracker};
 
-/// The change tracking behind a [`Primary`]: an in-memory [`Tracker`], or a
+/// The change tracking behind a [`Primary`](super::Primary): an in-memory [`Tracker`], or a
 /// [`PersistentTracker`] that records write intent before a write and
 /// survives restarts.
 pub trait Tracking: Send + Sync {
