@@ -32,6 +32,7 @@ cargo cinstall --version 2>/dev/null | grep -q '^cargo-c 0\.1[0-9]' ||
 
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps --workspace
 # The fuzz targets (run by hand with `cargo +nightly fuzz`) must keep
 # compiling as the API changes.
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then

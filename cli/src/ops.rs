@@ -1,11 +1,11 @@
 //! Operator commands: inspect logs, replicas and tracker files; export a
 //! point; sync an image no one is writing.
 
-use super::{human, now_ns};
+use super::{human, now_ns, Progress};
 use blockrep::io::{FileStorage, FsDir, Storage};
-use blockrep::log::{LogSummary, MappedLog, ReadOptions, WriterOptions};
+use blockrep::log::{LogSummary, MappedLog, ReadOptions};
 use blockrep::replica::Replica;
-use blockrep::source::Source;
+use blockrep::source::{Source, TransferOptions};
 use blockrep::status::DiskStatus;
 use blockrep::tracker::PersistentTracker;
 use blockrep::{DiskId, Error, Geometry, Result};
@@ -146,7 +146,10 @@ pub fn replica_verify(dir: &str, image: Option<&str>, json: bool) -> Result<()> 
     let r = open_replica(dir, image)?;
     let g = r.status().geometry;
     let mut buf = vec![0u8; 1 << 20];
-    for p in r.points() {
+    let points = r.points();
+    let bar = Progress::new("verify", points.len() as u64 * g.size());
+    let mut done = 0;
+    for p in &points {
         let v = r.view(p.sequence)?;
         let size = v.geometry().size();
         let mut off = 0;
@@ -154,8 +157,11 @@ pub fn replica_verify(dir: &str, image: Option<&str>, json: bool) -> Result<()> 
             let n = (size - off).min(buf.len() as u64) as usize;
             v.read_at(&mut buf[..n], off)?;
             off += n as u64;
+            bar.set(done + off);
         }
+        done += size;
     }
+    bar.done();
     let mut o = Out::new();
     o.put("verify", "ok: state, undo logs and every point read back")
         .put("points", r.points().len())
@@ -167,7 +173,11 @@ pub fn replica_verify(dir: &str, image: Option<&str>, json: bool) -> Result<()> 
 /// `blockrep replica export DIR --point N OUT`.
 pub fn replica_export(dir: &str, image: Option<&str>, point: u64, out: &str) -> Result<()> {
     let r = open_replica(dir, image)?;
-    r.export(point, out)?;
+    // The point's own size (a resize changes it from point to point).
+    let size = r.view(point)?.geometry().size();
+    let bar = Progress::new("export", size);
+    r.export_with(point, out, &mut |done| bar.set(done))?;
+    bar.done();
     println!("point {point} exported to {out}");
     Ok(())
 }
@@ -203,12 +213,18 @@ pub fn digest_resync(disk: &dyn Storage, replica: &Replica, log_path: &Path) -> 
     let mut src = Source::enable(st.disk_id, st.epoch, g);
     let f = std::fs::File::create(log_path)
         .map_err(|e| Error::io("create log", e).with_path(log_path))?;
+    let bar = Progress::new("digest resync", g.size());
+    let mut progress = |p: blockrep::source::Progress| bar.set(p.done);
     let (_, summary) = src.resync(
         disk,
         &remote,
         std::io::BufWriter::new(f),
-        WriterOptions::default(),
+        TransferOptions {
+            progress: Some(&mut progress),
+            ..TransferOptions::default()
+        },
     )?;
+    bar.done();
     let applied = replica.apply_file(log_path);
     std::fs::remove_file(log_path).map_err(|e| Error::io("remove log", e).with_path(log_path))?;
     applied?;
@@ -243,8 +259,17 @@ pub fn sync(source: &str, dir: &str, image: Option<&str>, json: bool) -> Result<
         let mut src = Source::enable(id, 1, g);
         let f = std::fs::File::create(&log_path)
             .map_err(|e| Error::io("create log", e).with_path(&log_path))?;
-        let (_, summary) =
-            src.initial_sync(&disk, std::io::BufWriter::new(f), WriterOptions::default())?;
+        let bar = Progress::new("initial sync", g.size());
+        let mut progress = |p: blockrep::source::Progress| bar.set(p.done);
+        let (_, summary) = src.initial_sync(
+            &disk,
+            std::io::BufWriter::new(f),
+            TransferOptions {
+                progress: Some(&mut progress),
+                ..TransferOptions::default()
+            },
+        )?;
+        bar.done();
         let r = Replica::create_from_file(fs, &log_path);
         std::fs::remove_file(&log_path)
             .map_err(|e| Error::io("remove log", e).with_path(&log_path))?;

@@ -114,6 +114,17 @@ impl Replica {
     /// Writes point `sequence` as a raw image file at `path`, sparse where
     /// the point holds zeros.
     pub fn export(&self, sequence: u64, path: impl AsRef<Path>) -> Result<()> {
+        self.export_with(sequence, path, &mut |_| {})
+    }
+
+    /// [`export`](Self::export), calling `progress` with the bytes done
+    /// after each chunk (a progress bar's feed).
+    pub fn export_with(
+        &self,
+        sequence: u64,
+        path: impl AsRef<Path>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
         let view = self.view(sequence)?;
         let g = view.geometry;
         let out = FileStorage::create(path, g.size())?;
@@ -130,6 +141,7 @@ impl Replica {
                 }
             }
             off += n as u64;
+            progress(off);
         }
         out.sync()
     }
