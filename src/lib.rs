@@ -56,6 +56,8 @@ pub mod id;
 pub mod io;
 mod le;
 pub mod log;
+#[cfg(feature = "net")]
+pub mod net;
 pub mod replica;
 #[cfg(feature = "serde")]
 mod serde_impls;

@@ -1,0 +1,16 @@
+//! Between the sites (the `net` feature): the replica server and the
+//! shipper speak HTTP/1.1 over mutually authenticated TLS 1.3, as
+//! docs/PROTOCOL.md specifies.
+//!
+//! * [`tls`]: the server's and the client's TLS configurations from PEM
+//!   files (rustls with the ring provider, TLS 1.3 only), and what a
+//!   refused handshake means, said specifically;
+//! * [`identity`]: which primary a client certificate names, against the
+//!   server's list of authorised names (one leading wildcard label
+//!   allowed).
+
+pub mod identity;
+pub mod tls;
+
+pub use identity::{AllowList, Identity};
+pub use tls::{client_config, handshake_refusal, server_config, TlsFiles};
