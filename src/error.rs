@@ -18,6 +18,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum ErrorKind {
     /// An operating-system I/O call failed (other than a full device).
     Io = 100,
@@ -107,6 +109,8 @@ impl fmt::Display for Context {
 /// `blockrep_last_error_detail`.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Detail {
     /// The log does not follow the replica: it expects `expected` next
     /// (built on `expected - 1`).

@@ -9,7 +9,8 @@ use crate::log::Digest;
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 use std::fmt::Write;
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes
         .iter()
         .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {

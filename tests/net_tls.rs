@@ -4,58 +4,14 @@
 //! list and plain TCP are each refused, and said specifically.
 #![cfg(feature = "net")]
 
+mod net_common;
+
 use blockrep::net::{client_config, handshake_refusal, server_config, AllowList, TlsFiles};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use net_common::{files, Ca};
 use rustls::pki_types::pem::PemObject;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::Arc;
-
-/// A CA, and leaf certificates it signs, written as PEM files in `dir`.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} CA"));
-        Ca {
-            issuer: CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap(),
-        }
-    }
-
-    fn write_ca(&self, path: &Path) {
-        std::fs::write(path, self.issuer.pem()).unwrap();
-    }
-
-    /// A leaf for `names`, valid now unless `expired`; its PEM files at
-    /// `dir/stem.crt` and `dir/stem.key`.
-    fn leaf(&self, dir: &Path, stem: &str, names: &[&str], expired: bool) {
-        let mut p =
-            CertificateParams::new(names.iter().map(ToString::to_string).collect::<Vec<_>>())
-                .unwrap();
-        if expired {
-            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
-    }
-}
-
-fn files(dir: &Path, stem: &str, ca: &str) -> TlsFiles {
-    TlsFiles {
-        cert: dir.join(format!("{stem}.crt")),
-        key: dir.join(format!("{stem}.key")),
-        ca: dir.join(ca),
-    }
-}
 
 /// Runs one handshake: the server side on a thread, the client (if given
 /// a config) on this one; returns the server's outcome (the client's

@@ -7,10 +7,18 @@
 //!   refused handshake means, said specifically;
 //! * [`identity`]: which primary a client certificate names, against the
 //!   server's list of authorised names (one leading wildcard label
-//!   allowed).
+//!   allowed);
+//! * [`http`]: just enough HTTP/1.1, with limits;
+//! * [`server`]: the replica server;
+//! * [`client`]: one connection to it, what the shipper is built on.
 
+pub mod client;
+pub mod http;
 pub mod identity;
+pub mod server;
 pub mod tls;
 
+pub use client::{Client, Response};
 pub use identity::{AllowList, Identity};
+pub use server::{Limits, PrimaryConfig, Server, ServerConfig};
 pub use tls::{client_config, handshake_refusal, server_config, TlsFiles};

@@ -1,0 +1,52 @@
+//! Certificates for the transport's tests: a CA, and leaf certificates it
+//! signs, written as PEM files (rcgen; no openssl needed).
+#![allow(dead_code)]
+
+use blockrep::net::TlsFiles;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use std::path::Path;
+
+/// A CA, and leaf certificates it signs, written as PEM files in `dir`.
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        Ca {
+            issuer: CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    pub fn write_ca(&self, path: &Path) {
+        std::fs::write(path, self.issuer.pem()).unwrap();
+    }
+
+    /// A leaf for `names`, valid now unless `expired`; its PEM files at
+    /// `dir/stem.crt` and `dir/stem.key`.
+    pub fn leaf(&self, dir: &Path, stem: &str, names: &[&str], expired: bool) {
+        let mut p =
+            CertificateParams::new(names.iter().map(ToString::to_string).collect::<Vec<_>>())
+                .unwrap();
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+pub fn files(dir: &Path, stem: &str, ca: &str) -> TlsFiles {
+    TlsFiles {
+        cert: dir.join(format!("{stem}.crt")),
+        key: dir.join(format!("{stem}.key")),
+        ca: dir.join(ca),
+    }
+}

@@ -1,0 +1,290 @@
+//! The replica server over real TLS on loopback: a primary creates its
+//! disk with the full log and pushes deltas, one of them cut in two and
+//! resumed from the bytes the server holds; the replica equals the source
+//! byte for byte. A resume at the wrong offset, a log pushed twice,
+//! another primary reaching for the disk, garbage and an oversized head
+//! are each refused, and the replica does not change.
+#![cfg(feature = "net")]
+
+mod common;
+mod net_common;
+
+use blockrep::io::{MemDir, MemStorage, Storage};
+use blockrep::net::{client_config, Client, Limits, PrimaryConfig, Server, ServerConfig};
+use blockrep::source::{AnyTracker, CycleOptions, Pipeline, TransferOptions};
+use blockrep::DiskId;
+use common::Rng;
+use net_common::{files, Ca};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const ID: DiskId = DiskId([0x5a; 16]);
+const SIZE: u64 = 8 << 20;
+
+struct Running {
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn start(config: &ServerConfig) -> Running {
+    let server = Server::bind(config).unwrap();
+    let addr = server.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let thread = std::thread::spawn(move || server.run(&s2).unwrap());
+    Running {
+        addr,
+        stop,
+        thread: Some(thread),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    b.iter().fold(String::new(), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
+}
+
+/// The spooled log `l` of pipeline `p`, whole.
+fn log_bytes(p: &Pipeline<AnyTracker>, l: &blockrep::source::SpooledLog) -> Vec<u8> {
+    let f = p.spool().open_log(l.point.sequence).unwrap();
+    let mut b = vec![0u8; usize::try_from(f.len().unwrap()).unwrap()];
+    f.read_at(&mut b, 0).unwrap();
+    b
+}
+
+fn put(
+    c: &mut Client,
+    seq: u64,
+    digest: &blockrep::log::Digest,
+    body: &[u8],
+    range: Option<(u64, u64)>,
+) -> blockrep::net::Response {
+    let mut headers = vec![("Blockrep-Digest", hex(&digest.0))];
+    if let Some((start, total)) = range {
+        headers.push((
+            "Content-Range",
+            format!("bytes {start}-{}/{total}", start + body.len() as u64 - 1),
+        ));
+    }
+    c.request(
+        "PUT",
+        &format!("/v1/disks/{}/logs/{seq}", hex(&ID.0)),
+        &headers,
+        &mut &body[..],
+        body.len() as u64,
+    )
+    .unwrap()
+}
+
+fn get(c: &mut Client, path: &str) -> blockrep::net::Response {
+    c.request("GET", path, &[], &mut &b""[..], 0).unwrap()
+}
+
+#[test]
+fn a_primary_creates_pushes_and_resumes_and_others_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let ca = Ca::new("primaries");
+    ca.write_ca(&d.join("ca.crt"));
+    ca.leaf(d, "server", &["localhost"], false);
+    ca.leaf(d, "host1", &["host1.site-a.example"], false);
+    ca.leaf(d, "dr", &["dr.example"], false);
+    let (root_a, root_b) = (d.join("site-a"), d.join("dr"));
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: files(d, "server", "ca.crt"),
+        primaries: vec![
+            PrimaryConfig {
+                identity: "*.site-a.example".into(),
+                root: root_a.clone(),
+            },
+            PrimaryConfig {
+                identity: "dr.example".into(),
+                root: root_b.clone(),
+            },
+        ],
+        limits: Limits {
+            read_timeout: Duration::from_secs(5),
+            ..Limits::default()
+        },
+    };
+    let server = start(&config);
+    let connect = |stem: &str| {
+        Client::connect(
+            server.addr,
+            "localhost",
+            client_config(&files(d, stem, "ca.crt")).unwrap(),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    };
+
+    // The primary: a disk with content, its full log, then two deltas.
+    let disk: Arc<dyn Storage> = Arc::new(MemStorage::zeroed(SIZE).unwrap());
+    let mut rng = Rng(11);
+    let mut data = vec![0u8; 1 << 20];
+    rng.fill(&mut data);
+    disk.write_at(&data, 0).unwrap();
+    let p = Pipeline::builder(disk.clone(), Arc::new(MemDir::new()))
+        .create(ID, 1)
+        .unwrap();
+    p.initial_sync(TransferOptions::default()).unwrap();
+    let mut c = connect("host1");
+    let full = p.spool().next_to_ship().unwrap();
+    let r = put(&mut c, 1, &full.point.digest, &log_bytes(&p, &full), None);
+    assert_eq!(r.head.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json().unwrap()["outcome"], "applied");
+    p.spool().ack(1, &full.point.digest).unwrap();
+
+    for round in 0..2u64 {
+        for _ in 0..20 {
+            let off = rng.below(SIZE - 70_000);
+            let mut w = vec![0u8; 1 + rng.below(70_000) as usize];
+            rng.fill(&mut w);
+            let _g = p.primary().write_guard(off, w.len() as u64).unwrap();
+            disk.write_at(&w, off).unwrap();
+        }
+        p.cycle(&CycleOptions::default()).unwrap();
+        let l = p.spool().next_to_ship().unwrap();
+        let bytes = log_bytes(&p, &l);
+        let seq = l.point.sequence;
+        let total = bytes.len() as u64;
+        if round == 0 {
+            // Cut in two: the first part, then what the server holds.
+            let cut = bytes.len() / 3;
+            let r = put(
+                &mut c,
+                seq,
+                &l.point.digest,
+                &bytes[..cut],
+                Some((0, total)),
+            );
+            assert_eq!(r.head.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            let resume = get(&mut c, &format!("/v1/disks/{}/resume", hex(&ID.0)))
+                .json()
+                .unwrap();
+            assert_eq!(resume["partial"]["sequence"], seq);
+            assert_eq!(resume["partial"]["bytes"], cut as u64);
+            assert_eq!(resume["applied"]["sequence"], 1);
+            // A resume at another offset is refused; the partial stays.
+            let r = put(
+                &mut c,
+                seq,
+                &l.point.digest,
+                &bytes[cut + 1..],
+                Some((cut as u64 + 1, total)),
+            );
+            assert_eq!(r.head.status, 416);
+            let mut c2 = connect("host1");
+            let r = put(
+                &mut c2,
+                seq,
+                &l.point.digest,
+                &bytes[cut..],
+                Some((cut as u64, total)),
+            );
+            assert_eq!(r.head.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            assert_eq!(r.json().unwrap()["outcome"], "applied");
+            c = c2;
+        } else {
+            let r = put(&mut c, seq, &l.point.digest, &bytes, None);
+            assert_eq!(r.json().unwrap()["outcome"], "applied");
+            // The same log again (its acknowledgement lost): recognised.
+            let r = put(&mut c, seq, &l.point.digest, &bytes, None);
+            assert_eq!(r.head.status, 200);
+            assert_eq!(r.json().unwrap()["outcome"], "already_applied");
+        }
+        p.spool().ack(seq, &l.point.digest).unwrap();
+    }
+    let status = get(&mut c, &format!("/v1/disks/{}", hex(&ID.0)))
+        .json()
+        .unwrap();
+    assert_eq!(status["latest_point"], 3);
+    assert_eq!(status["role"], "replica");
+    let points = get(&mut c, &format!("/v1/disks/{}/points", hex(&ID.0)))
+        .json()
+        .unwrap();
+    assert_eq!(points.as_array().unwrap().len(), 3);
+    let list = get(&mut c, "/v1/disks").json().unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    drop(c);
+
+    // The replica on the server's disk equals the source.
+    let replica_image = root_a.join(hex(&ID.0)).join("replica/image");
+    let mut want = vec![0u8; SIZE as usize];
+    disk.read_at(&mut want, 0).unwrap();
+    let before = std::fs::read(&replica_image).unwrap();
+    assert!(before == want, "the replica differs from the source");
+
+    // Another primary: the disk does not exist for it, and its push of a
+    // delta cannot create or touch it.
+    let mut other = connect("dr");
+    let r = get(&mut other, &format!("/v1/disks/{}", hex(&ID.0)));
+    assert_eq!(r.head.status, 404);
+    assert_eq!(
+        get(&mut other, "/v1/disks").json().unwrap(),
+        serde_json::json!([])
+    );
+    p.cycle(&CycleOptions::default()).unwrap();
+    let l = p.spool().next_to_ship().unwrap();
+    let r = put(
+        &mut other,
+        l.point.sequence,
+        &l.point.digest,
+        &log_bytes(&p, &l),
+        None,
+    );
+    assert_eq!(r.head.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(!root_b.join(hex(&ID.0)).join("replica/state").exists());
+    assert!(std::fs::read(&replica_image).unwrap() == before);
+
+    // Garbage after the handshake, and a head over the limit.
+    let mut bad = connect("host1");
+    let r = bad.request("PUT", "/v1/disks/zz/logs/x", &[], &mut &b""[..], 0);
+    assert_eq!(r.unwrap().head.status, 400);
+    let mut big = connect("host1");
+    let huge = "a".repeat(20_000);
+    let r = big.request("GET", "/v1/disks", &[("X-Pad", huge)], &mut &b""[..], 0);
+    assert_eq!(r.unwrap().head.status, 431);
+    // A length claiming 2^63 bytes.
+    let mut liar = connect("host1");
+    let r = liar.request(
+        "PUT",
+        &format!("/v1/disks/{}/logs/9", hex(&ID.0)),
+        &[
+            ("Blockrep-Digest", "00".repeat(32)),
+            ("Content-Range", format!("bytes 0-0/{}", 1u64 << 63)),
+        ],
+        &mut &b"x"[..],
+        1,
+    );
+    assert_eq!(r.unwrap().head.status, 413);
+    // Plain TCP on the TLS port gets nothing but a closed connection.
+    let mut plain = std::net::TcpStream::connect(server.addr).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    plain.write_all(b"GET /v1/disks HTTP/1.1\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP"), "plain HTTP was answered");
+    // Still serving, and the replica unchanged.
+    let mut c = connect("host1");
+    assert_eq!(get(&mut c, "/v1/disks").head.status, 200);
+    assert!(std::fs::read(&replica_image).unwrap() == before);
+}
