@@ -10,15 +10,19 @@
 //!   allowed);
 //! * [`http`]: just enough HTTP/1.1, with limits;
 //! * [`server`]: the replica server;
-//! * [`client`]: one connection to it, what the shipper is built on.
+//! * [`client`]: one connection to it;
+//! * [`shipper`]: a pipeline's spool pushed to the server from a thread of
+//!   its own, resuming after any cut.
 
 pub mod client;
 pub mod http;
 pub mod identity;
 pub mod server;
+pub mod shipper;
 pub mod tls;
 
 pub use client::{Client, Response};
 pub use identity::{AllowList, Identity};
 pub use server::{Limits, PrimaryConfig, Server, ServerConfig};
+pub use shipper::{Shipper, ShipperConfig, ShipperStatus};
 pub use tls::{client_config, handshake_refusal, server_config, TlsFiles};

@@ -93,6 +93,10 @@ struct Shared {
     disks: Mutex<HashMap<(String, DiskId), Arc<Disk>>>,
     connections: AtomicUsize,
     per_identity: Mutex<HashMap<String, usize>>,
+    /// The open connections' sockets, shut down when the server stops so
+    /// no connection outlives it (an upload cut there resumes later).
+    open: Mutex<HashMap<u64, TcpStream>>,
+    next_connection: std::sync::atomic::AtomicU64,
 }
 
 /// A replica server bound to its address.
@@ -141,6 +145,8 @@ impl Server {
                 disks: Mutex::new(HashMap::new()),
                 connections: AtomicUsize::new(0),
                 per_identity: Mutex::new(HashMap::new()),
+                open: Mutex::new(HashMap::new()),
+                next_connection: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -153,7 +159,7 @@ impl Server {
     }
 
     /// Serves until `stop` is set (checked every 50 ms): a thread per
-    /// connection. Connections under way finish on their own.
+    /// connection. When it returns, every connection is shut down.
     pub fn run(&self, stop: &AtomicBool) -> Result<()> {
         self.listener
             .set_nonblocking(true)
@@ -169,10 +175,15 @@ impl Server {
                         log(&format!("refused {peer}: too many connections"));
                         continue;
                     }
+                    let n = shared.next_connection.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(clone) = tcp.try_clone() {
+                        shared.open.lock().insert(n, clone);
+                    }
                     std::thread::spawn(move || {
                         if let Err(e) = connection(&shared, tcp, peer) {
                             log(&format!("{peer}: {e}"));
                         }
+                        shared.open.lock().remove(&n);
                         shared.connections.fetch_sub(1, Ordering::SeqCst);
                     });
                 }
@@ -182,6 +193,12 @@ impl Server {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => log(&format!("accept: {e}")),
             }
+        }
+        // Stopping: every connection ends. An apply under way finishes
+        // (it is not interrupted); its answer may not reach the client,
+        // which learns the outcome from `resume` when it reconnects.
+        for (_, tcp) in self.shared.open.lock().drain() {
+            let _ = tcp.shutdown(std::net::Shutdown::Both);
         }
         Ok(())
     }

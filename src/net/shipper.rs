@@ -1,0 +1,329 @@
+//! The shipper: a pipeline's spool pushed to a replica server from a
+//! thread of its own (no async runtime, nothing global in the host
+//! process), memory bounded whatever the log size (each log streams from
+//! its spool file).
+//!
+//! After every (re)connection it asks the server what it holds
+//! (`GET .../resume`), reconciles the spool with it by sequence *and*
+//! digest, and goes on from there: a partial upload continues at the
+//! bytes the server holds. A log is acknowledged only when the server
+//! answered that it applied it (or held it already). Failures back off
+//! exponentially with jitter, capped; the status says what happened last.
+
+use super::client::Client;
+use super::tls::{client_config, TlsFiles};
+use crate::error::{Error, ErrorKind, Result};
+use crate::io::Storage;
+use crate::log::Digest;
+use crate::serde_impls::hex;
+use crate::source::{Pipeline, Tracking};
+use parking_lot::Mutex;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where and how to ship.
+#[derive(Debug, Clone)]
+pub struct ShipperConfig {
+    /// The replica server's address.
+    pub server: SocketAddr,
+    /// The name its certificate must carry.
+    pub server_name: String,
+    /// This primary's certificate and key, and the CA of the server's.
+    pub tls: TlsFiles,
+    /// Every network read and write waits at most this long.
+    pub timeout: Duration,
+    /// The first wait after a failure; doubled each time up to `retry_max`.
+    pub retry_min: Duration,
+    /// The longest wait between attempts.
+    pub retry_max: Duration,
+}
+
+impl ShipperConfig {
+    /// A configuration with the default timeout (30 s) and backoff (0.2 s
+    /// to 30 s).
+    pub fn new(server: SocketAddr, server_name: impl Into<String>, tls: TlsFiles) -> Self {
+        ShipperConfig {
+            server,
+            server_name: server_name.into(),
+            tls,
+            timeout: Duration::from_secs(30),
+            retry_min: Duration::from_millis(200),
+            retry_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a console shows of a shipper.
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShipperStatus {
+    /// Connected to the server now.
+    pub connected: bool,
+    /// The last failure (connection, refusal), cleared by the next log
+    /// shipped.
+    pub last_error: Option<String>,
+    /// Logs the server applied (or held) since the start.
+    pub logs_shipped: u64,
+    /// Bytes sent since the start (a resumed log's bytes counted once).
+    pub bytes_sent: u64,
+    /// Connections made since the start.
+    pub connections: u64,
+}
+
+/// A running shipper; stopped (and its thread joined) when dropped.
+pub struct Shipper {
+    stop: Arc<AtomicBool>,
+    status: Arc<Mutex<ShipperStatus>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Shipper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shipper")
+            .field("status", &*self.status.lock())
+            .finish()
+    }
+}
+
+impl Shipper {
+    /// Starts shipping `pipeline`'s spool. The certificate files are read
+    /// now (an error returns at once); the connection is made on the
+    /// shipper's thread, and retried until [`stop`](Self::stop).
+    pub fn start<T: Tracking + Send + Sync + 'static>(
+        pipeline: Arc<Pipeline<T>>,
+        config: ShipperConfig,
+    ) -> Result<Shipper> {
+        let tls = client_config(&config.tls)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(Mutex::new(ShipperStatus::default()));
+        let (stop2, status2) = (stop.clone(), status.clone());
+        let thread = std::thread::Builder::new()
+            .name("blockrep-shipper".into())
+            .spawn(move || run(&pipeline, &config, &tls, &stop2, &status2))
+            .map_err(|e| Error::io("start the shipper's thread", e))?;
+        Ok(Shipper {
+            stop,
+            status,
+            thread: Some(thread),
+        })
+    }
+
+    /// The status now.
+    pub fn status(&self) -> ShipperStatus {
+        self.status.lock().clone()
+    }
+
+    /// Stops after the request under way (bounded by the timeout).
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Shipper {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Sleeps `d` in small steps; false when asked to stop meanwhile.
+fn pause(d: Duration, stop: &AtomicBool) -> bool {
+    let step = Duration::from_millis(20);
+    let mut left = d;
+    while !left.is_zero() {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        let s = left.min(step);
+        std::thread::sleep(s);
+        left -= s;
+    }
+    !stop.load(Ordering::SeqCst)
+}
+
+fn run<T: Tracking>(
+    p: &Pipeline<T>,
+    config: &ShipperConfig,
+    tls: &Arc<rustls::ClientConfig>,
+    stop: &AtomicBool,
+    status: &Mutex<ShipperStatus>,
+) {
+    let mut wait = config.retry_min;
+    while !stop.load(Ordering::SeqCst) {
+        let mut progressed = false;
+        let r = session(p, config, tls, stop, status, &mut progressed);
+        status.lock().connected = false;
+        match r {
+            Ok(()) => return,
+            Err(e) => status.lock().last_error = Some(e.to_string()),
+        }
+        if progressed {
+            wait = config.retry_min;
+        }
+        // Jitter: a wait between half and all of the backoff, so many
+        // primaries cut off at once do not come back at once.
+        let jitter = crate::id::random_u64().unwrap_or(0) % 1000;
+        let d = wait / 2 + wait.mul_f64(jitter as f64 / 2000.0);
+        if !pause(d, stop) {
+            return;
+        }
+        wait = (wait * 2).min(config.retry_max);
+    }
+}
+
+/// One connection's work: resume, then ship until stopped or failed.
+fn session<T: Tracking>(
+    p: &Pipeline<T>,
+    config: &ShipperConfig,
+    tls: &Arc<rustls::ClientConfig>,
+    stop: &AtomicBool,
+    status: &Mutex<ShipperStatus>,
+    progressed: &mut bool,
+) -> Result<()> {
+    let spool = p.spool();
+    let disk = hex(&spool.disk_id().0);
+    let mut c = Client::connect(
+        config.server,
+        &config.server_name,
+        tls.clone(),
+        config.timeout,
+    )?;
+    {
+        let mut s = status.lock();
+        s.connected = true;
+        s.connections += 1;
+    }
+    let r = c.request(
+        "GET",
+        &format!("/v1/disks/{disk}/resume"),
+        &[],
+        &mut std::io::empty(),
+        0,
+    )?;
+    if r.head.status != 200 {
+        return Err(refusal(&r));
+    }
+    let resume = r.json()?;
+    spool.rewind();
+    if let Some(applied) = resume.get("applied").filter(|a| !a.is_null()) {
+        let seq = applied["sequence"].as_u64().unwrap_or(0);
+        let digest = digest_of(&applied["digest"])?;
+        spool.reconcile(seq, &digest)?;
+    }
+    let mut partial = resume
+        .get("partial")
+        .filter(|x| !x.is_null())
+        .and_then(|x| {
+            Some((
+                x["sequence"].as_u64()?,
+                digest_of(&x["digest"]).ok()?,
+                x["bytes"].as_u64()?,
+            ))
+        });
+    while !stop.load(Ordering::SeqCst) {
+        let Some(l) = spool.next_to_ship() else {
+            if !pause(Duration::from_millis(50), stop) {
+                break;
+            }
+            continue;
+        };
+        let (seq, digest) = (l.point.sequence, l.point.digest);
+        let from = match partial.take() {
+            Some((s, d, bytes)) if s == seq && d == digest && bytes < l.bytes => bytes,
+            _ => 0,
+        };
+        let file = spool.open_log(seq)?;
+        let mut headers = vec![("Blockrep-Digest", hex(&digest.0))];
+        if from > 0 {
+            headers.push((
+                "Content-Range",
+                format!("bytes {from}-{}/{}", l.bytes - 1, l.bytes),
+            ));
+        }
+        let mut body = StorageReader {
+            s: &*file,
+            at: from,
+            end: l.bytes,
+        };
+        let r = c.request(
+            "PUT",
+            &format!("/v1/disks/{disk}/logs/{seq}"),
+            &headers,
+            &mut body,
+            l.bytes - from,
+        )?;
+        if r.head.status != 200 {
+            return Err(refusal(&r));
+        }
+        let answer = r.json()?;
+        if answer["sequence"].as_u64() != Some(seq) || digest_of(&answer["digest"])? != digest {
+            return Err(Error::new(
+                ErrorKind::Mismatch,
+                format!("the server answered for another log than {seq}: {answer}"),
+            ));
+        }
+        spool.ack(seq, &digest)?;
+        *progressed = true;
+        let mut s = status.lock();
+        s.logs_shipped += 1;
+        s.bytes_sent += l.bytes - from;
+        s.last_error = None;
+    }
+    Ok(())
+}
+
+/// The server's refusal as an error: its message, or the status.
+fn refusal(r: &super::client::Response) -> Error {
+    let msg = r
+        .json()
+        .ok()
+        .and_then(|j| j["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("HTTP {}", r.head.status));
+    Error::new(
+        ErrorKind::Io,
+        format!("the server refused ({}): {msg}", r.head.status),
+    )
+}
+
+fn digest_of(v: &serde_json::Value) -> Result<Digest> {
+    let s = v
+        .as_str()
+        .filter(|s| s.len() == 64)
+        .ok_or_else(|| Error::invalid(format!("not a digest: {v}")))?;
+    let mut d = [0u8; 32];
+    for (i, b) in d.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16)
+            .map_err(|_| Error::invalid(format!("not a digest: {v}")))?;
+    }
+    Ok(Digest(d))
+}
+
+/// A spooled log read from `at` to `end`, as a request body.
+struct StorageReader<'a> {
+    s: &'a dyn Storage,
+    at: u64,
+    end: u64,
+}
+
+impl Read for StorageReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = usize::try_from((self.end - self.at).min(buf.len() as u64)).unwrap_or(buf.len());
+        if n == 0 {
+            return Ok(0);
+        }
+        self.s
+            .read_at(&mut buf[..n], self.at)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}

@@ -1,0 +1,151 @@
+//! The shipper over real TLS: a primary's cycles reach the server while
+//! writers run; the server goes away (the shipper says so and backs off)
+//! and comes back on the same address (the shipper resumes from what it
+//! holds). The replica equals the source byte for byte each time.
+#![cfg(feature = "net")]
+
+mod common;
+mod net_common;
+
+use blockrep::io::{MemDir, MemStorage, Storage};
+use blockrep::net::{
+    Limits, PrimaryConfig, Server, ServerConfig, Shipper, ShipperConfig, TlsFiles,
+};
+use blockrep::source::{AnyTracker, CycleOptions, Pipeline, TransferOptions};
+use blockrep::DiskId;
+use common::Rng;
+use net_common::{files, Ca};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ID: DiskId = DiskId([0x3c; 16]);
+const SIZE: u64 = 8 << 20;
+
+struct Running {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(config: &ServerConfig) -> (Running, std::net::SocketAddr) {
+    let server = Server::bind(config).unwrap();
+    let addr = server.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let thread = std::thread::spawn(move || server.run(&s2).unwrap());
+    (
+        Running {
+            stop,
+            thread: Some(thread),
+        },
+        addr,
+    )
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn scribble(p: &Pipeline<AnyTracker>, disk: &dyn Storage, rng: &mut Rng) {
+    for _ in 0..15 {
+        let off = rng.below(SIZE - 50_000);
+        let mut w = vec![0u8; 1 + rng.below(50_000) as usize];
+        rng.fill(&mut w);
+        let _g = p.primary().write_guard(off, w.len() as u64).unwrap();
+        disk.write_at(&w, off).unwrap();
+    }
+}
+
+fn replica_equals(root: &Path, disk: &dyn Storage) -> bool {
+    let hex = ID.to_string();
+    let Ok(image) = std::fs::read(root.join(hex).join("replica/image")) else {
+        return false;
+    };
+    let mut want = vec![0u8; SIZE as usize];
+    disk.read_at(&mut want, 0).unwrap();
+    image == want
+}
+
+#[test]
+fn the_shipper_replicates_and_resumes_after_the_server_comes_back() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let ca = Ca::new("primaries");
+    ca.write_ca(&d.join("ca.crt"));
+    ca.leaf(d, "server", &["localhost"], false);
+    ca.leaf(d, "host1", &["host1.site-a.example"], false);
+    let root = d.join("site-a");
+    let mut config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: files(d, "server", "ca.crt"),
+        primaries: vec![PrimaryConfig {
+            identity: "*.site-a.example".into(),
+            root: root.clone(),
+        }],
+        limits: Limits::default(),
+    };
+    let (server, addr) = serve(&config);
+
+    let disk: Arc<dyn Storage> = Arc::new(MemStorage::zeroed(SIZE).unwrap());
+    let mut rng = Rng(23);
+    let p = Arc::new(
+        Pipeline::builder(disk.clone(), Arc::new(MemDir::new()))
+            .create(ID, 1)
+            .unwrap(),
+    );
+    p.initial_sync(TransferOptions::default()).unwrap();
+    let tls: TlsFiles = files(d, "host1", "ca.crt");
+    let mut sc = ShipperConfig::new(addr, "localhost", tls);
+    sc.retry_min = Duration::from_millis(20);
+    sc.retry_max = Duration::from_millis(200);
+    sc.timeout = Duration::from_secs(10);
+    let shipper = Shipper::start(p.clone(), sc).unwrap();
+    for _ in 0..3 {
+        scribble(&p, &*disk, &mut rng);
+        p.cycle(&CycleOptions::default()).unwrap();
+    }
+    wait_for("the cycles to ship", || p.status().pending_logs == 0);
+    assert!(replica_equals(&root, &*disk));
+    let shipped = shipper.status();
+    assert_eq!(shipped.logs_shipped, 4);
+    assert!(
+        shipped.connected && shipped.last_error.is_none(),
+        "{shipped:?}"
+    );
+
+    // The server goes away: cycles pile up in the spool, and the shipper
+    // says it cannot reach the server.
+    drop(server);
+    for _ in 0..2 {
+        scribble(&p, &*disk, &mut rng);
+        p.cycle(&CycleOptions::default()).unwrap();
+    }
+    wait_for("the shipper to notice", || {
+        let s = shipper.status();
+        !s.connected && s.last_error.is_some()
+    });
+    assert_eq!(p.status().pending_logs, 2);
+    // Back on the same address: the shipper resumes, nothing applied twice.
+    config.listen = addr;
+    let (_server, _) = serve(&config);
+    wait_for("the shipper to catch up", || p.status().pending_logs == 0);
+    assert!(replica_equals(&root, &*disk));
+    let s = shipper.status();
+    assert_eq!(s.logs_shipped, 6, "{s:?}");
+    assert!(s.connections >= 2, "{s:?}");
+    shipper.stop();
+}
