@@ -8,6 +8,7 @@ mod failover;
 mod nbd;
 mod ops;
 mod plan;
+mod serve;
 
 use blockrep::{Error, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -78,6 +79,28 @@ enum Command {
     /// Recovery plans: machines failed over group by group.
     #[command(subcommand)]
     Plan(PlanCommand),
+    /// The replica server of the secondary site (docs/PROTOCOL.md): HTTP
+    /// over mutual TLS 1.3, primaries identified by their certificates,
+    /// each confined to its storage root. Runs until SIGTERM or SIGINT.
+    #[command(after_long_help = "Example:
+  blockrep serve --config /etc/blockrep/server.toml
+
+A configuration:
+  listen = \"0.0.0.0:8443\"
+  certificate = \"/etc/blockrep/server.crt\"
+  key = \"/etc/blockrep/server.key\"
+  client_ca = \"/etc/blockrep/primaries-ca.crt\"
+  [[primary]]
+  identity = \"*.site-a.example\"
+  root = \"/srv/blockrep/site-a\"
+
+Query it as an operator:
+  curl --cert op.crt --key op.key --cacert ca.crt https://dr:8443/v1/disks")]
+    Serve {
+        /// The configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Replicates an image no one is writing into a replica directory:
     /// the initial copy the first time, then only the blocks whose digests
     /// differ.
@@ -417,6 +440,7 @@ fn run(command: Command) -> Result<()> {
         Command::Replica(c) => replica(c),
         Command::Failover(c) => failover(c),
         Command::Plan(c) => plan(c),
+        Command::Serve { config } => serve::run(&config),
         Command::Tracker(TrackerCommand::Inspect { file, out }) => {
             ops::tracker_inspect(path(&file)?, out.json)
         }

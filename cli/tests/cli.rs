@@ -154,6 +154,7 @@ fn every_subcommand_has_help_and_completions_and_man_pages_are_generated() {
         &["failover", "reverse", "--help"],
         &["failover", "failback", "--help"],
         &["plan", "run", "--help"],
+        &["serve", "--help"],
         &["completions", "--help"],
         &["man", "--help"],
     ] {

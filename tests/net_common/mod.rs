@@ -32,6 +32,10 @@ impl Ca {
         let mut p =
             CertificateParams::new(names.iter().map(ToString::to_string).collect::<Vec<_>>())
                 .unwrap();
+        p.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().copied().unwrap_or(stem),
+        );
         if expired {
             p.not_before = rcgen::date_time_ymd(2020, 1, 1);
             p.not_after = rcgen::date_time_ymd(2021, 1, 1);

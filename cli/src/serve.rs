@@ -1,0 +1,119 @@
+//! `blockrep serve --config FILE`: the replica server on the secondary
+//! site, configured in TOML, running until SIGTERM or SIGINT.
+//!
+//! ```toml
+//! listen = "0.0.0.0:8443"
+//! certificate = "/etc/blockrep/server.crt"
+//! key = "/etc/blockrep/server.key"
+//! client_ca = "/etc/blockrep/primaries-ca.crt"
+//!
+//! [[primary]]
+//! identity = "*.site-a.example"
+//! root = "/srv/blockrep/site-a"
+//!
+//! [limits]                 # all optional
+//! read_timeout_secs = 30
+//! idle_timeout_secs = 120
+//! connections = 2048
+//! per_identity = 32
+//! max_log_bytes = 1099511627776
+//! ```
+
+use blockrep::net::{Limits, PrimaryConfig, Server, ServerConfig, TlsFiles};
+use blockrep::{Error, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: String,
+    certificate: PathBuf,
+    key: PathBuf,
+    client_ca: PathBuf,
+    primary: Vec<Primary>,
+    #[serde(default)]
+    limits: LimitsFile,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct Primary {
+    identity: String,
+    root: PathBuf,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    read_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    connections: Option<usize>,
+    per_identity: Option<usize>,
+    max_log_bytes: Option<u64>,
+}
+
+/// The server's configuration from the TOML file at `path`.
+pub fn load(path: &Path) -> Result<ServerConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io("read the configuration", e).with_path(path))?;
+    let f: File =
+        toml::from_str(&text).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+    let listen = f
+        .listen
+        .parse()
+        .map_err(|_| Error::invalid(format!("listen {:?}: an address and port", f.listen)))?;
+    if f.primary.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: no [[primary]]: nobody could replicate here",
+            path.display()
+        )));
+    }
+    let d = Limits::default();
+    let secs = |v: Option<u64>, def: Duration| v.map_or(def, Duration::from_secs);
+    Ok(ServerConfig {
+        listen,
+        tls: TlsFiles {
+            cert: f.certificate,
+            key: f.key,
+            ca: f.client_ca,
+        },
+        primaries: f
+            .primary
+            .into_iter()
+            .map(|p| PrimaryConfig {
+                identity: p.identity,
+                root: p.root,
+            })
+            .collect(),
+        limits: Limits {
+            read_timeout: secs(f.limits.read_timeout_secs, d.read_timeout),
+            idle_timeout: secs(f.limits.idle_timeout_secs, d.idle_timeout),
+            connections: f.limits.connections.unwrap_or(d.connections),
+            per_identity: f.limits.per_identity.unwrap_or(d.per_identity),
+            max_log: f.limits.max_log_bytes.unwrap_or(d.max_log),
+            ..d
+        },
+    })
+}
+
+/// Runs the server of the configuration at `path` until SIGTERM or SIGINT.
+pub fn run(path: &Path) -> Result<()> {
+    let config = load(path)?;
+    let server = Server::bind(&config)?;
+    let stop = crate::failover::stop_flag();
+    println!(
+        "blockrep serve: listening on {} for {} primar{}",
+        server.local_addr()?,
+        config.primaries.len(),
+        if config.primaries.len() == 1 {
+            "y"
+        } else {
+            "ies"
+        }
+    );
+    server.run(stop)?;
+    eprintln!("blockrep serve: stopped");
+    Ok(())
+}
