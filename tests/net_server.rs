@@ -288,3 +288,105 @@ fn a_primary_creates_pushes_and_resumes_and_others_are_refused() {
     assert_eq!(get(&mut c, "/v1/disks").head.status, 200);
     assert!(std::fs::read(&replica_image).unwrap() == before);
 }
+
+/// Limits hold against misbehaving clients: a handshake trickled a byte at
+/// a time is cut at the read timeout; a flood of connections beyond the
+/// limit is closed at once; an identity over its share gets 503; and once
+/// the intruders are gone, a primary is served again.
+#[test]
+fn floods_tricklers_and_greedy_identities_are_cut_off() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let ca = Ca::new("primaries");
+    ca.write_ca(&d.join("ca.crt"));
+    ca.leaf(d, "server", &["localhost"], false);
+    ca.leaf(d, "host1", &["host1.site-a.example"], false);
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: files(d, "server", "ca.crt"),
+        primaries: vec![PrimaryConfig {
+            identity: "*.site-a.example".into(),
+            root: d.join("site-a"),
+        }],
+        limits: Limits {
+            read_timeout: Duration::from_secs(1),
+            connections: 6,
+            per_identity: 2,
+            ..Limits::default()
+        },
+    };
+    let server = start(&config);
+    let closed_within = |s: &mut std::net::TcpStream, limit: Duration| {
+        s.set_read_timeout(Some(limit)).unwrap();
+        let mut b = [0u8; 256];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) => {
+                    return e.kind() == std::io::ErrorKind::ConnectionReset;
+                }
+            }
+        }
+    };
+    // A trickler: a byte every 100 ms never completes a handshake; the
+    // server hangs up after its read timeout, not at the trickle's pace.
+    let mut slow = std::net::TcpStream::connect(server.addr).unwrap();
+    let trickle = std::thread::spawn({
+        let mut w = slow.try_clone().unwrap();
+        move || {
+            for b in [0x16u8, 3, 1, 0, 200].iter().cycle().take(100) {
+                if w.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(8)),
+        "the trickler was not cut"
+    );
+    trickle.join().unwrap();
+
+    // A flood: beyond the limit, connections are closed at once.
+    let mut flood: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(server.addr).unwrap())
+        .collect();
+    let cut = flood
+        .iter_mut()
+        .map(|s| closed_within(s, Duration::from_millis(300)))
+        .filter(|&c| c)
+        .count();
+    assert!(
+        cut >= 30,
+        "only {cut} of 40 flooding connections were refused"
+    );
+    drop(flood);
+
+    // One identity may hold two connections; the third is told to wait.
+    let connect = || {
+        Client::connect(
+            server.addr,
+            "localhost",
+            client_config(&files(d, "host1", "ca.crt")).unwrap(),
+            Duration::from_secs(10),
+        )
+    };
+    // The flood's connections time out within the read timeout.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut a = connect().unwrap();
+    let mut b = connect().unwrap();
+    assert_eq!(get(&mut a, "/v1/disks").head.status, 200);
+    assert_eq!(get(&mut b, "/v1/disks").head.status, 200);
+    let mut c = connect().unwrap();
+    let r = c
+        .request("GET", "/v1/disks", &[], &mut &b""[..], 0)
+        .unwrap();
+    assert_eq!(r.head.status, 503);
+    assert!(r.head.header("retry-after").is_some());
+    drop((a, b));
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = connect().unwrap();
+    assert_eq!(get(&mut again, "/v1/disks").head.status, 200);
+}

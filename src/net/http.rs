@@ -57,9 +57,27 @@ pub enum Read1 {
 /// body. A head over the limit is `OutOfRange`; a malformed one
 /// `InvalidArgument`.
 pub fn read_head(s: &mut impl Read, limit: usize, request: bool) -> Result<Read1> {
+    read_head_by(s, limit, request, None)
+}
+
+/// [`read_head`], refusing a head not complete `within` its first byte (a
+/// client trickling a byte at a time never times out a single read).
+pub fn read_head_by(
+    s: &mut impl Read,
+    limit: usize,
+    request: bool,
+    within: Option<std::time::Duration>,
+) -> Result<Read1> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
+    let mut deadline = None;
     loop {
+        if deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            return Err(Error::new(
+                ErrorKind::Io,
+                "a request head too slow to arrive",
+            ));
+        }
         let n = s
             .read(&mut chunk)
             .map_err(|e| Error::io("read a request head", e))?;
@@ -68,6 +86,9 @@ pub fn read_head(s: &mut impl Read, limit: usize, request: bool) -> Result<Read1
                 return Ok(Read1::Closed);
             }
             return Err(Error::invalid("the connection closed inside a head"));
+        }
+        if deadline.is_none() {
+            deadline = within.map(|w| std::time::Instant::now() + w);
         }
         buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];

@@ -7,7 +7,7 @@
 //! One thread per connection, blocking I/O: no async runtime, and every
 //! wait bounded by a timeout. A disk takes one upload at a time.
 
-use super::http::{read_head, write_response, Head, Read1};
+use super::http::{read_head_by, write_response, Head, Read1};
 use super::identity::{AllowList, Identity};
 use super::tls::{handshake_refusal, server_config, TlsFiles};
 use crate::error::{Detail, Error, ErrorKind, Result};
@@ -209,6 +209,34 @@ fn log(line: &str) {
     eprintln!("blockrep serve: {line}");
 }
 
+/// A socket whose reads fail once `until` passed: a handshake trickled in
+/// a byte at a time never outlasts it.
+struct Deadline<'a> {
+    tcp: &'a mut TcpStream,
+    until: std::time::Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if std::time::Instant::now() > self.until {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "too slow",
+            ));
+        }
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
 /// Counts a connection against its identity's limit while alive.
 struct Slot<'a> {
     shared: &'a Shared,
@@ -235,12 +263,23 @@ fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<()> {
     let mut conn = rustls::ServerConnection::new(shared.tls.clone())
         .map_err(|e| Error::invalid(format!("TLS: {e}")))?;
     let mut tcp = tcp;
+    // The whole handshake within the read timeout, however slowly its
+    // bytes trickle in.
+    let mut timed = Deadline {
+        tcp: &mut tcp,
+        until: std::time::Instant::now() + shared.limits.read_timeout,
+    };
     while conn.is_handshaking() {
-        if let Err(e) = conn.complete_io(&mut tcp) {
-            let why = e
-                .get_ref()
-                .and_then(|i| i.downcast_ref::<rustls::Error>())
-                .map_or_else(|| format!("handshake: {e}"), handshake_refusal);
+        if let Err(e) = conn.complete_io(&mut timed) {
+            let why = match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    "handshake timed out".to_string()
+                }
+                _ => e
+                    .get_ref()
+                    .and_then(|i| i.downcast_ref::<rustls::Error>())
+                    .map_or_else(|| format!("handshake: {e}"), handshake_refusal),
+            };
             let _ = conn.write_tls(&mut tcp);
             log(&format!("refused {peer}: {why}"));
             return Ok(());
@@ -282,7 +321,12 @@ fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<()> {
         s.sock
             .set_read_timeout(Some(shared.limits.idle_timeout))
             .map_err(io)?;
-        let head = match read_head(&mut s, shared.limits.head_bytes, true) {
+        let head = match read_head_by(
+            &mut s,
+            shared.limits.head_bytes,
+            true,
+            Some(shared.limits.read_timeout),
+        ) {
             Ok(Read1::Closed) => return Ok(()),
             Ok(Read1::Head(h, rest)) => (h, rest),
             Err(e) => {
