@@ -10,8 +10,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The largest response body read (JSON answers).
-const MAX_RESPONSE: u64 = 64 << 20;
+/// The largest response body read: JSON answers, and a block digest list
+/// (32 bytes a block: 1 GiB is a 128 TiB disk of 4 KiB blocks).
+const MAX_RESPONSE: u64 = 1 << 30;
 
 /// A response: status, headers, body.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -295,6 +295,7 @@ fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<()> {
         Some(Err(e)) => {
             log(&format!("refused {peer}: {}", e.message()));
             let _ = error_response(&mut s, 403, &e);
+            linger(&mut s);
             return Ok(());
         }
         None => return Ok(()),
@@ -309,6 +310,7 @@ fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<()> {
                 format!("{identity} has too many connections open"),
             );
             let _ = error_response_with(&mut s, 503, &e, &[("Retry-After", "5".into())]);
+            linger(&mut s);
             return Ok(());
         }
         *n += 1;
@@ -551,6 +553,17 @@ fn route(
                 (Some(r), []) => Ok(serde_json::json!(DiskStatus::of_replica(&r, now_ns()))),
                 (Some(r), ["points"]) => Ok(serde_json::json!(r.points())),
                 (Some(r), ["resume"]) => Ok(resume_json(Some(&r), &d.dir)),
+                (Some(r), ["digests"]) => {
+                    // The latest point's block digests, for a resync.
+                    let sent = match r.block_digests(0) {
+                        Ok(list) => {
+                            write_response(s, 200, "application/octet-stream", &[], &list.encode())
+                        }
+                        Err(e) => error_response(s, status_of(&e), &e),
+                    };
+                    sent.map_err(|e| Error::io("respond", e))?;
+                    return Ok(true);
+                }
                 _ => {
                     let e = not_found();
                     let _ = error_response(s, 404, &e);
