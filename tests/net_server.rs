@@ -10,46 +10,17 @@ mod common;
 mod net_common;
 
 use blockrep::io::{MemDir, MemStorage, Storage};
-use blockrep::net::{client_config, Client, Limits, PrimaryConfig, Server, ServerConfig};
+use blockrep::net::{client_config, Client, Limits, PrimaryConfig, ServerConfig};
 use blockrep::source::{AnyTracker, CycleOptions, Pipeline, TransferOptions};
 use blockrep::DiskId;
 use common::Rng;
-use net_common::{files, Ca};
+use net_common::{files, start, Ca};
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 const ID: DiskId = DiskId([0x5a; 16]);
 const SIZE: u64 = 8 << 20;
-
-struct Running {
-    addr: std::net::SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn start(config: &ServerConfig) -> Running {
-    let server = Server::bind(config).unwrap();
-    let addr = server.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
-    let thread = std::thread::spawn(move || server.run(&s2).unwrap());
-    Running {
-        addr,
-        stop,
-        thread: Some(thread),
-    }
-}
 
 fn hex(b: &[u8]) -> String {
     use std::fmt::Write;

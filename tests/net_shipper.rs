@@ -8,49 +8,17 @@ mod common;
 mod net_common;
 
 use blockrep::io::{MemDir, MemStorage, Storage};
-use blockrep::net::{
-    Limits, PrimaryConfig, Server, ServerConfig, Shipper, ShipperConfig, TlsFiles,
-};
+use blockrep::net::{Limits, PrimaryConfig, ServerConfig, Shipper, ShipperConfig, TlsFiles};
 use blockrep::source::{AnyTracker, CycleOptions, Pipeline, TransferOptions};
 use blockrep::DiskId;
 use common::Rng;
-use net_common::{files, Ca};
+use net_common::{files, start, Ca};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const ID: DiskId = DiskId([0x3c; 16]);
 const SIZE: u64 = 8 << 20;
-
-struct Running {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn serve(config: &ServerConfig) -> (Running, std::net::SocketAddr) {
-    let server = Server::bind(config).unwrap();
-    let addr = server.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
-    let thread = std::thread::spawn(move || server.run(&s2).unwrap());
-    (
-        Running {
-            stop,
-            thread: Some(thread),
-        },
-        addr,
-    )
-}
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -98,7 +66,8 @@ fn the_shipper_replicates_and_resumes_after_the_server_comes_back() {
         }],
         limits: Limits::default(),
     };
-    let (server, addr) = serve(&config);
+    let server = start(&config);
+    let addr = server.addr;
 
     let disk: Arc<dyn Storage> = Arc::new(MemStorage::zeroed(SIZE).unwrap());
     let mut rng = Rng(23);
@@ -141,7 +110,7 @@ fn the_shipper_replicates_and_resumes_after_the_server_comes_back() {
     assert_eq!(p.status().pending_logs, 2);
     // Back on the same address: the shipper resumes, nothing applied twice.
     config.listen = addr;
-    let (_server, _) = serve(&config);
+    let _server = start(&config);
     wait_for("the shipper to catch up", || p.status().pending_logs == 0);
     assert!(replica_equals(&root, &*disk));
     let s = shipper.status();

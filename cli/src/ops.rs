@@ -204,6 +204,22 @@ pub fn tracker_inspect(file: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Runs a long copy of `total` bytes with a progress bar named `what`.
+fn with_bar<R>(
+    what: &'static str,
+    total: u64,
+    f: impl FnOnce(TransferOptions<'_>) -> Result<R>,
+) -> Result<R> {
+    let bar = Progress::new(what, total);
+    let mut progress = |p: blockrep::source::Progress| bar.set(p.done);
+    let r = f(TransferOptions {
+        progress: Some(&mut progress),
+        ..TransferOptions::default()
+    })?;
+    bar.done();
+    Ok(r)
+}
+
 /// Sends the blocks of `disk` whose digests differ from `replica`'s, as
 /// one resync log applied to it (written at `log_path`, then removed).
 pub fn digest_resync(disk: &dyn Storage, replica: &Replica, log_path: &Path) -> Result<LogSummary> {
@@ -213,18 +229,9 @@ pub fn digest_resync(disk: &dyn Storage, replica: &Replica, log_path: &Path) -> 
     let mut src = Source::enable(st.disk_id, st.epoch, g);
     let f = std::fs::File::create(log_path)
         .map_err(|e| Error::io("create log", e).with_path(log_path))?;
-    let bar = Progress::new("digest resync", g.size());
-    let mut progress = |p: blockrep::source::Progress| bar.set(p.done);
-    let (_, summary) = src.resync(
-        disk,
-        &remote,
-        std::io::BufWriter::new(f),
-        TransferOptions {
-            progress: Some(&mut progress),
-            ..TransferOptions::default()
-        },
-    )?;
-    bar.done();
+    let (_, summary) = with_bar("digest resync", g.size(), |t| {
+        src.resync(disk, &remote, std::io::BufWriter::new(f), t)
+    })?;
     let applied = replica.apply_file(log_path);
     std::fs::remove_file(log_path).map_err(|e| Error::io("remove log", e).with_path(log_path))?;
     applied?;
@@ -259,17 +266,9 @@ pub fn sync(source: &str, dir: &str, image: Option<&str>, json: bool) -> Result<
         let mut src = Source::enable(id, 1, g);
         let f = std::fs::File::create(&log_path)
             .map_err(|e| Error::io("create log", e).with_path(&log_path))?;
-        let bar = Progress::new("initial sync", g.size());
-        let mut progress = |p: blockrep::source::Progress| bar.set(p.done);
-        let (_, summary) = src.initial_sync(
-            &disk,
-            std::io::BufWriter::new(f),
-            TransferOptions {
-                progress: Some(&mut progress),
-                ..TransferOptions::default()
-            },
-        )?;
-        bar.done();
+        let (_, summary) = with_bar("initial sync", g.size(), |t| {
+            src.initial_sync(&disk, std::io::BufWriter::new(f), t)
+        })?;
         let r = Replica::create_from_file(fs, &log_path);
         std::fs::remove_file(&log_path)
             .map_err(|e| Error::io("remove log", e).with_path(&log_path))?;

@@ -2,9 +2,11 @@
 //! signs, written as PEM files (rcgen; no openssl needed).
 #![allow(dead_code)]
 
-use blockrep::net::TlsFiles;
+use blockrep::net::{Server, ServerConfig, TlsFiles};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// A CA, and leaf certificates it signs, written as PEM files in `dir`.
 pub struct Ca {
@@ -52,5 +54,36 @@ pub fn files(dir: &Path, stem: &str, ca: &str) -> TlsFiles {
         cert: dir.join(format!("{stem}.crt")),
         key: dir.join(format!("{stem}.key")),
         ca: dir.join(ca),
+    }
+}
+
+/// A replica server running on a thread, stopped when dropped.
+pub struct Running {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds and runs a server of `config`.
+pub fn start(config: &ServerConfig) -> Running {
+    let server = Server::bind(config).unwrap();
+    let addr = server.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let thread = std::thread::spawn(move || server.run(&s2).unwrap());
+    Running {
+        addr,
+        stop,
+        thread: Some(thread),
     }
 }
