@@ -75,6 +75,7 @@ fn a_primary_creates_pushes_and_resumes_and_others_are_refused() {
     ca.leaf(d, "server", &["localhost"], false);
     ca.leaf(d, "host1", &["host1.site-a.example"], false);
     ca.leaf(d, "dr", &["dr.example"], false);
+    ca.leaf(d, "monitor", &["monitor.example"], false);
     let (root_a, root_b) = (d.join("site-a"), d.join("dr"));
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -93,6 +94,7 @@ fn a_primary_creates_pushes_and_resumes_and_others_are_refused() {
             read_timeout: Duration::from_secs(5),
             ..Limits::default()
         },
+        monitors: vec!["monitor.example".into()],
     };
     let server = start(&config);
     let connect = |stem: &str| {
@@ -231,6 +233,28 @@ fn a_primary_creates_pushes_and_resumes_and_others_are_refused() {
     assert!(!root_b.join(hex(&ID.0)).join("replica/state").exists());
     assert!(std::fs::read(&replica_image).unwrap() == before);
 
+    // The monitor reads the counters; a primary may not.
+    let mut m = connect("monitor");
+    let r = get(&mut m, "/metrics");
+    assert_eq!(r.head.status, 200);
+    let text = String::from_utf8(r.body).unwrap();
+    for want in [
+        "blockrep_logs_applied_total 3",
+        "blockrep_refusals_total{reason=\"http 400\"} 1",
+        &format!(
+            "blockrep_rpo_seconds{{primary=\"*.site-a.example\",disk=\"{}\"}}",
+            hex(&ID.0)
+        ),
+    ] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
+    assert!(text.contains("blockrep_bytes_received_total "));
+    assert_eq!(get(&mut connect("host1"), "/metrics").head.status, 404);
+    assert_eq!(
+        get(&mut m, "/v1/disks").json().unwrap(),
+        serde_json::json!([])
+    );
+
     // Garbage after the handshake, and a head over the limit.
     let mut bad = connect("host1");
     let r = bad.request("PUT", "/v1/disks/zz/logs/x", &[], &mut &b""[..], 0);
@@ -292,6 +316,7 @@ fn floods_tricklers_and_greedy_identities_are_cut_off() {
             per_identity: 2,
             ..Limits::default()
         },
+        monitors: Vec::new(),
     };
     let server = start(&config);
     let closed_within = |s: &mut std::net::TcpStream, limit: Duration| {

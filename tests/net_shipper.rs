@@ -65,6 +65,7 @@ fn the_shipper_replicates_and_resumes_after_the_server_comes_back() {
             root: root.clone(),
         }],
         limits: Limits::default(),
+        monitors: Vec::new(),
     };
     let server = start(&config);
     let addr = server.addr;

@@ -6,6 +6,7 @@
 //! certificate = "/etc/blockrep/server.crt"
 //! key = "/etc/blockrep/server.key"
 //! client_ca = "/etc/blockrep/primaries-ca.crt"
+//! monitors = ["prometheus.dr.example"]   # may read /metrics (optional)
 //!
 //! [[primary]]
 //! identity = "*.site-a.example"
@@ -33,6 +34,9 @@ struct File {
     key: PathBuf,
     client_ca: PathBuf,
     primary: Vec<Primary>,
+    /// Identities that may read `/metrics`.
+    #[serde(default)]
+    monitors: Vec<String>,
     #[serde(default)]
     limits: LimitsFile,
 }
@@ -95,6 +99,7 @@ pub fn load(path: &Path) -> Result<ServerConfig> {
             max_log: f.limits.max_log_bytes.unwrap_or(d.max_log),
             ..d
         },
+        monitors: f.monitors,
     })
 }
 

@@ -75,6 +75,9 @@ pub struct ServerConfig {
     pub primaries: Vec<PrimaryConfig>,
     /// The limits.
     pub limits: Limits,
+    /// Identities (allow-list entries) that may read `/metrics`; they hold
+    /// no disks.
+    pub monitors: Vec<String>,
 }
 
 /// One disk held for a primary.
@@ -97,6 +100,24 @@ struct Shared {
     /// no connection outlives it (an upload cut there resumes later).
     open: Mutex<HashMap<u64, TcpStream>>,
     next_connection: std::sync::atomic::AtomicU64,
+    monitors: Vec<String>,
+    metrics: Metrics,
+}
+
+/// The counters `/metrics` reports (Prometheus text format).
+#[derive(Default)]
+struct Metrics {
+    bytes_received: std::sync::atomic::AtomicU64,
+    logs_applied: std::sync::atomic::AtomicU64,
+    apply_nanos: std::sync::atomic::AtomicU64,
+    /// Refusals by reason (handshake reasons, limits, HTTP statuses).
+    refusals: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Metrics {
+    fn refused(&self, reason: &str) {
+        *self.refusals.lock().entry(reason.to_string()).or_insert(0) += 1;
+    }
 }
 
 /// A replica server bound to its address.
@@ -120,6 +141,7 @@ impl Server {
             .primaries
             .iter()
             .map(|p| p.identity.as_str())
+            .chain(config.monitors.iter().map(String::as_str))
             .collect();
         let allow = AllowList::new(&entries)?;
         let mut roots = HashMap::new();
@@ -147,6 +169,8 @@ impl Server {
                 per_identity: Mutex::new(HashMap::new()),
                 open: Mutex::new(HashMap::new()),
                 next_connection: std::sync::atomic::AtomicU64::new(0),
+                monitors: config.monitors.clone(),
+                metrics: Metrics::default(),
             }),
         })
     }
@@ -173,6 +197,7 @@ impl Server {
                     {
                         shared.connections.fetch_sub(1, Ordering::SeqCst);
                         log(&format!("refused {peer}: too many connections"));
+                        shared.metrics.refused("too many connections");
                         continue;
                     }
                     let n = shared.next_connection.fetch_add(1, Ordering::SeqCst);
@@ -282,6 +307,7 @@ fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<()> {
             };
             let _ = conn.write_tls(&mut tcp);
             log(&format!("refused {peer}: {why}"));
+            shared.metrics.refused(&why);
             return Ok(());
         }
     }
@@ -294,6 +320,7 @@ fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<()> {
         Some(Ok(id)) => id,
         Some(Err(e)) => {
             log(&format!("refused {peer}: {}", e.message()));
+            shared.metrics.refused("not in the allowed list");
             let _ = error_response(&mut s, 403, &e);
             linger(&mut s);
             return Ok(());
@@ -305,6 +332,9 @@ fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<()> {
         let n = per.entry(identity.as_str().to_string()).or_insert(0);
         if *n >= shared.limits.per_identity {
             drop(per);
+            shared
+                .metrics
+                .refused("too many connections of one identity");
             let e = Error::new(
                 ErrorKind::Misuse,
                 format!("{identity} has too many connections open"),
@@ -528,6 +558,12 @@ fn route(
             };
             push(shared, identity, s, &head, rest, id, seq)
         }
+        ("GET", ["", "metrics"]) if shared.monitors.iter().any(|m| m == identity.as_str()) => {
+            let text = metrics_text(shared);
+            write_response(s, 200, "text/plain; version=0.0.4", &[], text.as_bytes())
+                .map_err(|e| Error::io("respond", e))?;
+            Ok(true)
+        }
         ("GET", ["", "v1", "disks"]) => {
             let list: Vec<serde_json::Value> = shared
                 .disk_ids(identity)
@@ -578,6 +614,84 @@ fn route(
             Ok(head.content_length().unwrap_or(1) == 0)
         }
     }
+}
+
+/// The Prometheus text of the server's counters, and each disk's RPO.
+fn metrics_text(shared: &Shared) -> String {
+    use std::fmt::Write;
+    let m = &shared.metrics;
+    let mut t = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, lines: Vec<(String, String)>| {
+        let _ = writeln!(
+            t,
+            "# HELP blockrep_{name} {help}\n# TYPE blockrep_{name} {kind}"
+        );
+        for (labels, v) in lines {
+            let _ = writeln!(t, "blockrep_{name}{labels} {v}");
+        }
+    };
+    let one = |v: String| vec![(String::new(), v)];
+    metric(
+        "bytes_received_total",
+        "Log bytes received.",
+        "counter",
+        one(m.bytes_received.load(Ordering::Relaxed).to_string()),
+    );
+    metric(
+        "logs_applied_total",
+        "Logs applied.",
+        "counter",
+        one(m.logs_applied.load(Ordering::Relaxed).to_string()),
+    );
+    metric(
+        "apply_seconds_total",
+        "Time spent verifying and applying logs.",
+        "counter",
+        one(format!(
+            "{:.6}",
+            m.apply_nanos.load(Ordering::Relaxed) as f64 / 1e9
+        )),
+    );
+    metric(
+        "connections",
+        "Connections open.",
+        "gauge",
+        one(shared.connections.load(Ordering::Relaxed).to_string()),
+    );
+    let refusals = m
+        .refusals
+        .lock()
+        .iter()
+        .map(|(r, n)| {
+            (
+                format!("{{reason=\"{}\"}}", r.replace('"', "'")),
+                n.to_string(),
+            )
+        })
+        .collect();
+    metric("refusals_total", "Refusals by reason.", "counter", refusals);
+    let now = now_ns();
+    let rpo = shared
+        .disks
+        .lock()
+        .iter()
+        .filter_map(|((who, id), d)| {
+            let r = d.replica.try_lock()?.clone()?;
+            let st = DiskStatus::of_replica(&r, now);
+            let secs = st.rpo_ns? as f64 / 1e9;
+            Some((
+                format!("{{primary=\"{who}\",disk=\"{}\"}}", hex(&id.0)),
+                format!("{secs:.3}"),
+            ))
+        })
+        .collect();
+    metric(
+        "rpo_seconds",
+        "Age of each disk's latest point.",
+        "gauge",
+        rpo,
+    );
+    t
 }
 
 fn now_ns() -> u64 {
@@ -705,6 +819,10 @@ fn push(
             Ok(0) => Err(Error::invalid("the connection closed inside the body")),
             Ok(n) => {
                 left -= n as u64;
+                shared
+                    .metrics
+                    .bytes_received
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 file.write_all(&buf[..n])
                     .map_err(|e| Error::io("write the upload", e).with_path(&path))
             }
@@ -724,6 +842,7 @@ fn push(
         .map_err(|e| Error::io("respond", e))?;
         return Ok(true);
     }
+    let apply_started = std::time::Instant::now();
     let applied = match replica.as_ref() {
         Some(r) => r.apply_file(&path),
         None => {
@@ -739,6 +858,18 @@ fn push(
         }
     };
     let _ = std::fs::remove_file(&path);
+    let m = &shared.metrics;
+    m.apply_nanos.fetch_add(
+        u64::try_from(apply_started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+    match &applied {
+        Ok(o) if o.applied_now() => {
+            m.logs_applied.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(_) => {}
+        Err(e) => m.refused(&format!("http {}", status_of(e))),
+    }
     let response = match applied {
         Ok(o) => json_response(
             s,
