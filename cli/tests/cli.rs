@@ -1,24 +1,10 @@
 //! The `blockrep` command: the demo end to end on a small disk, the
 //! operator commands on what it leaves, `sync` twice, and one-line errors.
 
-use std::process::{Command, Output};
+mod common;
 
-fn blockrep(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blockrep"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = blockrep(args);
-    assert!(
-        out.status.success(),
-        "blockrep {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::{blockrep, ok};
+use std::process::Command;
 
 #[test]
 fn the_demo_runs_end_to_end_and_leaves_inspectable_files() {

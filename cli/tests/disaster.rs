@@ -4,33 +4,13 @@
 //! recovery plans. Every disk is compared byte for byte with the state it
 //! must equal.
 
+mod common;
+
+use common::{blockrep, fails, ok};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn blockrep(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blockrep"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = blockrep(args);
-    assert!(
-        out.status.success(),
-        "blockrep {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = blockrep(args);
-    assert!(!out.status.success(), "blockrep {args:?} succeeded");
-    String::from_utf8(out.stderr).unwrap()
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -109,6 +89,22 @@ fn nbd(socket: &Path) -> String {
     format!("nbd+unix:///?socket={}", socket.display())
 }
 
+/// `blockrep failover test start` of point 1 of `dir`, in the background.
+fn start_test_failover(dir: &Path, overlay: &Path, socket: &Path) -> (Background, String) {
+    start(&[
+        "failover",
+        "test",
+        "start",
+        s(dir),
+        "--point",
+        "1",
+        "--overlay",
+        s(overlay),
+        "--socket",
+        s(socket),
+    ])
+}
+
 /// Two points of a 4 MiB disk: returns the source image path, the replica
 /// directory and the disk's bytes at points 1 and 2.
 fn two_points(t: &Path) -> (PathBuf, PathBuf, Vec<u8>, Vec<u8>) {
@@ -134,18 +130,7 @@ fn a_test_failover_serves_a_point_over_nbd_until_stopped() {
     let (_, dir, p1, p2) = two_points(t.path());
     let overlay = t.path().join("test.overlay");
     let socket = t.path().join("test.sock");
-    let (mut server, first) = start(&[
-        "failover",
-        "test",
-        "start",
-        s(&dir),
-        "--point",
-        "1",
-        "--overlay",
-        s(&overlay),
-        "--socket",
-        s(&socket),
-    ]);
+    let (mut server, first) = start_test_failover(&dir, &overlay, &socket);
     assert!(
         first.contains("point 1") && first.contains("nbd+unix"),
         "{first}"
@@ -212,18 +197,7 @@ fn a_misbehaving_nbd_client_does_not_take_the_test_failover_down() {
     let (_, dir, p1, _) = two_points(t.path());
     let overlay = t.path().join("o");
     let socket = t.path().join("s");
-    let (_server, _) = start(&[
-        "failover",
-        "test",
-        "start",
-        s(&dir),
-        "--point",
-        "1",
-        "--overlay",
-        s(&overlay),
-        "--socket",
-        s(&socket),
-    ]);
+    let (_server, _) = start_test_failover(&dir, &overlay, &socket);
     let greet = |c: &mut UnixStream| {
         let mut hello = [0u8; 18];
         c.read_exact(&mut hello).unwrap();
