@@ -15,6 +15,7 @@ use crate::id::DiskId;
 use crate::io::FsDir;
 use crate::log::Digest;
 use crate::replica::{ApplyOutcome, Replica};
+use crate::serde_impls::{hex, unhex};
 use crate::status::DiskStatus;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -442,29 +443,13 @@ fn json_response(s: &mut Tls, body: &serde_json::Value) -> std::io::Result<()> {
     write_response(s, 200, "application/json", &[], body.to_string().as_bytes())
 }
 
-fn parse_disk(hex: &str) -> Option<DiskId> {
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut id = [0u8; 16];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(DiskId(id))
+fn parse_disk(s: &str) -> Option<DiskId> {
+    unhex(s).map(DiskId)
 }
 
-fn parse_digest(hex: &str) -> Option<Digest> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut d = [0u8; 32];
-    for (i, b) in d.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(Digest(d))
+fn parse_digest(s: &str) -> Option<Digest> {
+    unhex(s).map(Digest)
 }
-
-use crate::serde_impls::hex;
 
 impl Shared {
     /// The disk `id` of `identity`, opened (its replica, if it exists)

@@ -15,7 +15,7 @@ use super::tls::{client_config, TlsFiles};
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::Storage;
 use crate::log::Digest;
-use crate::serde_impls::hex;
+use crate::serde_impls::{hex, unhex};
 use crate::source::{Pipeline, Tracking};
 use parking_lot::Mutex;
 use std::io::Read;
@@ -295,16 +295,10 @@ fn refusal(r: &super::client::Response) -> Error {
 }
 
 fn digest_of(v: &serde_json::Value) -> Result<Digest> {
-    let s = v
-        .as_str()
-        .filter(|s| s.len() == 64)
-        .ok_or_else(|| Error::invalid(format!("not a digest: {v}")))?;
-    let mut d = [0u8; 32];
-    for (i, b) in d.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16)
-            .map_err(|_| Error::invalid(format!("not a digest: {v}")))?;
-    }
-    Ok(Digest(d))
+    v.as_str()
+        .and_then(unhex)
+        .map(Digest)
+        .ok_or_else(|| Error::invalid(format!("not a digest: {v}")))
 }
 
 /// A spooled log read from `at` to `end`, as a request body.
