@@ -32,6 +32,13 @@ cargo cinstall --version 2>/dev/null | grep -q '^cargo-c 0\.1[0-9]' ||
 
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
+# An embedder that wants only tracking and logs: the library alone builds
+# without the `net` feature and pulls no TLS or HTTP crate.
+cargo check --quiet -p blockrep --lib
+if cargo tree -p blockrep -e normal --prefix none | grep -Eq '^(rustls|httparse|serde_json) '; then
+    echo "the library without features depends on a network crate" >&2
+    exit 1
+fi
 RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps --workspace
 # The fuzz targets (run by hand with `cargo +nightly fuzz`) must keep
 # compiling as the API changes.

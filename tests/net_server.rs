@@ -394,3 +394,126 @@ fn floods_tricklers_and_greedy_identities_are_cut_off() {
     let mut again = connect().unwrap();
     assert_eq!(get(&mut again, "/v1/disks").head.status, 200);
 }
+
+/// A server for one primary (`host1.site-a.example`'s certificates in
+/// `d`) storing under `root`.
+fn one_primary(d: &std::path::Path, root: &std::path::Path, limits: Limits) -> ServerConfig {
+    ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: files(d, "server", "ca.crt"),
+        primaries: vec![PrimaryConfig {
+            identity: "*.site-a.example".into(),
+            root: root.to_path_buf(),
+        }],
+        limits,
+        monitors: vec![],
+    }
+}
+
+/// Storage running out: below the free-space reserve a push is refused
+/// with 507 and a `Retry-After` before a byte is written (no partial file,
+/// no disk). A partial upload abandoned longer than allowed is removed, a
+/// resume at its old offset is then refused, and the log sent again whole
+/// applies.
+#[test]
+fn a_full_store_refuses_pushes_and_abandoned_uploads_are_reclaimed() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let ca = Ca::new("primaries");
+    ca.write_ca(&d.join("ca.crt"));
+    ca.leaf(d, "server", &["localhost"], false);
+    ca.leaf(d, "host1", &["host1.site-a.example"], false);
+    let disk: Arc<dyn Storage> = Arc::new(MemStorage::zeroed(SIZE).unwrap());
+    let mut data = vec![0u8; 2 << 20];
+    Rng(5).fill(&mut data);
+    disk.write_at(&data, 4096).unwrap();
+    let p = Pipeline::builder(disk.clone(), Arc::new(MemDir::new()))
+        .create(ID, 1)
+        .unwrap();
+    p.initial_sync(TransferOptions::default()).unwrap();
+    let full = p.spool().next_to_ship().unwrap();
+    let bytes = log_bytes(&p, &full);
+    let total = bytes.len() as u64;
+    let connect = |addr| {
+        Client::connect(
+            addr,
+            "localhost",
+            client_config(&files(d, "host1", "ca.crt")).unwrap(),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    };
+
+    // The whole file system as the reserve: nothing fits.
+    let full_root = d.join("full");
+    let server = start(&one_primary(
+        d,
+        &full_root,
+        Limits {
+            reserve_percent: 100,
+            ..Limits::default()
+        },
+    ));
+    let mut c = connect(server.addr);
+    let r = put(&mut c, 1, &full.point.digest, &bytes, None);
+    assert_eq!(r.head.status, 507, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.head.header("retry-after"), Some("60"));
+    let message = r.json().unwrap()["error"]["message"].to_string();
+    assert!(message.contains("reserve"), "{message}");
+    let uploads = full_root.join(hex(&ID.0)).join("uploads");
+    assert_eq!(std::fs::read_dir(&uploads).map_or(0, Iterator::count), 0);
+    assert_eq!(
+        get(&mut connect(server.addr), "/v1/disks").json().unwrap(),
+        serde_json::json!([])
+    );
+    drop(server);
+
+    // Abandoned after a second: a third of the log sent, then nothing.
+    let root = d.join("site-a");
+    let server = start(&one_primary(
+        d,
+        &root,
+        Limits {
+            abandoned_upload: Duration::from_secs(1),
+            ..Limits::default()
+        },
+    ));
+    let mut c = connect(server.addr);
+    let cut = bytes.len() / 3;
+    let r = put(
+        &mut c,
+        1,
+        &full.point.digest,
+        &bytes[..cut],
+        Some((0, total)),
+    );
+    assert_eq!(r.head.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let resume = |c: &mut Client| {
+        get(c, &format!("/v1/disks/{}/resume", hex(&ID.0)))
+            .json()
+            .unwrap()
+    };
+    assert_eq!(resume(&mut c)["partial"]["bytes"], cut as u64);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !resume(&mut c)["partial"].is_null() {
+        assert!(std::time::Instant::now() < deadline, "never reclaimed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let uploads = root.join(hex(&ID.0)).join("uploads");
+    assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 0);
+    let r = put(
+        &mut c,
+        1,
+        &full.point.digest,
+        &bytes[cut..],
+        Some((cut as u64, total)),
+    );
+    assert_eq!(r.head.status, 416);
+    let mut c = connect(server.addr);
+    let r = put(&mut c, 1, &full.point.digest, &bytes, None);
+    assert_eq!(r.json().unwrap()["outcome"], "applied");
+    let image = std::fs::read(root.join(hex(&ID.0)).join("replica/image")).unwrap();
+    let mut want = vec![0u8; SIZE as usize];
+    disk.read_at(&mut want, 0).unwrap();
+    assert!(image == want, "the replica differs from the source");
+}

@@ -18,6 +18,8 @@
 //! connections = 2048
 //! per_identity = 32
 //! max_log_bytes = 1099511627776
+//! reserve_percent = 5      # of the file system kept free: pushes get 507
+//! abandoned_upload_secs = 86400
 //! ```
 
 use blockrep::net::{Limits, PrimaryConfig, Server, ServerConfig, TlsFiles};
@@ -56,6 +58,8 @@ struct LimitsFile {
     connections: Option<usize>,
     per_identity: Option<usize>,
     max_log_bytes: Option<u64>,
+    reserve_percent: Option<u8>,
+    abandoned_upload_secs: Option<u64>,
 }
 
 /// The server's configuration from the TOML file at `path`.
@@ -71,6 +75,12 @@ pub fn load(path: &Path) -> Result<ServerConfig> {
     if f.primary.is_empty() {
         return Err(Error::invalid(format!(
             "{}: no [[primary]]: nobody could replicate here",
+            path.display()
+        )));
+    }
+    if f.limits.reserve_percent.is_some_and(|r| r > 100) {
+        return Err(Error::invalid(format!(
+            "{}: reserve_percent is a percentage (0 to 100)",
             path.display()
         )));
     }
@@ -97,6 +107,8 @@ pub fn load(path: &Path) -> Result<ServerConfig> {
             connections: f.limits.connections.unwrap_or(d.connections),
             per_identity: f.limits.per_identity.unwrap_or(d.per_identity),
             max_log: f.limits.max_log_bytes.unwrap_or(d.max_log),
+            reserve_percent: f.limits.reserve_percent.unwrap_or(d.reserve_percent),
+            abandoned_upload: secs(f.limits.abandoned_upload_secs, d.abandoned_upload),
             ..d
         },
         monitors: f.monitors,

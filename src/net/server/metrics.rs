@@ -1,0 +1,131 @@
+//! The server's counters and `/metrics` in the Prometheus text format.
+
+use super::{now_ns, Shared};
+use crate::serde_impls::hex;
+use crate::status::DiskStatus;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The counters `/metrics` reports (Prometheus text format).
+#[derive(Default)]
+pub(super) struct Metrics {
+    bytes_received: AtomicU64,
+    logs_applied: AtomicU64,
+    apply_nanos: AtomicU64,
+    reclaimed_bytes: AtomicU64,
+    /// Refusals by reason (handshake reasons, limits, HTTP statuses).
+    refusals: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Metrics {
+    /// One refusal, for `reason`.
+    pub(super) fn refused(&self, reason: &str) {
+        *self.refusals.lock().entry(reason.to_string()).or_insert(0) += 1;
+    }
+
+    /// `n` bytes of a log received.
+    pub(super) fn received(&self, n: usize) {
+        self.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// `n` bytes of abandoned uploads removed.
+    pub(super) fn reclaimed(&self, n: u64) {
+        self.reclaimed_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A verify and apply that took `took`; `applied` when it applied a
+    /// log (not when it held it already, nor when it refused it).
+    pub(super) fn applied(&self, took: std::time::Duration, applied: bool) {
+        self.apply_nanos.fetch_add(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        if applied {
+            self.logs_applied.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The Prometheus text of the server's counters, and each disk's RPO.
+pub(super) fn metrics_text(shared: &Shared) -> String {
+    use std::fmt::Write;
+    let m = &shared.metrics;
+    let mut t = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, lines: Vec<(String, String)>| {
+        let _ = writeln!(
+            t,
+            "# HELP blockrep_{name} {help}\n# TYPE blockrep_{name} {kind}"
+        );
+        for (labels, v) in lines {
+            let _ = writeln!(t, "blockrep_{name}{labels} {v}");
+        }
+    };
+    let one = |v: String| vec![(String::new(), v)];
+    metric(
+        "bytes_received_total",
+        "Log bytes received.",
+        "counter",
+        one(m.bytes_received.load(Ordering::Relaxed).to_string()),
+    );
+    metric(
+        "logs_applied_total",
+        "Logs applied.",
+        "counter",
+        one(m.logs_applied.load(Ordering::Relaxed).to_string()),
+    );
+    metric(
+        "apply_seconds_total",
+        "Time spent verifying and applying logs.",
+        "counter",
+        one(format!(
+            "{:.6}",
+            m.apply_nanos.load(Ordering::Relaxed) as f64 / 1e9
+        )),
+    );
+    metric(
+        "uploads_reclaimed_bytes_total",
+        "Bytes of abandoned partial uploads removed.",
+        "counter",
+        one(m.reclaimed_bytes.load(Ordering::Relaxed).to_string()),
+    );
+    metric(
+        "connections",
+        "Connections open.",
+        "gauge",
+        one(shared.connections.load(Ordering::Relaxed).to_string()),
+    );
+    let refusals = m
+        .refusals
+        .lock()
+        .iter()
+        .map(|(r, n)| {
+            (
+                format!("{{reason=\"{}\"}}", r.replace('"', "'")),
+                n.to_string(),
+            )
+        })
+        .collect();
+    metric("refusals_total", "Refusals by reason.", "counter", refusals);
+    let now = now_ns();
+    let rpo = shared
+        .disks
+        .lock()
+        .iter()
+        .filter_map(|((who, id), d)| {
+            let r = d.replica.try_lock()?.clone()?;
+            let st = DiskStatus::of_replica(&r, now);
+            let secs = st.rpo_ns? as f64 / 1e9;
+            Some((
+                format!("{{primary=\"{who}\",disk=\"{}\"}}", hex(&id.0)),
+                format!("{secs:.3}"),
+            ))
+        })
+        .collect();
+    metric(
+        "rpo_seconds",
+        "Age of each disk's latest point.",
+        "gauge",
+        rpo,
+    );
+    t
+}

@@ -1,0 +1,303 @@
+//! The replica server (docs/PROTOCOL.md): many disks of many primaries,
+//! each primary identified by its certificate and confined to its own
+//! storage root; logs streamed to disk as they arrive, verified whole,
+//! then applied with the replica's crash-safe apply; an upload cut
+//! anywhere resumes from the bytes the server holds.
+//!
+//! One thread per connection, blocking I/O: no async runtime, and every
+//! wait bounded by a timeout. A disk takes one upload at a time.
+
+mod connection;
+mod metrics;
+mod push;
+mod routes;
+mod space;
+
+use super::identity::{AllowList, Identity};
+use super::tls::{server_config, TlsFiles};
+use crate::error::{Error, Result};
+use crate::id::DiskId;
+use crate::io::FsDir;
+use crate::log::Digest;
+use crate::replica::Replica;
+use crate::serde_impls::{hex, unhex};
+use connection::connection;
+use metrics::Metrics;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One authorised primary: its allow-list entry and where its disks live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrimaryConfig {
+    /// The allow-list entry (`dr1.example`, `*.site-a.example`).
+    pub identity: String,
+    /// The directory holding its disks, one directory per disk.
+    pub root: PathBuf,
+}
+
+/// The limits against a client that misbehaves (docs/PROTOCOL.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest request head.
+    pub head_bytes: usize,
+    /// The longest log.
+    pub max_log: u64,
+    /// A read (handshake, head, body) stalled this long ends the connection.
+    pub read_timeout: Duration,
+    /// A connection idle between requests this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections open at once, in all.
+    pub connections: usize,
+    /// Connections open at once per identity.
+    pub per_identity: usize,
+    /// The share of the file system (percent) a push may not eat into:
+    /// below it, pushes are refused with 507 and a `Retry-After`.
+    pub reserve_percent: u8,
+    /// A partial upload untouched this long is removed (its space
+    /// reclaimed); a resume then starts that log again.
+    pub abandoned_upload: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            head_bytes: 16 << 10,
+            max_log: 1 << 40,
+            read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            connections: 2048,
+            per_identity: 32,
+            reserve_percent: 5,
+            abandoned_upload: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// What a server runs with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// Its certificate and key, and the CA of the primaries' certificates.
+    pub tls: TlsFiles,
+    /// The authorised primaries.
+    pub primaries: Vec<PrimaryConfig>,
+    /// The limits.
+    pub limits: Limits,
+    /// Identities (allow-list entries) that may read `/metrics`; they hold
+    /// no disks.
+    pub monitors: Vec<String>,
+}
+
+/// One disk held for a primary.
+struct Disk {
+    dir: PathBuf,
+    /// The replica once it exists; held for the whole of an upload, so a
+    /// disk takes one at a time.
+    replica: Mutex<Option<Replica>>,
+}
+
+struct Shared {
+    tls: Arc<rustls::ServerConfig>,
+    allow: AllowList,
+    roots: HashMap<String, PathBuf>,
+    limits: Limits,
+    disks: Mutex<HashMap<(String, DiskId), Arc<Disk>>>,
+    connections: AtomicUsize,
+    per_identity: Mutex<HashMap<String, usize>>,
+    /// The open connections' sockets, shut down when the server stops so
+    /// no connection outlives it (an upload cut there resumes later).
+    open: Mutex<HashMap<u64, TcpStream>>,
+    next_connection: AtomicU64,
+    monitors: Vec<String>,
+    metrics: Metrics,
+}
+
+/// A replica server bound to its address.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listen", &self.listener.local_addr().ok())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Loads the certificates, checks the configuration and binds.
+    pub fn bind(config: &ServerConfig) -> Result<Server> {
+        let entries: Vec<&str> = config
+            .primaries
+            .iter()
+            .map(|p| p.identity.as_str())
+            .chain(config.monitors.iter().map(String::as_str))
+            .collect();
+        let allow = AllowList::new(&entries)?;
+        let mut roots = HashMap::new();
+        for p in &config.primaries {
+            std::fs::create_dir_all(&p.root)
+                .map_err(|e| Error::io("create a primary's root", e).with_path(&p.root))?;
+            if roots.insert(p.identity.clone(), p.root.clone()).is_some() {
+                return Err(Error::invalid(format!(
+                    "primary {} is listed twice",
+                    p.identity
+                )));
+            }
+        }
+        let listener = TcpListener::bind(config.listen)
+            .map_err(|e| Error::io(format!("listen on {}", config.listen), e))?;
+        Ok(Server {
+            listener,
+            shared: Arc::new(Shared {
+                tls: server_config(&config.tls)?,
+                allow,
+                roots,
+                limits: config.limits.clone(),
+                disks: Mutex::new(HashMap::new()),
+                connections: AtomicUsize::new(0),
+                per_identity: Mutex::new(HashMap::new()),
+                open: Mutex::new(HashMap::new()),
+                next_connection: AtomicU64::new(0),
+                monitors: config.monitors.clone(),
+                metrics: Metrics::default(),
+            }),
+        })
+    }
+
+    /// The address it listens on (the port, when 0 was asked).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .map_err(|e| Error::io("local address", e))
+    }
+
+    /// Serves until `stop` is set (checked every 50 ms): a thread per
+    /// connection. When it returns, every connection is shut down.
+    pub fn run(&self, stop: &AtomicBool) -> Result<()> {
+        self.listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("listen", e))?;
+        // Abandoned uploads are looked for ten times per allowed age
+        // (at most every minute, at least every 100 ms).
+        let sweep_every = (self.shared.limits.abandoned_upload / 10)
+            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let mut swept = std::time::Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if swept.elapsed() >= sweep_every {
+                let n = space::reclaim_abandoned(&self.shared, self.shared.limits.abandoned_upload);
+                self.shared.metrics.reclaimed(n);
+                swept = std::time::Instant::now();
+            }
+            match self.listener.accept() {
+                Ok((tcp, peer)) => {
+                    let shared = self.shared.clone();
+                    if shared.connections.fetch_add(1, Ordering::SeqCst)
+                        >= shared.limits.connections
+                    {
+                        shared.connections.fetch_sub(1, Ordering::SeqCst);
+                        log(&format!("refused {peer}: too many connections"));
+                        shared.metrics.refused("too many connections");
+                        continue;
+                    }
+                    let n = shared.next_connection.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(clone) = tcp.try_clone() {
+                        shared.open.lock().insert(n, clone);
+                    }
+                    std::thread::spawn(move || {
+                        if let Err(e) = connection(&shared, tcp, peer) {
+                            log(&format!("{peer}: {e}"));
+                        }
+                        shared.open.lock().remove(&n);
+                        shared.connections.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => log(&format!("accept: {e}")),
+            }
+        }
+        // Stopping: every connection ends. An apply under way finishes
+        // (it is not interrupted); its answer may not reach the client,
+        // which learns the outcome from `resume` when it reconnects.
+        for (_, tcp) in self.shared.open.lock().drain() {
+            let _ = tcp.shutdown(std::net::Shutdown::Both);
+        }
+        Ok(())
+    }
+}
+
+/// The server's log: one line on standard error.
+fn log(line: &str) {
+    eprintln!("blockrep serve: {line}");
+}
+
+fn parse_disk(s: &str) -> Option<DiskId> {
+    unhex(s).map(DiskId)
+}
+
+fn parse_digest(s: &str) -> Option<Digest> {
+    unhex(s).map(Digest)
+}
+
+impl Shared {
+    /// The disk `id` of `identity`, opened (its replica, if it exists)
+    /// the first time.
+    fn disk(&self, identity: &Identity, id: DiskId) -> Result<Arc<Disk>> {
+        let key = (identity.as_str().to_string(), id);
+        let mut disks = self.disks.lock();
+        if let Some(d) = disks.get(&key) {
+            return Ok(d.clone());
+        }
+        let root = self
+            .roots
+            .get(identity.as_str())
+            .ok_or_else(|| Error::invalid(format!("{identity} has no storage root")))?;
+        let dir = root.join(hex(&id.0));
+        let replica_dir = dir.join("replica");
+        let replica = if replica_dir.join("state").exists() {
+            Some(Replica::open(Arc::new(FsDir::new(&replica_dir)?))?)
+        } else {
+            None
+        };
+        let d = Arc::new(Disk {
+            dir,
+            replica: Mutex::new(replica),
+        });
+        disks.insert(key, d.clone());
+        Ok(d)
+    }
+
+    /// The disks `identity` holds.
+    fn disk_ids(&self, identity: &Identity) -> Vec<DiskId> {
+        let Some(root) = self.roots.get(identity.as_str()) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<DiskId> = std::fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| parse_disk(e.file_name().to_str()?))
+            .filter(|id| root.join(hex(&id.0)).join("replica/state").exists())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+/// The partial upload of a disk, if any: its sequence, digest, path and
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}

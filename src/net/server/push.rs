@@ -1,0 +1,217 @@
+//! `PUT /v1/disks/{disk}/logs/{sequence}`: a log streamed to its
+//! partial file, resumable at the bytes held, then verified and applied.
+
+use super::connection::{
+    error_response, error_response_with, json_response, linger, status_of, Tls,
+};
+use super::routes::partial;
+use super::space::check_reserve;
+use super::{parse_digest, Shared};
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::DiskId;
+use crate::io::FsDir;
+use crate::net::http::Head;
+use crate::net::identity::Identity;
+use crate::replica::{ApplyOutcome, Replica};
+use crate::serde_impls::hex;
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+/// `PUT /v1/disks/{disk}/logs/{sequence}`: streams the body into the
+/// disk's partial file (appending at the offset `Content-Range` names,
+/// which must be the bytes held), then verifies and applies the log whole.
+pub(super) fn push(
+    shared: &Shared,
+    identity: &Identity,
+    s: &mut Tls,
+    head: &Head,
+    rest: Vec<u8>,
+    id: DiskId,
+    seq: u64,
+) -> Result<bool> {
+    let fail = |s: &mut Tls, status: u16, e: Error| -> Result<bool> {
+        let _ = error_response(s, status, &e);
+        linger(s);
+        Ok(false)
+    };
+    let Some(digest) = head.header("blockrep-digest").and_then(parse_digest) else {
+        return fail(
+            s,
+            400,
+            Error::invalid("Blockrep-Digest: the log's digest in hex is required"),
+        );
+    };
+    let body_len = match head.content_length() {
+        Ok(n) => n,
+        Err(e) => return fail(s, 400, e),
+    };
+    let (start, total) = match head.header("content-range") {
+        None => (0, body_len),
+        Some(r) => match parse_range(r) {
+            Some((a, b, t)) if b + 1 - a == body_len && b < t => (a, t),
+            _ => {
+                return fail(
+                    s,
+                    400,
+                    Error::invalid(format!("Content-Range {r:?} does not match the body")),
+                )
+            }
+        },
+    };
+    if total > shared.limits.max_log {
+        return fail(
+            s,
+            413,
+            Error::new(
+                ErrorKind::OutOfRange,
+                format!("a log of {total} bytes; at most {}", shared.limits.max_log),
+            ),
+        );
+    }
+    let disk = shared.disk(identity, id)?;
+    let Some(mut replica) = disk.replica.try_lock() else {
+        let e = Error::new(ErrorKind::Misuse, "an upload of this disk is under way");
+        let _ = error_response_with(s, 503, &e, &[("Retry-After", "1".into())]);
+        linger(s);
+        return Ok(false);
+    };
+    let uploads = disk.dir.join("uploads");
+    std::fs::create_dir_all(&uploads)
+        .map_err(|e| Error::io("create the uploads directory", e).with_path(&uploads))?;
+    // One partial per disk: another log's partial is superseded.
+    let held = match partial(&disk.dir) {
+        Some((p_seq, p_digest, path, bytes)) if p_seq == seq && p_digest == digest => {
+            Some((path, bytes))
+        }
+        Some((_, _, path, _)) => {
+            let _ = std::fs::remove_file(&path);
+            None
+        }
+        None => None,
+    };
+    let path = held.as_ref().map_or_else(
+        || uploads.join(format!("{seq:020}-{}.partial", hex(&digest.0))),
+        |(p, _)| p.clone(),
+    );
+    let have = held.map_or(0, |(_, b)| b);
+    if start != have {
+        let e = Error::new(
+            ErrorKind::OutOfRange,
+            format!("the upload resumes at byte {have}, not {start}"),
+        );
+        // The disk is free for the resume before this connection lingers.
+        drop(replica);
+        let _ = error_response_with(s, 416, &e, &[("Content-Range", format!("bytes */{have}"))]);
+        linger(s);
+        return Ok(false);
+    }
+    // The rest of the body, and the apply's staging copy of the whole
+    // log, must fit above the reserve; else nothing is written.
+    if let Err(e) = check_reserve(
+        &disk.dir,
+        (total - have).saturating_add(total),
+        shared.limits.reserve_percent,
+    ) {
+        shared.metrics.refused("free space below the reserve");
+        drop(replica);
+        return fail(s, 507, e);
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| Error::io("open the partial upload", e).with_path(&path))?;
+    // The body: what came with the head, then the stream, to the file as
+    // it arrives.
+    let mut left = body_len;
+    let first = rest.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+    let mut received = file
+        .write_all(&rest[..first])
+        .map_err(|e| Error::io("write the upload", e));
+    left -= first as u64;
+    let mut buf = vec![0u8; 256 << 10];
+    while received.is_ok() && left > 0 {
+        let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+        received = match s.read(&mut buf[..want]) {
+            Ok(0) => Err(Error::invalid("the connection closed inside the body")),
+            Ok(n) => {
+                left -= n as u64;
+                shared.metrics.received(n);
+                file.write_all(&buf[..n])
+                    .map_err(|e| Error::io("write the upload", e).with_path(&path))
+            }
+            Err(e) => Err(Error::io("read the body", e)),
+        };
+    }
+    if let Err(e) = received {
+        if e.kind() == ErrorKind::NoSpace {
+            // The file system filled under the upload (another writer):
+            // the partial goes, so no half-written file remains, and the
+            // client is told to come back.
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            shared.metrics.refused("no space left");
+            drop(replica);
+            return fail(s, 507, e);
+        }
+        received = Err(e);
+    }
+    // Whatever arrived is kept, durably, for a resume.
+    let synced = file.sync_all();
+    received?;
+    synced.map_err(|e| Error::io("sync the upload", e).with_path(&path))?;
+    if have + body_len < total {
+        // A part of the log: more will come.
+        json_response(
+            s,
+            &serde_json::json!({"sequence": seq, "bytes": have + body_len}),
+        )
+        .map_err(|e| Error::io("respond", e))?;
+        return Ok(true);
+    }
+    let apply_started = std::time::Instant::now();
+    let applied = match replica.as_ref() {
+        Some(r) => r.apply_file(&path),
+        None => {
+            let dir = Arc::new(FsDir::new(disk.dir.join("replica"))?);
+            Replica::create_from_file(dir, &path).map(|r| {
+                let o = ApplyOutcome::Applied {
+                    sequence: r.status().applied,
+                    digest: r.status().digest,
+                };
+                *replica = Some(r);
+                o
+            })
+        }
+    };
+    let _ = std::fs::remove_file(&path);
+    let m = &shared.metrics;
+    m.applied(
+        apply_started.elapsed(),
+        applied.as_ref().is_ok_and(ApplyOutcome::applied_now),
+    );
+    if let Err(e) = &applied {
+        m.refused(&format!("http {}", status_of(e)));
+    }
+    let response = match applied {
+        Ok(o) => json_response(
+            s,
+            &serde_json::json!({
+                "sequence": o.sequence(),
+                "digest": o.digest(),
+                "outcome": if o.applied_now() { "applied" } else { "already_applied" },
+            }),
+        ),
+        Err(e) => error_response(s, status_of(&e), &e),
+    };
+    response.map_err(|e| Error::io("respond", e))?;
+    Ok(true)
+}
+
+/// `bytes A-B/T`.
+pub(super) fn parse_range(v: &str) -> Option<(u64, u64, u64)> {
+    let r = v.trim().strip_prefix("bytes ")?;
+    let (span, total) = r.split_once('/')?;
+    let (a, b) = span.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?, total.parse().ok()?))
+}

@@ -1,0 +1,129 @@
+//! Which request goes where: the disk list, a disk's status, points,
+//! resume state and digests, `/metrics`, and pushes (in [`super::push`]).
+
+use super::connection::{error_response, json_response, linger, status_of, Tls};
+use super::metrics::metrics_text;
+use super::push::push;
+use super::{now_ns, parse_digest, parse_disk, Shared};
+use crate::error::{Error, ErrorKind, Result};
+use crate::log::Digest;
+use crate::net::http::{write_response, Head};
+use crate::net::identity::Identity;
+use crate::replica::Replica;
+use crate::status::DiskStatus;
+use std::path::{Path, PathBuf};
+
+/// bytes held.
+pub(super) fn partial(dir: &Path) -> Option<(u64, Digest, PathBuf, u64)> {
+    let uploads = dir.join("uploads");
+    std::fs::read_dir(&uploads).ok()?.flatten().find_map(|e| {
+        let name = e.file_name().into_string().ok()?;
+        let stem = name.strip_suffix(".partial")?;
+        let (seq, digest) = stem.split_once('-')?;
+        let len = e.metadata().ok()?.len();
+        Some((seq.parse().ok()?, parse_digest(digest)?, e.path(), len))
+    })
+}
+
+/// Answers one request; false when the connection must close.
+pub(super) fn route(
+    shared: &Shared,
+    identity: &Identity,
+    s: &mut Tls,
+    head: Head,
+    rest: Vec<u8>,
+) -> Result<bool> {
+    let path = head.path.clone();
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let reply = |s: &mut Tls, r: Result<serde_json::Value>| -> Result<bool> {
+        let sent = match r {
+            Ok(v) => json_response(s, &v),
+            Err(e) => error_response(s, status_of(&e), &e),
+        };
+        sent.map_err(|e| Error::io("respond", e))?;
+        Ok(true)
+    };
+    let not_found = || {
+        Error::new(
+            ErrorKind::Misuse,
+            format!("no such disk or resource: {path}"),
+        )
+    };
+    match (head.method.as_str(), parts.as_slice()) {
+        ("PUT", ["", "v1", "disks", disk, "logs", seq]) => {
+            let (Some(id), Ok(seq)) = (parse_disk(disk), seq.parse::<u64>()) else {
+                let e = Error::invalid(format!("{path}: a disk id (32 hex) and a sequence"));
+                let _ = error_response(s, 400, &e);
+                linger(s);
+                return Ok(false);
+            };
+            push(shared, identity, s, &head, rest, id, seq)
+        }
+        ("GET", ["", "metrics"]) if shared.monitors.iter().any(|m| m == identity.as_str()) => {
+            let text = metrics_text(shared);
+            write_response(s, 200, "text/plain; version=0.0.4", &[], text.as_bytes())
+                .map_err(|e| Error::io("respond", e))?;
+            Ok(true)
+        }
+        ("GET", ["", "v1", "disks"]) => {
+            let list: Vec<serde_json::Value> = shared
+                .disk_ids(identity)
+                .into_iter()
+                .filter_map(|id| shared.disk(identity, id).ok())
+                .filter_map(|d| {
+                    d.replica
+                        .lock()
+                        .as_ref()
+                        .map(|r| serde_json::json!(DiskStatus::of_replica(r, now_ns())))
+                })
+                .collect();
+            reply(s, Ok(serde_json::Value::Array(list)))
+        }
+        ("GET", ["", "v1", "disks", disk, rest @ ..]) => {
+            let Some(id) = parse_disk(disk) else {
+                return reply(s, Err(not_found()));
+            };
+            let d = shared.disk(identity, id)?;
+            let replica = d.replica.lock().clone();
+            let r = match (replica, rest) {
+                (None, ["resume"]) => Ok(resume_json(None, &d.dir)),
+                (Some(r), []) => Ok(serde_json::json!(DiskStatus::of_replica(&r, now_ns()))),
+                (Some(r), ["points"]) => Ok(serde_json::json!(r.points())),
+                (Some(r), ["resume"]) => Ok(resume_json(Some(&r), &d.dir)),
+                (Some(r), ["digests"]) => {
+                    // The latest point's block digests, for a resync.
+                    let sent = match r.block_digests(0) {
+                        Ok(list) => {
+                            write_response(s, 200, "application/octet-stream", &[], &list.encode())
+                        }
+                        Err(e) => error_response(s, status_of(&e), &e),
+                    };
+                    sent.map_err(|e| Error::io("respond", e))?;
+                    return Ok(true);
+                }
+                _ => {
+                    let e = not_found();
+                    let _ = error_response(s, 404, &e);
+                    return Ok(true);
+                }
+            };
+            reply(s, r)
+        }
+        _ => {
+            let e = Error::invalid(format!("{} {path}: not part of /v1", head.method));
+            let _ = error_response(s, 404, &e);
+            Ok(head.content_length().unwrap_or(1) == 0)
+        }
+    }
+}
+
+pub(super) fn resume_json(r: Option<&Replica>, dir: &Path) -> serde_json::Value {
+    let applied = r.map(|r| {
+        let st = r.status();
+        serde_json::json!({"sequence": st.applied, "digest": st.digest, "epoch": st.epoch})
+    });
+    let partial = partial(dir).map(|(seq, digest, _, bytes)| {
+        serde_json::json!({"sequence": seq, "digest": digest, "bytes": bytes})
+    });
+    serde_json::json!({"applied": applied, "partial": partial})
+}
