@@ -67,8 +67,13 @@ pub struct ShipperStatus {
     pub last_error: Option<String>,
     /// Logs the server applied (or held) since the start.
     pub logs_shipped: u64,
-    /// Bytes sent since the start (a resumed log's bytes counted once).
+    /// Log bytes sent since the start, every attempt counted (a cut
+    /// upload's bytes too).
     pub bytes_sent: u64,
+    /// Of `bytes_sent`, those sent again after a cut: bytes of a log sent
+    /// before that the server did not hold when the upload resumed (they
+    /// were in flight when the connection broke).
+    pub bytes_resent: u64,
     /// Connections made since the start.
     pub connections: u64,
 }
@@ -158,9 +163,10 @@ fn run<T: Tracking>(
     status: &Mutex<ShipperStatus>,
 ) {
     let mut wait = config.retry_min;
+    let mut sent = Sent::default();
     while !stop.load(Ordering::SeqCst) {
         let mut progressed = false;
-        let r = session(p, config, tls, stop, status, &mut progressed);
+        let r = session(p, config, tls, stop, status, &mut sent, &mut progressed);
         status.lock().connected = false;
         match r {
             Ok(()) => return,
@@ -187,6 +193,7 @@ fn session<T: Tracking>(
     tls: &Arc<rustls::ClientConfig>,
     stop: &AtomicBool,
     status: &Mutex<ShipperStatus>,
+    sent: &mut Sent,
     progressed: &mut bool,
 ) -> Result<()> {
     let spool = p.spool();
@@ -254,13 +261,21 @@ fn session<T: Tracking>(
             at: from,
             end: l.bytes,
         };
+        let resent = sent.resuming(seq, digest, from);
         let r = c.request(
             "PUT",
             &format!("/v1/disks/{disk}/logs/{seq}"),
             &headers,
             &mut body,
             l.bytes - from,
-        )?;
+        );
+        sent.upto = sent.upto.max(body.at);
+        {
+            let mut s = status.lock();
+            s.bytes_sent += body.at - from;
+            s.bytes_resent += resent.min(body.at - from);
+        }
+        let r = r?;
         if r.head.status != 200 {
             return Err(refusal(&r));
         }
@@ -275,10 +290,31 @@ fn session<T: Tracking>(
         *progressed = true;
         let mut s = status.lock();
         s.logs_shipped += 1;
-        s.bytes_sent += l.bytes - from;
         s.last_error = None;
     }
     Ok(())
+}
+
+/// How far the log being uploaded was sent: to count the bytes sent again
+/// when an upload resumes below it.
+#[derive(Debug, Default)]
+struct Sent {
+    log: Option<(u64, Digest)>,
+    upto: u64,
+}
+
+impl Sent {
+    /// An upload of log `seq` starting at byte `from`: the bytes between
+    /// `from` and what was sent of it before are sent again.
+    fn resuming(&mut self, seq: u64, digest: Digest, from: u64) -> u64 {
+        if self.log != Some((seq, digest)) {
+            *self = Sent {
+                log: Some((seq, digest)),
+                upto: from,
+            };
+        }
+        self.upto.saturating_sub(from)
+    }
 }
 
 /// The server's refusal as an error: its message, or the status.

@@ -87,3 +87,4 @@ pub fn start(config: &ServerConfig) -> Running {
         thread: Some(thread),
     }
 }
+pub mod proxy;
