@@ -142,3 +142,11 @@ mod tests {
         );
     }
 }
+
+/// Nanoseconds since the Unix epoch, now: the clock of every point's
+/// `created_ns` and of the RPOs computed from it.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}

@@ -99,7 +99,7 @@ fn cuts_stalls_and_lost_answers_between_the_sites_lose_nothing() {
     sc.retry_min = Duration::from_millis(10);
     sc.retry_max = Duration::from_millis(100);
     sc.timeout = Duration::from_secs(5);
-    let shipper = Shipper::start(p.clone(), sc).unwrap();
+    let shipper = Shipper::start(p.shared_spool(), sc).unwrap();
     let mut folds = 0;
     let mut rounds = 0;
     let deadline = Instant::now() + Duration::from_secs(90);

@@ -83,7 +83,10 @@ fn the_shipper_replicates_and_resumes_after_the_server_comes_back() {
     sc.retry_min = Duration::from_millis(20);
     sc.retry_max = Duration::from_millis(200);
     sc.timeout = Duration::from_secs(10);
-    let shipper = Shipper::start(p.clone(), sc).unwrap();
+    let lines = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    sc.log = Some(Arc::new(move |l: &str| sink.lock().push(l.to_string())));
+    let shipper = Shipper::start(p.shared_spool(), sc).unwrap();
     for _ in 0..3 {
         scribble(&p, &*disk, &mut rng);
         p.cycle(&CycleOptions::default()).unwrap();
@@ -109,6 +112,19 @@ fn the_shipper_replicates_and_resumes_after_the_server_comes_back() {
         !s.connected && s.last_error.is_some()
     });
     assert_eq!(p.status().pending_logs, 2);
+    // Retries every 20 to 200 ms for a while: the same failure is said
+    // once (the cut upload's broken pipe, then the refused connects).
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(shipper.status().pending_logs == 2);
+    let said_before = {
+        let said = lines.lock();
+        assert!((1..=2).contains(&said.len()), "{said:?}");
+        assert!(
+            said.last().unwrap().contains("Connection refused"),
+            "{said:?}"
+        );
+        said.len()
+    };
     // Back on the same address: the shipper resumes, nothing applied twice.
     config.listen = addr;
     let _server = start(&config);
@@ -117,5 +133,44 @@ fn the_shipper_replicates_and_resumes_after_the_server_comes_back() {
     let s = shipper.status();
     assert_eq!(s.logs_shipped, 6, "{s:?}");
     assert!(s.connections >= 2, "{s:?}");
+    assert!(s.rpo_ns.is_some() && s.pending_logs == 0, "{s:?}");
+    {
+        let said = lines.lock();
+        assert_eq!(said.len(), said_before + 1, "{said:?}");
+        assert!(
+            said[said_before].starts_with("shipping again (after "),
+            "{said:?}"
+        );
+    }
+
+    // A bandwidth limit, set while running: 2 MiB of new data at 1 MiB/s
+    // cannot ship in less than about two seconds (less a burst of a tenth
+    // of a second); then unlimited again.
+    let rate: u64 = 1 << 20;
+    shipper
+        .set_bandwidth(blockrep::net::Bandwidth::fixed(rate))
+        .unwrap();
+    assert_eq!(shipper.status().bandwidth_limit, Some(rate));
+    let mut big = vec![0u8; 2 << 20];
+    rng.fill(&mut big);
+    {
+        let _g = p.primary().write_guard(0, big.len() as u64).unwrap();
+        disk.write_at(&big, 0).unwrap();
+    }
+    let report = p.cycle(&CycleOptions::default()).unwrap();
+    let started = Instant::now();
+    wait_for("the limited log to ship", || p.status().pending_logs == 0);
+    let took = started.elapsed().as_secs_f64();
+    let least = report.summary.bytes as f64 / rate as f64 - 0.2;
+    assert!(
+        took >= least,
+        "{} bytes in {took:.2}s",
+        report.summary.bytes
+    );
+    shipper
+        .set_bandwidth(blockrep::net::Bandwidth::unlimited())
+        .unwrap();
+    assert_eq!(shipper.status().bandwidth_limit, None);
+    assert!(replica_equals(&root, &*disk));
     shipper.stop();
 }

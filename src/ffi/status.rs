@@ -67,9 +67,4 @@ impl From<&DiskStatus> for blockrep_disk_status {
     }
 }
 
-/// Nanoseconds since the Unix epoch, now.
-pub(super) fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
+pub(super) use crate::status::now_ns;

@@ -177,9 +177,7 @@ impl LogHeader {
         epoch: u64,
         sequence: u64,
     ) -> Result<Self> {
-        let created_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let created_ns = crate::status::now_ns();
         Ok(LogHeader {
             disk_id,
             epoch,

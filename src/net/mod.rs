@@ -11,9 +11,11 @@
 //! * [`http`]: just enough HTTP/1.1, with limits;
 //! * [`server`]: the replica server;
 //! * [`client`]: one connection to it;
+//! * [`bandwidth`]: the shipper's bandwidth limit and its schedule;
 //! * [`shipper`]: a pipeline's spool pushed to the server from a thread of
 //!   its own, resuming after any cut.
 
+pub mod bandwidth;
 pub mod client;
 pub mod http;
 pub mod identity;
@@ -21,6 +23,7 @@ pub mod server;
 pub mod shipper;
 pub mod tls;
 
+pub use bandwidth::{Bandwidth, Window};
 pub use client::{Client, Response};
 pub use identity::{AllowList, Identity};
 pub use server::{Limits, PrimaryConfig, Server, ServerConfig};

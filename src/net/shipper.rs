@@ -1,5 +1,5 @@
-//! The shipper: a pipeline's spool pushed to a replica server from a
-//! thread of its own (no async runtime, nothing global in the host
+//! The shipper: a spool (a pipeline's, or a group member's) pushed to a
+//! replica server from a thread of its own (no async runtime, nothing global in the host
 //! process), memory bounded whatever the log size (each log streams from
 //! its spool file).
 //!
@@ -8,15 +8,19 @@
 //! digest, and goes on from there: a partial upload continues at the
 //! bytes the server holds. A log is acknowledged only when the server
 //! answered that it applied it (or held it already). Failures back off
-//! exponentially with jitter, capped; the status says what happened last.
+//! exponentially with jitter, capped; the status says what happened last,
+//! and the log lines about failures are rate-limited (the same failure is
+//! said once a minute, with how often it recurred). The bandwidth follows
+//! a limit and its schedule, changeable while running.
 
+use super::bandwidth::Bandwidth;
 use super::client::Client;
 use super::tls::{client_config, TlsFiles};
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::Storage;
 use crate::log::Digest;
 use crate::serde_impls::{hex, unhex};
-use crate::source::{Pipeline, Tracking};
+use crate::source::{Spool, Throttle};
 use parking_lot::Mutex;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -24,8 +28,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Where the shipper's log lines go.
+pub type LogSink = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Where and how to ship.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ShipperConfig {
     /// The replica server's address.
     pub server: SocketAddr,
@@ -39,6 +46,26 @@ pub struct ShipperConfig {
     pub retry_min: Duration,
     /// The longest wait between attempts.
     pub retry_max: Duration,
+    /// The bandwidth limit and its schedule.
+    pub bandwidth: Bandwidth,
+    /// Where its log lines go (connected, failures, recoveries); none by
+    /// default (a library prints nothing of its own accord).
+    pub log: Option<LogSink>,
+}
+
+impl std::fmt::Debug for ShipperConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShipperConfig")
+            .field("server", &self.server)
+            .field("server_name", &self.server_name)
+            .field("tls", &self.tls)
+            .field("timeout", &self.timeout)
+            .field("retry_min", &self.retry_min)
+            .field("retry_max", &self.retry_max)
+            .field("bandwidth", &self.bandwidth)
+            .field("log", &self.log.is_some())
+            .finish()
+    }
 }
 
 impl ShipperConfig {
@@ -52,6 +79,8 @@ impl ShipperConfig {
             timeout: Duration::from_secs(30),
             retry_min: Duration::from_millis(200),
             retry_max: Duration::from_secs(30),
+            bandwidth: Bandwidth::unlimited(),
+            log: None,
         }
     }
 }
@@ -76,12 +105,24 @@ pub struct ShipperStatus {
     pub bytes_resent: u64,
     /// Connections made since the start.
     pub connections: u64,
+    /// Logs in the spool not yet acknowledged, and their bytes.
+    pub pending_logs: u64,
+    /// Bytes of the logs not yet acknowledged.
+    pub pending_bytes: u64,
+    /// The achieved recovery point objective: the age of the latest point
+    /// the server acknowledged (ns), `None` before the first.
+    pub rpo_ns: Option<u64>,
+    /// The bandwidth limit in force now (bytes per second), `None` when
+    /// unlimited.
+    pub bandwidth_limit: Option<u64>,
 }
 
 /// A running shipper; stopped (and its thread joined) when dropped.
 pub struct Shipper {
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<ShipperStatus>>,
+    spool: Arc<Spool>,
+    bandwidth: Arc<Mutex<Bandwidth>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -94,31 +135,58 @@ impl std::fmt::Debug for Shipper {
 }
 
 impl Shipper {
-    /// Starts shipping `pipeline`'s spool. The certificate files are read
-    /// now (an error returns at once); the connection is made on the
-    /// shipper's thread, and retried until [`stop`](Self::stop).
-    pub fn start<T: Tracking + Send + Sync + 'static>(
-        pipeline: Arc<Pipeline<T>>,
-        config: ShipperConfig,
-    ) -> Result<Shipper> {
+    /// Starts shipping `spool` (a pipeline's
+    /// [`shared_spool`](crate::source::Pipeline::shared_spool)). The
+    /// certificate files are read and the bandwidth schedule checked now
+    /// (an error returns at once); the connection is made on the shipper's
+    /// thread, and retried until [`stop`](Self::stop).
+    pub fn start(spool: Arc<Spool>, config: ShipperConfig) -> Result<Shipper> {
         let tls = client_config(&config.tls)?;
+        config.bandwidth.validate()?;
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(Mutex::new(ShipperStatus::default()));
-        let (stop2, status2) = (stop.clone(), status.clone());
+        let bandwidth = Arc::new(Mutex::new(config.bandwidth.clone()));
+        let ctx = Context {
+            spool: spool.clone(),
+            config,
+            tls,
+            stop: stop.clone(),
+            status: status.clone(),
+            bandwidth: bandwidth.clone(),
+            throttle: Throttle::new(u64::MAX),
+            log: Mutex::new(LogLimiter::default()),
+        };
         let thread = std::thread::Builder::new()
             .name("blockrep-shipper".into())
-            .spawn(move || run(&pipeline, &config, &tls, &stop2, &status2))
+            .spawn(move || run(&ctx))
             .map_err(|e| Error::io("start the shipper's thread", e))?;
         Ok(Shipper {
             stop,
             status,
+            spool,
+            bandwidth,
             thread: Some(thread),
         })
     }
 
     /// The status now.
     pub fn status(&self) -> ShipperStatus {
-        self.status.lock().clone()
+        let mut s = self.status.lock().clone();
+        let sp = self.spool.status();
+        s.pending_logs = sp.pending_logs;
+        s.pending_bytes = sp.pending_bytes;
+        s.rpo_ns = (sp.acked.created_ns > 0)
+            .then(|| crate::status::now_ns().saturating_sub(sp.acked.created_ns));
+        s.bandwidth_limit = self.bandwidth.lock().limit_now();
+        s
+    }
+
+    /// Changes the bandwidth limit and its schedule; the upload under way
+    /// follows at once.
+    pub fn set_bandwidth(&self, bandwidth: Bandwidth) -> Result<()> {
+        bandwidth.validate()?;
+        *self.bandwidth.lock() = bandwidth;
+        Ok(())
     }
 
     /// Stops after the request under way (bounded by the timeout).
@@ -155,22 +223,100 @@ fn pause(d: Duration, stop: &AtomicBool) -> bool {
     !stop.load(Ordering::SeqCst)
 }
 
-fn run<T: Tracking>(
-    p: &Pipeline<T>,
-    config: &ShipperConfig,
-    tls: &Arc<rustls::ClientConfig>,
-    stop: &AtomicBool,
-    status: &Mutex<ShipperStatus>,
-) {
+/// What the shipper's thread works with.
+struct Context {
+    spool: Arc<Spool>,
+    config: ShipperConfig,
+    tls: Arc<rustls::ClientConfig>,
+    stop: Arc<AtomicBool>,
+    status: Arc<Mutex<ShipperStatus>>,
+    bandwidth: Arc<Mutex<Bandwidth>>,
+    /// Paces the bodies sent; its rate follows `bandwidth`.
+    throttle: Throttle,
+    log: Mutex<LogLimiter>,
+}
+
+impl Context {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn say(&self, line: &str) {
+        if let Some(sink) = &self.config.log {
+            sink(line);
+        }
+    }
+
+    /// A failure: in the status at once; in the log once a minute at most
+    /// while it recurs (with how often it did).
+    fn failed(&self, e: &Error) {
+        let msg = e.to_string();
+        self.status.lock().last_error = Some(msg.clone());
+        if let Some(line) = self.log.lock().failed(&msg, std::time::Instant::now()) {
+            self.say(&line);
+        }
+    }
+
+    /// The bandwidth limit now, applied to the throttle; `None` when
+    /// unlimited.
+    fn pace(&self) -> Option<&Throttle> {
+        let limit = self.bandwidth.lock().limit_now()?;
+        if self.throttle.bytes_per_sec() != limit {
+            self.throttle.set_bytes_per_sec(limit);
+        }
+        Some(&self.throttle)
+    }
+}
+
+/// Failures said at most once a minute each, with the count of those
+/// not said; a recovery said once.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    last: Option<(String, std::time::Instant)>,
+    quiet: u64,
+}
+
+impl LogLimiter {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn failed(&mut self, msg: &str, now: std::time::Instant) -> Option<String> {
+        match &self.last {
+            Some((m, at)) if m == msg && now.duration_since(*at) < Self::EVERY => {
+                self.quiet += 1;
+                None
+            }
+            _ => {
+                let line = if self.quiet > 0 {
+                    format!("{msg} (and {} more failures before)", self.quiet)
+                } else {
+                    msg.to_string()
+                };
+                self.last = Some((msg.to_string(), now));
+                self.quiet = 0;
+                Some(line)
+            }
+        }
+    }
+
+    /// Progress after failures: says so once, and forgets them.
+    fn recovered(&mut self) -> Option<String> {
+        let (_, _) = self.last.take()?;
+        let n = std::mem::take(&mut self.quiet);
+        Some(format!("shipping again (after {} failures)", n + 1))
+    }
+}
+
+fn run(ctx: &Context) {
+    let config = &ctx.config;
     let mut wait = config.retry_min;
     let mut sent = Sent::default();
-    while !stop.load(Ordering::SeqCst) {
+    while !ctx.stopped() {
         let mut progressed = false;
-        let r = session(p, config, tls, stop, status, &mut sent, &mut progressed);
-        status.lock().connected = false;
+        let r = session(ctx, &mut sent, &mut progressed);
+        ctx.status.lock().connected = false;
         match r {
             Ok(()) => return,
-            Err(e) => status.lock().last_error = Some(e.to_string()),
+            Err(e) => ctx.failed(&e),
         }
         if progressed {
             wait = config.retry_min;
@@ -179,7 +325,7 @@ fn run<T: Tracking>(
         // primaries cut off at once do not come back at once.
         let jitter = crate::id::random_u64().unwrap_or(0) % 1000;
         let d = wait / 2 + wait.mul_f64(jitter as f64 / 2000.0);
-        if !pause(d, stop) {
+        if !pause(d, &ctx.stop) {
             return;
         }
         wait = (wait * 2).min(config.retry_max);
@@ -187,21 +333,13 @@ fn run<T: Tracking>(
 }
 
 /// One connection's work: resume, then ship until stopped or failed.
-fn session<T: Tracking>(
-    p: &Pipeline<T>,
-    config: &ShipperConfig,
-    tls: &Arc<rustls::ClientConfig>,
-    stop: &AtomicBool,
-    status: &Mutex<ShipperStatus>,
-    sent: &mut Sent,
-    progressed: &mut bool,
-) -> Result<()> {
-    let spool = p.spool();
+fn session(ctx: &Context, sent: &mut Sent, progressed: &mut bool) -> Result<()> {
+    let (config, spool, status) = (&ctx.config, &*ctx.spool, &*ctx.status);
     let disk = hex(&spool.disk_id().0);
     let mut c = Client::connect(
         config.server,
         &config.server_name,
-        tls.clone(),
+        ctx.tls.clone(),
         config.timeout,
     )?;
     {
@@ -236,9 +374,9 @@ fn session<T: Tracking>(
                 x["bytes"].as_u64()?,
             ))
         });
-    while !stop.load(Ordering::SeqCst) {
+    while !ctx.stopped() {
         let Some(l) = spool.next_to_ship() else {
-            if !pause(Duration::from_millis(50), stop) {
+            if !pause(Duration::from_millis(50), &ctx.stop) {
                 break;
             }
             continue;
@@ -260,6 +398,7 @@ fn session<T: Tracking>(
             s: &*file,
             at: from,
             end: l.bytes,
+            ctx,
         };
         let resent = sent.resuming(seq, digest, from);
         let r = c.request(
@@ -288,9 +427,14 @@ fn session<T: Tracking>(
         }
         spool.ack(seq, &digest)?;
         *progressed = true;
-        let mut s = status.lock();
-        s.logs_shipped += 1;
-        s.last_error = None;
+        {
+            let mut s = status.lock();
+            s.logs_shipped += 1;
+            s.last_error = None;
+        }
+        if let Some(line) = ctx.log.lock().recovered() {
+            ctx.say(&line);
+        }
     }
     Ok(())
 }
@@ -337,18 +481,33 @@ fn digest_of(v: &serde_json::Value) -> Result<Digest> {
         .ok_or_else(|| Error::invalid(format!("not a digest: {v}")))
 }
 
-/// A spooled log read from `at` to `end`, as a request body.
+/// A spooled log read from `at` to `end`, as a request body, at the pace
+/// of the bandwidth limit.
 struct StorageReader<'a> {
     s: &'a dyn Storage,
     at: u64,
     end: u64,
+    ctx: &'a Context,
 }
 
 impl Read for StorageReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = usize::try_from((self.end - self.at).min(buf.len() as u64)).unwrap_or(buf.len());
+        // Small reads under a limit, so a change of it (or a stop) takes
+        // effect within a fraction of a second.
+        let pace = self.ctx.pace();
+        let most = match pace {
+            Some(t) => (t.bytes_per_sec() / 10).max(4 << 10).min(buf.len() as u64),
+            None => buf.len() as u64,
+        };
+        let n = usize::try_from((self.end - self.at).min(most)).unwrap_or(buf.len());
         if n == 0 {
             return Ok(0);
+        }
+        if self.ctx.stopped() {
+            return Err(std::io::Error::other("the shipper is stopping"));
+        }
+        if let Some(t) = pace {
+            t.consume(n as u64);
         }
         self.s
             .read_at(&mut buf[..n], self.at)

@@ -136,9 +136,7 @@ impl Replica {
                 at.geometry.size()
             )));
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let now = crate::status::now_ns();
         let st = State {
             disk_id: at.disk_id,
             epoch: at.epoch,

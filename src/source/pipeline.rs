@@ -9,6 +9,7 @@ use crate::geometry::Extent;
 use crate::log::{BlockDigests, LogKind, LogSummary, WriterOptions};
 use crate::tracker::{BlockSet, Tracker};
 use parking_lot::{Mutex, MutexGuard};
+use std::sync::Arc;
 
 /// What a cycle (or an initial sync, or a resync) did.
 #[non_exhaustive]
@@ -29,7 +30,8 @@ pub struct CycleReport {
 /// concurrently.
 pub struct Pipeline<T: Tracking = Tracker> {
     pub(crate) primary: Primary<T>,
-    pub(crate) spool: Spool,
+    /// Shared with a transport running on its own thread (the shipper).
+    pub(crate) spool: Arc<Spool>,
     pub(crate) writer: WriterOptions,
     pub(crate) cycles: Mutex<()>,
 }
@@ -55,7 +57,7 @@ impl<T: Tracking> Pipeline<T> {
         }
         Ok(Pipeline {
             primary,
-            spool,
+            spool: Arc::new(spool),
             writer,
             cycles: Mutex::new(()),
         })
@@ -84,6 +86,12 @@ impl<T: Tracking> Pipeline<T> {
     /// The spool: logs to ship, acknowledgements.
     pub fn spool(&self) -> &Spool {
         &self.spool
+    }
+
+    /// The spool, shared: for a transport on a thread of its own (the
+    /// shipper).
+    pub fn shared_spool(&self) -> Arc<Spool> {
+        self.spool.clone()
     }
 
     /// The chain's head as a [`Source`], at the disk's current size.

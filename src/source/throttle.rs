@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 /// up to a tenth of a second's worth pass without waiting.
 #[derive(Debug)]
 pub struct Throttle {
-    bytes_per_sec: u64,
+    bytes_per_sec: std::sync::atomic::AtomicU64,
     consumed: std::sync::atomic::AtomicU64,
     /// When the bytes consumed so far are paid for at the rate.
     paid_until: Mutex<Instant>,
@@ -20,7 +20,7 @@ impl Throttle {
     /// A limit of `bytes_per_sec` (at least 1).
     pub fn new(bytes_per_sec: u64) -> Self {
         Throttle {
-            bytes_per_sec: bytes_per_sec.max(1),
+            bytes_per_sec: std::sync::atomic::AtomicU64::new(bytes_per_sec.max(1)),
             consumed: std::sync::atomic::AtomicU64::default(),
             paid_until: Mutex::new(Instant::now()),
         }
@@ -29,6 +29,14 @@ impl Throttle {
     /// The limit.
     pub fn bytes_per_sec(&self) -> u64 {
         self.bytes_per_sec
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Changes the limit (at least 1) for the bytes consumed from now on;
+    /// copies under way slow down or speed up at once.
+    pub fn set_bytes_per_sec(&self, bytes_per_sec: u64) {
+        self.bytes_per_sec
+            .store(bytes_per_sec.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Bytes accounted so far.
@@ -40,7 +48,7 @@ impl Throttle {
     pub fn consume(&self, bytes: u64) {
         self.consumed
             .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-        let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+        let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec() as f64);
         let wait = {
             let mut paid = self.paid_until.lock();
             let now = Instant::now();

@@ -53,8 +53,10 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// A connection after its handshake.
 pub(super) type Tls = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
 
+/// Serves one connection from its handshake to its end.
 pub(super) fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<()> {
     let io = |e| Error::io("connection", e);
     tcp.set_nonblocking(false).map_err(io)?;
@@ -191,10 +193,12 @@ pub(super) fn status_of(e: &Error) -> u16 {
     }
 }
 
+/// An error's JSON answer (docs/PROTOCOL.md, "Errors").
 pub(super) fn error_response(s: &mut Tls, status: u16, e: &Error) -> std::io::Result<()> {
     error_response_with(s, status, e, &[])
 }
 
+/// An error's JSON answer with extra headers.
 pub(super) fn error_response_with(
     s: &mut Tls,
     status: u16,
@@ -221,6 +225,7 @@ pub(super) fn error_response_with(
     )
 }
 
+/// A 200 answer with a JSON body.
 pub(super) fn json_response(s: &mut Tls, body: &serde_json::Value) -> std::io::Result<()> {
     write_response(s, 200, "application/json", &[], body.to_string().as_bytes())
 }

@@ -1,7 +1,8 @@
 //! The server's counters and `/metrics` in the Prometheus text format.
 
-use super::{now_ns, Shared};
+use super::Shared;
 use crate::serde_impls::hex;
+use crate::status::now_ns;
 use crate::status::DiskStatus;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

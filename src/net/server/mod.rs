@@ -294,10 +294,3 @@ impl Shared {
         ids
     }
 }
-
-/// The partial upload of a disk, if any: its sequence, digest, path and
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}

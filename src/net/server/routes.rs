@@ -4,15 +4,17 @@
 use super::connection::{error_response, json_response, linger, status_of, Tls};
 use super::metrics::metrics_text;
 use super::push::push;
-use super::{now_ns, parse_digest, parse_disk, Shared};
+use super::{parse_digest, parse_disk, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::log::Digest;
 use crate::net::http::{write_response, Head};
 use crate::net::identity::Identity;
 use crate::replica::Replica;
+use crate::status::now_ns;
 use crate::status::DiskStatus;
 use std::path::{Path, PathBuf};
 
+/// The partial upload of a disk, if any: its sequence, digest, path and
 /// bytes held.
 pub(super) fn partial(dir: &Path) -> Option<(u64, Digest, PathBuf, u64)> {
     let uploads = dir.join("uploads");
@@ -117,6 +119,7 @@ pub(super) fn route(
     }
 }
 
+/// `GET .../resume`: the latest applied log and the partial upload.
 pub(super) fn resume_json(r: Option<&Replica>, dir: &Path) -> serde_json::Value {
     let applied = r.map(|r| {
         let st = r.status();
