@@ -217,6 +217,11 @@ typedef struct blockrep_replica blockrep_replica;
 // serialise inside; it may be used from several threads.
 typedef struct blockrep_replica_group blockrep_replica_group;
 
+// A running shipper. Its calls may come from any thread; `_free` stops
+// it (after the request under way, bounded by its timeout) and needs the
+// handle to itself.
+typedef struct blockrep_shipper blockrep_shipper;
+
 // A test failover: a writable view of a point, discarded when freed.
 // Reads and writes may run from many threads.
 typedef struct blockrep_test_failover blockrep_test_failover;
@@ -429,6 +434,85 @@ typedef struct {
   // Keep app-consistent points younger than this many seconds.
   uint64_t keep_app_for_secs;
 } blockrep_retention;
+
+// A window of the week with its own bandwidth limit.
+typedef struct {
+  // Days it applies: bit 0 Monday ... bit 6 Sunday.
+  uint8_t days;
+  // Start, minutes after midnight (0 to 1439).
+  uint16_t from_minute;
+  // End, exclusive (1 to 1440); before the start: runs past midnight.
+  uint16_t to_minute;
+  // Bytes per second inside it; 0 is unlimited.
+  uint64_t limit;
+} blockrep_bandwidth_window;
+
+// The bandwidth the shipper follows.
+typedef struct {
+  // Bytes per second outside every window; 0 is unlimited.
+  uint64_t limit;
+  // Windows with their own limit (the first holding the moment wins);
+  // null when `windows_len` is 0. Copied: the caller may free them.
+  const blockrep_bandwidth_window *windows;
+  // How many windows.
+  size_t windows_len;
+  // The site's offset from UTC (minutes) the windows are written in.
+  int32_t utc_offset_minutes;
+} blockrep_bandwidth;
+
+// Receives the shipper's log lines (NUL-terminated, valid during the
+// call), from the shipper's thread: it must be safe to call from there.
+typedef void (*blockrep_log_fn)(void *ctx, const char *line);
+
+// Where and how to ship.
+typedef struct {
+  // The server, `host:port` (a name is resolved once, at start).
+  const char *server;
+  // The name its certificate must carry; null takes `server`'s host.
+  const char *server_name;
+  // This primary's certificate (PEM file).
+  const char *certificate;
+  // Its private key (PEM file).
+  const char *key;
+  // The CA that signed the server's certificate (PEM file).
+  const char *ca;
+  // Every network read and write waits at most this long; 0 is 30 s.
+  uint64_t timeout_ms;
+  // The bandwidth limit and its schedule.
+  blockrep_bandwidth bandwidth;
+  // Log lines (connected again, failures said once a minute); null for
+  // none.
+  blockrep_log_fn log;
+  // Passed to `log`.
+  void *log_ctx;
+} blockrep_shipper_config;
+
+// A shipper's state, for a console.
+typedef struct {
+  // Connected to the server now.
+  bool connected;
+  // Whether a failure happened since the last log shipped
+  // (`blockrep_shipper_last_error` says which).
+  bool failing;
+  // Logs the server applied (or held) since the start.
+  uint64_t logs_shipped;
+  // Log bytes sent, every attempt counted.
+  uint64_t bytes_sent;
+  // Of those, bytes sent again after a cut.
+  uint64_t bytes_resent;
+  // Connections made since the start.
+  uint64_t connections;
+  // Logs waiting in the spool, and their bytes.
+  uint64_t pending_logs;
+  // Bytes of the logs waiting.
+  uint64_t pending_bytes;
+  // Whether `rpo_ns` is set (false before the first acknowledgement).
+  bool has_rpo;
+  // The age of the latest point the server acknowledged, in ns.
+  uint64_t rpo_ns;
+  // The bandwidth limit in force now; 0 is unlimited.
+  uint64_t bandwidth_limit;
+} blockrep_shipper_status;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1166,6 +1250,56 @@ blockrep_status blockrep_replica_block_digests(const blockrep_replica *r, const 
 // # Safety
 // `r` null (refused) or live; no other call may use it meanwhile or after.
 blockrep_status blockrep_replica_free(blockrep_replica *r);
+
+// Starts shipping `pipeline`'s spool to the server of `*config` from a
+// thread of the library's own. The certificate files are read now (an
+// error returns at once, naming the file, never its contents); the
+// connection is made on that thread and retried with backoff until
+// `blockrep_shipper_free`. The pipeline may be used (cycles, writes) and
+// even closed meanwhile: the shipper keeps its spool alive.
+//
+// # Safety
+// `pipeline` a live pipeline handle; `config` readable with its strings
+// NUL-terminated (`server_name` may be null) and its windows readable;
+// `out` writable.
+blockrep_status blockrep_shipper_start(const blockrep_pipeline *pipeline,
+                                       const blockrep_shipper_config *config,
+                                       blockrep_shipper **out);
+
+// Changes the bandwidth limit and its schedule; the upload under way
+// follows at once.
+//
+// # Safety
+// `s` a live shipper handle; `bandwidth` readable, its windows too.
+blockrep_status blockrep_shipper_set_bandwidth(const blockrep_shipper *s,
+                                               const blockrep_bandwidth *bandwidth);
+
+// The shipper's state now.
+//
+// # Safety
+// `s` a live shipper handle; `out` writable.
+blockrep_status blockrep_shipper_get_status(const blockrep_shipper *s,
+                                            blockrep_shipper_status *out);
+
+// The shipper's last failure (empty when none since the last log
+// shipped), under the string policy: `*out_len` gets its length; with a
+// buffer of more than that, the text and a NUL.
+//
+// # Safety
+// `s` a live shipper handle; `buf` null with `len` 0, or `len` writable
+// bytes; `out_len` writable.
+blockrep_status blockrep_shipper_last_error(const blockrep_shipper *s,
+                                            char *buf,
+                                            size_t len,
+                                            size_t *out_len);
+
+// Stops the shipper (after the request under way, bounded by its
+// timeout) and releases it. Logs not acknowledged stay in the spool for
+// the next shipper.
+//
+// # Safety
+// `s` a live shipper handle, not used after.
+blockrep_status blockrep_shipper_free(blockrep_shipper *s);
 
 // Opens a test failover of retained point `point` (0: the latest) of
 // `r`: writes go to a sparse overlay file created at `overlay_path`; the

@@ -6,6 +6,9 @@
 //! the nbdkit filter and one C program build against that installed copy
 //! through pkg-config.
 
+#[cfg(feature = "net")]
+mod net_common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -275,17 +278,25 @@ fn build(name: &str, shared: bool, sanitize: bool, out: &Path) {
 }
 
 fn c_program(name: &str) {
+    c_program_with(name, &[]);
+}
+
+/// [`c_program`] with environment variables for the program.
+fn c_program_with(name: &str, env: &[(&str, &std::ffi::OsStr)]) {
     let dir = tempfile::tempdir().unwrap();
     for shared in [false, true] {
         let exe = dir
             .path()
             .join(format!("{name}-{}", if shared { "so" } else { "a" }));
         build(name, shared, true, &exe);
-        run(Command::new(&exe).env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0"));
+        run(Command::new(&exe)
+            .envs(env.iter().copied())
+            .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0"));
     }
     let exe = dir.path().join(format!("{name}-valgrind"));
     build(name, false, false, &exe);
     run(Command::new("valgrind")
+        .envs(env.iter().copied())
         .args([
             "--quiet",
             "--error-exitcode=1",
@@ -293,6 +304,10 @@ fn c_program(name: &str) {
             "--errors-for-leak-kinds=definite",
             "--show-leak-kinds=definite",
         ])
+        .arg(format!(
+            "--suppressions={}",
+            root().join("tests/c/valgrind.supp").display()
+        ))
         .arg(&exe));
 }
 
@@ -427,4 +442,48 @@ fn failover_c_program_under_sanitizers_and_valgrind() {
 #[test]
 fn groups_resize_and_tags_c_program_under_sanitizers_and_valgrind() {
     c_program("group");
+}
+
+/// The shipper from C, against a replica server running here over real
+/// TLS: three runs (static, shared, valgrind), each a disk of its own; the
+/// server's replica of each equals the disk file the program wrote.
+#[cfg(feature = "net")]
+#[test]
+fn shipper_c_program_under_sanitizers_and_valgrind() {
+    use blockrep::net::{Limits, PrimaryConfig, ServerConfig};
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let ca = net_common::Ca::new("primaries");
+    ca.write_ca(&d.join("ca.crt"));
+    ca.leaf(d, "server", &["localhost"], false);
+    ca.leaf(d, "host1", &["host1.site-a.example"], false);
+    let root = d.join("site-a");
+    let server = net_common::start(&ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: net_common::files(d, "server", "ca.crt"),
+        primaries: vec![PrimaryConfig {
+            identity: "*.site-a.example".into(),
+            root: root.clone(),
+        }],
+        limits: Limits::default(),
+        monitors: vec![],
+    });
+    let addr = server.addr.to_string();
+    c_program_with(
+        "shipper",
+        &[
+            ("BLOCKREP_SERVER", addr.as_ref()),
+            ("BLOCKREP_DIR", d.as_os_str()),
+        ],
+    );
+    let mut disks = 0;
+    for e in std::fs::read_dir(&root).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        let image = std::fs::read(e.path().join("replica/image")).unwrap();
+        let want = std::fs::read(d.join(format!("disk-{name}.img"))).unwrap();
+        assert!(image == want, "disk {name}: the replica differs");
+        disks += 1;
+    }
+    assert_eq!(disks, 3);
 }

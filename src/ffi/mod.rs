@@ -26,6 +26,8 @@ mod log;
 mod pipeline;
 mod ptracker;
 mod replica;
+#[cfg(feature = "net")]
+mod shipper;
 mod status;
 mod test_failover;
 mod tracker;

@@ -171,8 +171,12 @@ impl Shipper {
 
     /// The status now.
     pub fn status(&self) -> ShipperStatus {
-        let mut s = self.status.lock().clone();
+        // The spool is read under the status lock, which an
+        // acknowledgement holds too: pending logs and logs shipped agree.
+        let held = self.status.lock();
         let sp = self.spool.status();
+        let mut s = held.clone();
+        drop(held);
         s.pending_logs = sp.pending_logs;
         s.pending_bytes = sp.pending_bytes;
         s.rpo_ns = (sp.acked.created_ns > 0)
@@ -425,13 +429,14 @@ fn session(ctx: &Context, sent: &mut Sent, progressed: &mut bool) -> Result<()> 
                 format!("the server answered for another log than {seq}: {answer}"),
             ));
         }
-        spool.ack(seq, &digest)?;
-        *progressed = true;
         {
+            // Under the status lock: see `Shipper::status`.
             let mut s = status.lock();
+            spool.ack(seq, &digest)?;
             s.logs_shipped += 1;
             s.last_error = None;
         }
+        *progressed = true;
         if let Some(line) = ctx.log.lock().recovered() {
             ctx.say(&line);
         }

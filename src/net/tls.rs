@@ -27,10 +27,16 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A PEM file's bytes; a missing or unreadable file is an I/O error that
+/// names it.
+fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(format!("read the {what}"), e).with_path(path))
+}
+
 fn certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {
     let bad = |m: String| Error::invalid(format!("{what}: {m}")).with_path(path);
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad(format!("cannot read it as PEM ({e})")))?
+    let pem = read_pem(path, what)?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| bad(format!("a malformed PEM certificate ({e})")))?;
     if certs.is_empty() {
@@ -41,7 +47,8 @@ fn certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {
 
 fn key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     // The error says what is wrong, never a byte of the key.
-    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+    let pem = read_pem(path, "private key")?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
         Error::invalid(format!("private key: no usable PEM key ({e})")).with_path(path)
     })
 }
