@@ -8,6 +8,7 @@ mod failover;
 mod nbd;
 mod ops;
 mod plan;
+mod remote;
 mod serve;
 
 use blockrep::{Error, Result};
@@ -101,22 +102,61 @@ Query it as an operator:
         #[arg(long)]
         config: PathBuf,
     },
-    /// Replicates an image no one is writing into a replica directory:
-    /// the initial copy the first time, then only the blocks whose digests
-    /// differ.
-    #[command(after_long_help = "Example:
-  blockrep sync /var/lib/images/vm1.raw /srv/replicas/vm1")]
+    /// Replicates an image no one is writing into a replica directory, or
+    /// to a replica server (an https:// URL): the initial copy the first
+    /// time, then only the blocks whose digests differ.
+    #[command(after_long_help = "Examples:
+  blockrep sync /var/lib/images/vm1.raw /srv/replicas/vm1
+  blockrep sync /var/lib/images/vm1.raw https://dr.example:8443 \\
+      --disk 5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a \\
+      --cert host1.crt --key host1.key --ca ca.crt")]
     Sync {
         /// The source image.
         source: PathBuf,
-        /// The replica directory (created the first time).
-        replica: PathBuf,
+        /// The replica directory (created the first time), or a replica
+        /// server's https:// URL.
+        replica: String,
         /// The replica's image when kept outside its directory (an
         /// adopted disk, after `failover reverse`).
         #[arg(long)]
         image: Option<PathBuf>,
+        /// The disk's id on the server (32 hex digits); with a URL.
+        #[arg(long)]
+        disk: Option<blockrep::DiskId>,
+        #[command(flatten)]
+        tls: TlsArgs,
         #[command(flatten)]
         out: Output,
+    },
+    /// The disks this primary holds on a replica server, with their points
+    /// and RPO.
+    #[command(after_long_help = "Example:
+  blockrep status https://dr.example:8443 --cert host1.crt --key host1.key --ca ca.crt")]
+    Status {
+        /// The server's https:// URL (port 8443 when absent).
+        url: String,
+        #[command(flatten)]
+        tls: TlsArgs,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Makes a CA and, signed by it, certificates for servers and
+    /// primaries (NAME.crt and NAME.key each): for a lab or a first
+    /// setup; production sites use their own PKI.
+    #[command(after_long_help = "Example:
+  blockrep certs /etc/blockrep/pki --server dr.example --primary host1.site-a.example")]
+    Certs {
+        /// The directory to write to (must not hold a CA yet).
+        dir: PathBuf,
+        /// A replica server's name (repeatable).
+        #[arg(long = "server")]
+        servers: Vec<String>,
+        /// A primary's name (repeatable).
+        #[arg(long = "primary")]
+        primaries: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
     },
     /// Prints a shell completion script.
     #[command(after_long_help = "Example:
@@ -394,6 +434,54 @@ enum TrackerCommand {
     },
 }
 
+impl Command {
+    /// Whether the command serves clients (a replica server, an NBD
+    /// export) or talks to a server.
+    fn serves(&self) -> bool {
+        matches!(
+            self,
+            Command::Serve { .. }
+                | Command::Status { .. }
+                | Command::Sync { .. }
+                | Command::Demo { .. }
+                | Command::Plan(_)
+                | Command::Failover(FailoverCommand::Test(_))
+        )
+    }
+}
+
+/// This primary's certificate files, to talk to a replica server.
+#[derive(Args, Debug, Clone)]
+struct TlsArgs {
+    /// This primary's certificate (PEM).
+    #[arg(long, env = "BLOCKREP_CERT")]
+    cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "BLOCKREP_KEY")]
+    key: Option<PathBuf>,
+    /// The CA that signed the server's certificate (PEM).
+    #[arg(long, env = "BLOCKREP_CA")]
+    ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn files(&self) -> Result<blockrep::net::TlsFiles> {
+        let need = |p: &Option<PathBuf>, flag: &str| {
+            p.clone().ok_or_else(|| {
+                Error::invalid(format!(
+                    "a replica server needs --{flag} (or BLOCKREP_{})",
+                    flag.to_uppercase()
+                ))
+            })
+        };
+        Ok(blockrep::net::TlsFiles {
+            cert: need(&self.cert, "cert")?,
+            key: need(&self.key, "key")?,
+            ca: need(&self.ca, "ca")?,
+        })
+    }
+}
+
 /// How results are printed.
 #[derive(Args, Debug, Clone, Copy)]
 struct Output {
@@ -411,6 +499,14 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    if cli.command.serves() {
+        // A command that serves or talks to peers: a peer closing its end
+        // is an error for that connection, never the end of the process.
+        // SAFETY: as above, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
+    }
     if let Err(e) = run(cli.command) {
         eprintln!("blockrep: {e}");
         std::process::exit(1);
@@ -448,11 +544,29 @@ fn run(command: Command) -> Result<()> {
             source,
             replica,
             image,
+            disk,
+            tls,
             out,
         } => {
+            if replica.starts_with("https://") {
+                let id = disk.ok_or_else(|| {
+                    Error::invalid("a sync to a server names the disk: --disk ID")
+                })?;
+                let remote = remote::Remote::new(&replica, tls.files()?)?;
+                return remote::sync(path(&source)?, &remote, id, out.json);
+            }
             let image = image.as_deref().map(path).transpose()?;
-            ops::sync(path(&source)?, path(&replica)?, image, out.json)
+            ops::sync(path(&source)?, &replica, image, out.json)
         }
+        Command::Status { url, tls, out } => {
+            remote::status(&remote::Remote::new(&url, tls.files()?)?, out.json)
+        }
+        Command::Certs {
+            dir,
+            servers,
+            primaries,
+            days,
+        } => remote::certs(&dir, &servers, &primaries, days),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

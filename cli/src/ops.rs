@@ -205,7 +205,7 @@ pub fn tracker_inspect(file: &str, json: bool) -> Result<()> {
 }
 
 /// Runs a long copy of `total` bytes with a progress bar named `what`.
-fn with_bar<R>(
+pub fn with_bar<R>(
     what: &'static str,
     total: u64,
     f: impl FnOnce(TransferOptions<'_>) -> Result<R>,

@@ -65,12 +65,24 @@ impl fmt::Debug for Digest {
     }
 }
 
+/// Shortened for people (the first 8 bytes and an ellipsis); `{:x}` gives
+/// all 64 hex digits, as the wire protocol carries it.
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for b in &self.0[..8] {
             write!(f, "{b:02x}")?;
         }
         f.write_str("…")
+    }
+}
+
+/// All 32 bytes in lowercase hex.
+impl fmt::LowerHex for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 //! responses read with a size limit. What the shipper is built on.
 
 use super::http::{read_head, Head, Read1};
+use super::sock::Sock;
 use super::tls::handshake_refusal;
 use crate::error::{Error, ErrorKind, Result};
 use std::io::{Read, Write};
@@ -33,7 +34,7 @@ impl Response {
 
 /// A connection to a replica server.
 pub struct Client {
-    s: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    s: rustls::StreamOwned<rustls::ClientConnection, Sock>,
 }
 
 impl std::fmt::Debug for Client {
@@ -56,8 +57,10 @@ impl Client {
     ) -> Result<Client> {
         let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
             .map_err(|_| Error::invalid(format!("{server_name:?} is not a server name")))?;
-        let mut tcp = TcpStream::connect_timeout(&addr, timeout)
-            .map_err(|e| Error::io(format!("connect to {addr}"), e))?;
+        let mut tcp = Sock(
+            TcpStream::connect_timeout(&addr, timeout)
+                .map_err(|e| Error::io(format!("connect to {addr}"), e))?,
+        );
         let io = |e| Error::io("socket", e);
         tcp.set_read_timeout(Some(timeout)).map_err(io)?;
         tcp.set_write_timeout(Some(timeout)).map_err(io)?;

@@ -21,6 +21,7 @@ pub mod http;
 pub mod identity;
 pub mod server;
 pub mod shipper;
+mod sock;
 pub mod tls;
 
 pub use bandwidth::{Bandwidth, Window};

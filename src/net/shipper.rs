@@ -387,6 +387,8 @@ fn session(ctx: &Context, sent: &mut Sent, progressed: &mut bool) -> Result<()> 
         };
         let (seq, digest) = (l.point.sequence, l.point.digest);
         let from = match partial.take() {
+            // A partial holding the whole log (the server stopped before
+            // applying it) is sent again whole, which restarts it.
             Some((s, d, bytes)) if s == seq && d == digest && bytes < l.bytes => bytes,
             _ => 0,
         };

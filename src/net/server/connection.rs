@@ -6,6 +6,7 @@ use super::routes::route;
 use super::{log, Shared};
 use crate::error::{Detail, Error, ErrorKind, Result};
 use crate::net::http::{read_head_by, write_response, Read1};
+use crate::net::sock::Sock;
 use crate::net::tls::handshake_refusal;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,7 +15,7 @@ use std::time::Duration;
 /// A socket whose reads fail once `until` passed: a handshake trickled in
 /// a byte at a time never outlasts it.
 pub(super) struct Deadline<'a> {
-    tcp: &'a mut TcpStream,
+    tcp: &'a mut Sock,
     until: std::time::Instant,
 }
 
@@ -54,7 +55,7 @@ impl Drop for Slot<'_> {
 }
 
 /// A connection after its handshake.
-pub(super) type Tls = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
+pub(super) type Tls = rustls::StreamOwned<rustls::ServerConnection, Sock>;
 
 /// Serves one connection from its handshake to its end.
 pub(super) fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<()> {
@@ -66,7 +67,7 @@ pub(super) fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> R
         .map_err(io)?;
     let mut conn = rustls::ServerConnection::new(shared.tls.clone())
         .map_err(|e| Error::invalid(format!("TLS: {e}")))?;
-    let mut tcp = tcp;
+    let mut tcp = Sock(tcp);
     // The whole handshake within the read timeout, however slowly its
     // bytes trickle in.
     let mut timed = Deadline {

@@ -78,9 +78,13 @@ pub(super) fn push(
     let uploads = disk.dir.join("uploads");
     std::fs::create_dir_all(&uploads)
         .map_err(|e| Error::io("create the uploads directory", e).with_path(&uploads))?;
-    // One partial per disk: another log's partial is superseded.
+    // One partial per disk: another log's partial is superseded, and so is
+    // this log's when the whole log comes again (no Content-Range): the
+    // client restarts it (after a crash between the last byte and the
+    // apply, say, the partial may hold the whole log).
+    let restart = head.header("content-range").is_none();
     let held = match partial(&disk.dir) {
-        Some((p_seq, p_digest, path, bytes)) if p_seq == seq && p_digest == digest => {
+        Some((p_seq, p_digest, path, bytes)) if p_seq == seq && p_digest == digest && !restart => {
             Some((path, bytes))
         }
         Some((_, _, path, _)) => {
