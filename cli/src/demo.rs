@@ -4,6 +4,7 @@ use super::{human, now_ns, Progress};
 use blockrep::failover::{test_failover, Failover};
 use blockrep::io::{FileStorage, FsDir, Storage};
 use blockrep::log::{MappedLog, ReadOptions};
+use blockrep::net::{Shipper, ShipperConfig, TlsFiles};
 use blockrep::replica::{Replica, RetentionPolicy};
 use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool, Tracking};
 use blockrep::tracker::PersistentTracker;
@@ -34,6 +35,15 @@ struct Stats {
     checks: Vec<(String, bool)>,
     initial: Duration,
     delta_time: Duration,
+}
+
+impl Stats {
+    /// One sample of the achieved RPO.
+    fn rpo(&mut self, ns: u64) {
+        self.rpo_max_ns = self.rpo_max_ns.max(ns);
+        self.rpo_sum_ns += ns;
+        self.rpo_n += 1;
+    }
 }
 
 /// A small deterministic generator.
@@ -90,10 +100,7 @@ fn ship<T: Tracking>(
             }
         }
         p.spool().ack(l.point.sequence, &l.point.digest)?;
-        let rpo = now_ns().saturating_sub(l.point.created_ns);
-        stats.rpo_max_ns = stats.rpo_max_ns.max(rpo);
-        stats.rpo_sum_ns += rpo;
-        stats.rpo_n += 1;
+        stats.rpo(now_ns().saturating_sub(l.point.created_ns));
     }
     Ok(())
 }
@@ -197,12 +204,77 @@ fn writers<T: Tracking>(
     });
 }
 
+/// How logs reach the replica.
+enum Link<'a> {
+    /// Through the replica server, by the shipper on its own thread.
+    Server(&'a Shipper),
+    /// Applied here to the replica in a directory (the legs after a
+    /// failover, whose replicas are adopted disks).
+    Local {
+        rdir: &'a Path,
+        replica: &'a mut Option<Replica>,
+    },
+}
+
+impl Link<'_> {
+    /// After a cycle: applies and prunes (here), or samples the RPO the
+    /// server acknowledged (the shipper ships meanwhile).
+    fn after_cycle<T: Tracking>(&mut self, p: &Pipeline<T>, stats: &mut Stats) -> Result<()> {
+        match self {
+            Link::Server(s) => {
+                if let Some(rpo) = s.status().rpo_ns {
+                    stats.rpo(rpo);
+                }
+                Ok(())
+            }
+            Link::Local { rdir, replica } => {
+                ship(p, rdir, replica, stats)?;
+                if let Some(rep) = replica {
+                    rep.prune(&retention(), now_ns())?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Everything cut so far reaches the replica.
+    fn drain<T: Tracking>(&mut self, p: &Pipeline<T>, stats: &mut Stats) -> Result<()> {
+        match self {
+            Link::Server(s) => {
+                let deadline = Instant::now() + Duration::from_secs(300);
+                while p.status().pending_logs > 0 {
+                    if Instant::now() > deadline {
+                        return Err(Error::new(
+                            blockrep::ErrorKind::Io,
+                            format!("the logs did not reach the server: {:?}", s.status()),
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if let Some(rpo) = s.status().rpo_ns {
+                    stats.rpo(rpo);
+                }
+                Ok(())
+            }
+            Link::Local { rdir, replica } => ship(p, rdir, replica, stats),
+        }
+    }
+}
+
+/// The demo's retention: the last 8 points, and the last 2 app-consistent.
+fn retention() -> RetentionPolicy {
+    RetentionPolicy {
+        keep_last: 8,
+        keep_app_last: 2,
+        ..RetentionPolicy::default()
+    }
+}
+
 /// Runs writers for `secs` while cycling every 250 ms and shipping.
 fn run_writes<T: Tracking>(
     p: &Pipeline<T>,
     disk: &dyn Storage,
-    rdir: &Path,
-    replica: &mut Option<Replica>,
+    link: &mut Link<'_>,
     stats: &mut Stats,
     secs: u64,
 ) -> Result<()> {
@@ -225,18 +297,8 @@ fn run_writes<T: Tracking>(
                 let r = p.cycle(&opts)?;
                 stats.cycles += 1;
                 stats.blocks += r.blocks;
-                ship(p, rdir, replica, stats)?;
+                link.after_cycle(p, stats)?;
                 stats.delta_time += t.elapsed();
-                if let Some(rep) = replica {
-                    rep.prune(
-                        &RetentionPolicy {
-                            keep_last: 8,
-                            keep_app_last: 2,
-                            ..RetentionPolicy::default()
-                        },
-                        now_ns(),
-                    )?;
-                }
                 bar.set(start.elapsed().as_millis() as u64);
             }
             Ok(())
@@ -249,7 +311,7 @@ fn run_writes<T: Tracking>(
     let r = p.cycle(&CycleOptions::default())?;
     stats.cycles += 1;
     stats.blocks += r.blocks;
-    ship(p, rdir, replica, stats)?;
+    link.drain(p, stats)?;
     eprintln!(
         "  {} guest writes, {} cycles so far",
         writes.load(Ordering::Relaxed),
@@ -303,7 +365,6 @@ pub fn run(o: DemoOptions) -> Result<()> {
     let size = o.size / BS * BS;
     let g = Geometry::new(size, BS as u32)?;
     let image = dir.join("primary.img");
-    let rdir = dir.join("replica");
     let mut stats = Stats::default();
     eprintln!(
         "blockrep demo in {} ({} disk, {} s of writes)",
@@ -315,7 +376,15 @@ pub fn run(o: DemoOptions) -> Result<()> {
     eprintln!("1. a disk image with realistic content");
     make_image(&image, size)?;
 
-    eprintln!("2. initial replication");
+    eprintln!("2. the secondary site: blockrep serve as its own process, over mutual TLS");
+    let mut site = SecondarySite::start(&dir)?;
+    eprintln!(
+        "  listening on {}; certificates in {}",
+        site.addr,
+        dir.join("pki").display()
+    );
+
+    eprintln!("3. initial replication across it");
     let disk: Arc<dyn Storage> = Arc::new(FileStorage::open(&image)?);
     let tracker = PersistentTracker::create(
         dir.join("tracker"),
@@ -337,32 +406,52 @@ pub fn run(o: DemoOptions) -> Result<()> {
         progress: Some(&mut progress),
         ..Default::default()
     })?;
-    let mut rep_b = None;
-    ship(&pa, &rdir, &mut rep_b, &mut stats)?;
-    stats.initial = t.elapsed();
     bar.done();
+    let shipper = Shipper::start(pa.shared_spool(), site.shipper_config())?;
+    let mut link = Link::Server(&shipper);
+    link.drain(&pa, &mut stats)?;
+    stats.initial = t.elapsed();
+    let rdir = site.root.join(ID.to_string()).join("replica");
     check_equal(
         &mut stats,
-        "replica after initial sync",
+        "replica on the server after initial sync",
         &image,
         &rdir.join("image"),
         size,
     )?;
 
-    eprintln!("3. guest writes while cycles ship logs (retention: last 8, 2 app-consistent)");
-    run_writes(&pa, &*disk, &rdir, &mut rep_b, &mut stats, o.seconds)?;
+    eprintln!("4. guest writes while cycles ship logs to the server");
+    let initial_bytes = shipper.status().bytes_sent;
+    run_writes(&pa, &*disk, &mut link, &mut stats, o.seconds)?;
+    stats.shipped += shipper.status().bytes_sent - initial_bytes;
     check_equal(
         &mut stats,
-        "replica after delta cycles",
+        "replica on the server after delta cycles",
         &image,
         &rdir.join("image"),
         size,
     )?;
-    let rep_b = rep_b.expect("created by the initial sync");
+    let s = shipper.status();
+    eprintln!(
+        "  shipper: {} logs, {} sent, {} connection(s), last error: {}",
+        s.logs_shipped,
+        human(s.bytes_sent),
+        s.connections,
+        s.last_error.as_deref().unwrap_or("none")
+    );
+    shipper.stop();
+    // The secondary site's operator takes over the replica: the server
+    // stops (SIGTERM: a clean shutdown) and releases its directory.
+    site.stop()?;
+    let rep_b = Replica::open(Arc::new(FsDir::new(&rdir)?))?;
+    rep_b.prune(&retention(), now_ns())?;
     let points = rep_b.points();
-    eprintln!("  {} retention points kept", points.len());
+    eprintln!(
+        "  server stopped; {} retention points kept (last 8, 2 app-consistent)",
+        points.len()
+    );
 
-    eprintln!("4. test failover of an older point while replication goes on");
+    eprintln!("5. test failover of an older point on the secondary site");
     let older = points[points.len() / 2].sequence;
     let overlay = Arc::new(FileStorage::create(dir.join("test-overlay"), 0)?);
     let test = test_failover(&rep_b, Some(older), overlay)?;
@@ -386,7 +475,7 @@ pub fn run(o: DemoOptions) -> Result<()> {
         size,
     )?;
 
-    eprintln!("5. planned failover to the replica, writes there, reverse replication");
+    eprintln!("6. planned failover to the replica, writes there, reverse replication");
     let fo_b = Failover::promote(rep_b.clone(), None)?;
     let disk_b = fo_b.disk();
     check(
@@ -432,7 +521,7 @@ pub fn run(o: DemoOptions) -> Result<()> {
         size,
     )?;
 
-    eprintln!("6. failback to the original primary, then replication again");
+    eprintln!("7. failback to the original primary, then replication again");
     pb.cycle(&CycleOptions::default())?;
     ship(&pb, &dir_a, &mut rep_a, &mut stats)?;
     let rep_a = rep_a.expect("adopted");
@@ -465,8 +554,10 @@ pub fn run(o: DemoOptions) -> Result<()> {
     run_writes(
         &pa2,
         &*disk_a2,
-        &dir_b2,
-        &mut rep_b2,
+        &mut Link::Local {
+            rdir: &dir_b2,
+            replica: &mut rep_b2,
+        },
         &mut stats,
         o.seconds.div_ceil(3),
     )?;
@@ -527,11 +618,11 @@ fn summary(s: &Stats, size: u64) {
         human(s.shipped)
     );
     println!(
-        "| delta cycle throughput (cut, read, log, apply) | {:.0} MB/s of dirty data |",
+        "| delta cycles (cut, read, log; and apply, where local) | {:.0} MB/s of dirty data |",
         mbps(dirty, s.delta_time)
     );
     println!(
-        "| achieved RPO (at acknowledgement) | avg {:.0} ms, max {:.0} ms |",
+        "| achieved RPO (acknowledged point's age, sampled at each cycle) | avg {:.0} ms, max {:.0} ms |",
         rpo_avg as f64 / 1e6,
         s.rpo_max_ns as f64 / 1e6
     );
@@ -575,6 +666,104 @@ impl Drop for WorkDir {
     fn drop(&mut self) {
         if self.remove {
             let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// The secondary site: `blockrep serve` run as its own process on
+/// loopback, with certificates `blockrep certs` makes.
+struct SecondarySite {
+    server: Option<std::process::Child>,
+    addr: std::net::SocketAddr,
+    root: PathBuf,
+    pki: PathBuf,
+}
+
+impl SecondarySite {
+    const PRIMARY: &'static str = "primary.site-a.demo";
+
+    fn start(dir: &Path) -> Result<SecondarySite> {
+        use std::io::BufRead;
+        let pki = dir.join("pki");
+        crate::remote::certs(&pki, &["localhost".into()], &[Self::PRIMARY.into()], 30)?;
+        let root = dir.join("site-b");
+        let config = dir.join("serve.toml");
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ncertificate = \"{p}/localhost.crt\"\n\
+             key = \"{p}/localhost.key\"\nclient_ca = \"{p}/ca.crt\"\n\
+             [[primary]]\nidentity = \"*.site-a.demo\"\nroot = \"{}\"\n",
+            root.display(),
+            p = pki.display()
+        );
+        std::fs::write(&config, text)
+            .map_err(|e| Error::io("write the configuration", e).with_path(&config))?;
+        let exe = std::env::current_exe().map_err(|e| Error::io("find this program", e))?;
+        let log = std::fs::File::create(dir.join("serve.log"))
+            .map_err(|e| Error::io("create the server's log", e))?;
+        let mut child = std::process::Command::new(exe)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| Error::io("start blockrep serve", e))?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            std::io::BufReader::new(out)
+                .read_line(&mut line)
+                .map_err(|e| Error::io("read the server's address", e))?;
+        }
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.parse().ok())
+            .ok_or_else(|| Error::invalid(format!("the server did not start: {line:?}")))?;
+        Ok(SecondarySite {
+            server: Some(child),
+            addr,
+            root,
+            pki,
+        })
+    }
+
+    fn shipper_config(&self) -> ShipperConfig {
+        let mut c = ShipperConfig::new(
+            self.addr,
+            "localhost",
+            TlsFiles {
+                cert: self.pki.join(format!("{}.crt", Self::PRIMARY)),
+                key: self.pki.join(format!("{}.key", Self::PRIMARY)),
+                ca: self.pki.join("ca.crt"),
+            },
+        );
+        c.retry_min = Duration::from_millis(50);
+        c.retry_max = Duration::from_secs(2);
+        c
+    }
+
+    /// SIGTERM, and waits for the clean exit.
+    fn stop(&mut self) -> Result<()> {
+        let Some(mut c) = self.server.take() else {
+            return Ok(());
+        };
+        let pid = libc::pid_t::try_from(c.id()).unwrap_or(0);
+        // SAFETY: signals our own child, which has not been reaped.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let st = c.wait().map_err(|e| Error::io("wait for the server", e))?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!("the server exited with {st}")))
+        }
+    }
+}
+
+impl Drop for SecondarySite {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

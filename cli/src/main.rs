@@ -566,7 +566,15 @@ fn run(command: Command) -> Result<()> {
             servers,
             primaries,
             days,
-        } => remote::certs(&dir, &servers, &primaries, days),
+        } => {
+            remote::certs(&dir, &servers, &primaries, days)?;
+            println!(
+                "{}: ca.crt and {} certificate(s), valid {days} days",
+                dir.display(),
+                servers.len() + primaries.len()
+            );
+            Ok(())
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -251,11 +251,6 @@ pub fn certs(dir: &Path, servers: &[String], primaries: &[String], days: u32) ->
     }
     // The CA's key last: its presence marks a complete directory.
     write(dir, "ca.key", ca_key_pem.as_bytes(), 0o600)?;
-    println!(
-        "{}: ca.crt and {} certificate(s), valid {days} days",
-        dir.display(),
-        servers.len() + primaries.len()
-    );
     Ok(())
 }
 

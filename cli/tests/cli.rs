@@ -23,7 +23,13 @@ fn the_demo_runs_end_to_end_and_leaves_inspectable_files() {
     // The final replica: an adopted disk, its image outside its directory.
     let replica = dir.join("replica-b2");
     let r = replica.to_str().unwrap();
-    let image = dir.join("replica/image");
+    // The secondary site's server kept its replica under its root, one
+    // directory per disk (the demo's disk id is "blockrep-demo-01").
+    let image = dir
+        .join("site-b")
+        .join("626c6f636b7265702d64656d6f2d3031")
+        .join("replica/image");
+    assert!(dir.join("pki/ca.crt").exists() && dir.join("serve.log").exists());
     let im = image.to_str().unwrap();
     assert!(ok(&["replica", "status", r, "--image", im, "--json"]).contains("\"role\":\"replica\""));
     assert!(ok(&["replica", "points", r, "--image", im, "--json"]).starts_with('['));
