@@ -467,6 +467,7 @@ fn shipper_c_program_under_sanitizers_and_valgrind() {
         }],
         limits: Limits::default(),
         monitors: vec![],
+        health: blockrep::net::HealthPolicy::default(),
     });
     let addr = server.addr.to_string();
     c_program_with(

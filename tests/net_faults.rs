@@ -69,6 +69,7 @@ fn cuts_stalls_and_lost_answers_between_the_sites_lose_nothing() {
             ..Limits::default()
         },
         monitors: vec!["monitor.example".into()],
+        health: blockrep::net::HealthPolicy::default(),
     });
     let faults = Faults {
         cut_within: Some(3 << 20),

@@ -95,6 +95,7 @@ fn a_primary_creates_pushes_and_resumes_and_others_are_refused() {
             ..Limits::default()
         },
         monitors: vec!["monitor.example".into()],
+        health: blockrep::net::HealthPolicy::default(),
     };
     let server = start(&config);
     let connect = |stem: &str| {
@@ -189,6 +190,7 @@ fn a_primary_creates_pushes_and_resumes_and_others_are_refused() {
         .unwrap();
     assert_eq!(status["latest_point"], 3);
     assert_eq!(status["role"], "replica");
+    assert_eq!(status["health"]["state"], "normal", "{status}");
     let points = get(&mut c, &format!("/v1/disks/{}/points", hex(&ID.0)))
         .json()
         .unwrap();
@@ -241,6 +243,10 @@ fn a_primary_creates_pushes_and_resumes_and_others_are_refused() {
     for want in [
         "blockrep_logs_applied_total 3",
         "blockrep_refusals_total{reason=\"http 400\"} 1",
+        &format!(
+            "blockrep_health{{primary=\"*.site-a.example\",disk=\"{}\"}} 0",
+            hex(&ID.0)
+        ),
         &format!(
             "blockrep_rpo_seconds{{primary=\"*.site-a.example\",disk=\"{}\"}}",
             hex(&ID.0)
@@ -317,6 +323,7 @@ fn floods_tricklers_and_greedy_identities_are_cut_off() {
             ..Limits::default()
         },
         monitors: Vec::new(),
+        health: blockrep::net::HealthPolicy::default(),
     };
     let server = start(&config);
     let closed_within = |s: &mut std::net::TcpStream, limit: Duration| {
@@ -407,6 +414,7 @@ fn one_primary(d: &std::path::Path, root: &std::path::Path, limits: Limits) -> S
         }],
         limits,
         monitors: vec![],
+        health: blockrep::net::HealthPolicy::default(),
     }
 }
 
@@ -516,4 +524,27 @@ fn a_full_store_refuses_pushes_and_abandoned_uploads_are_reclaimed() {
     let mut want = vec![0u8; SIZE as usize];
     disk.read_at(&mut want, 0).unwrap();
     assert!(image == want, "the replica differs from the source");
+    drop(server);
+
+    // Health: the same replica under a policy that nothing satisfies is
+    // critical, and says why.
+    let mut config = one_primary(d, &root, Limits::default());
+    config.health = blockrep::net::HealthPolicy {
+        warning_behind: Duration::ZERO,
+        critical_silence: Duration::ZERO,
+    };
+    let server = start(&config);
+    std::thread::sleep(Duration::from_millis(20));
+    let status = get(
+        &mut connect(server.addr),
+        &format!("/v1/disks/{}", hex(&ID.0)),
+    )
+    .json()
+    .unwrap();
+    assert_eq!(status["health"]["state"], "critical", "{status}");
+    let reasons = status["health"]["reasons"].to_string();
+    assert!(
+        reasons.contains("nothing received") && reasons.contains("old"),
+        "{reasons}"
+    );
 }

@@ -66,6 +66,7 @@ fn the_shipper_replicates_and_resumes_after_the_server_comes_back() {
         }],
         limits: Limits::default(),
         monitors: Vec::new(),
+        health: blockrep::net::HealthPolicy::default(),
     };
     let server = start(&config);
     let addr = server.addr;

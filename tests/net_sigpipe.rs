@@ -35,6 +35,7 @@ fn a_peer_closing_under_a_write_is_an_error_not_a_signal() {
             ..Limits::default()
         },
         monitors: vec![],
+        health: blockrep::net::HealthPolicy::default(),
     });
     let tls = client_config(&files(d, "host1", "ca.crt")).unwrap();
     // A body far over the limit: the server answers 413 and closes while

@@ -93,19 +93,29 @@ pub fn status(remote: &Remote, json: bool) -> Result<()> {
     }
     let disks = list.as_array().cloned().unwrap_or_default();
     println!(
-        "{:<32}  {:<10}  {:>6}  {:>10}",
+        "{:<32}  {:<10}  {:>6}  {:>10}  health",
         "disk", "role", "point", "rpo"
     );
     for d in &disks {
         let rpo = d["rpo_ns"]
             .as_u64()
             .map_or_else(|| "-".to_string(), |n| format!("{:.1} s", n as f64 / 1e9));
+        let reasons: Vec<&str> = d["health"]["reasons"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|r| r.as_str()).collect())
+            .unwrap_or_default();
         println!(
-            "{:<32}  {:<10}  {:>6}  {:>10}",
+            "{:<32}  {:<10}  {:>6}  {:>10}  {}{}",
             d["disk_id"].as_str().unwrap_or("?"),
             d["role"].as_str().unwrap_or("?"),
             d["latest_point"],
-            rpo
+            rpo,
+            d["health"]["state"].as_str().unwrap_or("?"),
+            if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", reasons.join("; "))
+            }
         );
     }
     if disks.is_empty() {

@@ -20,9 +20,13 @@
 //! max_log_bytes = 1099511627776
 //! reserve_percent = 5      # of the file system kept free: pushes get 507
 //! abandoned_upload_secs = 86400
+//!
+//! [health]                 # optional
+//! warning_behind_secs = 900      # the latest point older: warning
+//! critical_silence_secs = 3600   # nothing received: critical
 //! ```
 
-use blockrep::net::{Limits, PrimaryConfig, Server, ServerConfig, TlsFiles};
+use blockrep::net::{HealthPolicy, Limits, PrimaryConfig, Server, ServerConfig, TlsFiles};
 use blockrep::{Error, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -41,6 +45,15 @@ struct File {
     monitors: Vec<String>,
     #[serde(default)]
     limits: LimitsFile,
+    #[serde(default)]
+    health: HealthFile,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct HealthFile {
+    warning_behind_secs: Option<u64>,
+    critical_silence_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -85,6 +98,7 @@ pub fn load(path: &Path) -> Result<ServerConfig> {
         )));
     }
     let d = Limits::default();
+    let h = HealthPolicy::default();
     let secs = |v: Option<u64>, def: Duration| v.map_or(def, Duration::from_secs);
     Ok(ServerConfig {
         listen,
@@ -112,6 +126,10 @@ pub fn load(path: &Path) -> Result<ServerConfig> {
             ..d
         },
         monitors: f.monitors,
+        health: HealthPolicy {
+            warning_behind: secs(f.health.warning_behind_secs, h.warning_behind),
+            critical_silence: secs(f.health.critical_silence_secs, h.critical_silence),
+        },
     })
 }
 

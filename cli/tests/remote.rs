@@ -197,7 +197,10 @@ fn an_image_syncs_to_a_server_by_digests_and_status_reads_it() {
     assert_eq!(status[0]["disk_id"], id.as_str());
     assert_eq!(status[0]["latest_point"], 2);
     let text = site.run(&["status", &url]);
-    assert!(text.contains(&id) && text.contains("replica"), "{text}");
+    assert!(
+        text.contains(&id) && text.contains("replica") && text.contains("normal"),
+        "{text}"
+    );
     // Without certificates the command says what it needs.
     let out = Command::new(env!("CARGO_BIN_EXE_blockrep"))
         .args(["status", &url])

@@ -27,6 +27,6 @@ pub mod tls;
 pub use bandwidth::{Bandwidth, Window};
 pub use client::{Client, Response};
 pub use identity::{AllowList, Identity};
-pub use server::{Limits, PrimaryConfig, Server, ServerConfig};
+pub use server::{Health, HealthPolicy, Limits, PrimaryConfig, Server, ServerConfig};
 pub use shipper::{Shipper, ShipperConfig, ShipperStatus};
 pub use tls::{client_config, handshake_refusal, server_config, TlsFiles};

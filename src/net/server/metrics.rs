@@ -108,25 +108,32 @@ pub(super) fn metrics_text(shared: &Shared) -> String {
         .collect();
     metric("refusals_total", "Refusals by reason.", "counter", refusals);
     let now = now_ns();
-    let rpo = shared
-        .disks
-        .lock()
-        .iter()
-        .filter_map(|((who, id), d)| {
-            let r = d.replica.try_lock()?.clone()?;
-            let st = DiskStatus::of_replica(&r, now);
-            let secs = st.rpo_ns? as f64 / 1e9;
-            Some((
-                format!("{{primary=\"{who}\",disk=\"{}\"}}", hex(&id.0)),
-                format!("{secs:.3}"),
-            ))
-        })
-        .collect();
+    let mut rpo = Vec::new();
+    let mut health = Vec::new();
+    for ((who, id), d) in shared.disks.lock().iter() {
+        let Some(r) = d.replica.lock().clone() else {
+            continue;
+        };
+        let labels = format!("{{primary=\"{who}\",disk=\"{}\"}}", hex(&id.0));
+        let st = DiskStatus::of_replica(&r, now);
+        if let Some(ns) = st.rpo_ns {
+            rpo.push((labels.clone(), format!("{:.3}", ns as f64 / 1e9)));
+        }
+        let (h, _) =
+            super::health::health_of(&shared.health, &st, d.last_received.lock().elapsed());
+        health.push((labels, (h as u8).to_string()));
+    }
     metric(
         "rpo_seconds",
         "Age of each disk's latest point.",
         "gauge",
         rpo,
+    );
+    metric(
+        "health",
+        "Replication health: 0 normal, 1 warning, 2 critical.",
+        "gauge",
+        health,
     );
     t
 }

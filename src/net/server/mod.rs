@@ -8,6 +8,7 @@
 //! wait bounded by a timeout. A disk takes one upload at a time.
 
 mod connection;
+mod health;
 mod metrics;
 mod push;
 mod routes;
@@ -22,6 +23,7 @@ use crate::log::Digest;
 use crate::replica::Replica;
 use crate::serde_impls::{hex, unhex};
 use connection::connection;
+pub use health::{Health, HealthPolicy};
 use metrics::Metrics;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -92,13 +94,19 @@ pub struct ServerConfig {
     /// Identities (allow-list entries) that may read `/metrics`; they hold
     /// no disks.
     pub monitors: Vec<String>,
+    /// When a disk's health degrades.
+    pub health: HealthPolicy,
 }
 
 /// One disk held for a primary.
 struct Disk {
     dir: PathBuf,
-    /// The replica once it exists; held for the whole of an upload, so a
-    /// disk takes one at a time.
+    /// When a byte of this disk last arrived (or the server started).
+    last_received: Mutex<std::time::Instant>,
+    /// Held for the whole of an upload, so a disk takes one at a time.
+    upload: Mutex<()>,
+    /// The replica once it exists (a handle: locked only to clone it, so
+    /// statuses are read while an upload runs).
     replica: Mutex<Option<Replica>>,
 }
 
@@ -116,6 +124,8 @@ struct Shared {
     next_connection: AtomicU64,
     monitors: Vec<String>,
     metrics: Metrics,
+    health: HealthPolicy,
+    started: std::time::Instant,
 }
 
 /// A replica server bound to its address.
@@ -169,6 +179,8 @@ impl Server {
                 next_connection: AtomicU64::new(0),
                 monitors: config.monitors.clone(),
                 metrics: Metrics::default(),
+                health: config.health,
+                started: std::time::Instant::now(),
             }),
         })
     }
@@ -250,6 +262,18 @@ fn parse_digest(s: &str) -> Option<Digest> {
     unhex(s).map(Digest)
 }
 
+impl Disk {
+    /// The replica's status as JSON with its health, or `None` before the
+    /// replica exists.
+    fn status_json(&self, r: &Replica, policy: &HealthPolicy) -> serde_json::Value {
+        let st = crate::status::DiskStatus::of_replica(r, crate::status::now_ns());
+        let (h, why) = health::health_of(policy, &st, self.last_received.lock().elapsed());
+        let mut v = serde_json::json!(st);
+        v["health"] = serde_json::json!({"state": h, "reasons": why});
+        v
+    }
+}
+
 impl Shared {
     /// The disk `id` of `identity`, opened (its replica, if it exists)
     /// the first time.
@@ -272,6 +296,8 @@ impl Shared {
         };
         let d = Arc::new(Disk {
             dir,
+            last_received: Mutex::new(self.started),
+            upload: Mutex::new(()),
             replica: Mutex::new(replica),
         });
         disks.insert(key, d.clone());

@@ -69,7 +69,7 @@ pub(super) fn push(
         );
     }
     let disk = shared.disk(identity, id)?;
-    let Some(mut replica) = disk.replica.try_lock() else {
+    let Some(upload) = disk.upload.try_lock() else {
         let e = Error::new(ErrorKind::Misuse, "an upload of this disk is under way");
         let _ = error_response_with(s, 503, &e, &[("Retry-After", "1".into())]);
         linger(s);
@@ -104,7 +104,7 @@ pub(super) fn push(
             format!("the upload resumes at byte {have}, not {start}"),
         );
         // The disk is free for the resume before this connection lingers.
-        drop(replica);
+        drop(upload);
         let _ = error_response_with(s, 416, &e, &[("Content-Range", format!("bytes */{have}"))]);
         linger(s);
         return Ok(false);
@@ -117,7 +117,7 @@ pub(super) fn push(
         shared.limits.reserve_percent,
     ) {
         shared.metrics.refused("free space below the reserve");
-        drop(replica);
+        drop(upload);
         return fail(s, 507, e);
     }
     let mut file = std::fs::OpenOptions::new()
@@ -141,6 +141,7 @@ pub(super) fn push(
             Ok(n) => {
                 left -= n as u64;
                 shared.metrics.received(n);
+                *disk.last_received.lock() = std::time::Instant::now();
                 file.write_all(&buf[..n])
                     .map_err(|e| Error::io("write the upload", e).with_path(&path))
             }
@@ -155,7 +156,7 @@ pub(super) fn push(
             drop(file);
             let _ = std::fs::remove_file(&path);
             shared.metrics.refused("no space left");
-            drop(replica);
+            drop(upload);
             return fail(s, 507, e);
         }
         received = Err(e);
@@ -174,7 +175,8 @@ pub(super) fn push(
         return Ok(true);
     }
     let apply_started = std::time::Instant::now();
-    let applied = match replica.as_ref() {
+    let current = disk.replica.lock().clone();
+    let applied = match current {
         Some(r) => r.apply_file(&path),
         None => {
             let dir = Arc::new(FsDir::new(disk.dir.join("replica"))?);
@@ -183,7 +185,7 @@ pub(super) fn push(
                     sequence: r.status().applied,
                     digest: r.status().digest,
                 };
-                *replica = Some(r);
+                *disk.replica.lock() = Some(r);
                 o
             })
         }

@@ -10,8 +10,6 @@ use crate::log::Digest;
 use crate::net::http::{write_response, Head};
 use crate::net::identity::Identity;
 use crate::replica::Replica;
-use crate::status::now_ns;
-use crate::status::DiskStatus;
 use std::path::{Path, PathBuf};
 
 /// The partial upload of a disk, if any: its sequence, digest, path and
@@ -73,10 +71,8 @@ pub(super) fn route(
                 .into_iter()
                 .filter_map(|id| shared.disk(identity, id).ok())
                 .filter_map(|d| {
-                    d.replica
-                        .lock()
-                        .as_ref()
-                        .map(|r| serde_json::json!(DiskStatus::of_replica(r, now_ns())))
+                    let r = d.replica.lock().clone()?;
+                    Some(d.status_json(&r, &shared.health))
                 })
                 .collect();
             reply(s, Ok(serde_json::Value::Array(list)))
@@ -89,7 +85,7 @@ pub(super) fn route(
             let replica = d.replica.lock().clone();
             let r = match (replica, rest) {
                 (None, ["resume"]) => Ok(resume_json(None, &d.dir)),
-                (Some(r), []) => Ok(serde_json::json!(DiskStatus::of_replica(&r, now_ns()))),
+                (Some(r), []) => Ok(d.status_json(&r, &shared.health)),
                 (Some(r), ["points"]) => Ok(serde_json::json!(r.points())),
                 (Some(r), ["resume"]) => Ok(resume_json(Some(&r), &d.dir)),
                 (Some(r), ["digests"]) => {

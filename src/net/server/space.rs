@@ -76,7 +76,7 @@ pub(super) fn reclaim_abandoned(shared: &Shared, after: Duration) -> u64 {
             let disks = shared.disks.lock();
             let busy = disks
                 .get(&(identity.clone(), id))
-                .map(|d| d.replica.try_lock().is_none());
+                .map(|d| d.upload.try_lock().is_none());
             if busy == Some(true) {
                 continue;
             }
