@@ -400,6 +400,41 @@ fn floods_tricklers_and_greedy_identities_are_cut_off() {
     std::thread::sleep(Duration::from_millis(200));
     let mut again = connect().unwrap();
     assert_eq!(get(&mut again, "/v1/disks").head.status, 200);
+
+    // A body trickled a byte every 100 ms (10 bytes/s, under the 1 KiB/s
+    // minimum) is cut after one read timeout, not after its 100 s; the
+    // disk is free again at once.
+    let started = std::time::Instant::now();
+    let r = again.request(
+        "PUT",
+        &format!("/v1/disks/{}/logs/1", hex(&ID.0)),
+        &[("Blockrep-Digest", "00".repeat(32))],
+        &mut Trickle,
+        1000,
+    );
+    assert!(r.is_err(), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    drop(again);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut after = connect().unwrap();
+    let resume = get(&mut after, &format!("/v1/disks/{}/resume", hex(&ID.0)))
+        .json()
+        .unwrap();
+    assert!(
+        resume["partial"]["bytes"].as_u64().unwrap() < 100,
+        "{resume}"
+    );
+}
+
+/// A body that comes a byte every 100 ms.
+struct Trickle;
+
+impl Read for Trickle {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        std::thread::sleep(Duration::from_millis(100));
+        b[0] = 0;
+        Ok(1)
+    }
 }
 
 /// A server for one primary (`host1.site-a.example`'s certificates in

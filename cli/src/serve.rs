@@ -20,6 +20,7 @@
 //! max_log_bytes = 1099511627776
 //! reserve_percent = 5      # of the file system kept free: pushes get 507
 //! abandoned_upload_secs = 86400
+//! min_body_rate = 1024     # bytes/s over each read timeout, else cut
 //!
 //! [health]                 # optional
 //! warning_behind_secs = 900      # the latest point older: warning
@@ -73,6 +74,7 @@ struct LimitsFile {
     max_log_bytes: Option<u64>,
     reserve_percent: Option<u8>,
     abandoned_upload_secs: Option<u64>,
+    min_body_rate: Option<u64>,
 }
 
 /// The server's configuration from the TOML file at `path`.
@@ -123,6 +125,7 @@ pub fn load(path: &Path) -> Result<ServerConfig> {
             max_log: f.limits.max_log_bytes.unwrap_or(d.max_log),
             reserve_percent: f.limits.reserve_percent.unwrap_or(d.reserve_percent),
             abandoned_upload: secs(f.limits.abandoned_upload_secs, d.abandoned_upload),
+            min_body_rate: f.limits.min_body_rate.unwrap_or(d.min_body_rate),
             ..d
         },
         monitors: f.monitors,

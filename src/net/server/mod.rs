@@ -63,6 +63,10 @@ pub struct Limits {
     /// A partial upload untouched this long is removed (its space
     /// reclaimed); a resume then starts that log again.
     pub abandoned_upload: Duration,
+    /// A body arriving slower than this (bytes per second, averaged over
+    /// each read timeout) is cut: what arrived is kept for a resume, and
+    /// the disk is free for another upload.
+    pub min_body_rate: u64,
 }
 
 impl Default for Limits {
@@ -76,6 +80,7 @@ impl Default for Limits {
             per_identity: 32,
             reserve_percent: 5,
             abandoned_upload: Duration::from_secs(24 * 3600),
+            min_body_rate: 1024,
         }
     }
 }

@@ -134,13 +134,20 @@ pub(super) fn push(
         .map_err(|e| Error::io("write the upload", e));
     left -= first as u64;
     let mut buf = vec![0u8; 256 << 10];
+    let mut pace = Pace::new(shared.limits.read_timeout, shared.limits.min_body_rate);
     while received.is_ok() && left > 0 {
         let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+        if let Err(e) = pace.check() {
+            shared.metrics.refused("body too slow");
+            received = Err(e);
+            break;
+        }
         received = match s.read(&mut buf[..want]) {
             Ok(0) => Err(Error::invalid("the connection closed inside the body")),
             Ok(n) => {
                 left -= n as u64;
                 shared.metrics.received(n);
+                pace.got(n);
                 *disk.last_received.lock() = std::time::Instant::now();
                 file.write_all(&buf[..n])
                     .map_err(|e| Error::io("write the upload", e).with_path(&path))
@@ -212,6 +219,49 @@ pub(super) fn push(
     };
     response.map_err(|e| Error::io("respond", e))?;
     Ok(true)
+}
+
+/// The minimum body rate: bytes counted per window of the read timeout;
+/// a window that ends below the rate ends the upload.
+struct Pace {
+    window: std::time::Duration,
+    min_rate: u64,
+    since: std::time::Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    fn new(window: std::time::Duration, min_rate: u64) -> Self {
+        Pace {
+            window,
+            min_rate,
+            since: std::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    fn got(&mut self, n: usize) {
+        self.bytes += n as u64;
+    }
+
+    fn check(&mut self) -> Result<()> {
+        let took = self.since.elapsed();
+        if took < self.window {
+            return Ok(());
+        }
+        let rate = self.bytes as f64 / took.as_secs_f64();
+        if rate < self.min_rate as f64 {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "the body arrives at {rate:.0} bytes/s, under the minimum of {} bytes/s",
+                    self.min_rate
+                ),
+            ));
+        }
+        *self = Pace::new(self.window, self.min_rate);
+        Ok(())
+    }
 }
 
 /// `bytes A-B/T`.
