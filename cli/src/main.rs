@@ -82,7 +82,9 @@ enum Command {
     Plan(PlanCommand),
     /// The replica server of the secondary site (docs/PROTOCOL.md): HTTP
     /// over mutual TLS 1.3, primaries identified by their certificates,
-    /// each confined to its storage root. Runs until SIGTERM or SIGINT.
+    /// each confined to its storage root. Runs until SIGTERM or SIGINT;
+    /// SIGHUP reloads the configuration and certificates without dropping
+    /// a connection.
     #[command(after_long_help = "Example:
   blockrep serve --config /etc/blockrep/server.toml
 

@@ -1,5 +1,6 @@
 //! `blockrep serve --config FILE`: the replica server on the secondary
-//! site, configured in TOML, running until SIGTERM or SIGINT.
+//! site, configured in TOML, running until SIGTERM or SIGINT; SIGHUP
+//! reloads the file (certificates, primaries, limits, health).
 //!
 //! ```toml
 //! listen = "0.0.0.0:8443"
@@ -31,6 +32,7 @@ use blockrep::net::{HealthPolicy, Limits, PrimaryConfig, Server, ServerConfig, T
 use blockrep::{Error, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[derive(Deserialize, Debug)]
@@ -136,11 +138,27 @@ pub fn load(path: &Path) -> Result<ServerConfig> {
     })
 }
 
-/// Runs the server of the configuration at `path` until SIGTERM or SIGINT.
+static RELOAD: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_hup(_: libc::c_int) {
+    RELOAD.store(true, Ordering::Relaxed);
+}
+
+/// Runs the server of the configuration at `path` until SIGTERM or
+/// SIGINT; SIGHUP reloads the configuration (certificates, primaries,
+/// limits) without dropping a connection. A configuration that does not
+/// load is refused with its reason, and the server goes on as it was.
 pub fn run(path: &Path) -> Result<()> {
     let config = load(path)?;
     let server = Server::bind(&config)?;
     let stop = crate::failover::stop_flag();
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe {
+        libc::signal(
+            libc::SIGHUP,
+            on_hup as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+    }
     println!(
         "blockrep serve: listening on {} for {} primar{}",
         server.local_addr()?,
@@ -151,7 +169,21 @@ pub fn run(path: &Path) -> Result<()> {
             "ies"
         }
     );
-    server.run(stop)?;
+    std::thread::scope(|s| -> Result<()> {
+        let serving = s.spawn(|| server.run(stop));
+        while !serving.is_finished() {
+            std::thread::sleep(Duration::from_millis(100));
+            if RELOAD.swap(false, Ordering::Relaxed) {
+                match load(path).and_then(|c| server.reload(&c)) {
+                    Ok(()) => eprintln!("blockrep serve: configuration reloaded"),
+                    Err(e) => eprintln!("blockrep serve: reload refused, going on as before: {e}"),
+                }
+            }
+        }
+        serving
+            .join()
+            .map_err(|_| Error::invalid("the server's thread panicked"))?
+    })?;
     eprintln!("blockrep serve: stopped");
     Ok(())
 }

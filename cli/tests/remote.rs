@@ -45,25 +45,30 @@ impl Site {
             .local_addr()
             .unwrap()
             .port();
-        let root = d.join("site-a");
-        let config = d.join("server.toml");
+        let site = Site {
+            config: d.join("server.toml"),
+            root: d.join("site-a"),
+            port,
+            server: None,
+        };
+        site.configure(&pki);
+        site
+    }
+
+    /// Writes the configuration with the certificates in `pki`.
+    fn configure(&self, pki: &Path) {
         std::fs::write(
-            &config,
+            &self.config,
             format!(
-                "listen = \"127.0.0.1:{port}\"\ncertificate = \"{p}/localhost.crt\"\n\
+                "listen = \"127.0.0.1:{}\"\ncertificate = \"{p}/localhost.crt\"\n\
                  key = \"{p}/localhost.key\"\nclient_ca = \"{p}/ca.crt\"\n\
                  [[primary]]\nidentity = \"*.site-a.example\"\nroot = \"{}\"\n",
-                root.display(),
+                self.port,
+                self.root.display(),
                 p = pki.display()
             ),
         )
         .unwrap();
-        Site {
-            config,
-            root,
-            port,
-            server: None,
-        }
     }
 
     /// Starts the server; returns once it listens.
@@ -292,4 +297,80 @@ fn the_server_killed_at_random_moments_loses_nothing() {
         "{kills} kills, {acked} points, {} connections, {} bytes sent, {} re-sent",
         s.connections, s.bytes_sent, s.bytes_resent
     );
+}
+
+/// A client of `pki`'s primary certificate.
+fn client(site: &Site, pki: &Path) -> blockrep::Result<blockrep::net::Client> {
+    client_of(site, pki, pki)
+}
+
+/// A client of `pki`'s primary certificate trusting `ca_pki`'s CA.
+fn client_of(site: &Site, pki: &Path, ca_pki: &Path) -> blockrep::Result<blockrep::net::Client> {
+    let tls = TlsFiles {
+        cert: pki.join("host1.site-a.example.crt"),
+        key: pki.join("host1.site-a.example.key"),
+        ca: ca_pki.join("ca.crt"),
+    };
+    blockrep::net::Client::connect(
+        format!("127.0.0.1:{}", site.port).parse().unwrap(),
+        "localhost",
+        blockrep::net::client_config(&tls)?,
+        Duration::from_secs(10),
+    )
+}
+
+fn disks(c: &mut blockrep::net::Client) -> u16 {
+    c.request("GET", "/v1/disks", &[], &mut std::io::empty(), 0)
+        .unwrap()
+        .head
+        .status
+}
+
+#[test]
+fn sighup_reloads_certificates_without_dropping_a_connection() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let mut site = Site::new(d);
+    site.start();
+    let hup = |site: &Site| {
+        let pid = libc::pid_t::try_from(site.server.as_ref().unwrap().id()).unwrap();
+        // SAFETY: signals the test's own child process.
+        unsafe {
+            libc::kill(pid, libc::SIGHUP);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let old_pki = d.join("pki");
+    let mut before = client(&site, &old_pki).unwrap();
+    assert_eq!(disks(&mut before), 200);
+
+    // New certificates from a new CA; the server takes them on SIGHUP.
+    let new_pki = d.join("pki2");
+    ok(&[
+        "certs",
+        new_pki.to_str().unwrap(),
+        "--server",
+        "localhost",
+        "--primary",
+        "host1.site-a.example",
+    ]);
+    site.configure(&new_pki);
+    hup(&site);
+    let mut after = client(&site, &new_pki).unwrap();
+    assert_eq!(disks(&mut after), 200);
+    // The old CA's primary is refused now (a new connection, which
+    // trusts the server's new certificate); the one connected before the
+    // reload goes on.
+    let refused = client_of(&site, &old_pki, &new_pki).map(|mut c| {
+        c.request("GET", "/v1/disks", &[], &mut std::io::empty(), 0)
+            .map(|r| r.head.status)
+    });
+    assert!(!matches!(refused, Ok(Ok(200))), "{refused:?}");
+    assert_eq!(disks(&mut before), 200);
+
+    // A configuration that does not load changes nothing.
+    std::fs::remove_file(new_pki.join("localhost.key")).unwrap();
+    hup(&site);
+    assert_eq!(disks(&mut client(&site, &new_pki).unwrap()), 200);
+    assert!(site.server.as_mut().unwrap().try_wait().unwrap().is_none());
 }

@@ -60,19 +60,20 @@ pub(super) type Tls = rustls::StreamOwned<rustls::ServerConnection, Sock>;
 /// Serves one connection from its handshake to its end.
 pub(super) fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<()> {
     let io = |e| Error::io("connection", e);
+    let conf = shared.conf();
     tcp.set_nonblocking(false).map_err(io)?;
-    tcp.set_read_timeout(Some(shared.limits.read_timeout))
+    tcp.set_read_timeout(Some(conf.limits.read_timeout))
         .map_err(io)?;
-    tcp.set_write_timeout(Some(shared.limits.read_timeout))
+    tcp.set_write_timeout(Some(conf.limits.read_timeout))
         .map_err(io)?;
-    let mut conn = rustls::ServerConnection::new(shared.tls.clone())
+    let mut conn = rustls::ServerConnection::new(conf.tls.clone())
         .map_err(|e| Error::invalid(format!("TLS: {e}")))?;
     let mut tcp = Sock(tcp);
     // The whole handshake within the read timeout, however slowly its
     // bytes trickle in.
     let mut timed = Deadline {
         tcp: &mut tcp,
-        until: std::time::Instant::now() + shared.limits.read_timeout,
+        until: std::time::Instant::now() + conf.limits.read_timeout,
     };
     while conn.is_handshaking() {
         if let Err(e) = conn.complete_io(&mut timed) {
@@ -96,7 +97,7 @@ pub(super) fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> R
         .and_then(|c| c.first())
         .map(|c| c.clone().into_owned());
     let mut s = rustls::StreamOwned::new(conn, tcp);
-    let identity = match cert.map(|c| shared.allow.identify(&c)) {
+    let identity = match cert.map(|c| conf.allow.identify(&c)) {
         Some(Ok(id)) => id,
         Some(Err(e)) => {
             log(&format!("refused {peer}: {}", e.message()));
@@ -110,7 +111,7 @@ pub(super) fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> R
     {
         let mut per = shared.per_identity.lock();
         let n = per.entry(identity.as_str().to_string()).or_insert(0);
-        if *n >= shared.limits.per_identity {
+        if *n >= conf.limits.per_identity {
             drop(per);
             shared
                 .metrics
@@ -131,13 +132,13 @@ pub(super) fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> R
     };
     loop {
         s.sock
-            .set_read_timeout(Some(shared.limits.idle_timeout))
+            .set_read_timeout(Some(conf.limits.idle_timeout))
             .map_err(io)?;
         let head = match read_head_by(
             &mut s,
-            shared.limits.head_bytes,
+            conf.limits.head_bytes,
             true,
-            Some(shared.limits.read_timeout),
+            Some(conf.limits.read_timeout),
         ) {
             Ok(Read1::Closed) => return Ok(()),
             Ok(Read1::Head(h, rest)) => (h, rest),
@@ -152,7 +153,7 @@ pub(super) fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> R
             }
         };
         s.sock
-            .set_read_timeout(Some(shared.limits.read_timeout))
+            .set_read_timeout(Some(conf.limits.read_timeout))
             .map_err(io)?;
         let keep = route(shared, &identity, &mut s, head.0, head.1)?;
         if !keep {

@@ -120,7 +120,7 @@ pub(super) fn metrics_text(shared: &Shared) -> String {
             rpo.push((labels.clone(), format!("{:.3}", ns as f64 / 1e9)));
         }
         let (h, _) =
-            super::health::health_of(&shared.health, &st, d.last_received.lock().elapsed());
+            super::health::health_of(&shared.conf().health, &st, d.last_received.lock().elapsed());
         health.push((labels, (h as u8).to_string()));
     }
     metric(

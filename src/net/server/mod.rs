@@ -115,11 +115,54 @@ struct Disk {
     replica: Mutex<Option<Replica>>,
 }
 
-struct Shared {
+/// What a configuration makes of the server: replaced whole by a reload;
+/// a connection takes its TLS, identity and limits at its start, a push
+/// its limits at its start, so neither changes under them.
+struct Conf {
+    listen: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     allow: AllowList,
     roots: HashMap<String, PathBuf>,
     limits: Limits,
+    monitors: Vec<String>,
+    health: HealthPolicy,
+}
+
+impl Conf {
+    /// Loads the certificates and checks the configuration.
+    fn load(config: &ServerConfig) -> Result<Conf> {
+        let entries: Vec<&str> = config
+            .primaries
+            .iter()
+            .map(|p| p.identity.as_str())
+            .chain(config.monitors.iter().map(String::as_str))
+            .collect();
+        let allow = AllowList::new(&entries)?;
+        let mut roots = HashMap::new();
+        for p in &config.primaries {
+            std::fs::create_dir_all(&p.root)
+                .map_err(|e| Error::io("create a primary's root", e).with_path(&p.root))?;
+            if roots.insert(p.identity.clone(), p.root.clone()).is_some() {
+                return Err(Error::invalid(format!(
+                    "primary {} is listed twice",
+                    p.identity
+                )));
+            }
+        }
+        Ok(Conf {
+            listen: config.listen,
+            tls: server_config(&config.tls)?,
+            allow,
+            roots,
+            limits: config.limits.clone(),
+            monitors: config.monitors.clone(),
+            health: config.health,
+        })
+    }
+}
+
+struct Shared {
+    conf: parking_lot::RwLock<Arc<Conf>>,
     disks: Mutex<HashMap<(String, DiskId), Arc<Disk>>>,
     connections: AtomicUsize,
     per_identity: Mutex<HashMap<String, usize>>,
@@ -127,9 +170,7 @@ struct Shared {
     /// no connection outlives it (an upload cut there resumes later).
     open: Mutex<HashMap<u64, TcpStream>>,
     next_connection: AtomicU64,
-    monitors: Vec<String>,
     metrics: Metrics,
-    health: HealthPolicy,
     started: std::time::Instant,
 }
 
@@ -150,44 +191,43 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Loads the certificates, checks the configuration and binds.
     pub fn bind(config: &ServerConfig) -> Result<Server> {
-        let entries: Vec<&str> = config
-            .primaries
-            .iter()
-            .map(|p| p.identity.as_str())
-            .chain(config.monitors.iter().map(String::as_str))
-            .collect();
-        let allow = AllowList::new(&entries)?;
-        let mut roots = HashMap::new();
-        for p in &config.primaries {
-            std::fs::create_dir_all(&p.root)
-                .map_err(|e| Error::io("create a primary's root", e).with_path(&p.root))?;
-            if roots.insert(p.identity.clone(), p.root.clone()).is_some() {
-                return Err(Error::invalid(format!(
-                    "primary {} is listed twice",
-                    p.identity
-                )));
-            }
-        }
+        let conf = Conf::load(config)?;
         let listener = TcpListener::bind(config.listen)
             .map_err(|e| Error::io(format!("listen on {}", config.listen), e))?;
         Ok(Server {
             listener,
             shared: Arc::new(Shared {
-                tls: server_config(&config.tls)?,
-                allow,
-                roots,
-                limits: config.limits.clone(),
+                conf: parking_lot::RwLock::new(Arc::new(conf)),
                 disks: Mutex::new(HashMap::new()),
                 connections: AtomicUsize::new(0),
                 per_identity: Mutex::new(HashMap::new()),
                 open: Mutex::new(HashMap::new()),
                 next_connection: AtomicU64::new(0),
-                monitors: config.monitors.clone(),
                 metrics: Metrics::default(),
-                health: config.health,
                 started: std::time::Instant::now(),
             }),
         })
+    }
+
+    /// Takes a new configuration while serving (SIGHUP in `blockrep
+    /// serve`): certificates, primaries and their roots, monitors, limits
+    /// and health thresholds. New connections use it; connections and
+    /// pushes under way finish under the one they started with, so
+    /// replication is not dropped. A configuration that does not load (a missing certificate,
+    /// a malformed list) changes nothing; the listening address cannot
+    /// change without a restart. A primary's new root applies to disks
+    /// first opened after the reload.
+    pub fn reload(&self, config: &ServerConfig) -> Result<()> {
+        if config.listen != self.shared.conf().listen {
+            return Err(Error::invalid(format!(
+                "listen {} -> {}: a new address needs a restart",
+                self.shared.conf().listen,
+                config.listen
+            )));
+        }
+        let conf = Conf::load(config)?;
+        *self.shared.conf.write() = Arc::new(conf);
+        Ok(())
     }
 
     /// The address it listens on (the port, when 0 was asked).
@@ -205,12 +245,15 @@ impl Server {
             .map_err(|e| Error::io("listen", e))?;
         // Abandoned uploads are looked for ten times per allowed age
         // (at most every minute, at least every 100 ms).
-        let sweep_every = (self.shared.limits.abandoned_upload / 10)
+        let sweep_every = (self.shared.conf().limits.abandoned_upload / 10)
             .clamp(Duration::from_millis(100), Duration::from_secs(60));
         let mut swept = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
             if swept.elapsed() >= sweep_every {
-                let n = space::reclaim_abandoned(&self.shared, self.shared.limits.abandoned_upload);
+                let n = space::reclaim_abandoned(
+                    &self.shared,
+                    self.shared.conf().limits.abandoned_upload,
+                );
                 self.shared.metrics.reclaimed(n);
                 swept = std::time::Instant::now();
             }
@@ -218,7 +261,7 @@ impl Server {
                 Ok((tcp, peer)) => {
                     let shared = self.shared.clone();
                     if shared.connections.fetch_add(1, Ordering::SeqCst)
-                        >= shared.limits.connections
+                        >= shared.conf().limits.connections
                     {
                         shared.connections.fetch_sub(1, Ordering::SeqCst);
                         log(&format!("refused {peer}: too many connections"));
@@ -280,6 +323,11 @@ impl Disk {
 }
 
 impl Shared {
+    /// The configuration now.
+    fn conf(&self) -> Arc<Conf> {
+        self.conf.read().clone()
+    }
+
     /// The disk `id` of `identity`, opened (its replica, if it exists)
     /// the first time.
     fn disk(&self, identity: &Identity, id: DiskId) -> Result<Arc<Disk>> {
@@ -288,7 +336,8 @@ impl Shared {
         if let Some(d) = disks.get(&key) {
             return Ok(d.clone());
         }
-        let root = self
+        let conf = self.conf();
+        let root = conf
             .roots
             .get(identity.as_str())
             .ok_or_else(|| Error::invalid(format!("{identity} has no storage root")))?;
@@ -311,7 +360,8 @@ impl Shared {
 
     /// The disks `identity` holds.
     fn disk_ids(&self, identity: &Identity) -> Vec<DiskId> {
-        let Some(root) = self.roots.get(identity.as_str()) else {
+        let conf = self.conf();
+        let Some(root) = conf.roots.get(identity.as_str()) else {
             return Vec::new();
         };
         let mut ids: Vec<DiskId> = std::fs::read_dir(root)

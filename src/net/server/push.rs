@@ -29,6 +29,7 @@ pub(super) fn push(
     id: DiskId,
     seq: u64,
 ) -> Result<bool> {
+    let conf = shared.conf();
     let fail = |s: &mut Tls, status: u16, e: Error| -> Result<bool> {
         let _ = error_response(s, status, &e);
         linger(s);
@@ -58,13 +59,13 @@ pub(super) fn push(
             }
         },
     };
-    if total > shared.limits.max_log {
+    if total > conf.limits.max_log {
         return fail(
             s,
             413,
             Error::new(
                 ErrorKind::OutOfRange,
-                format!("a log of {total} bytes; at most {}", shared.limits.max_log),
+                format!("a log of {total} bytes; at most {}", conf.limits.max_log),
             ),
         );
     }
@@ -114,7 +115,7 @@ pub(super) fn push(
     if let Err(e) = check_reserve(
         &disk.dir,
         (total - have).saturating_add(total),
-        shared.limits.reserve_percent,
+        conf.limits.reserve_percent,
     ) {
         shared.metrics.refused("free space below the reserve");
         drop(upload);
@@ -134,7 +135,7 @@ pub(super) fn push(
         .map_err(|e| Error::io("write the upload", e));
     left -= first as u64;
     let mut buf = vec![0u8; 256 << 10];
-    let mut pace = Pace::new(shared.limits.read_timeout, shared.limits.min_body_rate);
+    let mut pace = Pace::new(conf.limits.read_timeout, conf.limits.min_body_rate);
     while received.is_ok() && left > 0 {
         let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
         if let Err(e) = pace.check() {

@@ -59,7 +59,13 @@ pub(super) fn route(
             };
             push(shared, identity, s, &head, rest, id, seq)
         }
-        ("GET", ["", "metrics"]) if shared.monitors.iter().any(|m| m == identity.as_str()) => {
+        ("GET", ["", "metrics"])
+            if shared
+                .conf()
+                .monitors
+                .iter()
+                .any(|m| m == identity.as_str()) =>
+        {
             let text = metrics_text(shared);
             write_response(s, 200, "text/plain; version=0.0.4", &[], text.as_bytes())
                 .map_err(|e| Error::io("respond", e))?;
@@ -72,7 +78,7 @@ pub(super) fn route(
                 .filter_map(|id| shared.disk(identity, id).ok())
                 .filter_map(|d| {
                     let r = d.replica.lock().clone()?;
-                    Some(d.status_json(&r, &shared.health))
+                    Some(d.status_json(&r, &shared.conf().health))
                 })
                 .collect();
             reply(s, Ok(serde_json::Value::Array(list)))
@@ -85,7 +91,7 @@ pub(super) fn route(
             let replica = d.replica.lock().clone();
             let r = match (replica, rest) {
                 (None, ["resume"]) => Ok(resume_json(None, &d.dir)),
-                (Some(r), []) => Ok(d.status_json(&r, &shared.health)),
+                (Some(r), []) => Ok(d.status_json(&r, &shared.conf().health)),
                 (Some(r), ["points"]) => Ok(serde_json::json!(r.points())),
                 (Some(r), ["resume"]) => Ok(resume_json(Some(&r), &d.dir)),
                 (Some(r), ["digests"]) => {

@@ -62,7 +62,8 @@ pub(super) fn check_reserve(root: &Path, need: u64, percent: u8) -> Result<()> {
 pub(super) fn reclaim_abandoned(shared: &Shared, after: Duration) -> u64 {
     let now = SystemTime::now();
     let mut reclaimed = 0;
-    for (identity, root) in &shared.roots {
+    let conf = shared.conf();
+    for (identity, root) in &conf.roots {
         let Ok(dirs) = std::fs::read_dir(root) else {
             continue;
         };
