@@ -311,6 +311,24 @@ pub fn run(o: BenchOptions) -> Result<()> {
         }
     }
 
+    // The transport: a full log over loopback TLS (shipper to server, its
+    // apply taken out) against a plain TCP copy of the same bytes.
+    let (t_tls, t_tcp, log_bytes) = super::bench_net::transport(&dir, &src)?;
+    line(
+        "ship.tls_vs_tcp",
+        t_tls,
+        &format!(
+            " tcp_seconds={t_tcp:.4} log_bytes={log_bytes} throughput_ratio={:.3}",
+            t_tcp / t_tls
+        ),
+    );
+    rows.push((
+        "ship a full log over TLS (apply excluded)",
+        "plain TCP copy into a synced file".into(),
+        t_tls,
+        t_tcp,
+    ));
+
     println!();
     println!("| step | peer | blockrep s | peer s | blockrep / peer |");
     println!("| --- | --- | --- | --- | --- |");

@@ -3,6 +3,7 @@
 //! trackers, export a point and sync an image.
 
 mod bench;
+mod bench_net;
 mod demo;
 mod failover;
 mod nbd;

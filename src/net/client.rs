@@ -57,7 +57,7 @@ impl Client {
     ) -> Result<Client> {
         let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
             .map_err(|_| Error::invalid(format!("{server_name:?} is not a server name")))?;
-        let mut tcp = Sock(
+        let mut tcp = Sock::new(
             TcpStream::connect_timeout(&addr, timeout)
                 .map_err(|e| Error::io(format!("connect to {addr}"), e))?,
         );

@@ -68,7 +68,7 @@ pub(super) fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> R
         .map_err(io)?;
     let mut conn = rustls::ServerConnection::new(conf.tls.clone())
         .map_err(|e| Error::invalid(format!("TLS: {e}")))?;
-    let mut tcp = Sock(tcp);
+    let mut tcp = Sock::new(tcp);
     // The whole handshake within the read timeout, however slowly its
     // bytes trickle in.
     let mut timed = Deadline {
