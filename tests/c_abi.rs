@@ -331,15 +331,15 @@ fn pipeline_c_program_with_threads_under_sanitizers_and_valgrind() {
     c_program("pipeline");
 }
 
-/// The nbdkit filter of examples/nbdkit, a real host program: nbdkit
-/// serves an image through it on a Unix socket, qemu-io writes through NBD
-/// (random 4 KiB writes, sequential 1 MiB writes, zero writes, discards)
-/// while the filter's cycles run, nbdkit stops, and `qemu-img compare`
-/// finds the replica equal to the image.
-#[test]
-fn nbdkit_filter_replicates_what_qemu_io_writes_through_nbd() {
-    let t = tempfile::tempdir().unwrap();
-    let filter = t.path().join("blockrep-filter.so");
+/// The nbdkit filter of examples/nbdkit, a real host program, built as an
+/// integrator builds it (against the installed library, through
+/// pkg-config): nbdkit serves an image in `dir` through it on a Unix
+/// socket, qemu-io writes through NBD (random 4 KiB writes, sequential
+/// 1 MiB writes, zero writes, discards) while the filter's cycles run,
+/// then nbdkit stops. `target_args` say where the logs go. Returns the
+/// image.
+fn nbdkit_filter_run(dir: &Path, target_args: &[String]) -> PathBuf {
+    let filter = dir.join("blockrep-filter.so");
     // Built as an integrator builds it: against the installed library,
     // through pkg-config.
     run(Command::new("gcc")
@@ -351,7 +351,7 @@ fn nbdkit_filter_replicates_what_qemu_io_writes_through_nbd() {
         .arg(&filter)
         .args(pkg_config_flags())
         .arg("-pthread"));
-    let image = t.path().join("disk.raw");
+    let image = dir.join("disk.raw");
     run(Command::new("qemu-img")
         .args(["create", "-q", "-f", "raw"])
         .arg(&image)
@@ -368,9 +368,9 @@ fn nbdkit_filter_replicates_what_qemu_io_writes_through_nbd() {
         image.to_str().unwrap(),
         &["write -P 0x11 0 5M".into(), "write -P 0x22 20M 2M".into()],
     );
-    let sock = t.path().join("nbd.sock");
-    let (spool, replica) = (t.path().join("spool"), t.path().join("replica"));
-    let tracker = t.path().join("tracker");
+    let sock = dir.join("nbd.sock");
+    let spool = dir.join("spool");
+    let tracker = dir.join("tracker");
     let mut nbdkit = Command::new("nbdkit")
         .args(["--foreground", "--exit-with-parent", "--unix"])
         .arg(&sock)
@@ -379,7 +379,7 @@ fn nbdkit_filter_replicates_what_qemu_io_writes_through_nbd() {
         .arg(&image)
         .arg(format!("blockrep-disk={}", image.display()))
         .arg(format!("blockrep-spool={}", spool.display()))
-        .arg(format!("blockrep-replica={}", replica.display()))
+        .args(target_args)
         .arg(format!("blockrep-tracker={}", tracker.display()))
         .arg("blockrep-interval=50")
         .spawn()
@@ -421,10 +421,15 @@ fn nbdkit_filter_replicates_what_qemu_io_writes_through_nbd() {
         status.success() || status.code().is_none(),
         "nbdkit: {status}"
     );
+    image
+}
+
+/// `qemu-img compare` of two raw images.
+fn qemu_img_same(a: &Path, b: &Path) {
     let cmp = Command::new("qemu-img")
         .args(["compare", "-f", "raw", "-F", "raw"])
-        .arg(replica.join("image"))
-        .arg(&image)
+        .arg(a)
+        .arg(b)
         .output()
         .unwrap();
     assert!(
@@ -432,6 +437,56 @@ fn nbdkit_filter_replicates_what_qemu_io_writes_through_nbd() {
         "the replica differs: {}",
         String::from_utf8_lossy(&cmp.stdout)
     );
+}
+
+/// The filter applying to a replica directory on the same machine.
+#[test]
+fn nbdkit_filter_replicates_what_qemu_io_writes_through_nbd() {
+    let t = tempfile::tempdir().unwrap();
+    let replica = t.path().join("replica");
+    let image = nbdkit_filter_run(
+        t.path(),
+        &[format!("blockrep-replica={}", replica.display())],
+    );
+    qemu_img_same(&replica.join("image"), &image);
+}
+
+/// The filter shipping to a replica server over mutual TLS: the server's
+/// replica of the disk equals the image nbdkit served.
+#[cfg(feature = "net")]
+#[test]
+fn nbdkit_filter_ships_what_qemu_io_writes_to_a_replica_server() {
+    use blockrep::net::{Limits, PrimaryConfig, ServerConfig};
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let ca = net_common::Ca::new("primaries");
+    ca.write_ca(&d.join("ca.crt"));
+    ca.leaf(d, "server", &["localhost"], false);
+    ca.leaf(d, "host1", &["host1.site-a.example"], false);
+    let root = d.join("site-a");
+    let server = net_common::start(&ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: net_common::files(d, "server", "ca.crt"),
+        primaries: vec![PrimaryConfig {
+            identity: "*.site-a.example".into(),
+            root: root.clone(),
+        }],
+        limits: Limits::default(),
+        monitors: vec![],
+        health: blockrep::net::HealthPolicy::default(),
+    });
+    let image = nbdkit_filter_run(
+        d,
+        &[
+            format!("blockrep-server={}", server.addr),
+            "blockrep-server-name=localhost".into(),
+            format!("blockrep-cert={}", d.join("host1.crt").display()),
+            format!("blockrep-key={}", d.join("host1.key").display()),
+            format!("blockrep-ca={}", d.join("ca.crt").display()),
+        ],
+    );
+    // The filter's disk id: sixteen 0x42 bytes.
+    qemu_img_same(&root.join("42".repeat(16)).join("replica/image"), &image);
 }
 
 #[test]

@@ -3,15 +3,24 @@
  * Every write, zero and trim passing through nbdkit is tracked through
  * blockrep's C ABI (a begin/end pair around the request, so a cycle that
  * is reading the blocks gets their old content first). A background
- * thread cuts a cycle every `blockrep-interval` milliseconds and ships the
- * logs to a replica directory on this machine (standing in for the
- * transport a real deployment has). On shutdown the filter cuts a last
- * cycle, ships it and stops the tracker cleanly.
+ * thread cuts a cycle every `blockrep-interval` milliseconds. The logs go
+ * to a replica server on the secondary site (`blockrep-server`, over
+ * mutual TLS, by blockrep's shipper on a thread of its own), or to a
+ * replica directory on this machine (`blockrep-replica`, for a test). On
+ * shutdown the filter cuts a last cycle, waits until it is shipped (at most
+ * `blockrep-drain` seconds, 60 by default; what is left stays in the spool
+ * for the next start) and stops the tracker cleanly.
  *
  *   nbdkit --filter=./blockrep-filter.so file disk.img \
  *       blockrep-disk=disk.img blockrep-spool=spool-dir \
- *       blockrep-replica=replica-dir [blockrep-tracker=tracker-file] \
- *       [blockrep-interval=200]
+ *       blockrep-server=dr.example:8443 blockrep-cert=host1.crt \
+ *       blockrep-key=host1.key blockrep-ca=ca.crt \
+ *       [blockrep-server-name=dr.example] [blockrep-tracker=tracker-file] \
+ *       [blockrep-interval=200] [blockrep-bandwidth=BYTES_PER_SEC]
+ *
+ *   nbdkit --filter=./blockrep-filter.so file disk.img \
+ *       blockrep-disk=disk.img blockrep-spool=spool-dir \
+ *       blockrep-replica=replica-dir [blockrep-tracker=tracker-file]
  *
  * `blockrep-disk` must name the file the plugin serves: blockrep reads the
  * changed blocks from it directly.
@@ -32,10 +41,13 @@
 #include "blockrep.h"
 
 static const char *disk_path, *spool_dir, *replica_dir, *tracker_path;
-static unsigned interval_ms = 200;
+static const char *server, *server_name, *cert_path, *key_path, *ca_path;
+static unsigned interval_ms = 200, drain_secs = 60;
+static uint64_t bandwidth;
 
 static blockrep_pipeline *pipeline;
 static blockrep_replica *replica;
+static blockrep_shipper *shipper;
 static pthread_t cycler;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
@@ -62,8 +74,17 @@ static int blockrep_config(nbdkit_next_config *next, nbdkit_backend *nxdata,
   else if (strcmp(key, "blockrep-spool") == 0) spool_dir = value;
   else if (strcmp(key, "blockrep-replica") == 0) replica_dir = value;
   else if (strcmp(key, "blockrep-tracker") == 0) tracker_path = value;
+  else if (strcmp(key, "blockrep-server") == 0) server = value;
+  else if (strcmp(key, "blockrep-server-name") == 0) server_name = value;
+  else if (strcmp(key, "blockrep-cert") == 0) cert_path = value;
+  else if (strcmp(key, "blockrep-key") == 0) key_path = value;
+  else if (strcmp(key, "blockrep-ca") == 0) ca_path = value;
   else if (strcmp(key, "blockrep-interval") == 0) {
     if (nbdkit_parse_unsigned("blockrep-interval", value, &interval_ms) == -1) return -1;
+  } else if (strcmp(key, "blockrep-drain") == 0) {
+    if (nbdkit_parse_unsigned("blockrep-drain", value, &drain_secs) == -1) return -1;
+  } else if (strcmp(key, "blockrep-bandwidth") == 0) {
+    if (nbdkit_parse_uint64_t("blockrep-bandwidth", value, &bandwidth) == -1) return -1;
   } else
     return next(nxdata, key, value);
   return 0;
@@ -71,15 +92,22 @@ static int blockrep_config(nbdkit_next_config *next, nbdkit_backend *nxdata,
 
 static int blockrep_config_complete(nbdkit_next_config_complete *next,
                                     nbdkit_backend *nxdata) {
-  if (!disk_path || !spool_dir || !replica_dir) {
-    nbdkit_error("blockrep: blockrep-disk, blockrep-spool and blockrep-replica are required");
+  if (!disk_path || !spool_dir || (!replica_dir == !server)) {
+    nbdkit_error("blockrep: blockrep-disk, blockrep-spool and one of blockrep-server or "
+                 "blockrep-replica are required");
+    return -1;
+  }
+  if (server && (!cert_path || !key_path || !ca_path)) {
+    nbdkit_error("blockrep: blockrep-server needs blockrep-cert, blockrep-key and blockrep-ca");
     return -1;
   }
   return next(nxdata);
 }
 
-/* The transport: hands every unshipped log to the replica. */
+/* The local transport: hands every unshipped log to the replica (with a
+ * server, the shipper's thread does it). */
 static int ship(void) {
+  if (server) return 0;
   for (;;) {
     blockrep_spooled_log l;
     uint32_t found;
@@ -136,6 +164,19 @@ static int blockrep_get_ready(int thread_model) {
   (void)thread_model;
   char state[4096];
   snprintf(state, sizeof state, "%s/spool.state", spool_dir);
+  if (exists(state) && server) {
+    /* The shipper asks the server what it holds and reconciles. */
+    blockrep_open_state how;
+    if (report("open pipeline", blockrep_pipeline_open(disk_path, spool_dir, 1ull << 30,
+                                                       tracker_path, &how, &pipeline)))
+      return -1;
+    if (how == BLOCKREP_OPEN_INVALID) {
+      nbdkit_error("blockrep: tracking was lost; resynchronise with "
+                   "`blockrep sync %s https://%s --disk ID` before serving", disk_path, server);
+      return -1;
+    }
+    return 0;
+  }
   if (exists(state)) {
     blockrep_open_state how;
     if (report("open pipeline", blockrep_pipeline_open(disk_path, spool_dir, 1ull << 30,
@@ -173,9 +214,26 @@ static int blockrep_get_ready(int thread_model) {
   return ship();
 }
 
+static void shipper_log(void *ctx, const char *line) {
+  (void)ctx;
+  nbdkit_debug("blockrep shipper: %s", line);
+}
+
 /* Threads must start after nbdkit forks into the background. */
 static int blockrep_after_fork(nbdkit_backend *backend) {
   (void)backend;
+  if (server) {
+    blockrep_shipper_config c = {
+        .server = server,
+        .server_name = server_name,
+        .certificate = cert_path,
+        .key = key_path,
+        .ca = ca_path,
+        .bandwidth = {.limit = bandwidth},
+        .log = shipper_log,
+    };
+    if (report("start shipper", blockrep_shipper_start(pipeline, &c, &shipper))) return -1;
+  }
   if (pthread_create(&cycler, NULL, cycler_main, NULL) != 0) {
     nbdkit_error("blockrep: cannot start the cycle thread");
     return -1;
@@ -198,6 +256,19 @@ static void blockrep_cleanup(nbdkit_backend *backend) {
   }
   if (pipeline) {
     cycle_and_ship();
+    if (shipper) {
+      /* The last cycle reaches the server, or stays spooled for later. */
+      blockrep_shipper_status st;
+      for (unsigned waited = 0; waited < drain_secs * 50; waited++) {
+        if (blockrep_shipper_get_status(shipper, &st) != BLOCKREP_STATUS_OK ||
+            st.pending_logs == 0)
+          break;
+        struct timespec ms20 = {0, 20000000L};
+        nanosleep(&ms20, NULL);
+      }
+      report("stop shipper", blockrep_shipper_free(shipper));
+      shipper = NULL;
+    }
     report("close pipeline", blockrep_pipeline_close(pipeline));
     pipeline = NULL;
   }
@@ -252,7 +323,10 @@ static struct nbdkit_filter filter = {
     .longname = "blockrep replication filter",
     .config = blockrep_config,
     .config_complete = blockrep_config_complete,
-    .config_help = "blockrep-disk=PATH blockrep-spool=DIR blockrep-replica=DIR "
+    .config_help = "blockrep-disk=PATH blockrep-spool=DIR "
+                   "(blockrep-server=HOST:PORT blockrep-cert=PEM blockrep-key=PEM "
+                   "blockrep-ca=PEM [blockrep-server-name=NAME] [blockrep-bandwidth=B/S] "
+                   "[blockrep-drain=SECS] | blockrep-replica=DIR) "
                    "[blockrep-tracker=PATH] [blockrep-interval=MS]",
     .get_ready = blockrep_get_ready,
     .after_fork = blockrep_after_fork,
