@@ -336,9 +336,10 @@ fn pipeline_c_program_with_threads_under_sanitizers_and_valgrind() {
 /// pkg-config): nbdkit serves an image in `dir` through it on a Unix
 /// socket, qemu-io writes through NBD (random 4 KiB writes, sequential
 /// 1 MiB writes, zero writes, discards) while the filter's cycles run,
-/// then nbdkit stops. `target_args` say where the logs go. Returns the
-/// image.
-fn nbdkit_filter_run(dir: &Path, target_args: &[String]) -> PathBuf {
+/// then nbdkit stops. `target_args` say where the logs go; with
+/// `kill_midway`, nbdkit is killed with SIGKILL halfway and started again.
+/// Returns the image.
+fn nbdkit_filter_run(dir: &Path, target_args: &[String], kill_midway: bool) -> PathBuf {
     let filter = dir.join("blockrep-filter.so");
     // Built as an integrator builds it: against the installed library,
     // through pkg-config.
@@ -371,24 +372,29 @@ fn nbdkit_filter_run(dir: &Path, target_args: &[String]) -> PathBuf {
     let sock = dir.join("nbd.sock");
     let spool = dir.join("spool");
     let tracker = dir.join("tracker");
-    let mut nbdkit = Command::new("nbdkit")
-        .args(["--foreground", "--exit-with-parent", "--unix"])
-        .arg(&sock)
-        .arg(format!("--filter={}", filter.display()))
-        .arg("file")
-        .arg(&image)
-        .arg(format!("blockrep-disk={}", image.display()))
-        .arg(format!("blockrep-spool={}", spool.display()))
-        .args(target_args)
-        .arg(format!("blockrep-tracker={}", tracker.display()))
-        .arg("blockrep-interval=50")
-        .spawn()
-        .expect("nbdkit is required (apt-get install nbdkit nbdkit-plugin-dev)");
-    let start = std::time::Instant::now();
-    while !sock.exists() {
-        assert!(start.elapsed().as_secs() < 30, "nbdkit did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let start_nbdkit = || {
+        let _ = std::fs::remove_file(&sock);
+        let child = Command::new("nbdkit")
+            .args(["--foreground", "--exit-with-parent", "--unix"])
+            .arg(&sock)
+            .arg(format!("--filter={}", filter.display()))
+            .arg("file")
+            .arg(&image)
+            .arg(format!("blockrep-disk={}", image.display()))
+            .arg(format!("blockrep-spool={}", spool.display()))
+            .args(target_args)
+            .arg(format!("blockrep-tracker={}", tracker.display()))
+            .arg("blockrep-interval=50")
+            .spawn()
+            .expect("nbdkit is required (apt-get install nbdkit nbdkit-plugin-dev)");
+        let start = std::time::Instant::now();
+        while !sock.exists() {
+            assert!(start.elapsed().as_secs() < 30, "nbdkit did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child
+    };
+    let mut nbdkit = start_nbdkit();
     let target = format!("nbd+unix:///?socket={}", sock.display());
     let mut seed = 7u64;
     let mut next = move || {
@@ -413,6 +419,13 @@ fn nbdkit_filter_run(dir: &Path, target_args: &[String]) -> PathBuf {
         qemu_io(&target, &cmds);
         // Let a cycle or two run between batches.
         std::thread::sleep(std::time::Duration::from_millis(60));
+        if kill_midway && round == 3 {
+            // The primary process dies (SIGKILL: no last cycle, no clean
+            // close) and starts again on its tracker file and spool.
+            nbdkit.kill().unwrap();
+            nbdkit.wait().unwrap();
+            nbdkit = start_nbdkit();
+        }
     }
     // SAFETY: kill(2) with the child's pid; it is ours and still running.
     unsafe { libc::kill(i32::try_from(nbdkit.id()).unwrap(), libc::SIGTERM) };
@@ -447,15 +460,17 @@ fn nbdkit_filter_replicates_what_qemu_io_writes_through_nbd() {
     let image = nbdkit_filter_run(
         t.path(),
         &[format!("blockrep-replica={}", replica.display())],
+        false,
     );
     qemu_img_same(&replica.join("image"), &image);
 }
 
-/// The filter shipping to a replica server over mutual TLS: the server's
-/// replica of the disk equals the image nbdkit served.
+/// The filter shipping to a replica server over mutual TLS, its process
+/// killed with SIGKILL halfway and started again on its tracker and
+/// spool: the server's replica of the disk equals the image nbdkit served.
 #[cfg(feature = "net")]
 #[test]
-fn nbdkit_filter_ships_what_qemu_io_writes_to_a_replica_server() {
+fn nbdkit_filter_ships_to_a_replica_server_across_a_sigkill_of_nbdkit() {
     use blockrep::net::{Limits, PrimaryConfig, ServerConfig};
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
@@ -484,6 +499,7 @@ fn nbdkit_filter_ships_what_qemu_io_writes_to_a_replica_server() {
             format!("blockrep-key={}", d.join("host1.key").display()),
             format!("blockrep-ca={}", d.join("ca.crt").display()),
         ],
+        true,
     );
     // The filter's disk id: sixteen 0x42 bytes.
     qemu_img_same(&root.join("42".repeat(16)).join("replica/image"), &image);
