@@ -1293,6 +1293,18 @@ blockrep_status blockrep_shipper_last_error(const blockrep_shipper *s,
                                             size_t len,
                                             size_t *out_len);
 
+// Fetches from the server of `*config` the block digests of the latest
+// point it holds of disk `*disk_id` and writes them to the file `path`,
+// for `blockrep_pipeline_resync` after tracking was lost (the resync log
+// then ships like any other).
+//
+// # Safety
+// `config` readable as for `blockrep_shipper_start`; `disk_id` readable;
+// `path` NUL-terminated.
+blockrep_status blockrep_shipper_fetch_digests(const blockrep_shipper_config *config,
+                                               const blockrep_disk_id *disk_id,
+                                               const char *path);
+
 // Stops the shipper (after the request under way, bounded by its
 // timeout) and releases it. Logs not acknowledged stay in the spool for
 // the next shipper.

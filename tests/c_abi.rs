@@ -468,6 +468,8 @@ fn nbdkit_filter_replicates_what_qemu_io_writes_through_nbd() {
 /// The filter shipping to a replica server over mutual TLS, its process
 /// killed with SIGKILL halfway and started again on its tracker and
 /// spool: the server's replica of the disk equals the image nbdkit served.
+/// Then tracking is lost and the image changed unseen: the next start
+/// resyncs by the server's digests.
 #[cfg(feature = "net")]
 #[test]
 fn nbdkit_filter_ships_to_a_replica_server_across_a_sigkill_of_nbdkit() {
@@ -490,19 +492,23 @@ fn nbdkit_filter_ships_to_a_replica_server_across_a_sigkill_of_nbdkit() {
         monitors: vec![],
         health: blockrep::net::HealthPolicy::default(),
     });
-    let image = nbdkit_filter_run(
-        d,
-        &[
-            format!("blockrep-server={}", server.addr),
-            "blockrep-server-name=localhost".into(),
-            format!("blockrep-cert={}", d.join("host1.crt").display()),
-            format!("blockrep-key={}", d.join("host1.key").display()),
-            format!("blockrep-ca={}", d.join("ca.crt").display()),
-        ],
-        true,
-    );
+    let args = [
+        format!("blockrep-server={}", server.addr),
+        "blockrep-server-name=localhost".into(),
+        format!("blockrep-cert={}", d.join("host1.crt").display()),
+        format!("blockrep-key={}", d.join("host1.key").display()),
+        format!("blockrep-ca={}", d.join("ca.crt").display()),
+    ];
+    let image = nbdkit_filter_run(d, &args, true);
     // The filter's disk id: sixteen 0x42 bytes.
-    qemu_img_same(&root.join("42".repeat(16)).join("replica/image"), &image);
+    let replica = root.join("42".repeat(16)).join("replica/image");
+    qemu_img_same(&replica, &image);
+    // Tracking lost: the tracker file gone and the image rewritten behind
+    // nbdkit's back (the next run recreates it). The filter fetches the
+    // server's digests, resyncs, and the replica is exact again.
+    std::fs::remove_file(d.join("tracker")).unwrap();
+    let image = nbdkit_filter_run(d, &args, false);
+    qemu_img_same(&replica, &image);
 }
 
 #[test]

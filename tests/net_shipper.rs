@@ -87,7 +87,7 @@ fn the_shipper_replicates_and_resumes_after_the_server_comes_back() {
     let lines = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
     let sink = lines.clone();
     sc.log = Some(Arc::new(move |l: &str| sink.lock().push(l.to_string())));
-    let shipper = Shipper::start(p.shared_spool(), sc).unwrap();
+    let shipper = Shipper::start(p.shared_spool(), sc.clone()).unwrap();
     for _ in 0..3 {
         scribble(&p, &*disk, &mut rng);
         p.cycle(&CycleOptions::default()).unwrap();
@@ -172,6 +172,30 @@ fn the_shipper_replicates_and_resumes_after_the_server_comes_back() {
         .set_bandwidth(blockrep::net::Bandwidth::unlimited())
         .unwrap();
     assert_eq!(shipper.status().bandwidth_limit, None);
+    assert!(replica_equals(&root, &*disk));
+    shipper.stop();
+
+    // Tracking lost: the primary restarts with nothing tracked while
+    // writes it never saw changed the disk. The server's digests, fetched
+    // over the same transport, drive a resync that ships like any log.
+    drop(p);
+    let mut lost = vec![0u8; 300 << 10];
+    rng.fill(&mut lost);
+    disk.write_at(&lost, 5 << 20).unwrap();
+    let p = Arc::new(
+        Pipeline::builder(disk.clone(), Arc::new(MemDir::new()))
+            .create(ID, 1)
+            .unwrap(),
+    );
+    let remote = blockrep::net::remote_digests(&sc, ID).unwrap();
+    let report = p.resync(&remote, TransferOptions::default()).unwrap();
+    assert!(
+        report.blocks >= 75 && report.blocks < 200,
+        "{}",
+        report.blocks
+    );
+    let shipper = Shipper::start(p.shared_spool(), sc).unwrap();
+    wait_for("the resync to ship", || p.status().pending_logs == 0);
     assert!(replica_equals(&root, &*disk));
     shipper.stop();
 }

@@ -158,6 +158,31 @@ static bool exists(const char *path) {
   return stat(path, &st) == 0;
 }
 
+static void shipper_log(void *ctx, const char *line) {
+  (void)ctx;
+  nbdkit_debug("blockrep shipper: %s", line);
+}
+
+static blockrep_shipper_config shipper_config(void) {
+  blockrep_shipper_config c = {
+      .server = server,
+      .server_name = server_name,
+      .certificate = cert_path,
+      .key = key_path,
+      .ca = ca_path,
+      .bandwidth = {.limit = bandwidth},
+      .log = shipper_log,
+  };
+  return c;
+}
+
+/* The disk's identity; a real integration stores the VM's disk id. */
+static blockrep_disk_id filter_disk_id(void) {
+  blockrep_disk_id id;
+  memset(id.bytes, 0x42, sizeof id.bytes);
+  return id;
+}
+
 /* Opens (or on the first run creates and fully copies) the pipeline and
  * the replica. */
 static int blockrep_get_ready(int thread_model) {
@@ -171,9 +196,15 @@ static int blockrep_get_ready(int thread_model) {
                                                        tracker_path, &how, &pipeline)))
       return -1;
     if (how == BLOCKREP_OPEN_INVALID) {
-      nbdkit_error("blockrep: tracking was lost; resynchronise with "
-                   "`blockrep sync %s https://%s --disk ID` before serving", disk_path, server);
-      return -1;
+      /* Tracking was lost: the server's digests of what it holds, then a
+       * resync log of the blocks that differ (shipped like any log). */
+      char digests[4096];
+      snprintf(digests, sizeof digests, "%s/digests", spool_dir);
+      blockrep_shipper_config c = shipper_config();
+      blockrep_disk_id id = filter_disk_id();
+      if (report("fetch digests", blockrep_shipper_fetch_digests(&c, &id, digests)) ||
+          report("resync", blockrep_pipeline_resync(pipeline, digests, NULL)))
+        return -1;
     }
     return 0;
   }
@@ -203,9 +234,7 @@ static int blockrep_get_ready(int thread_model) {
         return -1;
     }
   } else {
-    blockrep_disk_id id;
-    /* A real integration stores the VM's disk identity here. */
-    memset(id.bytes, 0x42, sizeof id.bytes);
+    blockrep_disk_id id = filter_disk_id();
     if (report("create pipeline", blockrep_pipeline_create(disk_path, spool_dir, &id, 1, 4096,
                                                            1ull << 30, tracker_path, &pipeline)))
       return -1;
@@ -214,24 +243,11 @@ static int blockrep_get_ready(int thread_model) {
   return ship();
 }
 
-static void shipper_log(void *ctx, const char *line) {
-  (void)ctx;
-  nbdkit_debug("blockrep shipper: %s", line);
-}
-
 /* Threads must start after nbdkit forks into the background. */
 static int blockrep_after_fork(nbdkit_backend *backend) {
   (void)backend;
   if (server) {
-    blockrep_shipper_config c = {
-        .server = server,
-        .server_name = server_name,
-        .certificate = cert_path,
-        .key = key_path,
-        .ca = ca_path,
-        .bandwidth = {.limit = bandwidth},
-        .log = shipper_log,
-    };
+    blockrep_shipper_config c = shipper_config();
     if (report("start shipper", blockrep_shipper_start(pipeline, &c, &shipper))) return -1;
   }
   if (pthread_create(&cycler, NULL, cycler_main, NULL) != 0) {

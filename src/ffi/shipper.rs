@@ -4,11 +4,12 @@
 //! feature (as `cargo cinstall` builds it).
 
 use super::convert::{
-    borrow, free, handle, handle_out, need, opt_path_in, path_in, slice_in, str_in, string_out,
-    struct_in, write_out,
+    borrow, disk_id_in, free, handle, handle_out, need, opt_path_in, path_in, slice_in, str_in,
+    string_out, struct_in, write_out,
 };
 use super::error::{blockrep_status, guard};
 use super::pipeline::blockrep_pipeline;
+use super::types::blockrep_disk_id;
 use crate::error::{Error, Result};
 use crate::net::{Bandwidth, Shipper, ShipperConfig, ShipperStatus, TlsFiles, Window};
 use std::ffi::{c_char, c_void, CString};
@@ -280,6 +281,28 @@ pub unsafe extern "C" fn blockrep_shipper_last_error(
     guard(|| {
         let st = borrow(s)?.status();
         string_out(st.last_error.as_deref().unwrap_or(""), buf, len, out_len)
+    })
+}
+
+/// Fetches from the server of `*config` the block digests of the latest
+/// point it holds of disk `*disk_id` and writes them to the file `path`,
+/// for `blockrep_pipeline_resync` after tracking was lost (the resync log
+/// then ships like any other).
+///
+/// # Safety
+/// `config` readable as for `blockrep_shipper_start`; `disk_id` readable;
+/// `path` NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn blockrep_shipper_fetch_digests(
+    config: *const blockrep_shipper_config,
+    disk_id: *const blockrep_disk_id,
+    path: *const c_char,
+) -> blockrep_status {
+    guard(|| {
+        let c = config_in(&struct_in(config, "config")?)?;
+        let id = disk_id_in(disk_id)?;
+        let path = path_in(path)?;
+        crate::net::remote_digests(&c, id)?.store(path)
     })
 }
 

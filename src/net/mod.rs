@@ -28,5 +28,5 @@ pub use bandwidth::{Bandwidth, Window};
 pub use client::{Client, Response};
 pub use identity::{AllowList, Identity};
 pub use server::{Health, HealthPolicy, Limits, PrimaryConfig, Server, ServerConfig};
-pub use shipper::{Shipper, ShipperConfig, ShipperStatus};
+pub use shipper::{remote_digests, Shipper, ShipperConfig, ShipperStatus};
 pub use tls::{client_config, handshake_refusal, server_config, TlsFiles};

@@ -18,7 +18,7 @@ use super::client::Client;
 use super::tls::{client_config, TlsFiles};
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::Storage;
-use crate::log::Digest;
+use crate::log::{BlockDigests, Digest};
 use crate::serde_impls::{hex, unhex};
 use crate::source::{Spool, Throttle};
 use parking_lot::Mutex;
@@ -444,6 +444,32 @@ fn session(ctx: &Context, sent: &mut Sent, progressed: &mut bool) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// The block digests of the latest point the server holds of `disk`, for
+/// a digest resync after tracking was lost ([`Pipeline::resync`]; the
+/// resync log then ships like any other). Over one connection of its own,
+/// with the shipper's configuration.
+///
+/// [`Pipeline::resync`]: crate::source::Pipeline::resync
+pub fn remote_digests(config: &ShipperConfig, disk: crate::DiskId) -> Result<BlockDigests> {
+    let mut c = Client::connect(
+        config.server,
+        &config.server_name,
+        client_config(&config.tls)?,
+        config.timeout,
+    )?;
+    let r = c.request(
+        "GET",
+        &format!("/v1/disks/{}/digests", hex(&disk.0)),
+        &[],
+        &mut std::io::empty(),
+        0,
+    )?;
+    if r.head.status != 200 {
+        return Err(refusal(&r));
+    }
+    BlockDigests::decode(&r.body)
 }
 
 /// How far the log being uploaded was sent: to count the bytes sent again
