@@ -174,6 +174,21 @@ impl LogHeader {
         Ok(len)
     }
 
+    /// The header at the start of the log file `path` (one handed in,
+    /// before the whole log is verified), checked.
+    pub(crate) fn read_file(path: &std::path::Path) -> Result<LogHeader> {
+        use std::io::Read;
+        let io = |e| Error::io("read the log's header", e).with_path(path);
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        let mut prefix = [0u8; 24];
+        f.read_exact(&mut prefix).map_err(io)?;
+        let len = Self::announced_len(&prefix)?;
+        let mut b = vec![0u8; len];
+        b[..24].copy_from_slice(&prefix);
+        f.read_exact(&mut b[24..]).map_err(io)?;
+        Self::decode(&b).map_err(|e| e.with_path(path))
+    }
+
     /// Decodes a whole header (as long as [`announced_len`] said).
     pub(crate) fn decode(b: &[u8]) -> Result<LogHeader> {
         let len = b.len();

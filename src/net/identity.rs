@@ -14,6 +14,12 @@ use rustls::pki_types::CertificateDer;
 pub struct Identity(String);
 
 impl Identity {
+    /// The identity of an allow-list entry (the server's own bookkeeping:
+    /// a primary's root found on disk at start).
+    pub(crate) fn of_entry(entry: &str) -> Identity {
+        Identity(entry.to_string())
+    }
+
     /// The entry, as configured (`*.site-a.example`, `dr1.example`).
     pub fn as_str(&self) -> &str {
         &self.0

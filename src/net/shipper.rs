@@ -368,6 +368,10 @@ fn session(ctx: &Context, sent: &mut Sent, progressed: &mut bool) -> Result<()> 
         let digest = digest_of(&applied["digest"])?;
         spool.reconcile(seq, &digest)?;
     }
+    let mut held = resume
+        .get("held")
+        .filter(|x| !x.is_null())
+        .and_then(|x| Some((x["sequence"].as_u64()?, digest_of(&x["digest"]).ok()?)));
     let mut partial = resume
         .get("partial")
         .filter(|x| !x.is_null())
@@ -386,6 +390,13 @@ fn session(ctx: &Context, sent: &mut Sent, progressed: &mut bool) -> Result<()> 
             continue;
         };
         let (seq, digest) = (l.point.sequence, l.point.digest);
+        if held.take() == Some((seq, digest)) {
+            // The server holds this group member already: wait for the
+            // rest of its group.
+            wait_for_group(ctx, &mut c, &disk, seq, digest)?;
+            *progressed = true;
+            continue;
+        }
         let from = match partial.take() {
             // A partial holding the whole log (the server stopped before
             // applying it) is sent again whole, which restarts it.
@@ -421,6 +432,13 @@ fn session(ctx: &Context, sent: &mut Sent, progressed: &mut bool) -> Result<()> 
             s.bytes_resent += resent.min(body.at - from);
         }
         let r = r?;
+        if r.head.status == 202 {
+            // A member of a consistency group, held until every member
+            // arrived: applied with them, or not at all.
+            wait_for_group(ctx, &mut c, &disk, seq, digest)?;
+            *progressed = true;
+            continue;
+        }
         if r.head.status != 200 {
             return Err(refusal(&r));
         }
@@ -444,6 +462,46 @@ fn session(ctx: &Context, sent: &mut Sent, progressed: &mut bool) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// Waits (polling `resume`, at most the timeout) until the server applied
+/// the group cut holding log `seq` of this disk, then acknowledges it by
+/// its digest.
+fn wait_for_group(
+    ctx: &Context,
+    c: &mut Client,
+    disk: &str,
+    seq: u64,
+    digest: Digest,
+) -> Result<()> {
+    let until = std::time::Instant::now() + ctx.config.timeout;
+    while std::time::Instant::now() < until {
+        let r = c.request(
+            "GET",
+            &format!("/v1/disks/{disk}/resume"),
+            &[],
+            &mut std::io::empty(),
+            0,
+        )?;
+        if r.head.status != 200 {
+            return Err(refusal(&r));
+        }
+        let applied = r.json()?["applied"]["sequence"].as_u64().unwrap_or(0);
+        if applied >= seq {
+            let mut s = ctx.status.lock();
+            ctx.spool.reconcile(seq, &digest)?;
+            s.logs_shipped += 1;
+            s.last_error = None;
+            return Ok(());
+        }
+        if !pause(Duration::from_millis(100), &ctx.stop) {
+            return Ok(());
+        }
+    }
+    Err(Error::new(
+        ErrorKind::Io,
+        format!("log {seq} is held by the server until the other members of its group arrive"),
+    ))
 }
 
 /// The block digests of the latest point the server holds of `disk`, for

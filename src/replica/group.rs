@@ -14,7 +14,8 @@ use crate::frame;
 use crate::id::DiskId;
 use crate::io::Dir;
 use crate::le::{get_u32, get_u64, put_u32, put_u64};
-use crate::log::MappedLog;
+use crate::log::{MappedLog, ReadOptions};
+use std::path::Path;
 use std::sync::Arc;
 
 const JOURNAL: &str = "group-journal";
@@ -136,6 +137,41 @@ impl ReplicaGroup {
         self.dir.remove(JOURNAL)?;
         self.dir.sync()?;
         Ok(outcomes)
+    }
+
+    /// [`apply`](Self::apply) for log files handed in (a transport's
+    /// uploads): each is copied into its member's directory first (the
+    /// member whose disk its header names), verified whole there, and the
+    /// copies are removed after. Memory stays bounded whatever the sizes.
+    pub fn apply_files(&self, paths: &[&Path]) -> Result<Vec<ApplyOutcome>> {
+        let mut staged: Vec<(&Replica, String)> = Vec::with_capacity(paths.len());
+        let result = (|| {
+            let mut logs = Vec::with_capacity(paths.len());
+            for path in paths {
+                let id = crate::log::LogHeader::read_file(path)?.disk_id;
+                let r = self
+                    .members
+                    .iter()
+                    .find(|r| r.status().disk_id == id)
+                    .ok_or_else(|| {
+                        Error::mismatch(format!("{}: disk {id} is not a member", path.display()))
+                    })?;
+                let name = super::stage_file(&*r.s.dir, path)?;
+                staged.push((r, name));
+                let (r, name) = staged.last().expect("just pushed");
+                logs.push(MappedLog::open_in(
+                    &*r.s.dir,
+                    name,
+                    &ReadOptions::default(),
+                )?);
+            }
+            let refs: Vec<&MappedLog> = logs.iter().collect();
+            self.apply(&refs)
+        })();
+        for (r, name) in staged {
+            let _ = r.s.dir.remove(&name);
+        }
+        result
     }
 
     /// Returns every member of `moves` that reached its new point to its

@@ -229,5 +229,20 @@ pub(super) fn error_response_with(
 
 /// A 200 answer with a JSON body.
 pub(super) fn json_response(s: &mut Tls, body: &serde_json::Value) -> std::io::Result<()> {
-    write_response(s, 200, "application/json", &[], body.to_string().as_bytes())
+    json_response_status(s, 200, body)
+}
+
+/// An answer of `status` with a JSON body.
+pub(super) fn json_response_status(
+    s: &mut Tls,
+    status: u16,
+    body: &serde_json::Value,
+) -> std::io::Result<()> {
+    write_response(
+        s,
+        status,
+        "application/json",
+        &[],
+        body.to_string().as_bytes(),
+    )
 }

@@ -8,6 +8,7 @@
 //! wait bounded by a timeout. A disk takes one upload at a time.
 
 mod connection;
+mod group;
 mod health;
 mod metrics;
 mod push;
@@ -194,7 +195,7 @@ impl Server {
         let conf = Conf::load(config)?;
         let listener = TcpListener::bind(config.listen)
             .map_err(|e| Error::io(format!("listen on {}", config.listen), e))?;
-        Ok(Server {
+        let server = Server {
             listener,
             shared: Arc::new(Shared {
                 conf: parking_lot::RwLock::new(Arc::new(conf)),
@@ -206,7 +207,9 @@ impl Server {
                 metrics: Metrics::default(),
                 started: std::time::Instant::now(),
             }),
-        })
+        };
+        group::recover(&server.shared);
+        Ok(server)
     }
 
     /// Takes a new configuration while serving (SIGHUP in `blockrep

@@ -2,7 +2,8 @@
 //! partial file, resumable at the bytes held, then verified and applied.
 
 use super::connection::{
-    error_response, error_response_with, json_response, linger, status_of, Tls,
+    error_response, error_response_with, json_response, json_response_status, linger, status_of,
+    Tls,
 };
 use super::routes::partial;
 use super::space::check_reserve;
@@ -15,6 +16,7 @@ use crate::net::identity::Identity;
 use crate::replica::{ApplyOutcome, Replica};
 use crate::serde_impls::hex;
 use std::io::{Read, Write};
+use std::path::Path;
 use std::sync::Arc;
 
 /// `PUT /v1/disks/{disk}/logs/{sequence}`: streams the body into the
@@ -180,6 +182,43 @@ pub(super) fn push(
             &serde_json::json!({"sequence": seq, "bytes": have + body_len}),
         )
         .map_err(|e| Error::io("respond", e))?;
+        return Ok(true);
+    }
+    // A member of a consistency group waits for the others.
+    let header = crate::log::LogHeader::read_file(&path);
+    if let Ok(crate::log::LogHeader {
+        group: Some(group), ..
+    }) = header
+    {
+        drop(upload);
+        let root = disk.dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        let upload = super::group::Held {
+            disk: id,
+            sequence: seq,
+            digest,
+            path: path.clone(),
+        };
+        let r = super::group::hold_and_try(shared, identity, &root, &upload, group);
+        let sent = match r {
+            Ok(Some(o)) => json_response(
+                s,
+                &serde_json::json!({
+                    "sequence": o.sequence(),
+                    "digest": o.digest(),
+                    "outcome": if o.applied_now() { "applied" } else { "already_applied" },
+                }),
+            ),
+            Ok(None) => json_response_status(
+                s,
+                202,
+                &serde_json::json!({"sequence": seq, "digest": digest, "outcome": "held"}),
+            ),
+            Err(e) => {
+                shared.metrics.refused(&format!("http {}", status_of(&e)));
+                error_response(s, status_of(&e), &e)
+            }
+        };
+        sent.map_err(|e| Error::io("respond", e))?;
         return Ok(true);
     }
     let apply_started = std::time::Instant::now();

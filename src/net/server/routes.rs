@@ -130,5 +130,14 @@ pub(super) fn resume_json(r: Option<&Replica>, dir: &Path) -> serde_json::Value 
     let partial = partial(dir).map(|(seq, digest, _, bytes)| {
         serde_json::json!({"sequence": seq, "digest": digest, "bytes": bytes})
     });
-    serde_json::json!({"applied": applied, "partial": partial})
+    let held = dir
+        .parent()
+        .zip(
+            dir.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(parse_disk),
+        )
+        .and_then(|(root, id)| super::group::held_for(root, id));
+    let held = held.map(|h| serde_json::json!({"sequence": h.sequence, "digest": h.digest}));
+    serde_json::json!({"applied": applied, "partial": partial, "held": held})
 }
