@@ -142,8 +142,8 @@ fn a_group_cut_applies_whole_once_every_member_arrived() {
     drop(shippers);
     drop(server);
     config.listen = addr;
-    let _server = start(&config);
-    let _shippers: Vec<Shipper> = pipes
+    let server = start(&config);
+    let mut shippers: Vec<Shipper> = pipes
         .iter()
         .map(|p| Shipper::start(p.shared_spool(), config_of(addr)).unwrap())
         .collect();
@@ -167,4 +167,41 @@ fn a_group_cut_applies_whole_once_every_member_arrived() {
         assert!(Instant::now() < deadline, "held logs left: {:?}", left());
         std::thread::sleep(Duration::from_millis(20));
     }
+
+    // A server that stops with a complete cut held (here: the second
+    // member's log put beside the first's, as a push that completed the
+    // set would have before the server died) applies it at its start.
+    shippers.remove(1).stop();
+    for (p, disk) in pipes.iter().zip(&disks) {
+        scribble(p, &**disk, &mut rng);
+    }
+    group.cycle(&CycleOptions::default()).unwrap();
+    wait_for("the first member held again", || !left().is_empty());
+    drop(shippers);
+    drop(server);
+    let l = pipes[1].spool().next_to_ship().unwrap();
+    let f = pipes[1].spool().open_log(l.point.sequence).unwrap();
+    let mut bytes = vec![0u8; usize::try_from(l.bytes).unwrap()];
+    f.read_at(&mut bytes, 0).unwrap();
+    let cut = left()[0].parent().unwrap().to_path_buf();
+    let name = format!(
+        "{}-{:020}-{:x}.log",
+        IDS[1], l.point.sequence, l.point.digest
+    );
+    std::fs::write(cut.join(name), &bytes).unwrap();
+    let _server = start(&config);
+    for (id, disk) in IDS.iter().zip(&disks) {
+        assert!(
+            image(&root, *id) == content(&**disk),
+            "disk {id} after the start"
+        );
+    }
+    assert!(left().is_empty(), "{:?}", left());
+    let _shippers: Vec<Shipper> = pipes
+        .iter()
+        .map(|p| Shipper::start(p.shared_spool(), config_of(addr)).unwrap())
+        .collect();
+    wait_for("both acknowledged", || {
+        pipes.iter().all(|p| p.status().pending_logs == 0)
+    });
 }
