@@ -62,6 +62,14 @@ enum Command {
         /// Work directory (default: a temporary one).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Instead: one replica server (its own process) taking this many
+        /// small disks replicating at once, its memory per disk and CPU
+        /// seconds per GB received.
+        #[arg(long)]
+        disks: Option<usize>,
+        /// With --disks: how long the disks write and cycle, in seconds.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
     },
     /// Delta logs.
     #[command(subcommand)]
@@ -529,7 +537,16 @@ fn run(command: Command) -> Result<()> {
             }
             demo::run(demo::DemoOptions { size, seconds, dir })
         }
-        Command::Bench { size, dir } => {
+        Command::Bench {
+            disks: Some(n),
+            seconds,
+            dir,
+            ..
+        } => {
+            let work = demo::WorkDir::new(dir.as_deref(), "bench-disks")?;
+            bench_net::many_disks(work.path(), n, seconds)
+        }
+        Command::Bench { size, dir, .. } => {
             if size < 16 << 20 {
                 return Err(Error::invalid("the bench image is at least 16M"));
             }
