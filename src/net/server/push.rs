@@ -123,11 +123,16 @@ pub(super) fn push(
         drop(upload);
         return fail(s, 507, e);
     }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| Error::io("open the partial upload", e).with_path(&path))?;
+    // Buffered: a TLS read yields at most a record (16 KiB); the file
+    // takes them a MiB at a time.
+    let mut file = std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io("open the partial upload", e).with_path(&path))?,
+    );
     // The body: what came with the head, then the stream, to the file as
     // it arrives.
     let mut left = body_len;
@@ -158,6 +163,13 @@ pub(super) fn push(
             Err(e) => Err(Error::io("read the body", e)),
         };
     }
+    // What arrived reaches the file, whatever ended the body.
+    let flushed = file
+        .flush()
+        .map_err(|e| Error::io("write the upload", e).with_path(&path));
+    if received.is_ok() {
+        received = flushed;
+    }
     if let Err(e) = received {
         if e.kind() == ErrorKind::NoSpace {
             // The file system filled under the upload (another writer):
@@ -172,7 +184,7 @@ pub(super) fn push(
         received = Err(e);
     }
     // Whatever arrived is kept, durably, for a resume.
-    let synced = file.sync_all();
+    let synced = file.get_ref().sync_all();
     received?;
     synced.map_err(|e| Error::io("sync the upload", e).with_path(&path))?;
     if have + body_len < total {
