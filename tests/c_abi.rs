@@ -473,25 +473,11 @@ fn nbdkit_filter_replicates_what_qemu_io_writes_through_nbd() {
 #[cfg(feature = "net")]
 #[test]
 fn nbdkit_filter_ships_to_a_replica_server_across_a_sigkill_of_nbdkit() {
-    use blockrep::net::{Limits, PrimaryConfig, ServerConfig};
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let ca = net_common::Ca::new("primaries");
-    ca.write_ca(&d.join("ca.crt"));
-    ca.leaf(d, "server", &["localhost"], false);
-    ca.leaf(d, "host1", &["host1.site-a.example"], false);
+    let config = net_common::site(d);
     let root = d.join("site-a");
-    let server = net_common::start(&ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tls: net_common::files(d, "server", "ca.crt"),
-        primaries: vec![PrimaryConfig {
-            identity: "*.site-a.example".into(),
-            root: root.clone(),
-        }],
-        limits: Limits::default(),
-        monitors: vec![],
-        health: blockrep::net::HealthPolicy::default(),
-    });
+    let server = net_common::start(&config);
     let args = [
         format!("blockrep-server={}", server.addr),
         "blockrep-server-name=localhost".into(),
@@ -527,25 +513,11 @@ fn groups_resize_and_tags_c_program_under_sanitizers_and_valgrind() {
 #[cfg(feature = "net")]
 #[test]
 fn shipper_c_program_under_sanitizers_and_valgrind() {
-    use blockrep::net::{Limits, PrimaryConfig, ServerConfig};
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let ca = net_common::Ca::new("primaries");
-    ca.write_ca(&d.join("ca.crt"));
-    ca.leaf(d, "server", &["localhost"], false);
-    ca.leaf(d, "host1", &["host1.site-a.example"], false);
+    let config = net_common::site(d);
     let root = d.join("site-a");
-    let server = net_common::start(&ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tls: net_common::files(d, "server", "ca.crt"),
-        primaries: vec![PrimaryConfig {
-            identity: "*.site-a.example".into(),
-            root: root.clone(),
-        }],
-        limits: Limits::default(),
-        monitors: vec![],
-        health: blockrep::net::HealthPolicy::default(),
-    });
+    let server = net_common::start(&config);
     let addr = server.addr.to_string();
     c_program_with(
         "shipper",

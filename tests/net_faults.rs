@@ -12,14 +12,12 @@ mod net_common;
 
 use blockrep::io::{MemDir, MemStorage, Storage};
 use blockrep::log::WriterOptions;
-use blockrep::net::{
-    client_config, Client, Limits, PrimaryConfig, ServerConfig, Shipper, ShipperConfig,
-};
+use blockrep::net::{client_config, Client, Shipper, ShipperConfig};
 use blockrep::source::{AnyTracker, CycleOptions, Pipeline, TransferOptions};
 use blockrep::DiskId;
 use common::Rng;
 use net_common::proxy::{Faults, Proxy};
-use net_common::{files, start, Ca};
+use net_common::{files, start};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,26 +49,12 @@ fn scribble(p: &Pipeline<AnyTracker>, disk: &dyn Storage, rng: &mut Rng) {
 fn cuts_stalls_and_lost_answers_between_the_sites_lose_nothing() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let ca = Ca::new("primaries");
-    ca.write_ca(&d.join("ca.crt"));
-    ca.leaf(d, "server", &["localhost"], false);
-    ca.leaf(d, "host1", &["host1.site-a.example"], false);
+    let (mut config, ca) = net_common::site_ca(d);
     ca.leaf(d, "monitor", &["monitor.example"], false);
+    config.limits.read_timeout = Duration::from_secs(5);
+    config.monitors = vec!["monitor.example".into()];
     let root = d.join("site-a");
-    let server = start(&ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tls: files(d, "server", "ca.crt"),
-        primaries: vec![PrimaryConfig {
-            identity: "*.site-a.example".into(),
-            root: root.clone(),
-        }],
-        limits: Limits {
-            read_timeout: Duration::from_secs(5),
-            ..Limits::default()
-        },
-        monitors: vec!["monitor.example".into()],
-        health: blockrep::net::HealthPolicy::default(),
-    });
+    let server = start(&config);
     let faults = Faults {
         cut_within: Some(3 << 20),
         drop_answer_percent: 25,

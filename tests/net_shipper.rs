@@ -8,11 +8,11 @@ mod common;
 mod net_common;
 
 use blockrep::io::{MemDir, MemStorage, Storage};
-use blockrep::net::{Limits, PrimaryConfig, ServerConfig, Shipper, ShipperConfig, TlsFiles};
+use blockrep::net::{Shipper, ShipperConfig, TlsFiles};
 use blockrep::source::{AnyTracker, CycleOptions, Pipeline, TransferOptions};
 use blockrep::DiskId;
 use common::Rng;
-use net_common::{files, start, Ca};
+use net_common::{files, start};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,22 +52,8 @@ fn replica_equals(root: &Path, disk: &dyn Storage) -> bool {
 fn the_shipper_replicates_and_resumes_after_the_server_comes_back() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let ca = Ca::new("primaries");
-    ca.write_ca(&d.join("ca.crt"));
-    ca.leaf(d, "server", &["localhost"], false);
-    ca.leaf(d, "host1", &["host1.site-a.example"], false);
+    let mut config = net_common::site(d);
     let root = d.join("site-a");
-    let mut config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tls: files(d, "server", "ca.crt"),
-        primaries: vec![PrimaryConfig {
-            identity: "*.site-a.example".into(),
-            root: root.clone(),
-        }],
-        limits: Limits::default(),
-        monitors: Vec::new(),
-        health: blockrep::net::HealthPolicy::default(),
-    };
     let server = start(&config);
     let addr = server.addr;
 

@@ -6,8 +6,8 @@
 
 mod net_common;
 
-use blockrep::net::{client_config, Client, Limits, PrimaryConfig, ServerConfig};
-use net_common::{files, start, Ca};
+use blockrep::net::{client_config, Client};
+use net_common::{files, start};
 use std::time::Duration;
 
 #[test]
@@ -19,24 +19,9 @@ fn a_peer_closing_under_a_write_is_an_error_not_a_signal() {
     }
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let ca = Ca::new("primaries");
-    ca.write_ca(&d.join("ca.crt"));
-    ca.leaf(d, "server", &["localhost"], false);
-    ca.leaf(d, "host1", &["host1.site-a.example"], false);
-    let server = start(&ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tls: files(d, "server", "ca.crt"),
-        primaries: vec![PrimaryConfig {
-            identity: "*.site-a.example".into(),
-            root: d.join("site-a"),
-        }],
-        limits: Limits {
-            max_log: 1 << 20,
-            ..Limits::default()
-        },
-        monitors: vec![],
-        health: blockrep::net::HealthPolicy::default(),
-    });
+    let mut config = net_common::site(d);
+    config.limits.max_log = 1 << 20;
+    let server = start(&config);
     let tls = client_config(&files(d, "host1", "ca.crt")).unwrap();
     // A body far over the limit: the server answers 413 and closes while
     // the client is still sending 64 MiB.

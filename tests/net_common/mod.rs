@@ -88,3 +88,31 @@ pub fn start(config: &ServerConfig) -> Running {
     }
 }
 pub mod proxy;
+
+/// One site's PKI and server configuration in `d`: a CA (`ca.crt`), the
+/// server's certificate for `localhost` and a primary's
+/// (`host1.site-a.example`, as `host1`), and a server for the primaries
+/// `*.site-a.example` storing under `d/site-a`, with default limits.
+pub fn site(d: &Path) -> ServerConfig {
+    site_ca(d).0
+}
+
+/// [`site`], and its CA for more leaves.
+pub fn site_ca(d: &Path) -> (ServerConfig, Ca) {
+    let ca = Ca::new("primaries");
+    ca.write_ca(&d.join("ca.crt"));
+    ca.leaf(d, "server", &["localhost"], false);
+    ca.leaf(d, "host1", &["host1.site-a.example"], false);
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: files(d, "server", "ca.crt"),
+        primaries: vec![blockrep::net::PrimaryConfig {
+            identity: "*.site-a.example".into(),
+            root: d.join("site-a"),
+        }],
+        limits: blockrep::net::Limits::default(),
+        monitors: vec![],
+        health: blockrep::net::HealthPolicy::default(),
+    };
+    (config, ca)
+}
