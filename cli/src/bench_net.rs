@@ -184,7 +184,6 @@ fn proc_usage(pid: u32) -> Result<(u64, u64, f64)> {
 /// less its idle size) and CPU seconds per GB received, and checks every
 /// replica against its disk.
 pub fn many_disks(dir: &Path, n: usize, seconds: u64) -> Result<()> {
-    use std::io::BufRead;
     const SIZE: u64 = 4 << 20;
     let pki = dir.join("pki");
     let _ = std::fs::remove_dir_all(&pki);
@@ -212,24 +211,7 @@ pub fn many_disks(dir: &Path, n: usize, seconds: u64) -> Result<()> {
         p = pki.display()
     );
     std::fs::write(&config, text).map_err(|e| Error::io("write", e).with_path(&config))?;
-    let exe = std::env::current_exe().map_err(|e| Error::io("find this program", e))?;
-    let mut child = std::process::Command::new(exe)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| Error::io("start blockrep serve", e))?;
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        std::io::BufReader::new(out)
-            .read_line(&mut line)
-            .map_err(|e| Error::io("read the server's address", e))?;
-    }
-    let addr: std::net::SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.parse().ok())
-        .ok_or_else(|| Error::invalid(format!("the server did not start: {line:?}")))?;
+    let (mut child, addr) = super::demo::spawn_serve(&config, std::process::Stdio::null())?;
     let result = (|| {
         let pid = child.id();
         let (idle_rss, _, _) = proc_usage(pid)?;

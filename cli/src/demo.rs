@@ -670,6 +670,40 @@ impl Drop for WorkDir {
     }
 }
 
+/// `blockrep serve --config CONFIG` as a child process (this program),
+/// its standard error to `stderr`; returns once it listens, with the
+/// address it printed.
+pub(super) fn spawn_serve(
+    config: &Path,
+    stderr: std::process::Stdio,
+) -> Result<(std::process::Child, std::net::SocketAddr)> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().map_err(|e| Error::io("find this program", e))?;
+    let mut child = std::process::Command::new(exe)
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| Error::io("start blockrep serve", e))?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .map_err(|e| Error::io("read the server's address", e))?;
+    }
+    match line.split_whitespace().find_map(|w| w.parse().ok()) {
+        Some(addr) => Ok((child, addr)),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(Error::invalid(format!(
+                "the server did not start: {line:?}"
+            )))
+        }
+    }
+}
+
 /// The secondary site: `blockrep serve` run as its own process on
 /// loopback, with certificates `blockrep certs` makes.
 struct SecondarySite {
@@ -683,7 +717,6 @@ impl SecondarySite {
     const PRIMARY: &'static str = "primary.site-a.demo";
 
     fn start(dir: &Path) -> Result<SecondarySite> {
-        use std::io::BufRead;
         let pki = dir.join("pki");
         crate::remote::certs(&pki, &["localhost".into()], &[Self::PRIMARY.into()], 30)?;
         let root = dir.join("site-b");
@@ -697,26 +730,9 @@ impl SecondarySite {
         );
         std::fs::write(&config, text)
             .map_err(|e| Error::io("write the configuration", e).with_path(&config))?;
-        let exe = std::env::current_exe().map_err(|e| Error::io("find this program", e))?;
         let log = std::fs::File::create(dir.join("serve.log"))
             .map_err(|e| Error::io("create the server's log", e))?;
-        let mut child = std::process::Command::new(exe)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(std::process::Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| Error::io("start blockrep serve", e))?;
-        let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            std::io::BufReader::new(out)
-                .read_line(&mut line)
-                .map_err(|e| Error::io("read the server's address", e))?;
-        }
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.parse().ok())
-            .ok_or_else(|| Error::invalid(format!("the server did not start: {line:?}")))?;
+        let (child, addr) = spawn_serve(&config, log.into())?;
         Ok(SecondarySite {
             server: Some(child),
             addr,
