@@ -351,17 +351,7 @@ fn session(ctx: &Context, sent: &mut Sent, progressed: &mut bool) -> Result<()> 
         s.connected = true;
         s.connections += 1;
     }
-    let r = c.request(
-        "GET",
-        &format!("/v1/disks/{disk}/resume"),
-        &[],
-        &mut std::io::empty(),
-        0,
-    )?;
-    if r.head.status != 200 {
-        return Err(refusal(&r));
-    }
-    let resume = r.json()?;
+    let resume = get_json(&mut c, &format!("/v1/disks/{disk}/resume"))?;
     spool.rewind();
     if let Some(applied) = resume.get("applied").filter(|a| !a.is_null()) {
         let seq = applied["sequence"].as_u64().unwrap_or(0);
@@ -476,17 +466,8 @@ fn wait_for_group(
 ) -> Result<()> {
     let until = std::time::Instant::now() + ctx.config.timeout;
     while std::time::Instant::now() < until {
-        let r = c.request(
-            "GET",
-            &format!("/v1/disks/{disk}/resume"),
-            &[],
-            &mut std::io::empty(),
-            0,
-        )?;
-        if r.head.status != 200 {
-            return Err(refusal(&r));
-        }
-        let applied = r.json()?["applied"]["sequence"].as_u64().unwrap_or(0);
+        let resume = get_json(c, &format!("/v1/disks/{disk}/resume"))?;
+        let applied = resume["applied"]["sequence"].as_u64().unwrap_or(0);
         if applied >= seq {
             let mut s = ctx.status.lock();
             ctx.spool.reconcile(seq, &digest)?;
@@ -550,6 +531,15 @@ impl Sent {
         }
         self.upto.saturating_sub(from)
     }
+}
+
+/// A GET answered 200 with JSON; a refusal as an error.
+fn get_json(c: &mut Client, path: &str) -> Result<serde_json::Value> {
+    let r = c.request("GET", path, &[], &mut std::io::empty(), 0)?;
+    if r.head.status != 200 {
+        return Err(refusal(&r));
+    }
+    r.json()
 }
 
 /// The server's refusal as an error: its message, or the status.
