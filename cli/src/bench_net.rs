@@ -24,26 +24,24 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The server's `blockrep_apply_seconds_total`.
-fn apply_seconds(addr: std::net::SocketAddr, monitor: &TlsFiles) -> Result<f64> {
+/// One counter of the server's `/metrics` (read as `monitor`).
+fn metric(addr: std::net::SocketAddr, monitor: &TlsFiles, name: &str) -> Result<f64> {
     let mut c = Client::connect(
         addr,
         "localhost",
         client_config(monitor)?,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )?;
     let r = c.request("GET", "/metrics", &[], &mut std::io::empty(), 0)?;
-    let text = String::from_utf8_lossy(&r.body).to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix("blockrep_apply_seconds_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| Error::invalid("no apply time in /metrics"))
+    String::from_utf8_lossy(&r.body)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .ok_or_else(|| Error::invalid(format!("no {name} in /metrics")))
 }
 
-/// Ships the full log of `src` over TLS and copies the same bytes over
-/// TCP, `RUNS` times each; returns the two medians in seconds and the
-/// log's size.
-pub fn transport(dir: &Path, src: &Path) -> Result<(f64, f64, u64)> {
+/// The bench's PKI in `dir/pki` (a server, a primary, a monitor), and the
+/// files of one of its names.
+fn bench_pki(dir: &Path) -> Result<impl Fn(&str) -> TlsFiles> {
     let pki = dir.join("pki");
     let _ = std::fs::remove_dir_all(&pki);
     crate::remote::certs(
@@ -52,11 +50,18 @@ pub fn transport(dir: &Path, src: &Path) -> Result<(f64, f64, u64)> {
         &["bench.site-a".into(), "monitor.bench".into()],
         1,
     )?;
-    let files = |name: &str| TlsFiles {
+    Ok(move |name: &str| TlsFiles {
         cert: pki.join(format!("{name}.crt")),
         key: pki.join(format!("{name}.key")),
         ca: pki.join("ca.crt"),
-    };
+    })
+}
+
+/// Ships the full log of `src` over TLS and copies the same bytes over
+/// TCP, `RUNS` times each; returns the two medians in seconds and the
+/// log's size.
+pub fn transport(dir: &Path, src: &Path) -> Result<(f64, f64, u64)> {
+    let files = bench_pki(dir)?;
     let root = dir.join("server-root");
     let server = Server::bind(&ServerConfig {
         listen: "127.0.0.1:0".parse().expect("an address"),
@@ -87,7 +92,11 @@ pub fn transport(dir: &Path, src: &Path) -> Result<(f64, f64, u64)> {
                 let log = p.spool().open_log(1)?;
                 tcp_runs.push(tcp_copy(&*log, log_bytes, &dir.join("tcp-copy.bin"))?);
                 drop(log);
-                let before = apply_seconds(addr, &files("monitor.bench"))?;
+                let before = metric(
+                    addr,
+                    &files("monitor.bench"),
+                    "blockrep_apply_seconds_total",
+                )?;
                 let t = Instant::now();
                 let shipper = Shipper::start(p.shared_spool(), {
                     let mut c = ShipperConfig::new(addr, "localhost", files("bench.site-a"));
@@ -105,7 +114,11 @@ pub fn transport(dir: &Path, src: &Path) -> Result<(f64, f64, u64)> {
                 }
                 let took = t.elapsed().as_secs_f64();
                 shipper.stop();
-                let apply = apply_seconds(addr, &files("monitor.bench"))? - before;
+                let apply = metric(
+                    addr,
+                    &files("monitor.bench"),
+                    "blockrep_apply_seconds_total",
+                )? - before;
                 tls_runs.push(took - apply);
                 let _ = std::fs::remove_dir_all(root.join(id.to_string()));
             }
@@ -185,30 +198,21 @@ fn proc_usage(pid: u32) -> Result<(u64, u64, f64)> {
 /// replica against its disk.
 pub fn many_disks(dir: &Path, n: usize, seconds: u64) -> Result<()> {
     const SIZE: u64 = 4 << 20;
-    let pki = dir.join("pki");
-    let _ = std::fs::remove_dir_all(&pki);
-    crate::remote::certs(
-        &pki,
-        &["localhost".into()],
-        &["bench.site-a".into(), "monitor.bench".into()],
-        1,
-    )?;
-    let files = |name: &str| TlsFiles {
-        cert: pki.join(format!("{name}.crt")),
-        key: pki.join(format!("{name}.key")),
-        ca: pki.join("ca.crt"),
-    };
+    let files = bench_pki(dir)?;
+    let server = files("localhost");
     let root = dir.join("server-root");
     let config = dir.join("serve.toml");
     let text = format!(
-        "listen = \"127.0.0.1:0\"\ncertificate = \"{p}/localhost.crt\"\nkey = \"{p}/localhost.key\"\n\
-         client_ca = \"{p}/ca.crt\"\nmonitors = [\"monitor.bench\"]\n\
+        "listen = \"127.0.0.1:0\"\ncertificate = \"{}\"\nkey = \"{}\"\n\
+         client_ca = \"{}\"\nmonitors = [\"monitor.bench\"]\n\
          [[primary]]\nidentity = \"bench.site-a\"\nroot = \"{}\"\n\
          [limits]\nper_identity = {}\nconnections = {}\n",
+        server.cert.display(),
+        server.key.display(),
+        server.ca.display(),
         root.display(),
         n + 16,
         n + 64,
-        p = pki.display()
     );
     std::fs::write(&config, text).map_err(|e| Error::io("write", e).with_path(&config))?;
     let (mut child, addr) = super::demo::spawn_serve(&config, std::process::Stdio::null())?;
@@ -254,19 +258,12 @@ pub fn many_disks(dir: &Path, n: usize, seconds: u64) -> Result<()> {
             Ok(())
         };
         drain("the initial logs")?;
-        let bytes_of = || -> Result<f64> {
-            let mut c = Client::connect(
+        let bytes_of = || {
+            metric(
                 addr,
-                "localhost",
-                client_config(&files("monitor.bench"))?,
-                Duration::from_secs(30),
-            )?;
-            let r = c.request("GET", "/metrics", &[], &mut std::io::empty(), 0)?;
-            String::from_utf8_lossy(&r.body)
-                .lines()
-                .find_map(|l| l.strip_prefix("blockrep_bytes_received_total "))
-                .and_then(|v| v.trim().parse().ok())
-                .ok_or_else(|| Error::invalid("no byte count in /metrics"))
+                &files("monitor.bench"),
+                "blockrep_bytes_received_total",
+            )
         };
         let (_, _, cpu0) = proc_usage(pid)?;
         let bytes0 = bytes_of()?;
