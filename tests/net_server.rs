@@ -84,10 +84,12 @@ fn a_primary_creates_pushes_and_resumes_and_others_are_refused() {
             PrimaryConfig {
                 identity: "*.site-a.example".into(),
                 root: root_a.clone(),
+                retention: blockrep::replica::RetentionPolicy::default(),
             },
             PrimaryConfig {
                 identity: "dr.example".into(),
                 root: root_b.clone(),
+                retention: blockrep::replica::RetentionPolicy::default(),
             },
         ],
         limits: Limits {
@@ -315,6 +317,7 @@ fn floods_tricklers_and_greedy_identities_are_cut_off() {
         primaries: vec![PrimaryConfig {
             identity: "*.site-a.example".into(),
             root: d.join("site-a"),
+            retention: blockrep::replica::RetentionPolicy::default(),
         }],
         limits: Limits {
             read_timeout: Duration::from_secs(3),
@@ -446,6 +449,7 @@ fn one_primary(d: &std::path::Path, root: &std::path::Path, limits: Limits) -> S
         primaries: vec![PrimaryConfig {
             identity: "*.site-a.example".into(),
             root: root.to_path_buf(),
+            retention: blockrep::replica::RetentionPolicy::default(),
         }],
         limits,
         monitors: vec![],

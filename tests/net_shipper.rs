@@ -53,6 +53,9 @@ fn the_shipper_replicates_and_resumes_after_the_server_comes_back() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     let mut config = net_common::site(d);
+    // The server keeps the three newest points of each replica.
+    config.primaries[0].retention.keep_last = 3;
+    config.primaries[0].retention.keep_app_last = 0;
     let root = d.join("site-a");
     let server = start(&config);
     let addr = server.addr;
@@ -80,6 +83,32 @@ fn the_shipper_replicates_and_resumes_after_the_server_comes_back() {
     }
     wait_for("the cycles to ship", || p.status().pending_logs == 0);
     assert!(replica_equals(&root, &*disk));
+    let mut c = blockrep::net::Client::connect(
+        addr,
+        "localhost",
+        blockrep::net::client_config(&files(d, "host1", "ca.crt")).unwrap(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let points = c
+        .request(
+            "GET",
+            &format!("/v1/disks/{ID}/points"),
+            &[],
+            &mut std::io::empty(),
+            0,
+        )
+        .unwrap()
+        .json()
+        .unwrap();
+    let kept: Vec<u64> = points
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(kept, [2, 3, 4], "pruned to the server's retention");
+    drop(c);
     let shipped = shipper.status();
     assert_eq!(shipped.logs_shipped, 4);
     assert!(

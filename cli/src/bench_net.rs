@@ -69,6 +69,7 @@ pub fn transport(dir: &Path, src: &Path) -> Result<(f64, f64, u64)> {
         primaries: vec![PrimaryConfig {
             identity: "bench.site-a".into(),
             root: root.clone(),
+            retention: blockrep::replica::RetentionPolicy::default(),
         }],
         limits: Limits::default(),
         monitors: vec!["monitor.bench".into()],

@@ -12,6 +12,9 @@
 //! [[primary]]
 //! identity = "*.site-a.example"
 //! root = "/srv/blockrep/site-a"
+//! keep_last = 24               # retention of its replicas' points, pruned
+//! keep_app_last = 7            # after every apply (keep_for_secs and
+//!                              # keep_app_for_secs too; all optional)
 //!
 //! [limits]                 # all optional
 //! read_timeout_secs = 30
@@ -29,6 +32,7 @@
 //! ```
 
 use blockrep::net::{HealthPolicy, Limits, PrimaryConfig, Server, ServerConfig, TlsFiles};
+use blockrep::replica::RetentionPolicy;
 use blockrep::{Error, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -64,6 +68,11 @@ struct HealthFile {
 struct Primary {
     identity: String,
     root: PathBuf,
+    /// Retention of its replicas' points (defaults: the library's).
+    keep_last: Option<usize>,
+    keep_for_secs: Option<u64>,
+    keep_app_last: Option<usize>,
+    keep_app_for_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -114,9 +123,21 @@ pub fn load(path: &Path) -> Result<ServerConfig> {
         primaries: f
             .primary
             .into_iter()
-            .map(|p| PrimaryConfig {
-                identity: p.identity,
-                root: p.root,
+            .map(|p| {
+                let r = RetentionPolicy::default();
+                PrimaryConfig {
+                    identity: p.identity,
+                    root: p.root,
+                    retention: RetentionPolicy {
+                        keep_last: p.keep_last.unwrap_or(r.keep_last),
+                        keep_for: p.keep_for_secs.map(Duration::from_secs).or(r.keep_for),
+                        keep_app_last: p.keep_app_last.unwrap_or(r.keep_app_last),
+                        keep_app_for: p
+                            .keep_app_for_secs
+                            .map(Duration::from_secs)
+                            .or(r.keep_app_for),
+                    },
+                }
             })
             .collect(),
         limits: Limits {

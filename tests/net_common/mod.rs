@@ -109,6 +109,7 @@ pub fn site_ca(d: &Path) -> (ServerConfig, Ca) {
         primaries: vec![blockrep::net::PrimaryConfig {
             identity: "*.site-a.example".into(),
             root: d.join("site-a"),
+            retention: blockrep::replica::RetentionPolicy::default(),
         }],
         limits: blockrep::net::Limits::default(),
         monitors: vec![],

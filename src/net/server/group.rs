@@ -151,13 +151,16 @@ fn try_apply(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let group = ReplicaGroup::open(Arc::new(FsDir::new(dir)?), replicas)?;
+    let group = ReplicaGroup::open(Arc::new(FsDir::new(dir)?), replicas.clone())?;
     let paths: Vec<&Path> = held.iter().map(|h| h.path.as_path()).collect();
     let started = std::time::Instant::now();
     let applied = group.apply_files(&paths);
     drop(slots);
     match applied {
         Ok(outcomes) => {
+            for r in &replicas {
+                shared.prune(identity, r);
+            }
             shared.metrics.applied(
                 started.elapsed(),
                 outcomes.iter().any(ApplyOutcome::applied_now),

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::id::DiskId;
 use crate::io::FsDir;
 use crate::log::Digest;
-use crate::replica::Replica;
+use crate::replica::{Replica, RetentionPolicy};
 use crate::serde_impls::{hex, unhex};
 use connection::connection;
 pub use health::{Health, HealthPolicy};
@@ -41,6 +41,8 @@ pub struct PrimaryConfig {
     pub identity: String,
     /// The directory holding its disks, one directory per disk.
     pub root: PathBuf,
+    /// Which points its replicas keep: pruned after every apply.
+    pub retention: RetentionPolicy,
 }
 
 /// The limits against a client that misbehaves (docs/PROTOCOL.md).
@@ -124,6 +126,7 @@ struct Conf {
     tls: Arc<rustls::ServerConfig>,
     allow: AllowList,
     roots: HashMap<String, PathBuf>,
+    retention: HashMap<String, RetentionPolicy>,
     limits: Limits,
     monitors: Vec<String>,
     health: HealthPolicy,
@@ -140,7 +143,9 @@ impl Conf {
             .collect();
         let allow = AllowList::new(&entries)?;
         let mut roots = HashMap::new();
+        let mut retention = HashMap::new();
         for p in &config.primaries {
+            retention.insert(p.identity.clone(), p.retention);
             std::fs::create_dir_all(&p.root)
                 .map_err(|e| Error::io("create a primary's root", e).with_path(&p.root))?;
             if roots.insert(p.identity.clone(), p.root.clone()).is_some() {
@@ -155,6 +160,7 @@ impl Conf {
             tls: server_config(&config.tls)?,
             allow,
             roots,
+            retention,
             limits: config.limits.clone(),
             monitors: config.monitors.clone(),
             health: config.health,
@@ -329,6 +335,17 @@ impl Shared {
     /// The configuration now.
     fn conf(&self) -> Arc<Conf> {
         self.conf.read().clone()
+    }
+
+    /// Prunes `r` to `identity`'s retention policy after an apply; a
+    /// failure is logged (the apply stands, the next one prunes again).
+    fn prune(&self, identity: &Identity, r: &Replica) {
+        let conf = self.conf();
+        if let Some(policy) = conf.retention.get(identity.as_str()) {
+            if let Err(e) = r.prune(policy, crate::status::now_ns()) {
+                log(&format!("prune disk {}: {e}", r.status().disk_id));
+            }
+        }
     }
 
     /// The disk `id` of `identity`, opened (its replica, if it exists)

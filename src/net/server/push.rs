@@ -236,7 +236,11 @@ pub(super) fn push(
     let apply_started = std::time::Instant::now();
     let current = disk.replica.lock().clone();
     let applied = match current {
-        Some(r) => r.apply_file(&path),
+        Some(r) => r.apply_file(&path).inspect(|o| {
+            if o.applied_now() {
+                shared.prune(identity, &r);
+            }
+        }),
         None => {
             let dir = Arc::new(FsDir::new(disk.dir.join("replica"))?);
             Replica::create_from_file(dir, &path).map(|r| {
