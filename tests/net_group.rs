@@ -183,11 +183,41 @@ fn a_group_cut_applies_whole_once_every_member_arrived() {
         );
     }
     assert!(left().is_empty(), "{:?}", left());
-    let _shippers: Vec<Shipper> = pipes
+    let last_shippers: Vec<Shipper> = pipes
         .iter()
         .map(|p| Shipper::start(p.shared_spool(), config_of(addr)).unwrap())
         .collect();
     wait_for("both acknowledged", || {
         pipes.iter().all(|p| p.status().pending_logs == 0)
     });
+
+    // A member log pushed under another disk of the same primary is
+    // refused, not held where it would apply to its own disk.
+    drop(last_shippers);
+    for (p, disk) in pipes.iter().zip(&disks) {
+        scribble(p, &**disk, &mut rng);
+    }
+    group.cycle(&CycleOptions::default()).unwrap();
+    let l = pipes[0].spool().next_to_ship().unwrap();
+    let f = pipes[0].spool().open_log(l.point.sequence).unwrap();
+    let mut bytes = vec![0u8; usize::try_from(l.bytes).unwrap()];
+    f.read_at(&mut bytes, 0).unwrap();
+    let mut c = blockrep::net::Client::connect(
+        addr,
+        "localhost",
+        blockrep::net::client_config(&files(d, "host1", "ca.crt")).unwrap(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let r = c
+        .request(
+            "PUT",
+            &format!("/v1/disks/{}/logs/{}", IDS[1], l.point.sequence),
+            &[("Blockrep-Digest", format!("{:x}", l.point.digest))],
+            &mut &bytes[..],
+            l.bytes,
+        )
+        .unwrap();
+    assert_eq!(r.head.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    assert!(left().is_empty(), "{:?}", left());
 }

@@ -199,10 +199,21 @@ pub(super) fn push(
     // A member of a consistency group waits for the others.
     let header = crate::log::LogHeader::read_file(&path);
     if let Ok(crate::log::LogHeader {
-        group: Some(group), ..
+        group: Some(group),
+        disk_id,
+        ..
     }) = header
     {
         drop(upload);
+        if disk_id != id {
+            // Held under the pushed disk, it would apply to another.
+            let _ = std::fs::remove_file(&path);
+            let e = Error::mismatch(format!("a log of disk {disk_id} pushed as disk {id}"))
+                .with_detail(crate::error::Detail::OtherDisk { expected: id });
+            shared.metrics.refused("http 409");
+            error_response(s, status_of(&e), &e).map_err(|e| Error::io("respond", e))?;
+            return Ok(true);
+        }
         let root = disk.dir.parent().map(Path::to_path_buf).unwrap_or_default();
         let upload = super::group::Held {
             disk: id,
