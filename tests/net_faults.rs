@@ -12,7 +12,7 @@ mod net_common;
 
 use blockrep::io::{MemDir, MemStorage, Storage};
 use blockrep::log::WriterOptions;
-use blockrep::net::{client_config, Client, Shipper, ShipperConfig};
+use blockrep::net::{Shipper, ShipperConfig};
 use blockrep::source::{AnyTracker, CycleOptions, Pipeline, TransferOptions};
 use blockrep::DiskId;
 use common::Rng;
@@ -113,13 +113,7 @@ fn cuts_stalls_and_lost_answers_between_the_sites_lose_nothing() {
 
     // Every sequence applied once: applies only advance by one, so as
     // many applies as sequences means none skipped and none twice.
-    let mut m = Client::connect(
-        server.addr,
-        "localhost",
-        client_config(&files(d, "monitor", "ca.crt")).unwrap(),
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let mut m = net_common::connect(d, server.addr, "monitor").unwrap();
     let text = String::from_utf8(
         m.request("GET", "/metrics", &[], &mut &b""[..], 0)
             .unwrap()

@@ -166,9 +166,7 @@ fn a_group_cut_applies_whole_once_every_member_arrived() {
     drop(shippers);
     drop(server);
     let l = pipes[1].spool().next_to_ship().unwrap();
-    let f = pipes[1].spool().open_log(l.point.sequence).unwrap();
-    let mut bytes = vec![0u8; usize::try_from(l.bytes).unwrap()];
-    f.read_at(&mut bytes, 0).unwrap();
+    let bytes = net_common::log_bytes(pipes[1].spool(), l.point.sequence);
     let cut = left()[0].parent().unwrap().to_path_buf();
     let name = format!(
         "{}-{:020}-{:x}.log",
@@ -199,16 +197,8 @@ fn a_group_cut_applies_whole_once_every_member_arrived() {
     }
     group.cycle(&CycleOptions::default()).unwrap();
     let l = pipes[0].spool().next_to_ship().unwrap();
-    let f = pipes[0].spool().open_log(l.point.sequence).unwrap();
-    let mut bytes = vec![0u8; usize::try_from(l.bytes).unwrap()];
-    f.read_at(&mut bytes, 0).unwrap();
-    let mut c = blockrep::net::Client::connect(
-        addr,
-        "localhost",
-        blockrep::net::client_config(&files(d, "host1", "ca.crt")).unwrap(),
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let bytes = net_common::log_bytes(pipes[0].spool(), l.point.sequence);
+    let mut c = net_common::connect(d, addr, "host1").unwrap();
     let r = c
         .request(
             "PUT",

@@ -10,7 +10,7 @@ mod common;
 mod net_common;
 
 use blockrep::io::{MemDir, MemStorage, Storage};
-use blockrep::net::{client_config, Client, Limits, PrimaryConfig, ServerConfig};
+use blockrep::net::{Client, Limits, PrimaryConfig, ServerConfig};
 use blockrep::source::{AnyTracker, CycleOptions, Pipeline, TransferOptions};
 use blockrep::DiskId;
 use common::Rng;
@@ -32,10 +32,7 @@ fn hex(b: &[u8]) -> String {
 
 /// The spooled log `l` of pipeline `p`, whole.
 fn log_bytes(p: &Pipeline<AnyTracker>, l: &blockrep::source::SpooledLog) -> Vec<u8> {
-    let f = p.spool().open_log(l.point.sequence).unwrap();
-    let mut b = vec![0u8; usize::try_from(f.len().unwrap()).unwrap()];
-    f.read_at(&mut b, 0).unwrap();
-    b
+    net_common::log_bytes(p.spool(), l.point.sequence)
 }
 
 fn put(
@@ -100,15 +97,7 @@ fn a_primary_creates_pushes_and_resumes_and_others_are_refused() {
         health: blockrep::net::HealthPolicy::default(),
     };
     let server = start(&config);
-    let connect = |stem: &str| {
-        Client::connect(
-            server.addr,
-            "localhost",
-            client_config(&files(d, stem, "ca.crt")).unwrap(),
-            Duration::from_secs(10),
-        )
-        .unwrap()
-    };
+    let connect = |stem: &str| net_common::connect(d, server.addr, stem).unwrap();
 
     // The primary: a disk with content, its full log, then two deltas.
     let disk: Arc<dyn Storage> = Arc::new(MemStorage::zeroed(SIZE).unwrap());
@@ -379,14 +368,7 @@ fn floods_tricklers_and_greedy_identities_are_cut_off() {
     drop(flood);
 
     // One identity may hold two connections; the third is told to wait.
-    let connect = || {
-        Client::connect(
-            server.addr,
-            "localhost",
-            client_config(&files(d, "host1", "ca.crt")).unwrap(),
-            Duration::from_secs(10),
-        )
-    };
+    let connect = || net_common::connect(d, server.addr, "host1");
     // The flood's admitted connections end with their handshake deadline.
     std::thread::sleep(Duration::from_millis(3500));
     let mut a = connect().unwrap();
@@ -481,15 +463,7 @@ fn a_full_store_refuses_pushes_and_abandoned_uploads_are_reclaimed() {
     let full = p.spool().next_to_ship().unwrap();
     let bytes = log_bytes(&p, &full);
     let total = bytes.len() as u64;
-    let connect = |addr| {
-        Client::connect(
-            addr,
-            "localhost",
-            client_config(&files(d, "host1", "ca.crt")).unwrap(),
-            Duration::from_secs(10),
-        )
-        .unwrap()
-    };
+    let connect = |addr| net_common::connect(d, addr, "host1").unwrap();
 
     // The whole file system as the reserve: nothing fits.
     let full_root = d.join("full");

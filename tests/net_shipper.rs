@@ -83,13 +83,7 @@ fn the_shipper_replicates_and_resumes_after_the_server_comes_back() {
     }
     wait_for("the cycles to ship", || p.status().pending_logs == 0);
     assert!(replica_equals(&root, &*disk));
-    let mut c = blockrep::net::Client::connect(
-        addr,
-        "localhost",
-        blockrep::net::client_config(&files(d, "host1", "ca.crt")).unwrap(),
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let mut c = net_common::connect(d, addr, "host1").unwrap();
     let points = c
         .request(
             "GET",

@@ -2,7 +2,8 @@
 //! signs, written as PEM files (rcgen; no openssl needed).
 #![allow(dead_code)]
 
-use blockrep::net::{Server, ServerConfig, TlsFiles};
+use blockrep::net::{client_config, Client, Server, ServerConfig, TlsFiles};
+use blockrep::source::Spool;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -116,4 +117,23 @@ pub fn site_ca(d: &Path) -> (ServerConfig, Ca) {
         health: blockrep::net::HealthPolicy::default(),
     };
     (config, ca)
+}
+
+/// A connection to the server at `addr` with the certificate `d/stem.crt`,
+/// trusting `d/ca.crt` for the server's (named `localhost`).
+pub fn connect(d: &Path, addr: std::net::SocketAddr, stem: &str) -> blockrep::Result<Client> {
+    Client::connect(
+        addr,
+        "localhost",
+        client_config(&files(d, stem, "ca.crt"))?,
+        std::time::Duration::from_secs(10),
+    )
+}
+
+/// The spooled log `sequence` of `spool`, whole.
+pub fn log_bytes(spool: &Spool, sequence: u64) -> Vec<u8> {
+    let f = spool.open_log(sequence).unwrap();
+    let mut b = vec![0u8; usize::try_from(f.len().unwrap()).unwrap()];
+    f.read_at(&mut b, 0).unwrap();
+    b
 }
