@@ -9,12 +9,13 @@ use blockrep::log::{MappedLog, ReadOptions};
 use blockrep::replica::{Replica, RetentionPolicy};
 use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool};
 use blockrep::{DiskId, Error, Geometry, Result, Tracker};
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-const BS: u64 = 4096;
+pub(super) const BS: u64 = 4096;
 const ID: DiskId = DiskId(*b"blockrep-bench-1");
 
 /// Options of the harness.
@@ -23,7 +24,7 @@ pub struct BenchOptions {
     pub dir: Option<PathBuf>,
 }
 
-fn run_cmd(c: &mut Command) -> Result<()> {
+pub(super) fn run_cmd(c: &mut Command) -> Result<()> {
     let out = c
         .output()
         .map_err(|e| Error::io(format!("run {:?}", c.get_program()), e))?;
@@ -40,22 +41,22 @@ fn run_cmd(c: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn have(tool: &str) -> bool {
+pub(super) fn have(tool: &str) -> bool {
     Command::new(tool).arg("--version").output().is_ok()
 }
 
 /// Times `f`, in seconds.
-fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
+pub(super) fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
     let t = Instant::now();
     f()?;
     Ok(t.elapsed().as_secs_f64())
 }
 
-fn sync_file(p: &Path) -> Result<()> {
+pub(super) fn sync_file(p: &Path) -> Result<()> {
     FileStorage::open(p)?.sync()
 }
 
-fn same_files(a: &Path, b: &Path, size: u64) -> Result<bool> {
+pub(super) fn same_files(a: &Path, b: &Path, size: u64) -> Result<bool> {
     let (x, y) = (
         FileStorage::open_read_only(a)?,
         FileStorage::open_read_only(b)?,
@@ -63,7 +64,7 @@ fn same_files(a: &Path, b: &Path, size: u64) -> Result<bool> {
     Ok(y.len()? == size && super::demo::same(&x, &y, size)?)
 }
 
-fn verify(what: &str, ok: bool) -> Result<()> {
+pub(super) fn verify(what: &str, ok: bool) -> Result<()> {
     if ok {
         Ok(())
     } else {
@@ -74,7 +75,7 @@ fn verify(what: &str, ok: bool) -> Result<()> {
 }
 
 /// Prints the machine-readable line of one figure.
-fn line(name: &str, seconds: f64, extra: &str) {
+pub(super) fn line(name: &str, seconds: f64, extra: &str) {
     println!("bench {name} seconds={seconds:.4}{extra}");
 }
 
@@ -294,7 +295,7 @@ pub fn run(o: BenchOptions) -> Result<()> {
             ));
         }
         if let Some(q) = &qemu {
-            let t = timed(|| q.incremental_copy())?;
+            let t = timed(|| q.incremental_copy(None))?;
             verify("QEMU dirty-bitmap copy", q.target_matches()?)?;
             line(
                 &format!("cycle.{label}.qemu_bitmap"),
@@ -360,14 +361,14 @@ fn ship(p: &Pipeline, rdir: &Path, replica: &mut Option<Replica>) -> Result<()> 
 /// granularity, like blockrep's blocks) written through qemu-io; the dirty
 /// extents are found with `nbdinfo --map` on a `qemu-nbd -B` export and
 /// read over NBD into a raw copy.
-struct QemuFlow {
+pub(super) struct QemuFlow {
     dir: PathBuf,
     qcow2: PathBuf,
     target: PathBuf,
 }
 
 impl QemuFlow {
-    fn new(dir: &Path, src: &Path) -> Result<Self> {
+    pub(super) fn new(dir: &Path, src: &Path) -> Result<Self> {
         let q = QemuFlow {
             dir: dir.to_path_buf(),
             qcow2: dir.join("qemu.qcow2"),
@@ -397,8 +398,7 @@ impl QemuFlow {
 
     /// The same blocks written into the qcow2 by qemu-io (which marks the
     /// bitmap), as a guest would.
-    fn guest_writes(&self, blocks: &[u64]) -> Result<()> {
-        use std::io::Write as _;
+    pub(super) fn guest_writes(&self, blocks: &[u64]) -> Result<()> {
         let mut child = Command::new("qemu-io")
             .args(["-f", "qcow2"])
             .arg(&self.qcow2)
@@ -430,19 +430,39 @@ impl QemuFlow {
     }
 
     /// The timed part: export with the bitmap, map it, copy the dirty
-    /// extents, sync, stop the export.
-    fn incremental_copy(&self) -> Result<()> {
+    /// extents, sync, stop the export. On a Unix socket, or with
+    /// `link_megabits` over TCP through a [`Link`](super::link::Link) of
+    /// that rate (the map and the reads both cross it).
+    pub(super) fn incremental_copy(&self, link_megabits: Option<f64>) -> Result<()> {
         let sock = self.dir.join("qemu-nbd.sock");
         let _ = std::fs::remove_file(&sock);
-        let mut server = Command::new("qemu-nbd")
-            .args(["-r", "-t", "-f", "qcow2", "-B", "b0", "--socket"])
-            .arg(&sock)
+        let mut cmd = Command::new("qemu-nbd");
+        cmd.args(["-r", "-t", "-e", "4", "-f", "qcow2", "-B", "b0"]);
+        let tcp = match link_megabits {
+            None => {
+                cmd.arg("--socket").arg(&sock);
+                None
+            }
+            Some(m) => {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map_err(|e| Error::io("find a free port", e))?
+                    .port();
+                cmd.args(["-b", "127.0.0.1", "-p", &port.to_string()]);
+                Some((std::net::SocketAddr::from(([127, 0, 0, 1], port)), m))
+            }
+        };
+        let mut server = cmd
             .arg(&self.qcow2)
             .spawn()
             .map_err(|e| Error::io("run qemu-nbd", e))?;
         let result = (|| {
             let start = Instant::now();
-            while !sock.exists() {
+            let ready = || match tcp {
+                None => sock.exists(),
+                Some((addr, _)) => std::net::TcpStream::connect(addr).is_ok(),
+            };
+            while !ready() {
                 if start.elapsed().as_secs() > 20 {
                     return Err(Error::new(
                         blockrep::ErrorKind::Io,
@@ -451,7 +471,13 @@ impl QemuFlow {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
-            let uri = format!("nbd+unix:///?socket={}", sock.display());
+            let link = tcp
+                .map(|(addr, m)| super::link::Link::start(addr, m))
+                .transpose()?;
+            let uri = match &link {
+                None => format!("nbd+unix:///?socket={}", sock.display()),
+                Some(l) => format!("nbd://{}", l.addr()),
+            };
             let out = Command::new("nbdinfo")
                 .arg("--map=qemu:dirty-bitmap:b0")
                 .arg(&uri)
@@ -469,7 +495,16 @@ impl QemuFlow {
                 })
                 .filter_map(|(a, b)| Some((a?, b?)))
                 .collect();
-            let mut nbd = NbdClient::connect(&sock)?;
+            let mut nbd = match &link {
+                None => NbdClient::connect(Box::new(
+                    std::os::unix::net::UnixStream::connect(&sock)
+                        .map_err(|e| Error::io("connect to qemu-nbd", e))?,
+                ))?,
+                Some(l) => NbdClient::connect(Box::new(
+                    std::net::TcpStream::connect(l.addr())
+                        .map_err(|e| Error::io("connect to qemu-nbd", e))?,
+                ))?,
+            };
             let target = FileStorage::open(&self.target)?;
             let mut buf = Vec::new();
             for (off, len) in dirty {
@@ -489,12 +524,12 @@ impl QemuFlow {
         result
     }
 
-    fn target_matches(&self) -> Result<bool> {
+    pub(super) fn target_matches(&self) -> Result<bool> {
         Ok(qemu_compare(&self.qcow2, "qcow2", &self.target))
     }
 
     /// Clears the bitmap for the next round (untimed).
-    fn clear(&self) -> Result<()> {
+    pub(super) fn clear(&self) -> Result<()> {
         run_cmd(
             Command::new("qemu-img")
                 .args(["bitmap", "--clear"])
@@ -513,18 +548,20 @@ fn qemu_compare(a: &Path, fmt: &str, raw: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// A connection to an NBD server: a Unix or a TCP stream.
+trait Stream: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> Stream for T {}
+
 /// Just enough of an NBD client to read: the fixed newstyle handshake
 /// (NBD_OPT_EXPORT_NAME), then simple-reply reads.
 struct NbdClient {
-    s: std::os::unix::net::UnixStream,
+    s: Box<dyn Stream>,
     handle: u64,
 }
 
 impl NbdClient {
-    fn connect(path: &Path) -> Result<Self> {
-        use std::io::{Read, Write};
+    fn connect(mut s: Box<dyn Stream>) -> Result<Self> {
         let io = |e| Error::io("NBD handshake", e);
-        let mut s = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
         let mut hello = [0u8; 18];
         s.read_exact(&mut hello).map_err(io)?;
         if &hello[..8] != b"NBDMAGIC" || &hello[8..16] != b"IHAVEOPT" {
@@ -545,7 +582,6 @@ impl NbdClient {
     }
 
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        use std::io::{Read, Write};
         let io = |e| Error::io("NBD read", e);
         self.handle += 1;
         let mut req = Vec::with_capacity(28);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 const RUNS: usize = 3;
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -57,10 +57,12 @@ fn bench_pki(dir: &Path) -> Result<impl Fn(&str) -> TlsFiles> {
     })
 }
 
-/// Ships the full log of `src` over TLS and copies the same bytes over
-/// TCP, `RUNS` times each; returns the two medians in seconds and the
-/// log's size.
-pub fn transport(dir: &Path, src: &Path) -> Result<(f64, f64, u64)> {
+/// A replica server on a loopback port for the primary `bench.site-a`
+/// (and the monitor `monitor.bench`), its disks under `dir/server-root`;
+/// returns it, the PKI's files by name, and that root.
+pub(super) fn bench_server(
+    dir: &Path,
+) -> Result<(Server, impl Fn(&str) -> TlsFiles, std::path::PathBuf)> {
     let files = bench_pki(dir)?;
     let root = dir.join("server-root");
     let server = Server::bind(&ServerConfig {
@@ -75,6 +77,14 @@ pub fn transport(dir: &Path, src: &Path) -> Result<(f64, f64, u64)> {
         monitors: vec!["monitor.bench".into()],
         health: HealthPolicy::default(),
     })?;
+    Ok((server, files, root))
+}
+
+/// Ships the full log of `src` over TLS and copies the same bytes over
+/// TCP, `RUNS` times each; returns the two medians in seconds and the
+/// log's size.
+pub fn transport(dir: &Path, src: &Path) -> Result<(f64, f64, u64)> {
+    let (server, files, root) = bench_server(dir)?;
     let addr = server.local_addr()?;
     let stop = AtomicBool::new(false);
     let disk: Arc<dyn Storage> = Arc::new(FileStorage::open_read_only(src)?);

@@ -47,22 +47,22 @@ impl Stats {
 }
 
 /// A small deterministic generator.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
-    fn fill(&mut self, b: &mut [u8]) {
+    pub(super) fn fill(&mut self, b: &mut [u8]) {
         for c in b.chunks_mut(8) {
             let v = self.next().to_le_bytes();
             c.copy_from_slice(&v[..c.len()]);
         }
     }
     /// Disk-like content: about 40 % zero blocks, 30 % text, 30 % random.
-    fn block(&mut self, b: &mut [u8]) {
+    pub(super) fn block(&mut self, b: &mut [u8]) {
         match self.next() % 10 {
             0..=3 => b.fill(0),
             4..=6 => {

@@ -3,9 +3,11 @@
 //! trackers, export a point and sync an image.
 
 mod bench;
+mod bench_link;
 mod bench_net;
 mod demo;
 mod failover;
+mod link;
 mod nbd;
 mod ops;
 mod plan;
@@ -54,7 +56,8 @@ enum Command {
     /// QEMU's dirty-bitmap flow, a bare copy, lz4) on an image, checking
     /// every result.
     #[command(after_long_help = "Example:
-  blockrep bench --size 4G --dir /var/tmp/blockrep-bench")]
+  blockrep bench --size 4G --dir /var/tmp/blockrep-bench
+  blockrep bench --link 100")]
     Bench {
         /// Size of the bench image (K, M, G suffixes).
         #[arg(long, default_value = "4G", value_parser = parse_size)]
@@ -70,6 +73,11 @@ enum Command {
         /// With --disks: how long the disks write and cycle, in seconds.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+        /// Instead: the 1 % cycle from cut to applied on a replica server
+        /// across a link of this many megabits per second, against QEMU's
+        /// dirty-bitmap flow over NBD through the same link.
+        #[arg(long, conflicts_with = "disks")]
+        link: Option<f64>,
     },
     /// Delta logs.
     #[command(subcommand)]
@@ -545,6 +553,18 @@ fn run(command: Command) -> Result<()> {
         } => {
             let work = demo::WorkDir::new(dir.as_deref(), "bench-disks")?;
             bench_net::many_disks(work.path(), n, seconds)
+        }
+        Command::Bench {
+            link: Some(megabits),
+            size,
+            dir,
+            ..
+        } => {
+            if !megabits.is_finite() || megabits <= 0.0 {
+                return Err(Error::invalid("--link takes a positive rate in Mbit/s"));
+            }
+            let work = demo::WorkDir::new(dir.as_deref(), "bench-link")?;
+            bench_link::run(work.path(), size, megabits)
         }
         Command::Bench { size, dir, .. } => {
             if size < 16 << 20 {
