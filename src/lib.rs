@@ -32,6 +32,8 @@
 //! * [`failover`]: promotion, commit, reverse replication, recovery plans;
 //! * [`status`]: what a console shows per disk (`Serialize` with the
 //!   `serde` feature);
+//! * `nbd` (feature `qemu`): a client of QEMU's NBD exports: reads, block
+//!   status, dirty bitmaps;
 //! * [`ffi`]: the C ABI, which only translates (see `include/blockrep.h`).
 //!
 //! ```
@@ -56,6 +58,8 @@ pub mod id;
 pub mod io;
 mod le;
 pub mod log;
+#[cfg(feature = "qemu")]
+pub mod nbd;
 #[cfg(feature = "net")]
 pub mod net;
 pub mod replica;

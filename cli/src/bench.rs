@@ -6,10 +6,11 @@
 use super::{human, now_ns};
 use blockrep::io::{FileStorage, FsDir, Storage};
 use blockrep::log::{MappedLog, ReadOptions};
+use blockrep::nbd::{NbdClient, NbdOptions};
 use blockrep::replica::{Replica, RetentionPolicy};
 use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool};
 use blockrep::{DiskId, Error, Geometry, Result, Tracker};
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -495,15 +496,10 @@ impl QemuFlow {
                 })
                 .filter_map(|(a, b)| Some((a?, b?)))
                 .collect();
+            let options = NbdOptions::default();
             let mut nbd = match &link {
-                None => NbdClient::connect(Box::new(
-                    std::os::unix::net::UnixStream::connect(&sock)
-                        .map_err(|e| Error::io("connect to qemu-nbd", e))?,
-                ))?,
-                Some(l) => NbdClient::connect(Box::new(
-                    std::net::TcpStream::connect(l.addr())
-                        .map_err(|e| Error::io("connect to qemu-nbd", e))?,
-                ))?,
+                None => NbdClient::connect_unix(&sock, &options)?,
+                Some(l) => NbdClient::connect_tcp(l.addr(), &options)?,
             };
             let target = FileStorage::open(&self.target)?;
             let mut buf = Vec::new();
@@ -546,62 +542,4 @@ fn qemu_compare(a: &Path, fmt: &str, raw: &Path) -> bool {
         .arg(raw)
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// A connection to an NBD server: a Unix or a TCP stream.
-trait Stream: std::io::Read + std::io::Write {}
-impl<T: std::io::Read + std::io::Write> Stream for T {}
-
-/// Just enough of an NBD client to read: the fixed newstyle handshake
-/// (NBD_OPT_EXPORT_NAME), then simple-reply reads.
-struct NbdClient {
-    s: Box<dyn Stream>,
-    handle: u64,
-}
-
-impl NbdClient {
-    fn connect(mut s: Box<dyn Stream>) -> Result<Self> {
-        let io = |e| Error::io("NBD handshake", e);
-        let mut hello = [0u8; 18];
-        s.read_exact(&mut hello).map_err(io)?;
-        if &hello[..8] != b"NBDMAGIC" || &hello[8..16] != b"IHAVEOPT" {
-            return Err(Error::corrupt("not an NBD newstyle server"));
-        }
-        let no_zeroes = hello[17] & 2 != 0;
-        let flags: u32 = if no_zeroes { 3 } else { 1 };
-        s.write_all(&flags.to_be_bytes()).map_err(io)?;
-        // NBD_OPT_EXPORT_NAME with the default (empty) export.
-        let mut opt = Vec::new();
-        opt.extend_from_slice(b"IHAVEOPT");
-        opt.extend_from_slice(&1u32.to_be_bytes());
-        opt.extend_from_slice(&0u32.to_be_bytes());
-        s.write_all(&opt).map_err(io)?;
-        let mut reply = vec![0u8; if no_zeroes { 10 } else { 134 }];
-        s.read_exact(&mut reply).map_err(io)?;
-        Ok(NbdClient { s, handle: 0 })
-    }
-
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let io = |e| Error::io("NBD read", e);
-        self.handle += 1;
-        let mut req = Vec::with_capacity(28);
-        req.extend_from_slice(&0x2560_9513u32.to_be_bytes());
-        req.extend_from_slice(&0u16.to_be_bytes()); // flags
-        req.extend_from_slice(&0u16.to_be_bytes()); // NBD_CMD_READ
-        req.extend_from_slice(&self.handle.to_be_bytes());
-        req.extend_from_slice(&offset.to_be_bytes());
-        req.extend_from_slice(&(buf.len() as u32).to_be_bytes());
-        self.s.write_all(&req).map_err(io)?;
-        let mut rep = [0u8; 16];
-        self.s.read_exact(&mut rep).map_err(io)?;
-        let magic = u32::from_be_bytes(rep[0..4].try_into().expect("4"));
-        let error = u32::from_be_bytes(rep[4..8].try_into().expect("4"));
-        if magic != 0x6744_6698 || error != 0 || rep[8..16] != self.handle.to_be_bytes() {
-            return Err(Error::new(
-                blockrep::ErrorKind::Io,
-                format!("NBD read at {offset} failed (error {error})"),
-            ));
-        }
-        self.s.read_exact(buf).map_err(io)
-    }
 }

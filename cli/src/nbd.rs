@@ -18,44 +18,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+use blockrep::nbd::wire::{
+    greeting, option_reply as encode_option_reply, simple_reply, Request, CMD_DISC, CMD_FLAG_FUA,
+    CMD_FLUSH, CMD_READ, CMD_WRITE, CMD_WRITE_ZEROES, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES,
+    IHAVEOPT, INFO_BLOCK_SIZE, INFO_EXPORT, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO, OPT_INFO, OPT_LIST,
+    REP_ACK, REP_ERR_INVALID, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_SERVER, REQUEST_LEN,
+    TFLAG_HAS_FLAGS, TFLAG_READ_ONLY, TFLAG_SEND_FLUSH, TFLAG_SEND_FUA, TFLAG_SEND_WRITE_ZEROES,
+};
 
-const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
-const FLAG_NO_ZEROES: u16 = 1 << 1;
 const CLIENT_FLAGS_KNOWN: u32 = 0b11;
-
-const OPT_EXPORT_NAME: u32 = 1;
-const OPT_ABORT: u32 = 2;
-const OPT_LIST: u32 = 3;
-const OPT_INFO: u32 = 6;
-const OPT_GO: u32 = 7;
-
-const REP_ACK: u32 = 1;
-const REP_SERVER: u32 = 2;
-const REP_INFO: u32 = 3;
-const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
-const REP_ERR_INVALID: u32 = (1 << 31) + 3;
-const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
-
-const INFO_EXPORT: u16 = 0;
-const INFO_BLOCK_SIZE: u16 = 3;
-
-const TFLAG_HAS_FLAGS: u16 = 1 << 0;
-const TFLAG_READ_ONLY: u16 = 1 << 1;
-const TFLAG_SEND_FLUSH: u16 = 1 << 2;
-const TFLAG_SEND_FUA: u16 = 1 << 3;
-const TFLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
-
-const CMD_READ: u16 = 0;
-const CMD_WRITE: u16 = 1;
-const CMD_DISC: u16 = 2;
-const CMD_FLUSH: u16 = 3;
-const CMD_WRITE_ZEROES: u16 = 6;
-const CMD_FLAG_FUA: u16 = 1 << 0;
 
 const EPERM: u32 = 1;
 const EIO: u32 = 5;
@@ -137,11 +108,8 @@ fn connection(mut s: UnixStream, export: &Export) -> Res<()> {
     s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(io("socket"))?;
     let size = export.disk.len().map_err(|e| e.to_string())?;
-    let mut hello = Vec::with_capacity(18);
-    hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
-    hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
-    hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
-    s.write_all(&hello).map_err(io("greeting"))?;
+    s.write_all(&greeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
+        .map_err(io("greeting"))?;
     let client = be32(&read_exact(&mut s, 4, "client flags")?, 0);
     if client & !CLIENT_FLAGS_KNOWN != 0 || client & 1 == 0 {
         return Err(format!("client flags {client:#x}: fixed newstyle only"));
@@ -156,13 +124,8 @@ fn connection(mut s: UnixStream, export: &Export) -> Res<()> {
 }
 
 fn option_reply(s: &mut UnixStream, opt: u32, kind: u32, data: &[u8]) -> Res<()> {
-    let mut r = Vec::with_capacity(20 + data.len());
-    r.extend_from_slice(&REPLY_MAGIC.to_be_bytes());
-    r.extend_from_slice(&opt.to_be_bytes());
-    r.extend_from_slice(&kind.to_be_bytes());
-    r.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    r.extend_from_slice(data);
-    s.write_all(&r).map_err(io("option reply"))
+    s.write_all(&encode_option_reply(opt, kind, data))
+        .map_err(io("option reply"))
 }
 
 fn tflags(export: &Export) -> u16 {
@@ -257,9 +220,7 @@ fn names_this(export: &Export, name: &[u8]) -> bool {
 
 fn reply(s: &mut UnixStream, cookie: u64, error: u32, data: &[u8]) -> Res<()> {
     let mut r = Vec::with_capacity(16 + data.len());
-    r.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
-    r.extend_from_slice(&error.to_be_bytes());
-    r.extend_from_slice(&cookie.to_be_bytes());
+    r.extend_from_slice(&simple_reply(error, cookie));
     r.extend_from_slice(data);
     s.write_all(&r).map_err(io("reply"))
 }
@@ -278,12 +239,15 @@ fn errno(what: &str, offset: u64, e: &blockrep::Error) -> u32 {
 fn transmission(s: &mut UnixStream, export: &Export, size: u64) -> Res<()> {
     let mut buf = Vec::new();
     loop {
-        let h = read_exact(s, 28, "request")?;
-        if be32(&h, 0) != REQUEST_MAGIC {
-            return Err("request without its magic".into());
-        }
-        let (flags, kind, cookie) = (be16(&h, 4), be16(&h, 6), be64(&h, 8));
-        let (offset, len) = (be64(&h, 16), be32(&h, 24));
+        let mut h = [0u8; REQUEST_LEN];
+        s.read_exact(&mut h).map_err(io("request"))?;
+        let Request {
+            flags,
+            command: kind,
+            cookie,
+            offset,
+            len,
+        } = Request::decode(&h).map_err(|e| e.to_string())?;
         let in_range = offset
             .checked_add(u64::from(len))
             .is_some_and(|e| e <= size);
