@@ -34,6 +34,8 @@
 //!   `serde` feature);
 //! * `nbd` (feature `qemu`): a client of QEMU's NBD exports: reads, block
 //!   status, dirty bitmaps;
+//! * `qemu` (feature `qemu`): replication of a running QEMU disk from its
+//!   dirty bitmaps, over QMP and NBD;
 //! * [`ffi`]: the C ABI, which only translates (see `include/blockrep.h`).
 //!
 //! ```
@@ -62,6 +64,8 @@ pub mod log;
 pub mod nbd;
 #[cfg(feature = "net")]
 pub mod net;
+#[cfg(feature = "qemu")]
+pub mod qemu;
 pub mod replica;
 #[cfg(feature = "serde")]
 mod serde_impls;
