@@ -43,22 +43,32 @@ struct Qsd {
 
 impl Qsd {
     fn start(dir: &Path, image: &Path) -> Qsd {
+        Self::start_many(dir, &[image])
+    }
+
+    /// Node `disk{i}` (export `disk{i}`) for each of `images`.
+    fn start_many(dir: &Path, images: &[&Path]) -> Qsd {
         let (qmp, nbd) = (dir.join("qmp.sock"), dir.join("qsd-nbd.sock"));
         let _ = std::fs::remove_file(&qmp);
         let _ = std::fs::remove_file(&nbd);
-        let child = Command::new("qemu-storage-daemon")
-            .arg("--blockdev")
-            .arg(format!(
-                "driver=file,node-name=file0,filename={}",
-                image.display()
-            ))
-            .args(["--blockdev", "driver=qcow2,node-name=disk0,file=file0"])
-            .arg("--nbd-server")
-            .arg(format!("addr.type=unix,addr.path={}", nbd.display()))
-            .args([
-                "--export",
-                "type=nbd,id=exp0,node-name=disk0,name=disk0,writable=on",
-            ])
+        let mut c = Command::new("qemu-storage-daemon");
+        for (i, image) in images.iter().enumerate() {
+            c.arg("--blockdev")
+                .arg(format!(
+                    "driver=file,node-name=file{i},filename={}",
+                    image.display()
+                ))
+                .arg("--blockdev")
+                .arg(format!("driver=qcow2,node-name=disk{i},file=file{i}"));
+        }
+        c.arg("--nbd-server")
+            .arg(format!("addr.type=unix,addr.path={}", nbd.display()));
+        for i in 0..images.len() {
+            c.arg("--export").arg(format!(
+                "type=nbd,id=exp{i},node-name=disk{i},name=disk{i},writable=on"
+            ));
+        }
+        let child = c
             .arg("--chardev")
             .arg(format!(
                 "socket,path={},server=on,wait=off,id=qmp0",
@@ -378,4 +388,107 @@ fn a_daemon_killed_mid_cycle_is_resynced_and_blockrep_killed_after_a_cut_recover
     ship(&spool, &rdir, &mut replica, &cuts);
     src.close().unwrap();
     compare_with_qemu_img(&image, &rdir.join("image"));
+}
+
+/// A group of two nodes with dependent writes: block `i` is written on
+/// the first disk, and only once that write completed, block `i` on the
+/// second. No point may hold the second write without the first: every
+/// cut's views, and every replica point, keep that order.
+#[test]
+fn a_group_is_cut_at_one_instant() {
+    // Blocks 1024.. of both disks start as zeros (setup wrote below 4 MiB
+    // and at 20 MiB).
+    const FIRST: u64 = 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let mut images = Vec::new();
+    let mut spools = Vec::new();
+    for i in 0..2 {
+        let d = dir.path().join(format!("d{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let (image, spool) = setup(&d);
+        images.push(image);
+        spools.push(spool);
+    }
+    std::fs::create_dir_all(dir.path().join("work")).unwrap();
+    let refs: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
+    let qsd = Qsd::start_many(dir.path(), &refs);
+    let views: Arc<Mutex<Vec<[Vec<u8>; 2]>>> = Arc::default();
+    let mut config = QemuConfig::new(&qsd.qmp, dir.path().join("work"));
+    config.nbd_socket = Some(qsd.nbd.clone());
+    {
+        let views = views.clone();
+        config.on_cut = Some(Arc::new(move |v: &CutViews| {
+            let a = read_export(&v.nbd_socket, &v.exports[0].1);
+            let b = read_export(&v.nbd_socket, &v.exports[1].1);
+            views.lock().push([a, b]);
+        }));
+    }
+    let disks = (0..2)
+        .map(|i| QemuDisk {
+            node: format!("disk{i}"),
+            spool: spools[i].clone(),
+        })
+        .collect();
+    let mut src = QemuSource::open(config, disks).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (nbd, stop) = (qsd.nbd.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) && i < 1000 {
+                for disk in ["disk0", "disk1"] {
+                    run(Command::new("qemu-io")
+                        .args(["-f", "raw"])
+                        .arg(format!("nbd+unix:///{disk}?socket={}", nbd.display()))
+                        .arg("-c")
+                        .arg(format!(
+                            "write -P {} {} 4k",
+                            1 + i % 250,
+                            (FIRST + i) * 4096
+                        ))
+                        .stdout(Stdio::null()));
+                }
+                i += 1;
+            }
+            i
+        })
+    };
+    let rdirs = [dir.path().join("r0"), dir.path().join("r1")];
+    let mut replicas: [Option<Replica>; 2] = [None, None];
+    let cuts = Arc::new(Cuts::default());
+    let ordered = |a: &[u8], b: &[u8]| {
+        (0..1000u64).all(|i| {
+            let at = ((FIRST + i) * 4096) as usize;
+            b[at] == 0 || a[at] != 0
+        })
+    };
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(150));
+        let logs = match src.cycle(&CycleOptions::default()).unwrap() {
+            QemuCycle::Written(logs) => logs,
+            QemuCycle::Deferred { node } => panic!("deferred on {node}"),
+        };
+        assert_eq!(logs.len(), 2);
+        let g = (logs[0].header.group, logs[1].header.group);
+        assert!(g.0.is_some() && g.0 == g.1, "one group cut: {g:?}");
+        let [a, b] = views.lock().last().cloned().unwrap();
+        assert!(
+            ordered(&a, &b),
+            "a cut holds a second write without its first"
+        );
+        for i in 0..2 {
+            cuts.expected
+                .lock()
+                .push(if i == 0 { a.clone() } else { b.clone() });
+            ship(&spools[i], &rdirs[i], &mut replicas[i], &cuts);
+        }
+        let (ra, rb) = (
+            std::fs::read(rdirs[0].join("image")).unwrap(),
+            std::fs::read(rdirs[1].join("image")).unwrap(),
+        );
+        assert!(ordered(&ra, &rb));
+    }
+    stop.store(true, Ordering::SeqCst);
+    assert!(writer.join().unwrap() > 0);
+    src.close().unwrap();
 }

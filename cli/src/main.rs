@@ -11,6 +11,7 @@ mod link;
 mod nbd;
 mod ops;
 mod plan;
+mod qemu;
 mod remote;
 mod serve;
 
@@ -97,6 +98,9 @@ enum Command {
     /// Recovery plans: machines failed over group by group.
     #[command(subcommand)]
     Plan(PlanCommand),
+    /// A running QEMU's disks, replicated from its own dirty bitmaps.
+    #[command(subcommand)]
+    Qemu(QemuCommand),
     /// The replica server of the secondary site (docs/PROTOCOL.md): HTTP
     /// over mutual TLS 1.3, primaries identified by their certificates,
     /// each confined to its storage root. Runs until SIGTERM or SIGINT;
@@ -443,6 +447,55 @@ enum ModeArg {
 }
 
 #[derive(Subcommand, Debug)]
+enum QemuCommand {
+    /// Replicates block nodes of a running QEMU (qemu-system or
+    /// qemu-storage-daemon) from persistent dirty bitmaps over QMP and
+    /// NBD, no write hook: every interval one point of all the nodes at
+    /// one instant (a fleecing transaction; the guest does not pause),
+    /// into a spool per node, shipped to a replica server or applied to
+    /// local replicas. Runs until SIGTERM or SIGINT; a restart continues
+    /// from QEMU's bitmaps, or resyncs by digests when they were lost.
+    #[command(after_long_help = "Example:
+  blockrep qemu replicate --qmp /run/vm1/qmp.sock --node drive0,drive1 \\
+      --spool /var/lib/blockrep/vm1 --to https://dr.example:8443 \\
+      --cert host1.crt --key host1.key --ca ca.crt --interval 300")]
+    Replicate {
+        /// QEMU's QMP socket (-qmp unix:PATH,server=on,wait=off).
+        #[arg(long)]
+        qmp: PathBuf,
+        /// The block nodes (node-name), comma-separated; cut together.
+        #[arg(long, value_delimiter = ',', required = true)]
+        node: Vec<String>,
+        /// The spools' directory (one per node, created the first time).
+        #[arg(long)]
+        spool: PathBuf,
+        /// A replica server's https:// URL.
+        #[arg(long, required_unless_present = "replica", conflicts_with = "replica")]
+        to: Option<String>,
+        /// Instead: local replicas, one directory per node under this one.
+        #[arg(long)]
+        replica: Option<PathBuf>,
+        /// Seconds between points.
+        #[arg(long, default_value_t = 60.0)]
+        interval: f64,
+        /// QEMU's NBD server socket when it already runs one (QEMU has at
+        /// most one); otherwise blockrep starts it in the spool directory.
+        #[arg(long)]
+        nbd: Option<PathBuf>,
+        /// The most each spool holds before cycles wait for the transport.
+        #[arg(long, default_value = "4G", value_parser = parse_size)]
+        spool_limit: u64,
+        /// Stop after this many points.
+        #[arg(long)]
+        cycles: Option<u64>,
+        #[command(flatten)]
+        tls: TlsArgs,
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum TrackerCommand {
     /// Prints a tracker file's header: disk, geometry, generation, in use.
     Inspect {
@@ -464,6 +517,7 @@ impl Command {
                 | Command::Sync { .. }
                 | Command::Demo { .. }
                 | Command::Plan(_)
+                | Command::Qemu(_)
                 | Command::Failover(FailoverCommand::Test(_))
         )
     }
@@ -577,6 +631,39 @@ fn run(command: Command) -> Result<()> {
         Command::Failover(c) => failover(c),
         Command::Plan(c) => plan(c),
         Command::Serve { config } => serve::run(&config),
+        Command::Qemu(QemuCommand::Replicate {
+            qmp,
+            node,
+            spool,
+            to,
+            replica,
+            interval,
+            nbd,
+            spool_limit,
+            cycles,
+            tls,
+            out,
+        }) => {
+            if !interval.is_finite() || interval < 0.0 {
+                return Err(Error::invalid("--interval takes seconds, 0 or more"));
+            }
+            let target = match (to, replica) {
+                (Some(url), _) => qemu::Target::Server(remote::Remote::new(&url, tls.files()?)?),
+                (None, Some(dir)) => qemu::Target::Replicas(dir),
+                (None, None) => return Err(Error::invalid("--to URL or --replica DIR")),
+            };
+            qemu::replicate(&qemu::ReplicateOptions {
+                qmp,
+                nodes: node,
+                spool,
+                target,
+                interval: std::time::Duration::from_secs_f64(interval),
+                nbd,
+                spool_limit,
+                cycles,
+                json: out.json,
+            })
+        }
         Command::Tracker(TrackerCommand::Inspect { file, out }) => {
             ops::tracker_inspect(path(&file)?, out.json)
         }

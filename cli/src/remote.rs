@@ -51,6 +51,11 @@ impl Remote {
         })
     }
 
+    /// A shipper's configuration for this server.
+    pub fn shipper_config(&self) -> blockrep::net::ShipperConfig {
+        blockrep::net::ShipperConfig::new(self.addr, &self.host, self.tls.clone())
+    }
+
     /// A new connection.
     pub fn connect(&self) -> Result<Client> {
         Client::connect(

@@ -13,5 +13,6 @@ mod view;
 
 pub use qmp::Qmp;
 pub use source::{
-    bitmap_name, CutViews, OnCut, QemuConfig, QemuCycle, QemuDisk, QemuDiskState, QemuSource,
+    bitmap_name, node_size, CutViews, OnCut, QemuConfig, QemuCycle, QemuDisk, QemuDiskState,
+    QemuSource,
 };

@@ -254,8 +254,9 @@ impl QemuSource {
                     Error::new(
                         e.kind(),
                         format!(
-                            "{e}; when QEMU's NBD server already runs, give its socket \
-                             (QemuConfig::nbd_socket)"
+                            "{}; when QEMU's NBD server already runs, give its socket \
+                             (QemuConfig::nbd_socket)",
+                            e.message()
                         ),
                     )
                 })?;
@@ -280,40 +281,7 @@ impl QemuSource {
 
     /// QEMU's block nodes by name.
     fn nodes(&mut self) -> Result<Vec<(String, NodeInfo)>> {
-        let v = self
-            .qmp
-            .execute("query-named-block-nodes", json!({"flat": true}))?;
-        let list = v
-            .as_array()
-            .ok_or_else(|| Error::corrupt("QMP: query-named-block-nodes is not a list"))?;
-        Ok(list
-            .iter()
-            .filter_map(|n| {
-                let name = n["node-name"].as_str()?.to_string();
-                let bitmaps = n["dirty-bitmaps"]
-                    .as_array()
-                    .map(|b| {
-                        b.iter()
-                            .filter_map(|b| {
-                                Some(BitmapInfo {
-                                    name: b["name"].as_str()?.to_string(),
-                                    recording: b["recording"].as_bool().unwrap_or(false),
-                                    inconsistent: b["inconsistent"].as_bool().unwrap_or(false),
-                                })
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                Some((
-                    name,
-                    NodeInfo {
-                        driver: n["drv"].as_str().unwrap_or_default().to_string(),
-                        size: n["image"]["virtual-size"].as_u64().unwrap_or(0),
-                        bitmaps,
-                    },
-                ))
-            })
-            .collect())
+        query_nodes(&mut self.qmp)
     }
 
     /// Removes exports, jobs and overlay nodes named by blockrep (left by
@@ -873,6 +841,52 @@ impl QemuSource {
         }
         Ok(())
     }
+}
+
+/// QEMU's block nodes by name, as `query-named-block-nodes` gives them.
+fn query_nodes(qmp: &mut Qmp) -> Result<Vec<(String, NodeInfo)>> {
+    let v = qmp.execute("query-named-block-nodes", json!({"flat": true}))?;
+    let list = v
+        .as_array()
+        .ok_or_else(|| Error::corrupt("QMP: query-named-block-nodes is not a list"))?;
+    Ok(list
+        .iter()
+        .filter_map(|n| {
+            let name = n["node-name"].as_str()?.to_string();
+            let bitmaps = n["dirty-bitmaps"]
+                .as_array()
+                .map(|b| {
+                    b.iter()
+                        .filter_map(|b| {
+                            Some(BitmapInfo {
+                                name: b["name"].as_str()?.to_string(),
+                                recording: b["recording"].as_bool().unwrap_or(false),
+                                inconsistent: b["inconsistent"].as_bool().unwrap_or(false),
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some((
+                name,
+                NodeInfo {
+                    driver: n["drv"].as_str().unwrap_or_default().to_string(),
+                    size: n["image"]["virtual-size"].as_u64().unwrap_or(0),
+                    bitmaps,
+                },
+            ))
+        })
+        .collect())
+}
+
+/// The size in bytes of QEMU's block node `node` (to create its spool
+/// before the first [`QemuSource::open`]).
+pub fn node_size(qmp: &mut Qmp, node: &str) -> Result<u64> {
+    query_nodes(qmp)?
+        .into_iter()
+        .find(|(n, _)| n == node)
+        .map(|(_, info)| info.size)
+        .ok_or_else(|| Error::invalid(format!("QEMU has no block node named {node:?}")))
 }
 
 fn bitmap_action(action: &str, node: &str, name: &str) -> Value {

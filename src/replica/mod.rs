@@ -140,6 +140,13 @@ impl std::fmt::Debug for Replica {
 }
 
 impl Replica {
+    /// Whether `dir` holds a replica: its state exists. A directory left
+    /// by a creation that did not finish (a partial image, no state) holds
+    /// none, and [`create`](Self::create) starts over in it.
+    pub fn exists(dir: &dyn Dir) -> bool {
+        dir.exists(state::STATE)
+    }
+
     /// Creates a replica in `dir` from a full log, with the image in `dir`.
     ///
     /// A directory that holds a replica already is refused before anything
@@ -626,7 +633,7 @@ fn stage_file(dir: &dyn Dir, path: &Path) -> Result<String> {
 
 /// Refuses a directory that holds a replica already (its state record).
 fn refuse_existing(dir: &dyn Dir) -> Result<()> {
-    if dir.exists(state::STATE) {
+    if Replica::exists(dir) {
         let e = Error::new(
             ErrorKind::Misuse,
             "the directory already holds a replica: it was left as it was",

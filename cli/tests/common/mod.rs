@@ -1,6 +1,8 @@
 //! Running the `blockrep` binary from the command's tests.
 #![allow(dead_code)]
 
+pub mod site;
+
 use std::process::{Command, Output};
 
 /// Runs `blockrep args`.

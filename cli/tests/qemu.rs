@@ -1,0 +1,244 @@
+//! `blockrep qemu replicate` as an operator runs it: qemu-storage-daemon
+//! serves a qcow2 writable over NBD and qemu-io writes into it while the
+//! command replicates it, first to local replicas, killed with SIGKILL at
+//! random moments (in the middle of cycles) and started again each time,
+//! then to a replica server (`blockrep serve`) over mutual TLS. After the
+//! writes stop, the replica equals the disk (`qemu-img compare`) and QEMU
+//! holds nothing of blockrep's but its current bitmap.
+
+mod common;
+
+use common::site::Site;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SIZE: u64 = 32 << 20;
+
+struct Qsd(Child);
+
+impl Drop for Qsd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// qemu-storage-daemon serving `image` as node `disk0` (NBD export
+/// `disk0`, writable) with QMP, in `dir`.
+fn qsd(dir: &Path, image: &Path) -> Qsd {
+    let (qmp, nbd) = (dir.join("qmp.sock"), dir.join("nbd.sock"));
+    let child = Command::new("qemu-storage-daemon")
+        .arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=file0,filename={}",
+            image.display()
+        ))
+        .args(["--blockdev", "driver=qcow2,node-name=disk0,file=file0"])
+        .arg("--nbd-server")
+        .arg(format!("addr.type=unix,addr.path={}", nbd.display()))
+        .args([
+            "--export",
+            "type=nbd,id=exp0,node-name=disk0,name=disk0,writable=on",
+        ])
+        .arg("--chardev")
+        .arg(format!(
+            "socket,path={},server=on,wait=off,id=qmp0",
+            qmp.display()
+        ))
+        .args(["--monitor", "chardev=qmp0"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("qemu-storage-daemon is required (qemu-utils)");
+    let t = Instant::now();
+    while !(qmp.exists() && nbd.exists()) {
+        assert!(t.elapsed() < Duration::from_secs(20), "qsd did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Qsd(child)
+}
+
+fn image(dir: &Path) -> PathBuf {
+    let img = dir.join("disk.qcow2");
+    let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
+    ok(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg(SIZE.to_string()));
+    ok(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x31 0 4M"])
+        .arg(&img)
+        .stdout(Stdio::null()));
+    img
+}
+
+/// qemu-io batches over NBD until `stop`.
+fn guest(nbd: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut batches = 0;
+        while !stop.load(Ordering::SeqCst) {
+            let mut c = Command::new("qemu-io");
+            c.args(["-f", "raw"])
+                .arg(format!("nbd+unix:///disk0?socket={}", nbd.display()));
+            for _ in 0..6 {
+                let cmd = match next(6) {
+                    0..=2 => format!("write -P {} {} 4k", 1 + next(250), next(SIZE / 4096) * 4096),
+                    3 => format!(
+                        "write -P {} {} 1M",
+                        1 + next(250),
+                        next(SIZE / 4096 - 256) * 4096
+                    ),
+                    4 => format!("write -z {} 64k", next(SIZE / 65536) * 65536),
+                    _ => format!("discard {} 64k", next(SIZE / 65536) * 65536),
+                };
+                c.arg("-c").arg(cmd);
+            }
+            let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
+            batches += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        batches
+    })
+}
+
+/// `blockrep qemu replicate` with `extra` arguments, standard output piped.
+fn replicate(dir: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_blockrep"));
+    c.args(["qemu", "replicate", "--qmp"])
+        .arg(dir.join("qmp.sock"))
+        .args(["--node", "disk0", "--nbd"])
+        .arg(dir.join("nbd.sock"))
+        .arg("--spool")
+        .arg(dir.join("spool"))
+        .args(extra)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    c
+}
+
+/// Reads the child's status lines until `n` points were written.
+fn wait_points(child: &mut Child, n: usize) -> BufReader<std::process::ChildStdout> {
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = 0;
+    let mut line = String::new();
+    while seen < n {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the command ended early"
+        );
+        if line.contains("point") {
+            seen += 1;
+        }
+    }
+    out
+}
+
+fn qemu_compare(qcow2: &Path, raw: &Path) {
+    let out = Command::new("qemu-img")
+        .args(["compare", "-U", "-f", "qcow2", "-F", "raw"])
+        .arg(qcow2)
+        .arg(raw)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img compare: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// The final run: writes stopped, two more points; must exit cleanly.
+fn finish(dir: &Path, extra: &[&str], env: &[(&str, &Path)]) {
+    let out = replicate(dir, extra, env)
+        .args(["--cycles", "2", "--interval", "0"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn replicate_to_local_replicas_through_kills() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let img = image(dir);
+    let _qsd = qsd(dir, &img);
+    let replicas = dir.join("replicas");
+    let args = ["--replica", replicas.to_str().unwrap()];
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = guest(dir.join("nbd.sock"), stop.clone());
+    let mut x = 0x1234_5678_u64;
+    for round in 0..5 {
+        let mut child = replicate(dir, &args, &[])
+            .args(["--interval", "0.1"])
+            .spawn()
+            .unwrap();
+        let _out = wait_points(&mut child, 1 + round % 2);
+        // A random moment: usually inside a cycle (the overlay, export and
+        // bitmaps then stay in QEMU for the next run to clear).
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        std::thread::sleep(Duration::from_millis(x % 150));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    assert!(writer.join().unwrap() > 0);
+    finish(dir, &args, &[]);
+    qemu_compare(&img, &replicas.join("disk0/image"));
+}
+
+#[test]
+fn replicate_to_a_server_and_stop_cleanly() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let img = image(dir);
+    let _qsd = qsd(dir, &img);
+    let mut site = Site::new(dir);
+    site.start();
+    let tls = site.tls();
+    let env = [
+        ("BLOCKREP_CERT", tls.cert.as_path()),
+        ("BLOCKREP_KEY", tls.key.as_path()),
+        ("BLOCKREP_CA", tls.ca.as_path()),
+    ];
+    let url = site.url();
+    let args = ["--to", url.as_str()];
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = guest(dir.join("nbd.sock"), stop.clone());
+    let mut child = replicate(dir, &args, &env)
+        .args(["--interval", "0.1"])
+        .spawn()
+        .unwrap();
+    let _out = wait_points(&mut child, 4);
+    // SIGTERM: the command stops between cycles and ships what it spooled.
+    // SAFETY: signals our own child, not yet reaped.
+    unsafe { libc::kill(child.id().cast_signed(), libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    finish(dir, &args, &env);
+    let replica = std::fs::read_dir(&site.root)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("replica/image"))
+        .find(|p| p.exists())
+        .expect("the server holds the disk's replica");
+    qemu_compare(&img, &replica);
+}
