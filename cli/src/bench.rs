@@ -193,6 +193,12 @@ pub fn run(o: BenchOptions) -> Result<()> {
         eprintln!("  qemu-img, qemu-io, qemu-nbd or nbdinfo missing: no QEMU comparison");
         None
     };
+    let mut qsource = if qemu.is_some() && have("qemu-storage-daemon") {
+        Some(super::bench_qemu::QemuSourceFlow::new(&dir, &src, size)?)
+    } else {
+        eprintln!("  qemu-storage-daemon missing: no QEMU source");
+        None
+    };
     let mut rng = 0x5eed_u64 ^ now_ns();
     for (pct, label) in [(0.001, "0.1%"), (0.01, "1%"), (0.1, "10%")] {
         let n = ((g.block_count() as f64) * pct) as u64;
@@ -295,6 +301,7 @@ pub fn run(o: BenchOptions) -> Result<()> {
                 t,
             ));
         }
+        let mut t_qemu = None;
         if let Some(q) = &qemu {
             let t = timed(|| q.incremental_copy(None))?;
             verify("QEMU dirty-bitmap copy", q.target_matches()?)?;
@@ -310,6 +317,40 @@ pub fn run(o: BenchOptions) -> Result<()> {
                 t,
             ));
             q.clear()?;
+            t_qemu = Some(t);
+        }
+        // blockrep's QEMU source on the same writes: a retained, verified
+        // point from QEMU's own bitmap, against the bare QEMU flow and
+        // against blockrep's write-guard cycle.
+        if let (Some(q), Some(t_qemu)) = (qsource.as_mut(), t_qemu) {
+            q.guest_writes(&blocks)?;
+            let mut bytes = 0;
+            let t = timed(|| {
+                bytes = q.cycle()?;
+                Ok(())
+            })?;
+            verify("blockrep's QEMU source", q.matches())?;
+            line(
+                &format!("cycle.{label}.qemu_source"),
+                t,
+                &format!(
+                    " log_bytes={bytes} qemu_bitmap_ratio={:.3} write_guard_ratio={:.3}",
+                    t / t_qemu,
+                    t / t_b
+                ),
+            );
+            rows.push((
+                "cycle (QEMU source)",
+                format!("{label} QEMU's flow (bitmap, qemu-nbd, copy)"),
+                t,
+                t_qemu,
+            ));
+            rows.push((
+                "cycle (QEMU source)",
+                format!("{label} blockrep's write-guard cycle"),
+                t,
+                t_b,
+            ));
         }
     }
 

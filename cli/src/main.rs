@@ -5,6 +5,7 @@
 mod bench;
 mod bench_link;
 mod bench_net;
+mod bench_qemu;
 mod demo;
 mod failover;
 mod link;

@@ -19,6 +19,8 @@ use std::time::Duration;
 const MAX_SMALL_PAYLOAD: u32 = 64 << 10;
 /// The longest block status chunk accepted: a million extents.
 const MAX_STATUS_PAYLOAD: u32 = 4 + (8 << 20);
+/// Read requests in flight at once ([`NbdClient::read_many`]).
+pub const WINDOW: usize = 64;
 /// The request size used when the server names no maximum (the protocol
 /// says 32 MiB is safe).
 const DEFAULT_MAX_REQUEST: u32 = 32 << 20;
@@ -275,29 +277,72 @@ impl NbdClient {
     }
 
     /// Reads `buf.len()` bytes at `offset`, in requests no larger than
-    /// the server takes.
+    /// the server takes, several in flight.
     pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.check_range(offset, buf.len() as u64)?;
         let step = self.info.max_request as usize;
-        for (i, part) in buf.chunks_mut(step).enumerate() {
-            let at = offset + (i * step) as u64;
-            self.guarded(|c| c.read_one(at, part))?;
+        let mut reads: Vec<(u64, &mut [u8])> = buf
+            .chunks_mut(step)
+            .enumerate()
+            .map(|(i, part)| (offset + (i * step) as u64, part))
+            .collect();
+        self.read_many(&mut reads)
+    }
+
+    /// Reads every `(offset, buffer)` given, up to [`WINDOW`] requests in
+    /// flight (the server may answer them in any order): what a cycle
+    /// does with many small dirty extents, at the cost of one round trip
+    /// per window instead of one per extent. Each buffer must be at most
+    /// [`ExportInfo::max_request`]; [`read`](Self::read) splits for you.
+    pub fn read_many(&mut self, reads: &mut [(u64, &mut [u8])]) -> Result<()> {
+        for (offset, buf) in reads.iter() {
+            self.check_range(*offset, buf.len() as u64)?;
+            if buf.len() > self.info.max_request as usize {
+                return Err(Error::invalid(format!(
+                    "NBD: a read of {} bytes (the server takes at most {})",
+                    buf.len(),
+                    self.info.max_request
+                )));
+            }
+        }
+        for window in reads.chunks_mut(WINDOW) {
+            self.guarded(|c| c.read_window(window))?;
         }
         Ok(())
     }
 
-    fn read_one(&mut self, offset: u64, buf: &mut [u8]) -> Result<Result<()>> {
-        let cookie = self.send(wire::CMD_READ, offset, buf.len() as u32)?;
-        let mut covered: Vec<(u64, u64)> = Vec::new();
+    fn read_window(&mut self, reads: &mut [(u64, &mut [u8])]) -> Result<Result<()>> {
+        let first = self.cookie + 1;
+        for (offset, buf) in reads.iter() {
+            self.send(wire::CMD_READ, *offset, buf.len() as u32)?;
+        }
+        // Per request: the ranges its chunks covered, whether its reply
+        // is complete, the server's error.
+        let mut covered: Vec<Vec<(u64, u64)>> = vec![Vec::new(); reads.len()];
+        let mut done = vec![false; reads.len()];
         let mut failure = None;
-        loop {
+        let mut remaining = reads.len();
+        while remaining > 0 {
             let conn = self.conn()?;
-            match reply_header(conn, cookie)? {
+            let header = reply_header(conn)?;
+            let cookie = match header {
+                ReplyHeader::Simple { cookie, .. } | ReplyHeader::Chunk { cookie, .. } => cookie,
+            };
+            let i = cookie
+                .checked_sub(first)
+                .map(|i| i as usize)
+                .filter(|&i| i < reads.len() && !done[i])
+                .ok_or_else(|| protocol(format!("a reply for request {cookie}, not in flight")))?;
+            let (offset, buf) = &mut reads[i];
+            let offset = *offset;
+            let finished = match header {
                 ReplyHeader::Simple { error: 0, .. } => {
-                    return read_exact(conn, buf, "read's data").map(Ok);
+                    read_exact(conn, buf, "read's data")?;
+                    covered[i].push((offset, buf.len() as u64));
+                    true
                 }
                 ReplyHeader::Simple { error, .. } => {
-                    return Ok(Err(server_error(&format!("read at {offset}"), error, "")));
+                    failure.get_or_insert((offset, error, String::new()));
+                    true
                 }
                 ReplyHeader::Chunk {
                     flags, kind, len, ..
@@ -316,7 +361,7 @@ impl NbdClient {
                             let n = u64::from(len - 8);
                             let start = chunk_start(at, n, offset, buf.len())?;
                             read_exact(conn, &mut buf[start..start + n as usize], "read's data")?;
-                            covered.push((at, n));
+                            covered[i].push((at, n));
                         }
                         wire::REPLY_TYPE_OFFSET_HOLE => {
                             let p = read_vec(conn, len, 12, "hole chunk")?;
@@ -324,46 +369,50 @@ impl NbdClient {
                             let (at, n) = (r.u64()?, u64::from(r.u32()?));
                             let start = chunk_start(at, n, offset, buf.len())?;
                             buf[start..start + n as usize].fill(0);
-                            covered.push((at, n));
+                            covered[i].push((at, n));
                         }
                         wire::REPLY_TYPE_NONE if len == 0 => {}
                         k if k & wire::REPLY_TYPE_FLAG_ERROR != 0 => {
                             let p = read_vec(conn, len, MAX_SMALL_PAYLOAD, "error chunk")?;
                             let (errno, message, _) = wire::decode_error_chunk(k, &p)?;
-                            failure.get_or_insert((errno, message));
+                            failure.get_or_insert((offset, errno, message));
                         }
                         k => return Err(protocol(format!("a reply chunk of type {k} to a read"))),
                     }
-                    if flags & wire::REPLY_FLAG_DONE != 0 {
-                        break;
-                    }
+                    flags & wire::REPLY_FLAG_DONE != 0
                 }
+            };
+            if finished {
+                done[i] = true;
+                remaining -= 1;
             }
         }
-        if let Some((errno, message)) = failure {
+        if let Some((offset, errno, message)) = failure {
             return Ok(Err(server_error(
                 &format!("read at {offset}"),
                 errno,
                 &message,
             )));
         }
-        // Exactly covered: chunks inside the request (checked above) that
-        // do not overlap and add up to it.
-        covered.sort_unstable();
-        let mut next = offset;
-        for (at, n) in covered {
-            if at != next {
+        // Each read exactly covered: chunks inside the request (checked
+        // above) that do not overlap and add up to it.
+        for ((offset, buf), covered) in reads.iter().zip(&mut covered) {
+            covered.sort_unstable();
+            let (offset, end) = (*offset, *offset + buf.len() as u64);
+            let mut next = offset;
+            for &(at, n) in covered.iter() {
+                if at != next {
+                    return Err(protocol(format!(
+                        "the chunks of a read at {offset} leave a gap or overlap at {at}"
+                    )));
+                }
+                next = at + n;
+            }
+            if next != end {
                 return Err(protocol(format!(
-                    "the chunks of a read at {offset} leave a gap or overlap at {at}"
+                    "the chunks of a read at {offset} end at {next}, not {end}"
                 )));
             }
-            next = at + n;
-        }
-        if next != offset + buf.len() as u64 {
-            return Err(protocol(format!(
-                "the chunks of a read at {offset} end at {next}, not {}",
-                offset + buf.len() as u64
-            )));
         }
         Ok(Ok(()))
     }
@@ -398,7 +447,16 @@ impl NbdClient {
         let mut failure = None;
         loop {
             let conn = self.conn()?;
-            match reply_header(conn, cookie)? {
+            let header = reply_header(conn)?;
+            let got = match header {
+                ReplyHeader::Simple { cookie, .. } | ReplyHeader::Chunk { cookie, .. } => cookie,
+            };
+            if got != cookie {
+                return Err(protocol(format!(
+                    "a reply for request {got} while {cookie} is the only one in flight"
+                )));
+            }
+            match header {
                 ReplyHeader::Simple { error: 0, .. } => {
                     return Err(protocol("a simple reply without data to block status"));
                 }
@@ -519,24 +577,15 @@ fn write_all(conn: &mut dyn Transport, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io("NBD: send", e))
 }
 
-/// Reads a reply header and checks it answers the request in flight.
-fn reply_header(conn: &mut dyn Transport, cookie: u64) -> Result<ReplyHeader> {
+/// Reads a reply header.
+fn reply_header(conn: &mut dyn Transport) -> Result<ReplyHeader> {
     let mut first = [0u8; wire::SIMPLE_REPLY_LEN];
     read_exact(conn, &mut first, "reply")?;
-    let h = ReplyHeader::decode(&first, || {
+    ReplyHeader::decode(&first, || {
         let mut more = [0u8; 4];
         read_exact(conn, &mut more, "reply")?;
         Ok(more)
-    })?;
-    let got = match h {
-        ReplyHeader::Simple { cookie, .. } | ReplyHeader::Chunk { cookie, .. } => cookie,
-    };
-    if got != cookie {
-        return Err(protocol(format!(
-            "a reply for request {got} while {cookie} is the only one in flight"
-        )));
-    }
-    Ok(h)
+    })
 }
 
 /// Reads one option reply for `option`, its data bounded.

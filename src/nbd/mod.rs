@@ -13,4 +13,5 @@ pub mod wire;
 
 pub use client::{
     ExportInfo, NbdClient, NbdExtent, NbdOptions, Transport, STATE_DIRTY, STATE_HOLE, STATE_ZERO,
+    WINDOW,
 };

@@ -33,6 +33,11 @@ impl NbdView {
         self.client.lock().map(context, 0, self.size)
     }
 
+    /// Several reads with many requests in flight.
+    pub(crate) fn read_many(&self, reads: &mut [(u64, &mut [u8])]) -> Result<()> {
+        self.client.lock().read_many(reads)
+    }
+
     pub(crate) fn into_client(self) -> NbdClient {
         self.client.into_inner()
     }
