@@ -8,6 +8,9 @@
 
 use blockrep::nbd::{wire, NbdClient, NbdExtent, NbdOptions, STATE_DIRTY, STATE_HOLE};
 use blockrep::ErrorKind;
+#[cfg(feature = "net")]
+mod net_common;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -572,4 +575,72 @@ fn a_hostile_block_status_is_cut_or_refused() {
         drop(c);
         server.join().unwrap();
     }
+}
+
+/// qemu-nbd with x509 credentials: the export read over TLS exactly as in
+/// the clear; a client without TLS is refused with the server's reason; a
+/// server certificate from another CA, or for another name, is refused
+/// with that reason.
+#[cfg(feature = "net")]
+#[test]
+fn qemu_nbd_over_tls() {
+    use net_common::{files, Ca};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (img, bytes, dirty) = bitmap_image(d);
+    let ca = Ca::new("nbd");
+    let creds = d.join("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    ca.write_ca(&creds.join("ca-cert.pem"));
+    ca.leaf(&creds, "server", &["localhost"], false);
+    std::fs::rename(creds.join("server.crt"), creds.join("server-cert.pem")).unwrap();
+    std::fs::rename(creds.join("server.key"), creds.join("server-key.pem")).unwrap();
+    ca.write_ca(&d.join("ca.crt"));
+    ca.leaf(d, "client", &["client.example"], false);
+    Ca::new("other").write_ca(&d.join("other.crt"));
+    let sock = d.join("tls.sock");
+    let _server = spawn(
+        Command::new("qemu-nbd")
+            .arg("--object")
+            .arg(format!(
+                "tls-creds-x509,id=tls0,dir={},endpoint=server,verify-peer=off",
+                creds.display()
+            ))
+            .args([
+                "--tls-creds",
+                "tls0",
+                "-r",
+                "-t",
+                "-f",
+                "qcow2",
+                "-B",
+                "b0",
+                "--socket",
+            ])
+            .arg(&sock)
+            .arg(&img),
+        || sock.exists(),
+    );
+    let tls = |ca: &str, name: &str| NbdOptions {
+        tls: Some((
+            blockrep::net::client_config(&files(d, "client", ca)).unwrap(),
+            name.to_string(),
+        )),
+        ..options(&[ALLOCATION, BITMAP])
+    };
+    let mut c = NbdClient::connect_unix(&sock, &tls("ca.crt", "localhost")).unwrap();
+    check_export(&mut c, &bytes, &dirty);
+    c.disconnect();
+    let e = NbdClient::connect_unix(&sock, &options(&[ALLOCATION]))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("TLS required"), "{e}");
+    let e = NbdClient::connect_unix(&sock, &tls("other.crt", "localhost"))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("unknown CA"), "{e}");
+    let e = NbdClient::connect_unix(&sock, &tls("ca.crt", "elsewhere.example"))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("name"), "{e}");
 }

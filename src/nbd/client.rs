@@ -44,6 +44,12 @@ pub struct NbdOptions {
     pub contexts: Vec<String>,
     /// Read and write timeout of the socket (`None`: none).
     pub timeout: Option<Duration>,
+    /// TLS (`NBD_OPT_STARTTLS`, with the `net` feature): the client
+    /// configuration (its roots verify the server's certificate; its
+    /// certificate is presented when the server asks, as `qemu-nbd
+    /// --tls-creds` with `verify-peer=on` does) and the server's name.
+    #[cfg(feature = "net")]
+    pub tls: Option<(std::sync::Arc<rustls::ClientConfig>, String)>,
 }
 
 impl Default for NbdOptions {
@@ -52,6 +58,8 @@ impl Default for NbdOptions {
             export: String::new(),
             contexts: Vec::new(),
             timeout: Some(Duration::from_secs(60)),
+            #[cfg(feature = "net")]
+            tls: None,
         }
     }
 }
@@ -186,6 +194,10 @@ impl NbdClient {
         let cflags =
             wire::CLIENT_FIXED_NEWSTYLE | if no_zeroes { wire::CLIENT_NO_ZEROES } else { 0 };
         write_all(&mut *conn, &cflags.to_be_bytes())?;
+        #[cfg(feature = "net")]
+        if let Some((config, name)) = &options.tls {
+            conn = starttls(conn, config.clone(), name)?;
+        }
 
         let structured = match simple_option(&mut *conn, wire::OPT_STRUCTURED_REPLY, &[])? {
             Ok(()) => true,
@@ -586,6 +598,40 @@ fn reply_header(conn: &mut dyn Transport) -> Result<ReplyHeader> {
         read_exact(conn, &mut more, "reply")?;
         Ok(more)
     })
+}
+
+/// `NBD_OPT_STARTTLS`, then the TLS handshake on the same stream; the
+/// rest of the negotiation and every transmission go over TLS. A refused
+/// certificate says why (unknown CA, expired, another name).
+#[cfg(feature = "net")]
+fn starttls(
+    mut conn: Box<dyn Transport>,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    name: &str,
+) -> Result<Box<dyn Transport>> {
+    if let Err(why) = simple_option(&mut *conn, wire::OPT_STARTTLS, &[])? {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("NBD: the server refused TLS ({why})"),
+        ));
+    }
+    let server = rustls::pki_types::ServerName::try_from(name.to_string())
+        .map_err(|_| Error::invalid(format!("NBD: {name:?} is not a server name")))?;
+    let mut tls = rustls::ClientConnection::new(config, server)
+        .map_err(|e| Error::invalid(format!("NBD: TLS: {e}")))?;
+    while tls.is_handshaking() {
+        tls.complete_io(&mut conn).map_err(|e| {
+            let why = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .map_or_else(|| e.to_string(), crate::net::handshake_refusal);
+            Error::new(
+                ErrorKind::Io,
+                format!("NBD: TLS handshake with {name}: {why}"),
+            )
+        })?;
+    }
+    Ok(Box::new(rustls::StreamOwned::new(tls, conn)))
 }
 
 /// Reads one option reply for `option`, its data bounded.

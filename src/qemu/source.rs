@@ -783,6 +783,7 @@ impl QemuSource {
                 export: export.clone(),
                 contexts,
                 timeout: Some(self.config.timeout),
+                ..NbdOptions::default()
             },
         )?;
         let view = NbdView::new(client);
