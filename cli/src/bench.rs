@@ -441,34 +441,10 @@ impl QemuFlow {
     /// The same blocks written into the qcow2 by qemu-io (which marks the
     /// bitmap), as a guest would.
     pub(super) fn guest_writes(&self, blocks: &[u64]) -> Result<()> {
-        let mut child = Command::new("qemu-io")
-            .args(["-f", "qcow2"])
-            .arg(&self.qcow2)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| Error::io("run qemu-io", e))?;
-        {
-            let stdin = child.stdin.as_mut().expect("piped");
-            let mut script = String::new();
-            for (i, b) in blocks.iter().enumerate() {
-                let _ = writeln!(
-                    &mut script as &mut dyn std::fmt::Write,
-                    "write -P {} {} 4k",
-                    1 + i % 250,
-                    b * BS
-                );
-            }
-            script.push_str("quit\n");
-            stdin
-                .write_all(script.as_bytes())
-                .map_err(|e| Error::io("feed qemu-io", e))?;
-        }
-        let st = child.wait().map_err(|e| Error::io("wait for qemu-io", e))?;
-        if !st.success() {
-            return Err(Error::new(blockrep::ErrorKind::Io, "qemu-io failed"));
-        }
-        Ok(())
+        qemu_io_writes(
+            &["-f".as_ref(), "qcow2".as_ref(), self.qcow2.as_os_str()],
+            blocks,
+        )
     }
 
     /// The timed part: export with the bitmap, map it, copy the dirty
@@ -574,6 +550,38 @@ impl QemuFlow {
                 .arg("b0"),
         )
     }
+}
+
+/// qemu-io on `target` (its arguments) writes each of `blocks` (4 KiB
+/// each, a pattern byte per block), as a guest would.
+pub(super) fn qemu_io_writes(target: &[&std::ffi::OsStr], blocks: &[u64]) -> Result<()> {
+    let mut child = Command::new("qemu-io")
+        .args(target)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| Error::io("run qemu-io", e))?;
+    {
+        let stdin = child.stdin.as_mut().expect("piped");
+        let mut script = String::new();
+        for (i, b) in blocks.iter().enumerate() {
+            let _ = writeln!(
+                &mut script as &mut dyn std::fmt::Write,
+                "write -P {} {} 4k",
+                1 + i % 250,
+                b * BS
+            );
+        }
+        script.push_str("quit\n");
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| Error::io("feed qemu-io", e))?;
+    }
+    let st = child.wait().map_err(|e| Error::io("wait for qemu-io", e))?;
+    if !st.success() {
+        return Err(Error::new(blockrep::ErrorKind::Io, "qemu-io failed"));
+    }
+    Ok(())
 }
 
 fn qemu_compare(a: &Path, fmt: &str, raw: &Path) -> bool {

@@ -12,7 +12,6 @@ use blockrep::qemu::{QemuConfig, QemuCycle, QemuDisk, QemuSource};
 use blockrep::replica::{Replica, RetentionPolicy};
 use blockrep::source::{ChainPoint, CycleOptions, Spool};
 use blockrep::{DiskId, Error, Geometry, Result};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -115,34 +114,8 @@ impl QemuSourceFlow {
     /// The guest writes `blocks` through the daemon's export (qemu-io
     /// over NBD), as the QEMU flow's guest writes them.
     pub(super) fn guest_writes(&self, blocks: &[u64]) -> Result<()> {
-        let mut child = Command::new("qemu-io")
-            .args(["-f", "raw"])
-            .arg(format!("nbd+unix:///disk0?socket={}", self.nbd.display()))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| Error::io("run qemu-io", e))?;
-        {
-            let stdin = child.stdin.as_mut().expect("piped");
-            let mut script = String::new();
-            for (i, b) in blocks.iter().enumerate() {
-                let _ = writeln!(
-                    &mut script as &mut dyn std::fmt::Write,
-                    "write -P {} {} 4k",
-                    1 + i % 250,
-                    b * BS
-                );
-            }
-            script.push_str("quit\n");
-            stdin
-                .write_all(script.as_bytes())
-                .map_err(|e| Error::io("feed qemu-io", e))?;
-        }
-        let st = child.wait().map_err(|e| Error::io("wait for qemu-io", e))?;
-        if !st.success() {
-            return Err(Error::invalid("qemu-io over NBD failed"));
-        }
-        Ok(())
+        let uri = format!("nbd+unix:///disk0?socket={}", self.nbd.display());
+        super::bench::qemu_io_writes(&["-f".as_ref(), "raw".as_ref(), uri.as_ref()], blocks)
     }
 
     /// The timed part: one cycle from QEMU's bitmap, its log applied to
