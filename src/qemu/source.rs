@@ -156,6 +156,10 @@ struct Disk {
 
 /// Replication of one QEMU node, or of several cut at one instant (the
 /// disks of one VM): see the module docs.
+///
+/// One source per QEMU process: QEMU takes one client per QMP monitor,
+/// and the source owns every `blockrep-` name in that QEMU (what it
+/// finds at open is removed as debris). Its work directory is its own.
 pub struct QemuSource {
     qmp: Qmp,
     config: QemuConfig,
