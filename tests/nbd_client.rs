@@ -201,7 +201,7 @@ fn qemu_nbd_over_a_unix_socket_reads_bytes_and_maps_the_bitmap() {
             .args(["-r", "-t", "-f", "qcow2", "-B", "b0", "--socket"])
             .arg(&sock)
             .arg(&img),
-        || sock.exists(),
+        || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
     );
     let mut c = NbdClient::connect_unix(&sock, &options(&[ALLOCATION, BITMAP])).unwrap();
     assert!(c.info().structured);
@@ -279,7 +279,7 @@ fn nbdkit(dir: &Path, args: &[&str]) -> (Running, PathBuf) {
             .args(["-f", "-U"])
             .arg(&sock)
             .args(args),
-        || sock.exists(),
+        || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
     );
     (r, sock)
 }
@@ -619,7 +619,7 @@ fn qemu_nbd_over_tls() {
             ])
             .arg(&sock)
             .arg(&img),
-        || sock.exists(),
+        || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
     );
     let tls = |ca: &str, name: &str| NbdOptions {
         tls: Some((

@@ -81,7 +81,10 @@ impl Qsd {
                 panic!("qemu-storage-daemon is required (apt-get install qemu-utils): {e}")
             });
         let t = Instant::now();
-        while !(qmp.exists() && nbd.exists()) {
+        // The files appear at bind, before listen: ready is a connection taken.
+        while !(std::os::unix::net::UnixStream::connect(&qmp).is_ok()
+            && std::os::unix::net::UnixStream::connect(&nbd).is_ok())
+        {
             assert!(t.elapsed() < Duration::from_secs(20), "qsd did not start");
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -477,7 +477,7 @@ impl QemuFlow {
         let result = (|| {
             let start = Instant::now();
             let ready = || match tcp {
-                None => sock.exists(),
+                None => std::os::unix::net::UnixStream::connect(&sock).is_ok(),
                 Some((addr, _)) => std::net::TcpStream::connect(addr).is_ok(),
             };
             while !ready() {

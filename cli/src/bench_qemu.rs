@@ -65,7 +65,10 @@ impl QemuSourceFlow {
             .spawn()
             .map_err(|e| Error::io("run qemu-storage-daemon", e))?;
         let t = Instant::now();
-        while !(qmp.exists() && nbd.exists()) {
+        // The files appear at bind, before listen: ready is a connection taken.
+        while !(std::os::unix::net::UnixStream::connect(&qmp).is_ok()
+            && std::os::unix::net::UnixStream::connect(&nbd).is_ok())
+        {
             if t.elapsed() > Duration::from_secs(20) {
                 return Err(Error::invalid("qemu-storage-daemon did not start"));
             }
