@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The transport's soak, run by hand (not in CI): two sites as processes,
 # `blockrep serve` and a primary (nbdkit with the blockrep filter, qemu-io
-# writing through NBD), for DURATION seconds with random SIGKILLs of both
-# and quiesce points. At every quiesce point the primary stops cleanly
+# writing through NBD), for DURATION seconds with random SIGKILLs of both,
+# link cuts (the primary reaches the server through a relay that is killed
+# and restarted) and quiesce points. At every quiesce point the primary stops cleanly
 # (its last cycle acknowledged by the server) and the server's replica is
 # compared with the image by qemu-img; then both start again.
 #
@@ -43,8 +44,39 @@ IMAGE="$WORK/disk.raw"
 [ -f "$IMAGE" ] || qemu-img create -q -f raw "$IMAGE" 256M
 REPLICA="site-b/$(printf '42%.0s' $(seq 16))/replica/image"
 
+LINK_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+
 SERVER_PID=
 NBDKIT_PID=
+LINK_PID=
+# The link: a TCP relay from LINK_PORT to the server; killing it cuts
+# every connection across it at whatever byte they were.
+start_link() {
+    python3 - "$LINK_PORT" "$PORT" <<'PY' &
+import socket, sys, threading
+listen = socket.socket(); listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listen.bind(("127.0.0.1", int(sys.argv[1]))); listen.listen(64)
+def pump(a, b):
+    try:
+        while (d := a.recv(65536)):
+            b.sendall(d)
+    except OSError:
+        pass
+    for s in (a, b):
+        try: s.shutdown(socket.SHUT_RDWR)
+        except OSError: pass
+while True:
+    c, _ = listen.accept()
+    try:
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+    except OSError:
+        c.close(); continue
+    threading.Thread(target=pump, args=(c, s), daemon=True).start()
+    threading.Thread(target=pump, args=(s, c), daemon=True).start()
+PY
+    LINK_PID=$!
+    sleep 0.2
+}
 start_server() {
     "$BLOCKREP" serve --config serve.toml >>serve.log 2>&1 &
     SERVER_PID=$!
@@ -55,7 +87,7 @@ start_primary() {
     nbdkit --foreground --exit-with-parent --unix "$WORK/nbd.sock" --filter="$WORK/filter.so" \
         file "$IMAGE" blockrep-disk="$IMAGE" blockrep-spool="$WORK/spool" \
         blockrep-tracker="$WORK/tracker" blockrep-interval=200 \
-        blockrep-server="127.0.0.1:$PORT" blockrep-server-name=localhost \
+        blockrep-server="127.0.0.1:$LINK_PORT" blockrep-server-name=localhost \
         blockrep-cert=pki/host1.site-a.soak.crt blockrep-key=pki/host1.site-a.soak.key \
         blockrep-ca=pki/ca.crt >>nbdkit.log 2>&1 &
     NBDKIT_PID=$!
@@ -63,7 +95,7 @@ start_primary() {
     echo "nbdkit did not start; see $WORK/nbdkit.log" >&2
     exit 1
 }
-cleanup() { kill -9 "$NBDKIT_PID" "$SERVER_PID" 2>/dev/null || true; }
+cleanup() { kill -9 "$NBDKIT_PID" "$SERVER_PID" "$LINK_PID" 2>/dev/null || true; }
 trap cleanup EXIT
 
 writes() {
@@ -77,9 +109,10 @@ writes() {
 }
 
 start_server
+start_link
 start_primary
 END=$((SECONDS + DURATION))
-KILLS_SERVER=0 KILLS_PRIMARY=0 CHECKS=0 BATCHES=0
+KILLS_SERVER=0 KILLS_PRIMARY=0 LINK_CUTS=0 CHECKS=0 BATCHES=0
 while [ $SECONDS -lt $END ]; do
     writes
     BATCHES=$((BATCHES + 1))
@@ -90,6 +123,9 @@ while [ $SECONDS -lt $END ]; do
         1)  kill -9 "$NBDKIT_PID"; wait "$NBDKIT_PID" 2>/dev/null || true
             KILLS_PRIMARY=$((KILLS_PRIMARY + 1)); echo "$(date +%T) primary killed"
             start_primary ;;
+        3)  kill -9 "$LINK_PID"; wait "$LINK_PID" 2>/dev/null || true
+            LINK_CUTS=$((LINK_CUTS + 1)); echo "$(date +%T) link cut"
+            sleep 0.$((RANDOM % 9)); start_link ;;
         2)  # A quiesce point: the primary stops cleanly (its last cycle
             # acknowledged), the replica must equal the image.
             kill -TERM "$NBDKIT_PID"; wait "$NBDKIT_PID" 2>/dev/null || true
@@ -105,4 +141,5 @@ done
 kill -TERM "$NBDKIT_PID"; wait "$NBDKIT_PID" 2>/dev/null || true
 qemu-img compare -q -f raw -F raw "$IMAGE" "$REPLICA" && CHECKS=$((CHECKS + 1))
 kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
-echo "soak: ${DURATION}s, $BATCHES write batches, $KILLS_SERVER server kills, $KILLS_PRIMARY primary kills, $CHECKS checks passed"
+kill -9 "$LINK_PID" 2>/dev/null || true
+echo "soak: ${DURATION}s, $BATCHES write batches, $KILLS_SERVER server kills, $KILLS_PRIMARY primary kills, $LINK_CUTS link cuts, $CHECKS checks passed"
