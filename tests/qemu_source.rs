@@ -314,6 +314,22 @@ fn cycles_while_the_guest_writes_equal_each_frozen_view() {
     let left = leftovers(src.qmp());
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0], "bitmap blockrep-e1-s9", "{left:?}");
+    // Every retained point, read back through its view (the undo logs),
+    // equals the frozen view of its cut.
+    let replica = replica.unwrap();
+    let expected = cuts.expected.lock();
+    let points = replica.points();
+    assert_eq!(points.len(), expected.len());
+    for p in points {
+        let view = replica.view(p.sequence).unwrap();
+        let mut got = vec![0u8; SIZE as usize];
+        view.read_at(&mut got, 0).unwrap();
+        let want = &expected[(p.sequence - 1) as usize];
+        if let Some(at) = common::first_diff(&got, want) {
+            panic!("point {} differs from its cut at byte {at}", p.sequence);
+        }
+    }
+    drop(expected);
     src.close().unwrap();
     compare_with_qemu_img(&image, &rdir.join("image"));
 }
