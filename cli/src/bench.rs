@@ -5,9 +5,8 @@
 
 use super::{human, now_ns};
 use blockrep::io::{FileStorage, FsDir, Storage};
-use blockrep::log::{MappedLog, ReadOptions};
 use blockrep::nbd::{NbdClient, NbdOptions};
-use blockrep::replica::{Replica, RetentionPolicy};
+use blockrep::replica::RetentionPolicy;
 use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool};
 use blockrep::{DiskId, Error, Geometry, Result, Tracker};
 use std::io::Write as _;
@@ -110,7 +109,7 @@ pub fn run(o: BenchOptions) -> Result<()> {
     let mut log_len = 0;
     let t_init = timed(|| {
         log_len = p.initial_sync(Default::default())?.summary.bytes;
-        ship(&p, &rdir, &mut replica)
+        super::ops::apply_spool(p.spool(), &rdir, &mut replica)
     })?;
     let replica = replica.expect("created");
     verify(
@@ -234,7 +233,7 @@ pub fn run(o: BenchOptions) -> Result<()> {
         let mut rep = Some(replica.clone());
         let t_b = timed(|| {
             p.cycle(&CycleOptions::default())?;
-            ship(&p, &rdir, &mut rep)?;
+            super::ops::apply_spool(p.spool(), &rdir, &mut rep)?;
             replica.prune(
                 &RetentionPolicy {
                     keep_last: 4,
@@ -377,24 +376,6 @@ pub fn run(o: BenchOptions) -> Result<()> {
     println!("| --- | --- | --- | --- | --- |");
     for (step, peer, b, t) in rows {
         println!("| {step} | {peer} | {b:.3} | {t:.3} | {:.3} |", b / t);
-    }
-    Ok(())
-}
-
-/// The transport: every unshipped log applied to the replica in `rdir`.
-fn ship(p: &Pipeline, rdir: &Path, replica: &mut Option<Replica>) -> Result<()> {
-    while let Some(l) = p.spool().next_to_ship() {
-        let log = MappedLog::open(
-            l.path.as_ref().expect("spool on a file system"),
-            &ReadOptions::default(),
-        )?;
-        match replica {
-            None => *replica = Some(Replica::create(Arc::new(FsDir::new(rdir)?), &log)?),
-            Some(r) => {
-                r.apply(&log)?;
-            }
-        }
-        p.spool().ack(l.point.sequence, &l.point.digest)?;
     }
     Ok(())
 }

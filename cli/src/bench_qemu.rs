@@ -7,7 +7,6 @@
 
 use super::bench::{run_cmd, BS};
 use blockrep::io::FsDir;
-use blockrep::log::{MappedLog, ReadOptions};
 use blockrep::qemu::{QemuConfig, QemuCycle, QemuDisk, QemuSource};
 use blockrep::replica::{Replica, RetentionPolicy};
 use blockrep::source::{ChainPoint, CycleOptions, Spool};
@@ -26,7 +25,7 @@ pub(super) struct QemuSourceFlow {
     qcow2: PathBuf,
     source: Option<QemuSource>,
     spool: Arc<Spool>,
-    replica: Replica,
+    replica: Option<Replica>,
     rdir: PathBuf,
 }
 
@@ -94,15 +93,8 @@ impl QemuSourceFlow {
         )?;
         source.cycle(&CycleOptions::default())?;
         let rdir = dir.join("qsd-replica");
-        let l = spool
-            .next_to_ship()
-            .ok_or_else(|| Error::invalid("no full log"))?;
-        let log = MappedLog::open(
-            l.path.as_ref().expect("spool on a file system"),
-            &ReadOptions::default(),
-        )?;
-        let replica = Replica::create(Arc::new(FsDir::new(&rdir)?), &log)?;
-        spool.ack(l.point.sequence, &l.point.digest)?;
+        let mut replica = None;
+        super::ops::apply_spool(&spool, &rdir, &mut replica)?;
         Ok(QemuSourceFlow {
             daemon,
             nbd,
@@ -131,15 +123,12 @@ impl QemuSourceFlow {
                 return Err(Error::invalid(format!("{node}: the spool is full")))
             }
         };
-        while let Some(l) = self.spool.next_to_ship() {
-            let log = MappedLog::open(
-                l.path.as_ref().expect("spool on a file system"),
-                &ReadOptions::default(),
-            )?;
-            self.replica.apply(&log)?;
-            self.spool.ack(l.point.sequence, &l.point.digest)?;
-        }
-        self.replica.prune(
+        super::ops::apply_spool(&self.spool, &self.rdir, &mut self.replica)?;
+        let replica = self
+            .replica
+            .as_ref()
+            .ok_or_else(|| Error::invalid("no replica: the full log was not applied"))?;
+        replica.prune(
             &RetentionPolicy {
                 keep_last: 4,
                 ..Default::default()

@@ -5,7 +5,7 @@ use super::{human, now_ns, Progress};
 use blockrep::io::{FileStorage, FsDir, Storage};
 use blockrep::log::{LogSummary, MappedLog, ReadOptions};
 use blockrep::replica::Replica;
-use blockrep::source::{Source, TransferOptions};
+use blockrep::source::{Source, Spool, TransferOptions};
 use blockrep::status::DiskStatus;
 use blockrep::tracker::PersistentTracker;
 use blockrep::{DiskId, Error, Geometry, Result};
@@ -62,6 +62,27 @@ pub fn open_replica(dir: &str, image: Option<&str>) -> Result<Replica> {
 }
 
 /// `blockrep log inspect FILE`: header, counts, and the verification.
+/// The transport to a local replica: every unacknowledged log of `spool`
+/// applied to the replica in `dir` (created from the first, a full log,
+/// when `replica` is `None`), then acknowledged.
+pub fn apply_spool(spool: &Spool, dir: &Path, replica: &mut Option<Replica>) -> Result<()> {
+    while let Some(l) = spool.next_to_ship() {
+        let path = l
+            .path
+            .as_ref()
+            .ok_or_else(|| Error::invalid("the spool is not on a file system"))?;
+        let log = MappedLog::open(path, &ReadOptions::default())?;
+        match replica {
+            None => *replica = Some(Replica::create(Arc::new(FsDir::new(dir)?), &log)?),
+            Some(r) => {
+                r.apply(&log)?;
+            }
+        }
+        spool.ack(l.point.sequence, &l.point.digest)?;
+    }
+    Ok(())
+}
+
 pub fn log_inspect(file: &str, json: bool) -> Result<()> {
     let log = MappedLog::open(file, &ReadOptions::default())?;
     let (h, t) = (log.header(), log.trailer());

@@ -9,7 +9,7 @@
 use super::failover::stop_flag;
 use super::remote::Remote;
 use blockrep::io::FsDir;
-use blockrep::log::{BlockDigests, MappedLog, ReadOptions};
+use blockrep::log::BlockDigests;
 use blockrep::net::{remote_digests, Shipper};
 use blockrep::qemu::{node_size, QemuConfig, QemuCycle, QemuDisk, QemuSource, Qmp};
 use blockrep::replica::Replica;
@@ -61,25 +61,11 @@ fn spool_for(dir: &Path, size: u64, limit: u64) -> Result<Arc<Spool>> {
 fn apply_local(spool: &Spool, dir: &Path) -> Result<()> {
     let fs = Arc::new(FsDir::new(dir)?);
     let mut replica = if Replica::exists(&*fs) {
-        Some(Replica::open(fs.clone())?)
+        Some(Replica::open(fs)?)
     } else {
         None
     };
-    while let Some(l) = spool.next_to_ship() {
-        let path = l
-            .path
-            .clone()
-            .ok_or_else(|| Error::invalid("the spool is not on a file system"))?;
-        let log = MappedLog::open(&path, &ReadOptions::default())?;
-        match &replica {
-            None => replica = Some(Replica::create(fs.clone(), &log)?),
-            Some(r) => {
-                r.apply(&log)?;
-            }
-        }
-        spool.ack(l.point.sequence, &l.point.digest)?;
-    }
-    Ok(())
+    super::ops::apply_spool(spool, dir, &mut replica)
 }
 
 /// The replica's block digests of a disk, from where its replica is.
