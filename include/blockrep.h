@@ -33,12 +33,17 @@ enum blockrep_status
   BLOCKREP_STATUS_CORRUPT = 200,
   // Data belongs to another disk, epoch, geometry or sequence.
   BLOCKREP_STATUS_MISMATCH = 201,
+  // Sealed data failed authentication (altered, truncated, reordered,
+  // another object's).
+  BLOCKREP_STATUS_UNAUTHENTIC = 202,
   // An offset, length or block lies outside the disk.
   BLOCKREP_STATUS_OUT_OF_RANGE = 300,
   // An argument is impossible (a null pointer, a zero length, a bad size).
   BLOCKREP_STATUS_INVALID_ARGUMENT = 301,
   // The call is not allowed now (a handle freed twice, a pinned point).
   BLOCKREP_STATUS_MISUSE = 302,
+  // Another writer holds the target; this one must stop.
+  BLOCKREP_STATUS_FENCED = 303,
   // Change tracking was lost; a digest resync is required.
   BLOCKREP_STATUS_RESYNC_REQUIRED = 400,
   // A format version or feature this build does not support.

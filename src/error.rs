@@ -30,12 +30,18 @@ pub enum ErrorKind {
     /// Data is valid but belongs elsewhere: another disk, epoch, geometry or
     /// an out-of-order sequence.
     Mismatch = 201,
+    /// Sealed data failed authentication: altered, truncated, extended,
+    /// reordered, or standing for another object than the one expected.
+    Unauthentic = 202,
     /// An offset, length or block lies outside the disk or overflows.
     OutOfRange = 300,
     /// An argument is impossible on its face (zero length, bad block size).
     InvalidArgument = 301,
     /// The call is not allowed in the current state (double free, wrong role).
     Misuse = 302,
+    /// Another writer holds the target (a second primary claiming a disk
+    /// in an object store): this one must stop.
+    Fenced = 303,
     /// Change tracking cannot be trusted; a digest resync is required.
     ResyncRequired = 400,
     /// The data uses a feature or version this build does not support.
@@ -55,9 +61,11 @@ impl ErrorKind {
             ErrorKind::NoSpace => "no space left",
             ErrorKind::Corrupt => "corrupt",
             ErrorKind::Mismatch => "mismatch",
+            ErrorKind::Unauthentic => "not authentic",
             ErrorKind::OutOfRange => "out of range",
             ErrorKind::InvalidArgument => "invalid argument",
             ErrorKind::Misuse => "misuse",
+            ErrorKind::Fenced => "fenced",
             ErrorKind::ResyncRequired => "resync required",
             ErrorKind::Unsupported => "unsupported",
         }

@@ -36,6 +36,8 @@
 //!   status, dirty bitmaps;
 //! * `qemu` (feature `qemu`): replication of a running QEMU disk from its
 //!   dirty bitmaps, over QMP and NBD;
+//! * `seal` (feature `seal`): logs, bases and manifests encrypted and
+//!   authenticated at rest with the replication pair's key;
 //! * [`ffi`]: the C ABI, which only translates (see `include/blockrep.h`).
 //!
 //! ```
@@ -67,6 +69,8 @@ pub mod net;
 #[cfg(feature = "qemu")]
 pub mod qemu;
 pub mod replica;
+#[cfg(feature = "seal")]
+pub mod seal;
 #[cfg(feature = "serde")]
 mod serde_impls;
 pub mod source;

@@ -23,12 +23,17 @@ pub enum blockrep_status {
     BLOCKREP_STATUS_CORRUPT = 200,
     /// Data belongs to another disk, epoch, geometry or sequence.
     BLOCKREP_STATUS_MISMATCH = 201,
+    /// Sealed data failed authentication (altered, truncated, reordered,
+    /// another object's).
+    BLOCKREP_STATUS_UNAUTHENTIC = 202,
     /// An offset, length or block lies outside the disk.
     BLOCKREP_STATUS_OUT_OF_RANGE = 300,
     /// An argument is impossible (a null pointer, a zero length, a bad size).
     BLOCKREP_STATUS_INVALID_ARGUMENT = 301,
     /// The call is not allowed now (a handle freed twice, a pinned point).
     BLOCKREP_STATUS_MISUSE = 302,
+    /// Another writer holds the target; this one must stop.
+    BLOCKREP_STATUS_FENCED = 303,
     /// Change tracking was lost; a digest resync is required.
     BLOCKREP_STATUS_RESYNC_REQUIRED = 400,
     /// A format version or feature this build does not support.
@@ -40,9 +45,10 @@ pub enum blockrep_status {
 impl From<ErrorKind> for blockrep_status {
     fn from(k: ErrorKind) -> Self {
         use blockrep_status::{
-            BLOCKREP_STATUS_CORRUPT, BLOCKREP_STATUS_INVALID_ARGUMENT, BLOCKREP_STATUS_IO,
-            BLOCKREP_STATUS_MISMATCH, BLOCKREP_STATUS_MISUSE, BLOCKREP_STATUS_NO_SPACE,
-            BLOCKREP_STATUS_OUT_OF_RANGE, BLOCKREP_STATUS_RESYNC_REQUIRED,
+            BLOCKREP_STATUS_CORRUPT, BLOCKREP_STATUS_FENCED, BLOCKREP_STATUS_INVALID_ARGUMENT,
+            BLOCKREP_STATUS_IO, BLOCKREP_STATUS_MISMATCH, BLOCKREP_STATUS_MISUSE,
+            BLOCKREP_STATUS_NO_SPACE, BLOCKREP_STATUS_OUT_OF_RANGE,
+            BLOCKREP_STATUS_RESYNC_REQUIRED, BLOCKREP_STATUS_UNAUTHENTIC,
             BLOCKREP_STATUS_UNSUPPORTED,
         };
         match k {
@@ -50,6 +56,8 @@ impl From<ErrorKind> for blockrep_status {
             ErrorKind::NoSpace => BLOCKREP_STATUS_NO_SPACE,
             ErrorKind::Corrupt => BLOCKREP_STATUS_CORRUPT,
             ErrorKind::Mismatch => BLOCKREP_STATUS_MISMATCH,
+            ErrorKind::Unauthentic => BLOCKREP_STATUS_UNAUTHENTIC,
+            ErrorKind::Fenced => BLOCKREP_STATUS_FENCED,
             ErrorKind::OutOfRange => BLOCKREP_STATUS_OUT_OF_RANGE,
             ErrorKind::InvalidArgument => BLOCKREP_STATUS_INVALID_ARGUMENT,
             ErrorKind::Misuse => BLOCKREP_STATUS_MISUSE,
