@@ -29,6 +29,11 @@ rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup com
 # built once per machine, the newest release this toolchain builds.
 cargo cinstall --version 2>/dev/null | grep -q '^cargo-c 0\.1[0-9]' ||
     cargo install --quiet --locked cargo-c@0.10.24+cargo-0.98.0
+# A real S3 server on loopback for the object-store tests
+# (tests/store_s3.rs starts it): s3s-fs, light to build and with
+# conditional writes; Garage 2.5 has none on PUT, so it could not fence.
+command -v s3s-fs >/dev/null 2>&1 || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ] ||
+    cargo install --quiet --locked s3s-fs@0.14.1 --features binary
 
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings

@@ -38,6 +38,8 @@
 //!   dirty bitmaps, over QMP and NBD;
 //! * `seal` (feature `seal`): logs, bases and manifests encrypted and
 //!   authenticated at rest with the replication pair's key;
+//! * `store` (feature `s3`): an S3-compatible object store as the
+//!   target, and a replica hydrated from it on any host;
 //! * [`ffi`]: the C ABI, which only translates (see `include/blockrep.h`).
 //!
 //! ```
@@ -69,12 +71,16 @@ pub mod net;
 #[cfg(feature = "qemu")]
 pub mod qemu;
 pub mod replica;
+#[cfg(any(feature = "net", feature = "s3"))]
+mod retry;
 #[cfg(feature = "seal")]
 pub mod seal;
 #[cfg(feature = "serde")]
 mod serde_impls;
 pub mod source;
 pub mod status;
+#[cfg(feature = "s3")]
+pub mod store;
 pub mod tracker;
 
 pub use error::{Detail, Error, ErrorKind, Result};

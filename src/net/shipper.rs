@@ -19,6 +19,7 @@ use super::tls::{client_config, TlsFiles};
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::Storage;
 use crate::log::{BlockDigests, Digest};
+use crate::retry::{backoff, pause, LogLimiter};
 use crate::serde_impls::{hex, unhex};
 use crate::source::{Spool, Throttle};
 use parking_lot::Mutex;
@@ -212,21 +213,6 @@ impl Drop for Shipper {
     }
 }
 
-/// Sleeps `d` in small steps; false when asked to stop meanwhile.
-fn pause(d: Duration, stop: &AtomicBool) -> bool {
-    let step = Duration::from_millis(20);
-    let mut left = d;
-    while !left.is_zero() {
-        if stop.load(Ordering::SeqCst) {
-            return false;
-        }
-        let s = left.min(step);
-        std::thread::sleep(s);
-        left -= s;
-    }
-    !stop.load(Ordering::SeqCst)
-}
-
 /// What the shipper's thread works with.
 struct Context {
     spool: Arc<Spool>,
@@ -272,44 +258,6 @@ impl Context {
     }
 }
 
-/// Failures said at most once a minute each, with the count of those
-/// not said; a recovery said once.
-#[derive(Debug, Default)]
-struct LogLimiter {
-    last: Option<(String, std::time::Instant)>,
-    quiet: u64,
-}
-
-impl LogLimiter {
-    const EVERY: Duration = Duration::from_secs(60);
-
-    fn failed(&mut self, msg: &str, now: std::time::Instant) -> Option<String> {
-        match &self.last {
-            Some((m, at)) if m == msg && now.duration_since(*at) < Self::EVERY => {
-                self.quiet += 1;
-                None
-            }
-            _ => {
-                let line = if self.quiet > 0 {
-                    format!("{msg} (and {} more failures before)", self.quiet)
-                } else {
-                    msg.to_string()
-                };
-                self.last = Some((msg.to_string(), now));
-                self.quiet = 0;
-                Some(line)
-            }
-        }
-    }
-
-    /// Progress after failures: says so once, and forgets them.
-    fn recovered(&mut self) -> Option<String> {
-        let (_, _) = self.last.take()?;
-        let n = std::mem::take(&mut self.quiet);
-        Some(format!("shipping again (after {} failures)", n + 1))
-    }
-}
-
 fn run(ctx: &Context) {
     let config = &ctx.config;
     let mut wait = config.retry_min;
@@ -325,11 +273,7 @@ fn run(ctx: &Context) {
         if progressed {
             wait = config.retry_min;
         }
-        // Jitter: a wait between half and all of the backoff, so many
-        // primaries cut off at once do not come back at once.
-        let jitter = crate::id::random_u64().unwrap_or(0) % 1000;
-        let d = wait / 2 + wait.mul_f64(jitter as f64 / 2000.0);
-        if !pause(d, &ctx.stop) {
+        if !pause(backoff(wait), &ctx.stop) {
             return;
         }
         wait = (wait * 2).min(config.retry_max);

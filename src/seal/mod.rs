@@ -28,7 +28,7 @@ mod stream;
 
 pub use format::{sealed_len, Binding, ObjectKind, DEFAULT_CHUNK};
 pub use key::{KeyId, Keyring, SealKey, KEY_LEN};
-pub use stream::{OpenReader, SealWriter};
+pub use stream::{OpenReader, Opener, SealWriter};
 
 use crate::error::Result;
 

@@ -161,6 +161,12 @@ impl<W: Write> SealWriter<W> {
         Ok((self.out, self.written))
     }
 
+    /// The output (to take the sealed bytes written so far out of a
+    /// buffer, say).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     /// Sealed bytes written to the output so far.
     pub fn written(&self) -> u64 {
         self.written
@@ -179,49 +185,65 @@ impl<W: Write> Write for SealWriter<W> {
     }
 }
 
-/// Opens a sealed object read from `R`, chunk by chunk: every chunk is
-/// authenticated (against the header, the expected binding, its position
-/// and whether it is the last) before its bytes are handed out.
-pub struct OpenReader<R: Read> {
-    input: R,
-    key: LessSafeKey,
-    aad: [u8; HEADER_LEN + BINDING_LEN],
-    chunk: usize,
-    /// One sealed chunk and the byte after it (to know whether it is the
-    /// last).
-    buf: Vec<u8>,
-    /// Bytes of `buf` filled.
-    filled: usize,
-    /// The opened chunk being handed out: `buf[out.0..out.1]`.
-    out: (usize, usize),
+/// Opens a sealed object pushed to it in pieces of any size (as a
+/// download arrives): every chunk is authenticated (against the header,
+/// the expected binding, its position and whether it is the last) before
+/// its bytes are handed on.
+pub struct Opener {
+    state: OpenState,
+    /// Sealed bytes received and not yet opened.
+    pending: Vec<u8>,
     counter: u64,
-    /// Offset in the sealed object of `buf[0]`, for errors.
+    /// Offset in the sealed object of `pending[0]`, for errors.
     offset: u64,
-    done: bool,
 }
 
-impl<R: Read> std::fmt::Debug for OpenReader<R> {
+enum OpenState {
+    /// Waiting for the header.
+    Header { keys: Keyring, binding: Binding },
+    /// Opening chunks.
+    Chunks {
+        key: Box<LessSafeKey>,
+        aad: [u8; HEADER_LEN + BINDING_LEN],
+        chunk: usize,
+    },
+    /// The last chunk was opened.
+    Done,
+}
+
+impl std::fmt::Debug for Opener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenReader")
-            .field("chunk", &self.chunk)
+        f.debug_struct("Opener")
             .field("counter", &self.counter)
-            .field("done", &self.done)
+            .field("offset", &self.offset)
             .finish()
     }
 }
 
-impl<R: Read> OpenReader<R> {
-    /// Reads the header from `input` and prepares to open it with the
-    /// keyring's key it names, as the object `binding` says it must be.
-    pub fn new(mut input: R, keys: &Keyring, binding: &Binding) -> Result<Self> {
+impl Opener {
+    /// Prepares to open an object that must be `binding`'s, with the
+    /// keyring's key its header names.
+    pub fn new(keys: &Keyring, binding: &Binding) -> Self {
+        Opener {
+            state: OpenState::Header {
+                keys: keys.clone(),
+                binding: *binding,
+            },
+            pending: Vec::new(),
+            counter: 0,
+            offset: 0,
+        }
+    }
+
+    fn start(&mut self) -> Result<()> {
+        let OpenState::Header { keys, binding } = &self.state else {
+            return Ok(());
+        };
+        if self.pending.len() < HEADER_LEN {
+            return Ok(());
+        }
         let mut hb = [0; HEADER_LEN];
-        read_full(&mut input, &mut hb).and_then(|n| {
-            if n == HEADER_LEN {
-                Ok(())
-            } else {
-                Err(unauthentic(0, "the object is shorter than a sealed header"))
-            }
-        })?;
+        hb.copy_from_slice(&self.pending[..HEADER_LEN]);
         let h = Header::decode(&hb)?;
         if h.kind != binding.kind {
             return Err(unauthentic(
@@ -246,90 +268,170 @@ impl<R: Read> OpenReader<R> {
                 ),
             )
         })?;
-        let chunk = h.chunk as usize;
-        Ok(OpenReader {
-            input,
-            key: object_key(key, &h.salt),
+        self.state = OpenState::Chunks {
+            key: Box::new(object_key(key, &h.salt)),
             aad: aad_of(&hb, binding),
-            chunk,
-            buf: vec![0; chunk + TAG_LEN + 1],
-            filled: 0,
-            out: (0, 0),
-            counter: 0,
-            offset: HEADER_LEN as u64,
-            done: false,
-        })
+            chunk: h.chunk as usize,
+        };
+        self.pending.drain(..HEADER_LEN);
+        self.offset = HEADER_LEN as u64;
+        Ok(())
     }
 
-    /// The next chunk's bytes, authenticated; `None` after the last.
-    pub fn next_chunk(&mut self) -> Result<Option<&[u8]>> {
-        if self.done {
-            return Ok(None);
-        }
-        let sealed = self.chunk + TAG_LEN;
-        let got = read_full(&mut self.input, &mut self.buf[self.filled..])
-            .map_err(|e| e.with_offset(self.offset))?;
-        self.filled += got;
-        // A full chunk followed by at least one more byte is not the
-        // last; anything else is.
-        let last = self.filled <= sealed;
-        let n = self.filled.min(sealed);
+    /// Opens the first `n` pending bytes as the next chunk and hands its
+    /// plain bytes to `out`.
+    fn open_chunk(
+        &mut self,
+        n: usize,
+        last: bool,
+        out: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let OpenState::Chunks { key, aad, .. } = &self.state else {
+            return Err(unauthentic(self.offset, "data after the last chunk"));
+        };
         if n < TAG_LEN {
             return Err(unauthentic(
                 self.offset,
                 "the object ends inside a chunk (truncated)",
             ));
         }
-        let opened = self
-            .key
+        let counter = self.counter;
+        let plain = key
             .open_in_place(
-                nonce(self.counter, last),
-                Aad::from(&self.aad),
-                &mut self.buf[..n],
+                nonce(counter, last),
+                Aad::from(&aad[..]),
+                &mut self.pending[..n],
             )
             .map_err(|_| {
                 unauthentic(
                     self.offset,
                     &format!(
-                        "chunk {} failed authentication (altered, truncated, reordered, \
-                         or another object's)",
-                        self.counter
+                        "chunk {counter} failed authentication (altered, truncated, \
+                         reordered, or another object's)"
                     ),
                 )
-            })?
-            .len();
-        self.out = (0, opened);
+            })?;
+        out(plain)?;
+        self.pending.drain(..n);
+        self.offset += n as u64;
         self.counter += 1;
-        self.done = last;
-        Ok(Some(&self.buf[..opened]))
+        if last {
+            self.state = OpenState::Done;
+        }
+        Ok(())
     }
 
-    /// Moves the byte read past a full chunk to the front for the next.
-    fn recycle(&mut self) {
-        let sealed = self.chunk + TAG_LEN;
-        if self.filled > sealed {
-            self.buf.copy_within(sealed..self.filled, 0);
-            self.filled -= sealed;
-            self.offset += sealed as u64;
-        } else {
-            self.filled = 0;
+    /// Takes the next sealed bytes; hands every chunk they complete to
+    /// `out`, opened. A chunk is opened once a byte after it arrived (so
+    /// it is known not to be the last).
+    pub fn push(&mut self, data: &[u8], out: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        if matches!(self.state, OpenState::Done) {
+            if data.is_empty() {
+                return Ok(());
+            }
+            return Err(unauthentic(
+                self.offset,
+                "data after the last chunk (extended)",
+            ));
         }
-        self.out = (0, 0);
+        self.pending.extend_from_slice(data);
+        self.start()?;
+        while let OpenState::Chunks { chunk, .. } = self.state {
+            let sealed = chunk + TAG_LEN;
+            if self.pending.len() <= sealed {
+                break;
+            }
+            self.open_chunk(sealed, false, out)?;
+        }
+        Ok(())
+    }
+
+    /// The object ended: opens what is pending as the last chunk.
+    pub fn finish(mut self, out: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        match self.state {
+            OpenState::Header { .. } => {
+                Err(unauthentic(0, "the object is shorter than a sealed header"))
+            }
+            OpenState::Done => Ok(()),
+            OpenState::Chunks { .. } => {
+                let n = self.pending.len();
+                self.open_chunk(n, true, out)
+            }
+        }
+    }
+}
+
+/// Opens a sealed object read from `R` (see [`Opener`]), as a reader of
+/// its plain bytes.
+pub struct OpenReader<R: Read> {
+    input: R,
+    opener: Option<Opener>,
+    /// Opened bytes not yet read: `plain[at..]`.
+    plain: Vec<u8>,
+    at: usize,
+    buf: Vec<u8>,
+}
+
+impl<R: Read> std::fmt::Debug for OpenReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenReader")
+            .field("opener", &self.opener)
+            .finish()
+    }
+}
+
+impl<R: Read> OpenReader<R> {
+    /// Reads the header from `input` and prepares to open it with the
+    /// keyring's key it names, as the object `binding` says it must be.
+    pub fn new(mut input: R, keys: &Keyring, binding: &Binding) -> Result<Self> {
+        let mut opener = Opener::new(keys, binding);
+        let mut hb = [0; HEADER_LEN];
+        let n = read_full(&mut input, &mut hb)?;
+        if n < HEADER_LEN {
+            return Err(unauthentic(0, "the object is shorter than a sealed header"));
+        }
+        opener.push(&hb, &mut |_| Ok(()))?;
+        Ok(OpenReader {
+            input,
+            opener: Some(opener),
+            plain: Vec::new(),
+            at: 0,
+            buf: vec![0; 256 << 10],
+        })
+    }
+
+    /// Opens more: false once the object is opened whole.
+    fn more(&mut self) -> Result<bool> {
+        let Some(opener) = self.opener.as_mut() else {
+            return Ok(false);
+        };
+        self.plain.clear();
+        self.at = 0;
+        let plain = &mut self.plain;
+        let mut sink = |b: &[u8]| {
+            plain.extend_from_slice(b);
+            Ok(())
+        };
+        let n = read_full(&mut self.input, &mut self.buf)?;
+        opener.push(&self.buf[..n], &mut sink)?;
+        if n < self.buf.len() {
+            self.opener.take().expect("held").finish(&mut sink)?;
+        }
+        Ok(true)
     }
 
     /// Opens the whole object into memory, refusing one whose plain bytes
     /// exceed `limit` (a manifest, say).
     pub fn read_to_vec(mut self, limit: usize) -> Result<Vec<u8>> {
         let mut v = Vec::new();
-        while let Some(c) = self.next_chunk()? {
-            if v.len() + c.len() > limit {
+        while self.more()? {
+            if v.len() + self.plain.len() > limit {
                 return Err(Error::new(
                     ErrorKind::Corrupt,
                     format!("the sealed object holds more than {limit} bytes"),
                 ));
             }
-            v.extend_from_slice(c);
-            self.recycle();
+            v.extend_from_slice(&self.plain);
         }
         Ok(v)
     }
@@ -337,11 +439,10 @@ impl<R: Read> OpenReader<R> {
     /// Opens the whole object into `out`; returns the plain bytes written.
     pub fn copy_to(mut self, out: &mut dyn Write) -> Result<u64> {
         let mut total = 0;
-        while let Some(c) = self.next_chunk()? {
-            out.write_all(c)
+        while self.more()? {
+            out.write_all(&self.plain)
                 .map_err(|e| Error::io("write an opened object", e))?;
-            total += c.len() as u64;
-            self.recycle();
+            total += self.plain.len() as u64;
         }
         Ok(total)
     }
@@ -349,18 +450,14 @@ impl<R: Read> OpenReader<R> {
 
 impl<R: Read> Read for OpenReader<R> {
     fn read(&mut self, dst: &mut [u8]) -> std::io::Result<usize> {
-        while self.out.0 == self.out.1 {
-            if self.done {
+        while self.at == self.plain.len() {
+            if !self.more().map_err(std::io::Error::other)? {
                 return Ok(0);
             }
-            if self.counter > 0 {
-                self.recycle();
-            }
-            self.next_chunk().map_err(std::io::Error::other)?;
         }
-        let n = (self.out.1 - self.out.0).min(dst.len());
-        dst[..n].copy_from_slice(&self.buf[self.out.0..self.out.0 + n]);
-        self.out.0 += n;
+        let n = (self.plain.len() - self.at).min(dst.len());
+        dst[..n].copy_from_slice(&self.plain[self.at..self.at + n]);
+        self.at += n;
         Ok(n)
     }
 }

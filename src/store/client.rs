@@ -1,0 +1,372 @@
+//! The object store as blockrep's threads use it: blocking calls on a
+//! small tokio runtime of the target's own (nothing global in the host
+//! process), over the `object_store` crate's S3 client with its retries
+//! and backoff, HTTPS through rustls with ring.
+
+use crate::error::{Error, ErrorKind, Result};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::client::{HttpClient, HttpConnector};
+use object_store::path::Path;
+use object_store::{
+    ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+    UpdateVersion, WriteMultipart,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How to reach an object store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `s3://bucket/prefix`. Credentials, region and endpoint come from
+    /// the environment as the AWS tools take them (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`,
+    /// `AWS_ENDPOINT` and `AWS_ALLOW_HTTP` for an S3-compatible store),
+    /// then from `options`.
+    pub url: String,
+    /// Further `object_store` S3 options (`aws_endpoint`, `aws_region`,
+    /// `aws_allow_http`, ...), over the environment's.
+    pub options: Vec<(String, String)>,
+    /// One request (a part, a manifest) waits at most this long.
+    pub timeout: Duration,
+    /// Retries of a failed request, with backoff, before a call fails.
+    pub retries: usize,
+    /// A PEM file of further CAs to trust for HTTPS (a private store's).
+    pub extra_ca: Option<std::path::PathBuf>,
+}
+
+impl StoreConfig {
+    /// A configuration for `url` with the defaults (60 s per request, 4
+    /// retries).
+    pub fn new(url: impl Into<String>) -> Self {
+        StoreConfig {
+            url: url.into(),
+            options: Vec::new(),
+            timeout: Duration::from_secs(60),
+            retries: 4,
+            extra_ca: None,
+        }
+    }
+}
+
+/// How a conditional write ended.
+#[derive(Debug)]
+pub(crate) enum Written {
+    /// Written; the object's new version.
+    Done(Option<String>),
+    /// The condition did not hold: someone else wrote (or created) it.
+    Lost,
+}
+
+/// One object store bucket and prefix, with blocking calls.
+pub(crate) struct ObjectClient {
+    store: Arc<dyn ObjectStore>,
+    rt: tokio::runtime::Runtime,
+    prefix: Path,
+    /// Where the store is, for messages (`s3://bucket/prefix`, never a
+    /// credential).
+    pub(crate) url: String,
+}
+
+impl std::fmt::Debug for ObjectClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectClient")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+/// Builds reqwest clients on rustls with ring, trusting the system's roots
+/// and any extra CA given.
+#[derive(Debug)]
+struct RingConnector {
+    timeout: Duration,
+    roots: Arc<rustls::RootCertStore>,
+}
+
+impl HttpConnector for RingConnector {
+    fn connect(&self, _options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| generic(&e))?
+            .with_root_certificates(self.roots.clone())
+            .with_no_client_auth();
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(self.timeout.min(Duration::from_secs(10)))
+            .timeout(self.timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| generic(&e))?;
+        Ok(HttpClient::new(client))
+    }
+}
+
+fn generic(e: &dyn std::fmt::Display) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "S3",
+        source: e.to_string().into(),
+    }
+}
+
+fn roots(extra: Option<&std::path::Path>) -> Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        // A system certificate rustls cannot parse is skipped, as the
+        // platform's own tools do.
+        let _ = roots.add(c);
+    }
+    if let Some(p) = extra {
+        let pem =
+            std::fs::read(p).map_err(|e| Error::io("read the store's CA file", e).with_path(p))?;
+        let mut found = 0;
+        for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+            let c: rustls::pki_types::CertificateDer<'static> = c.map_err(|_| {
+                Error::new(ErrorKind::InvalidArgument, "the store's CA file is not PEM")
+                    .with_path(p)
+            })?;
+            roots.add(c).map_err(|_| {
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    "a certificate in the store's CA file is invalid",
+                )
+                .with_path(p)
+            })?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "the store's CA file holds no certificate",
+            )
+            .with_path(p));
+        }
+    }
+    Ok(roots)
+}
+
+/// An object store error as blockrep's, saying which object; the message
+/// of `object_store` names the request, never a credential.
+fn failed(what: &str, path: &Path, e: &object_store::Error) -> Error {
+    Error::new(ErrorKind::Io, format!("{what} {path}: {e}"))
+}
+
+impl ObjectClient {
+    /// Connects (lazily: nothing is sent before the first call).
+    pub(crate) fn open(config: &StoreConfig) -> Result<Self> {
+        let url = url::Url::parse(&config.url)
+            .map_err(|e| Error::invalid(format!("{}: not a URL: {e}", config.url)))?;
+        if url.scheme() != "s3" && url.scheme() != "s3a" {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("{}: only s3:// stores are built in", config.url),
+            ));
+        }
+        let retry = RetryConfig {
+            max_retries: config.retries,
+            retry_timeout: config.timeout * (config.retries as u32 + 1),
+            ..RetryConfig::default()
+        };
+        let mut b = AmazonS3Builder::from_env()
+            .with_url(config.url.as_str())
+            .with_retry(retry)
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .with_http_connector(RingConnector {
+                timeout: config.timeout,
+                roots: Arc::new(roots(config.extra_ca.as_deref())?),
+            });
+        for (k, v) in &config.options {
+            let key = k
+                .parse()
+                .map_err(|e| Error::invalid(format!("store option {k}: {e}")))?;
+            b = b.with_config(key, v);
+        }
+        let store = b
+            .build()
+            .map_err(|e| Error::invalid(format!("{}: {e}", config.url)))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("blockrep-store")
+            .build()
+            .map_err(|e| Error::io("start the object store's runtime", e))?;
+        let prefix = Path::from(url.path().trim_matches('/'));
+        Ok(ObjectClient {
+            store: Arc::new(store),
+            rt,
+            prefix,
+            url: config.url.clone(),
+        })
+    }
+
+    /// The full path of `name` under the prefix.
+    pub(crate) fn path(&self, name: &str) -> Path {
+        let mut p = self.prefix.clone();
+        for part in name.split('/') {
+            p = p.clone().join(part);
+        }
+        p
+    }
+
+    /// The object `name` whole, with its version; `None` if absent. At
+    /// most `limit` bytes.
+    pub(crate) fn get(&self, name: &str, limit: u64) -> Result<Option<(Bytes, Option<String>)>> {
+        let path = self.path(name);
+        self.rt.block_on(async {
+            let r = match self.store.get(&path).await {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(failed("read", &path, &e)),
+            };
+            if r.meta.size > limit {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!("{path} holds {} bytes, more than {limit}", r.meta.size),
+                ));
+            }
+            let etag = r.meta.e_tag.clone();
+            let bytes = r.bytes().await.map_err(|e| failed("read", &path, &e))?;
+            Ok(Some((bytes, etag)))
+        })
+    }
+
+    /// Streams the object `name` into `sink`, chunk by chunk as it
+    /// arrives. Returns its size.
+    pub(crate) fn get_into(
+        &self,
+        name: &str,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<u64> {
+        let path = self.path(name);
+        self.rt.block_on(async {
+            let r = self
+                .store
+                .get(&path)
+                .await
+                .map_err(|e| failed("read", &path, &e))?;
+            let mut s = r.into_stream();
+            let mut n = 0;
+            while let Some(chunk) = s.next().await {
+                let chunk = chunk.map_err(|e| failed("read", &path, &e))?;
+                sink(&chunk)?;
+                n += chunk.len() as u64;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Writes `bytes` to `name`: over anything there, only if nothing is
+    /// there (`Create`), or only over the version given (`Update`).
+    pub(crate) fn put(&self, name: &str, bytes: Bytes, mode: PutMode) -> Result<Written> {
+        let path = self.path(name);
+        self.rt.block_on(async {
+            let opts = PutOptions {
+                mode,
+                ..PutOptions::default()
+            };
+            match self
+                .store
+                .put_opts(&path, PutPayload::from(bytes), opts)
+                .await
+            {
+                Ok(r) => Ok(Written::Done(r.e_tag)),
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => Ok(Written::Lost),
+                Err(e) => Err(failed("write", &path, &e)),
+            }
+        })
+    }
+
+    /// Writes a large object from `fill`, which is called for the next
+    /// bytes until it returns an empty buffer; in parts of `part` bytes
+    /// (at least 5 MiB, as S3 requires) uploaded a few at a time. A
+    /// failure aborts the upload (nothing is left at `name`).
+    pub(crate) fn put_stream(
+        &self,
+        name: &str,
+        part: usize,
+        fill: &mut dyn FnMut() -> Result<Vec<u8>>,
+    ) -> Result<u64> {
+        let path = self.path(name);
+        self.rt.block_on(async {
+            // Gather up to a part: an object smaller than that goes in
+            // one request.
+            let mut head = Vec::new();
+            let mut total = 0;
+            loop {
+                let b = fill()?;
+                if b.is_empty() {
+                    let n = total as u64;
+                    let payload: PutPayload = head.into_iter().map(Bytes::from).collect();
+                    self.store
+                        .put(&path, payload)
+                        .await
+                        .map_err(|e| failed("write", &path, &e))?;
+                    return Ok(n);
+                }
+                total += b.len();
+                head.push(b);
+                if total >= part {
+                    return self.multipart(&path, part, head, fill).await;
+                }
+            }
+        })
+    }
+
+    async fn multipart(
+        &self,
+        path: &Path,
+        part: usize,
+        first: Vec<Vec<u8>>,
+        fill: &mut dyn FnMut() -> Result<Vec<u8>>,
+    ) -> Result<u64> {
+        let upload = self
+            .store
+            .put_multipart(path)
+            .await
+            .map_err(|e| failed("start uploading", path, &e))?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, part);
+        let mut n = 0;
+        let r: Result<()> = async {
+            for b in first {
+                n += b.len() as u64;
+                w.write(&b);
+            }
+            loop {
+                w.wait_for_capacity(4)
+                    .await
+                    .map_err(|e| failed("upload a part of", path, &e))?;
+                let b = fill()?;
+                if b.is_empty() {
+                    return Ok(());
+                }
+                n += b.len() as u64;
+                w.write(&b);
+            }
+        }
+        .await;
+        match r {
+            Ok(()) => {
+                w.finish()
+                    .await
+                    .map_err(|e| failed("finish uploading", path, &e))?;
+                Ok(n)
+            }
+            Err(e) => {
+                let _ = w.abort().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// An `Update` mode for the version read.
+pub(crate) fn update_of(etag: Option<String>) -> PutMode {
+    PutMode::Update(UpdateVersion {
+        e_tag: etag,
+        version: None,
+    })
+}

@@ -1,0 +1,182 @@
+//! A replica built from the store on any host: the base at or before the
+//! point wanted, then the logs after it, each opened (authenticated
+//! against its place in the chain) as it downloads and verified whole by
+//! the replica before it applies. A replica already in the directory (a
+//! standby following the store, or a hydrate that was killed) goes on
+//! from its own point.
+
+use super::client::{ObjectClient, StoreConfig};
+use super::layout;
+use super::manifest::{ChainEntry, Manifest, MANIFEST_LIMIT};
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::DiskId;
+use crate::io::Dir;
+use crate::log::{MappedLog, ReadOptions};
+use crate::replica::{ApplyOutcome, Replica};
+use crate::seal::{Binding, Keyring, ObjectKind, Opener};
+use std::sync::Arc;
+
+/// What a hydrate did.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HydrateReport {
+    /// The replica's point now.
+    pub sequence: u64,
+    /// Logs applied by this call (a base counts as one).
+    pub applied: u64,
+    /// Sealed bytes downloaded.
+    pub bytes: u64,
+    /// The manifest's generation read.
+    pub generation: u64,
+}
+
+/// Reads `disk`'s manifest and its version; `None` if the store holds no
+/// such disk.
+pub(crate) fn load(
+    client: &ObjectClient,
+    keys: &Keyring,
+    disk: DiskId,
+) -> Result<Option<(Manifest, Option<String>)>> {
+    let Some((bytes, etag)) = client.get(&layout::manifest(disk), MANIFEST_LIMIT as u64 * 2)?
+    else {
+        return Ok(None);
+    };
+    Ok(Some((Manifest::open(keys, disk, &bytes)?, etag)))
+}
+
+/// `disk`'s manifest in the store at `config`; `None` if there is none.
+pub fn read_manifest(
+    config: &StoreConfig,
+    keys: &Keyring,
+    disk: DiskId,
+) -> Result<Option<Manifest>> {
+    let client = ObjectClient::open(config)?;
+    Ok(load(&client, keys, disk)?.map(|(m, _)| m))
+}
+
+/// Builds (or brings forward) the replica of `disk` in `dir` from the
+/// store, at point `point` (the latest without). `seen_generation` is the
+/// highest manifest generation the caller saw before (0 at first): a
+/// lower one is a replayed manifest and is refused.
+pub fn hydrate(
+    config: &StoreConfig,
+    keys: &Keyring,
+    disk: DiskId,
+    dir: Arc<dyn Dir>,
+    point: Option<u64>,
+    seen_generation: u64,
+) -> Result<HydrateReport> {
+    let client = ObjectClient::open(config)?;
+    let (m, _) = load(&client, keys, disk)?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::OutOfRange,
+            format!("{} holds no disk {disk}", client.url),
+        )
+    })?;
+    if m.generation < seen_generation {
+        return Err(Error::new(
+            ErrorKind::Unauthentic,
+            format!(
+                "the store's manifest of disk {disk} is generation {}, older than {seen_generation} \
+                 seen before (replayed)",
+                m.generation
+            ),
+        ));
+    }
+    let (base, logs) = m.path_to(point)?;
+    let mut report = HydrateReport {
+        sequence: 0,
+        applied: 0,
+        bytes: 0,
+        generation: m.generation,
+    };
+    let opts = ReadOptions {
+        disk: Some(disk),
+        ..ReadOptions::default()
+    };
+    let replica = if Replica::exists(&*dir) {
+        Replica::open(dir.clone())?
+    } else {
+        let staged = "hydrate-base.partial";
+        let file = dir.create(staged)?;
+        let mut at = 0u64;
+        report.bytes += fetch(&client, disk, base, ObjectKind::Base, keys, &mut |b| {
+            file.write_at(b, at)?;
+            at += b.len() as u64;
+            Ok(())
+        })?;
+        file.sync()?;
+        drop(file);
+        let r = MappedLog::open_in(&*dir, staged, &opts).and_then(|full| {
+            let h = full.header();
+            if h.sequence != base.sequence || full.trailer().digest != base.digest()? {
+                return Err(Error::new(
+                    ErrorKind::Unauthentic,
+                    format!("the base of point {} holds another point", base.sequence),
+                ));
+            }
+            Replica::create(dir.clone(), &full)
+        });
+        let _ = dir.remove(staged);
+        report.applied += 1;
+        r?
+    };
+    let st = replica.status();
+    let target = logs.last().map_or(base.sequence, |l| l.sequence);
+    if st.applied > target {
+        return Err(Error::new(
+            ErrorKind::Misuse,
+            format!(
+                "the replica in the directory is at point {}, past {target}: read an older point \
+                 through its retained points, or hydrate into a new directory",
+                st.applied
+            ),
+        ));
+    }
+    let held_in_chain = std::iter::once(base)
+        .chain(logs.iter().copied())
+        .chain(m.logs.iter())
+        .any(|e| e.sequence == st.applied && e.digest().ok() == Some(st.digest));
+    if !held_in_chain {
+        return Err(Error::mismatch(format!(
+            "the replica in the directory is at point {} with content the store's chain does not \
+             reach (another history, or behind its oldest base)",
+            st.applied
+        ))
+        .with_sequence(st.applied));
+    }
+    for l in logs.iter().filter(|l| l.sequence > st.applied) {
+        let mut incoming = replica.receive()?;
+        report.bytes += fetch(&client, disk, l, ObjectKind::Log, keys, &mut |b| {
+            incoming.write(b)
+        })?;
+        match incoming.apply(&opts)? {
+            ApplyOutcome::Applied { .. } | ApplyOutcome::AlreadyApplied { .. } => {}
+        }
+        report.applied += 1;
+    }
+    report.sequence = replica.status().applied;
+    Ok(report)
+}
+
+/// Downloads the object of `e` and opens it as it arrives into `sink`;
+/// returns the sealed bytes read.
+fn fetch(
+    client: &ObjectClient,
+    disk: DiskId,
+    e: &ChainEntry,
+    kind: ObjectKind,
+    keys: &Keyring,
+    sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<u64> {
+    let binding = Binding::point(kind, disk, e.epoch, e.sequence, e.digest()?);
+    let mut opener = Opener::new(keys, &binding);
+    let name = format!("{}/{}", layout::disk_dir(disk), e.object);
+    let n = client
+        .get_into(&name, &mut |b| opener.push(b, sink))
+        .map_err(|err| err.with_sequence(e.sequence))?;
+    opener
+        .finish(sink)
+        .map_err(|err| err.with_sequence(e.sequence))?;
+    Ok(n)
+}

@@ -1,0 +1,60 @@
+//! Object storage as a target (feature `s3`): a primary ships its spool to
+//! an S3-compatible store with no blockrep server in between, and any host
+//! with the pair's key builds a replica from it (`hydrate`).
+//!
+//! Per disk the store holds a sealed manifest (the writer holding the
+//! disk, the chain of bases and logs), the logs as immutable sealed
+//! objects named by epoch, sequence and digest, and base images (full
+//! logs, each standing for a point) so recovery starts near the point it
+//! wants. The manifest is only ever replaced by a conditional write on
+//! the version read (`If-Match`, or `If-None-Match: *` for the first), so
+//! a second primary claiming the disk is refused, and a log is
+//! acknowledged to the spool only once the manifest naming it is written.
+//! The layout is in docs/FORMAT.md ("Object store layout").
+
+mod client;
+mod hydrate;
+mod manifest;
+mod shipper;
+
+pub use client::StoreConfig;
+pub use hydrate::{hydrate, read_manifest, HydrateReport};
+pub use manifest::{ChainEntry, Garbage, Manifest, WriterId, MANIFEST_FORMAT};
+pub use shipper::{StoreShipper, StoreShipperConfig, StoreShipperStatus};
+
+use crate::id::DiskId;
+use crate::log::Digest;
+use crate::serde_impls::hex;
+
+/// The object names of one disk, declared once.
+pub(crate) mod layout {
+    use super::{hex, Digest, DiskId};
+
+    /// The disk's directory under the prefix.
+    pub fn disk_dir(disk: DiskId) -> String {
+        format!("disks/{}", hex(&disk.0))
+    }
+
+    /// The disk's manifest.
+    pub fn manifest(disk: DiskId) -> String {
+        format!("{}/manifest", disk_dir(disk))
+    }
+
+    /// A point's name: epoch and sequence (sorting in chain order) and
+    /// the first half of its digest (names never collide; the whole
+    /// digest is in the manifest and authenticated with the object).
+    /// Short, as some stores keep a key in a file name of 255 bytes.
+    fn point(epoch: u64, sequence: u64, digest: &Digest) -> String {
+        format!("{epoch:016x}-{sequence:016x}-{}", hex(&digest.0[..16]))
+    }
+
+    /// A log object, relative to the disk's directory.
+    pub fn log(epoch: u64, sequence: u64, digest: &Digest) -> String {
+        format!("logs/{}.log", point(epoch, sequence, digest))
+    }
+
+    /// A base image, relative to the disk's directory.
+    pub fn base(epoch: u64, sequence: u64, digest: &Digest) -> String {
+        format!("bases/{}.base", point(epoch, sequence, digest))
+    }
+}

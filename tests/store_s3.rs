@@ -1,0 +1,399 @@
+//! Replication to a real S3 server on loopback (`s3s-fs`, installed by
+//! scripts/test.sh): cycles shipped sealed, every point hydrated on
+//! another "host" byte for byte, through a proxy that cuts connections;
+//! fencing of a second primary; tampering, the wrong key, a replayed
+//! manifest, each refused; no plain block in any object.
+#![cfg(feature = "s3")]
+
+mod common;
+mod net_common;
+
+use blockrep::io::{FsDir, MemDir, MemStorage, Storage};
+use blockrep::seal::{Keyring, SealKey};
+use blockrep::source::{AnyTracker, CycleOptions, Pipeline, TransferOptions};
+use blockrep::store::{
+    hydrate, read_manifest, StoreConfig, StoreShipper, StoreShipperConfig, WriterId,
+};
+use blockrep::{DiskId, ErrorKind};
+use common::Rng;
+use net_common::proxy::{Faults, Proxy};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ID: DiskId = DiskId([0x5e; 16]);
+const SIZE: u64 = 8 << 20;
+/// Written into the disk: must never appear in the store.
+const MARKER: &[u8] = b"PLAINTEXT-MARKER-THAT-MUST-NOT-LEAK!";
+
+/// An `s3s-fs` server on a loopback port, storing under `root`.
+struct S3 {
+    child: Child,
+    addr: SocketAddr,
+    root: PathBuf,
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn s3s_fs() -> Option<PathBuf> {
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|c| c.join("bin/s3s-fs"));
+    cargo_bin.filter(|p| p.exists()).or_else(|| {
+        Command::new("s3s-fs")
+            .arg("--version")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| PathBuf::from("s3s-fs"))
+    })
+}
+
+impl S3 {
+    /// Starts the server with bucket `brtest` ready; `None` (and a note) where
+    /// s3s-fs is not installed outside CI.
+    fn start(root: &Path) -> Option<S3> {
+        let Some(bin) = s3s_fs() else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "s3s-fs is not installed (scripts/test.sh installs it)"
+            );
+            eprintln!("note: s3s-fs is not installed; skipped");
+            return None;
+        };
+        std::fs::create_dir_all(root.join("brtest")).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", "AKTEST", "--secret-key", "SKTEST"])
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(S3 {
+            child,
+            addr,
+            root: root.to_path_buf(),
+        })
+    }
+}
+
+fn store_config(addr: SocketAddr) -> StoreConfig {
+    let mut c = StoreConfig::new("s3://brtest/fleet");
+    for (k, v) in [
+        ("aws_endpoint", format!("http://{addr}")),
+        ("aws_allow_http", "true".into()),
+        ("aws_access_key_id", "AKTEST".into()),
+        ("aws_secret_access_key", "SKTEST".into()),
+        ("aws_region", "us-east-1".into()),
+    ] {
+        c.options.push((k.into(), v));
+    }
+    c.timeout = Duration::from_secs(5);
+    c.retries = 2;
+    c
+}
+
+fn keys() -> Keyring {
+    Keyring::new(SealKey::from_bytes([0x42; 32]))
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    wait_said(what, &mut done, &|| String::new());
+}
+
+/// Waits for `p`'s spool to be shipped whole by `s`.
+fn wait_shipped(what: &str, p: &Pipeline<AnyTracker>, s: &StoreShipper) {
+    wait_said(what, &mut || p.status().pending_logs == 0, &|| {
+        format!("{:?}", s.status())
+    });
+}
+
+fn wait_said(what: &str, done: &mut dyn FnMut() -> bool, say: &dyn Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {}",
+            say()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn scribble(p: &Pipeline<AnyTracker>, disk: &dyn Storage, rng: &mut Rng) {
+    for _ in 0..12 {
+        let off = rng.below(SIZE - 40_000);
+        let mut w = vec![0u8; 1 + rng.below(40_000) as usize];
+        if rng.below(3) == 0 {
+            for c in w.chunks_mut(MARKER.len()) {
+                c.copy_from_slice(&MARKER[..c.len()]);
+            }
+        } else {
+            rng.fill(&mut w);
+        }
+        let _g = p.primary().write_guard(off, w.len() as u64).unwrap();
+        disk.write_at(&w, off).unwrap();
+    }
+}
+
+fn snapshot(disk: &dyn Storage) -> Vec<u8> {
+    let mut b = vec![0u8; SIZE as usize];
+    disk.read_at(&mut b, 0).unwrap();
+    b
+}
+
+fn pipeline(disk: Arc<dyn Storage>) -> Pipeline<AnyTracker> {
+    Pipeline::builder(disk, Arc::new(MemDir::new()))
+        .create(ID, 1)
+        .unwrap()
+}
+
+fn shipper_config(store: StoreConfig, writer: WriterId) -> StoreShipperConfig {
+    let mut c = StoreShipperConfig::new(store, keys(), writer);
+    c.part_bytes = 5 << 20;
+    c.retry_min = Duration::from_millis(20);
+    c.retry_max = Duration::from_millis(300);
+    c
+}
+
+fn hydrated(
+    config: &StoreConfig,
+    keys: &Keyring,
+    dir: &Path,
+    point: Option<u64>,
+) -> blockrep::Result<Vec<u8>> {
+    std::fs::create_dir_all(dir).unwrap();
+    let d: Arc<dyn blockrep::io::Dir> = Arc::new(FsDir::new(dir).unwrap());
+    hydrate(config, keys, ID, d, point, 0)?;
+    Ok(std::fs::read(dir.join("image")).unwrap())
+}
+
+/// Every object file the server holds (its own metadata aside).
+fn objects(root: &Path) -> Vec<PathBuf> {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(&root.join("brtest"), &mut v);
+    v
+}
+
+#[test]
+fn cycles_ship_sealed_through_cuts_and_every_point_hydrates_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(s3) = S3::start(&t.path().join("s3")) else {
+        return;
+    };
+    // Through a proxy that cuts uploads at random offsets and drops
+    // answers: the shipper retries, resumes from the manifest.
+    let proxy = Proxy::start(
+        s3.addr,
+        Faults {
+            cut_within: Some(7 << 20),
+            drop_answer_percent: 30,
+            ..Faults::NONE
+        },
+        7,
+    );
+    let disk: Arc<dyn Storage> = Arc::new(MemStorage::zeroed(SIZE).unwrap());
+    let mut rng = Rng(5);
+    // Content before protection starts: 6 MiB of random data, so the
+    // initial full log goes up in two parts of a multipart upload.
+    let mut first = vec![0u8; 6 << 20];
+    rng.fill(&mut first);
+    disk.write_at(&first, 0).unwrap();
+    for i in 0..20u64 {
+        disk.write_at(MARKER, i * 300_000 + 7).unwrap();
+    }
+    let p = Arc::new(pipeline(disk.clone()));
+    p.initial_sync(TransferOptions::default()).unwrap();
+    let mut states = vec![snapshot(&*disk)];
+    let writer = WriterId::random().unwrap();
+    let shipper = StoreShipper::start(
+        p.shared_spool(),
+        shipper_config(store_config(proxy.addr), writer),
+    )
+    .unwrap();
+    for _ in 0..4 {
+        scribble(&p, &*disk, &mut rng);
+        p.cycle(&CycleOptions::default()).unwrap();
+        states.push(snapshot(&*disk));
+    }
+    wait_shipped("the cycles to ship", &p, &shipper);
+    let st = shipper.status();
+    assert_eq!(st.logs_shipped, 5, "{st:?}");
+    assert!(!st.fenced);
+    assert!(
+        proxy.counts.cuts.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the proxy cut nothing"
+    );
+    drop(shipper);
+
+    // Another host, with only the store and the key: every point, exact.
+    let direct = store_config(s3.addr);
+    let m = read_manifest(&direct, &keys(), ID).unwrap().unwrap();
+    assert_eq!(m.points(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(m.writer, writer.hex());
+    for (i, want) in states.iter().enumerate() {
+        let point = i as u64 + 1;
+        let got = hydrated(
+            &direct,
+            &keys(),
+            &t.path().join(format!("h{point}")),
+            Some(point),
+        )
+        .unwrap();
+        assert!(
+            got == *want,
+            "point {point} differs from the source at its cut"
+        );
+    }
+    // A standby following the store: from point 2 to the head.
+    let follow = t.path().join("h2");
+    assert_eq!(
+        hydrated(&direct, &keys(), &follow, None).unwrap(),
+        states[4]
+    );
+
+    // Nothing readable without the key: no marker in any object.
+    let all = objects(&s3.root);
+    assert!(all.len() >= 6, "{all:?}");
+    for f in &all {
+        let b = std::fs::read(f).unwrap();
+        assert!(
+            !b.windows(MARKER.len()).any(|w| w == MARKER),
+            "plain text in {}",
+            f.display()
+        );
+    }
+    // The wrong key is refused, naming no key material.
+    let wrong = Keyring::new(SealKey::from_bytes([0x43; 32]));
+    let e = hydrated(&direct, &wrong, &t.path().join("wrong"), None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Mismatch, "{e}");
+}
+
+#[test]
+fn a_second_primary_is_fenced_and_tampering_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(s3) = S3::start(&t.path().join("s3")) else {
+        return;
+    };
+    let config = store_config(s3.addr);
+    let disk: Arc<dyn Storage> = Arc::new(MemStorage::zeroed(SIZE).unwrap());
+    let mut rng = Rng(9);
+    let p = Arc::new(pipeline(disk.clone()));
+    p.initial_sync(TransferOptions::default()).unwrap();
+    for _ in 0..2 {
+        scribble(&p, &*disk, &mut rng);
+        p.cycle(&CycleOptions::default()).unwrap();
+    }
+    let first = WriterId::random().unwrap();
+    let a = StoreShipper::start(p.shared_spool(), shipper_config(config.clone(), first)).unwrap();
+    wait_shipped("the first primary to ship", &p, &a);
+    let before = read_manifest(&config, &keys(), ID).unwrap().unwrap();
+
+    // A second primary with the same disk id: refused, nothing changed.
+    let disk2: Arc<dyn Storage> = Arc::new(MemStorage::zeroed(SIZE).unwrap());
+    let p2 = Arc::new(pipeline(disk2.clone()));
+    scribble(&p2, &*disk2, &mut rng);
+    p2.initial_sync(TransferOptions::default()).unwrap();
+    let b = StoreShipper::start(
+        p2.shared_spool(),
+        shipper_config(config.clone(), WriterId::random().unwrap()),
+    )
+    .unwrap();
+    wait_for("the second primary to be fenced", || b.status().fenced);
+    let e = b.status().last_error.unwrap();
+    assert!(e.contains(&first.hex()), "{e}");
+    assert_eq!(
+        p2.status().pending_logs,
+        1,
+        "nothing of the second was acknowledged"
+    );
+    assert_eq!(
+        read_manifest(&config, &keys(), ID).unwrap().unwrap(),
+        before
+    );
+    // The first goes on.
+    scribble(&p, &*disk, &mut rng);
+    p.cycle(&CycleOptions::default()).unwrap();
+    wait_for("the first primary to ship again", || {
+        p.status().pending_logs == 0
+    });
+    drop((a, b));
+    let latest = snapshot(&*disk);
+    assert_eq!(
+        hydrated(&config, &keys(), &t.path().join("ok"), None).unwrap(),
+        latest
+    );
+
+    // Tampering with the store: each refused, the replica untouched.
+    let m = read_manifest(&config, &keys(), ID).unwrap().unwrap();
+    let log_file = |i: usize| {
+        s3.root
+            .join("brtest/fleet")
+            .join(format!("disks/{ID}"))
+            .join(&m.logs[i].object)
+    };
+    let original = std::fs::read(log_file(1)).unwrap();
+    let other = std::fs::read(log_file(0)).unwrap();
+    let mut flipped = original.clone();
+    flipped[original.len() / 2] ^= 1;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a flipped bit", flipped),
+        (
+            "a truncated object",
+            original[..original.len() - 100].to_vec(),
+        ),
+        (
+            "an extended object",
+            [original.clone(), vec![0; 10]].concat(),
+        ),
+        ("another log in its place", other),
+    ];
+    for (what, bytes) in cases {
+        std::fs::write(log_file(1), &bytes).unwrap();
+        let e = hydrated(
+            &config,
+            &keys(),
+            &t.path().join(format!("t-{}", what.len())),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unauthentic, "{what}: {e}");
+    }
+    std::fs::write(log_file(1), &original).unwrap();
+    // A replayed (older) manifest: refused by a reader that saw a newer.
+    let mdir = t.path().join("replay");
+    std::fs::create_dir_all(&mdir).unwrap();
+    let d: Arc<dyn blockrep::io::Dir> = Arc::new(FsDir::new(&mdir).unwrap());
+    let e = hydrate(&config, &keys(), ID, d, None, m.generation + 1).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unauthentic, "{e}");
+}
