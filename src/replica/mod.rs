@@ -158,11 +158,42 @@ impl Replica {
         Self::create_locked(dir, lock, full)
     }
 
+    /// Creates a replica in `dir` from a full log that stands for a point
+    /// of a chain whose content digest is `chain_digest`: a base image
+    /// compacted from the chain holds the same blocks as that point under
+    /// another log digest, and the chain's later logs build on the
+    /// chain's digest. The caller vouches for the pairing (the object
+    /// store's sealed manifest does); the full log is verified whole as
+    /// usual.
+    pub fn create_rebased(
+        dir: Arc<dyn Dir>,
+        full: &MappedLog,
+        chain_digest: Digest,
+    ) -> Result<Self> {
+        let lock = dir.lock()?;
+        Self::create_inner(dir, lock, full, Some(chain_digest))
+    }
+
     fn create_locked(dir: Arc<dyn Dir>, lock: DirLock, full: &MappedLog) -> Result<Self> {
+        Self::create_inner(dir, lock, full, None)
+    }
+
+    fn create_inner(
+        dir: Arc<dyn Dir>,
+        lock: DirLock,
+        full: &MappedLog,
+        chain_digest: Option<Digest>,
+    ) -> Result<Self> {
         refuse_existing(&*dir)?;
         let partial = format!("{IMAGE}.partial");
         let image = dir.create(&partial)?;
-        let st = Self::fill_image(&*image, full, true)?;
+        let mut st = Self::fill_image(&*image, full, true)?;
+        if let Some(d) = chain_digest {
+            st.digest = d;
+            for p in &mut st.points {
+                p.digest = d;
+            }
+        }
         dir.rename(&partial, IMAGE)?;
         dir.sync()?;
         // The replica exists once its state does; a crash before leaves none.

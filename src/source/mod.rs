@@ -283,6 +283,20 @@ impl Source {
 
 /// Adds every block of `disk` to `w`: data ranges read in chunks, holes as
 /// zero extents.
+/// Writes a full log of `disk` under `header` to `out` (a base image
+/// compacted from a replica's point, say): holes and zero blocks become
+/// zero extents.
+pub(crate) fn full_log<W: Write>(
+    disk: &dyn Storage,
+    header: LogHeader,
+    out: W,
+) -> Result<(W, LogSummary)> {
+    let mut t = TransferOptions::default();
+    let mut w = LogWriter::new(out, header, t.writer)?;
+    copy_disk(disk, &mut w, &mut t)?;
+    w.finish()
+}
+
 pub(crate) fn copy_disk<W: Write>(
     disk: &dyn Storage,
     w: &mut LogWriter<W>,

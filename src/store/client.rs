@@ -4,6 +4,8 @@
 //! and backoff, HTTPS through rustls with ring.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::io::Storage;
+use crate::seal::{Binding, SealKey, SealWriter};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
@@ -360,6 +362,76 @@ impl ObjectClient {
                 Err(e)
             }
         }
+    }
+
+    /// Seals `len` bytes of `file` with `key` into the object `name`, as
+    /// they are read (memory bounded by a few parts); returns the sealed
+    /// size.
+    pub(crate) fn seal_upload(
+        &self,
+        name: &str,
+        file: &dyn Storage,
+        len: u64,
+        key: &SealKey,
+        binding: &Binding,
+        part: usize,
+    ) -> Result<u64> {
+        const READ: usize = 4 << 20;
+        let mut sealer = Some(SealWriter::new(Vec::new(), key, binding)?);
+        let mut at = 0u64;
+        let mut buf = vec![0u8; READ];
+        let mut fill = || -> Result<Vec<u8>> {
+            loop {
+                let Some(s) = sealer.as_mut() else {
+                    return Ok(Vec::new());
+                };
+                if at >= len {
+                    let (rest, _) = sealer.take().expect("held").finish()?;
+                    return Ok(rest);
+                }
+                let n = ((len - at) as usize).min(READ);
+                file.read_at(&mut buf[..n], at)?;
+                at += n as u64;
+                s.append(&buf[..n])?;
+                let out = std::mem::take(s.get_mut());
+                if !out.is_empty() {
+                    return Ok(out);
+                }
+            }
+        };
+        self.put_stream(name, part, &mut fill)
+    }
+
+    /// Deletes `name` (absent is fine).
+    pub(crate) fn delete(&self, name: &str) -> Result<()> {
+        let path = self.path(name);
+        self.rt.block_on(async {
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(failed("delete", &path, &e)),
+            }
+        })
+    }
+
+    /// The names (relative to the prefix) of every object under `dir`.
+    pub(crate) fn list(&self, dir: &str) -> Result<Vec<String>> {
+        let path = self.path(dir);
+        let skip = self.prefix.parts().count();
+        self.rt.block_on(async {
+            let mut s = self.store.list(Some(&path));
+            let mut out = Vec::new();
+            while let Some(m) = s.next().await {
+                let m = m.map_err(|e| failed("list", &path, &e))?;
+                let parts: Vec<String> = m
+                    .location
+                    .parts()
+                    .skip(skip)
+                    .map(|p| p.as_ref().to_string())
+                    .collect();
+                out.push(parts.join("/"));
+            }
+            Ok(out)
+        })
     }
 }
 

@@ -66,8 +66,26 @@ pub fn hydrate(
     point: Option<u64>,
     seen_generation: u64,
 ) -> Result<HydrateReport> {
-    let client = ObjectClient::open(config)?;
-    let (m, _) = load(&client, keys, disk)?.ok_or_else(|| {
+    hydrate_with(
+        &ObjectClient::open(config)?,
+        keys,
+        disk,
+        dir,
+        point,
+        seen_generation,
+    )
+}
+
+/// [`hydrate`] through a client already open.
+pub(crate) fn hydrate_with(
+    client: &ObjectClient,
+    keys: &Keyring,
+    disk: DiskId,
+    dir: Arc<dyn Dir>,
+    point: Option<u64>,
+    seen_generation: u64,
+) -> Result<HydrateReport> {
+    let (m, _) = load(client, keys, disk)?.ok_or_else(|| {
         Error::new(
             ErrorKind::OutOfRange,
             format!("{} holds no disk {disk}", client.url),
@@ -100,7 +118,7 @@ pub fn hydrate(
         let staged = "hydrate-base.partial";
         let file = dir.create(staged)?;
         let mut at = 0u64;
-        report.bytes += fetch(&client, disk, base, ObjectKind::Base, keys, &mut |b| {
+        report.bytes += fetch(client, disk, base, ObjectKind::Base, keys, &mut |b| {
             file.write_at(b, at)?;
             at += b.len() as u64;
             Ok(())
@@ -109,13 +127,17 @@ pub fn hydrate(
         drop(file);
         let r = MappedLog::open_in(&*dir, staged, &opts).and_then(|full| {
             let h = full.header();
-            if h.sequence != base.sequence || full.trailer().digest != base.digest()? {
+            if h.sequence != base.sequence || full.trailer().digest != base.own_digest()? {
                 return Err(Error::new(
                     ErrorKind::Unauthentic,
                     format!("the base of point {} holds another point", base.sequence),
                 ));
             }
-            Replica::create(dir.clone(), &full)
+            if base.log_digest.is_some() {
+                Replica::create_rebased(dir.clone(), &full, base.digest()?)
+            } else {
+                Replica::create(dir.clone(), &full)
+            }
         });
         let _ = dir.remove(staged);
         report.applied += 1;
@@ -147,7 +169,7 @@ pub fn hydrate(
     }
     for l in logs.iter().filter(|l| l.sequence > st.applied) {
         let mut incoming = replica.receive()?;
-        report.bytes += fetch(&client, disk, l, ObjectKind::Log, keys, &mut |b| {
+        report.bytes += fetch(client, disk, l, ObjectKind::Log, keys, &mut |b| {
             incoming.write(b)
         })?;
         match incoming.apply(&opts)? {

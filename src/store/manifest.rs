@@ -33,18 +33,35 @@ pub struct ChainEntry {
     pub key_id: String,
     /// When the point was made (ns since the Unix epoch).
     pub created_ns: u64,
+    /// A compacted base's own full-log digest (hex), which differs from
+    /// the chain's digest at its point; absent for logs and for the
+    /// initial full log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_digest: Option<String>,
 }
 
 impl ChainEntry {
     /// The point's digest.
     pub fn digest(&self) -> Result<Digest> {
-        unhex::<32>(&self.digest).map(Digest).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Corrupt,
-                "a digest in the manifest is not 32 bytes",
-            )
-        })
+        digest_of(&self.digest)
     }
+
+    /// The digest the object's own log carries in its trailer: the
+    /// point's, or a compacted base's own.
+    pub fn own_digest(&self) -> Result<Digest> {
+        self.log_digest
+            .as_deref()
+            .map_or_else(|| self.digest(), digest_of)
+    }
+}
+
+fn digest_of(s: &str) -> Result<Digest> {
+    unhex::<32>(s).map(Digest).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Corrupt,
+            "a digest in the manifest is not 32 bytes",
+        )
+    })
 }
 
 /// An object no longer in the chain, deleted once its grace period ends

@@ -13,11 +13,13 @@
 //! The layout is in docs/FORMAT.md ("Object store layout").
 
 mod client;
+mod compact;
 mod hydrate;
 mod manifest;
 mod shipper;
 
 pub use client::StoreConfig;
+pub use compact::{compact, compact_until, CompactReport, StorePolicy};
 pub use hydrate::{hydrate, read_manifest, HydrateReport};
 pub use manifest::{ChainEntry, Garbage, Manifest, WriterId, MANIFEST_FORMAT};
 pub use shipper::{StoreShipper, StoreShipperConfig, StoreShipperStatus};

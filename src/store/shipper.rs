@@ -9,10 +9,9 @@ use super::client::{update_of, ObjectClient, StoreConfig, Written};
 use super::layout;
 use super::manifest::{ChainEntry, Manifest, WriterId};
 use crate::error::{Error, ErrorKind, Result};
-use crate::io::Storage;
 use crate::log::LogKind;
 use crate::retry::{backoff, pause, LogLimiter};
-use crate::seal::{Binding, Keyring, ObjectKind, SealWriter};
+use crate::seal::{Binding, Keyring, ObjectKind};
 use crate::serde_impls::hex;
 use crate::source::{Spool, SpooledLog};
 use bytes::Bytes;
@@ -364,13 +363,15 @@ fn ship_one(ctx: &Context, held: &mut Held, l: &SpooledLog) -> Result<()> {
     };
     let binding = Binding::point(kind, disk, p.epoch, p.sequence, p.digest);
     let file = spool.open_log(p.sequence)?;
-    let bytes = upload(
-        ctx,
+    let bytes = ctx.client.seal_upload(
         &format!("{}/{object}", layout::disk_dir(disk)),
         &*file,
         l.bytes,
+        ctx.config.keys.current(),
         &binding,
+        ctx.config.part_bytes,
     )?;
+    ctx.status.lock().bytes_sent += bytes;
     let entry = ChainEntry {
         epoch: p.epoch,
         sequence: p.sequence,
@@ -379,6 +380,7 @@ fn ship_one(ctx: &Context, held: &mut Held, l: &SpooledLog) -> Result<()> {
         bytes,
         key_id: ctx.config.keys.current().id().to_string(),
         created_ns: p.created_ns,
+        log_digest: None,
     };
     loop {
         let (next, mode) = match &held.m {
@@ -438,47 +440,4 @@ fn ship_one(ctx: &Context, held: &mut Held, l: &SpooledLog) -> Result<()> {
     s.logs_shipped += 1;
     s.last_error = None;
     Ok(())
-}
-
-/// Seals `len` bytes of `file` into the object `name`; returns the sealed
-/// size.
-fn upload(
-    ctx: &Context,
-    name: &str,
-    file: &dyn Storage,
-    len: u64,
-    binding: &Binding,
-) -> Result<u64> {
-    const READ: usize = 4 << 20;
-    let mut sealer = Some(SealWriter::new(
-        Vec::new(),
-        ctx.config.keys.current(),
-        binding,
-    )?);
-    let mut at = 0u64;
-    let mut buf = vec![0u8; READ];
-    let mut fill = || -> Result<Vec<u8>> {
-        loop {
-            let Some(s) = sealer.as_mut() else {
-                return Ok(Vec::new());
-            };
-            if at >= len {
-                let (rest, _) = sealer.take().expect("held").finish()?;
-                return Ok(rest);
-            }
-            let n = ((len - at) as usize).min(READ);
-            file.read_at(&mut buf[..n], at)?;
-            at += n as u64;
-            s.append(&buf[..n])?;
-            let out = std::mem::take(s.get_mut());
-            if !out.is_empty() {
-                return Ok(out);
-            }
-        }
-    };
-    let sent = ctx
-        .client
-        .put_stream(name, ctx.config.part_bytes, &mut fill)?;
-    ctx.status.lock().bytes_sent += sent;
-    Ok(sent)
 }
