@@ -7,6 +7,8 @@
 
 mod common;
 mod net_common;
+#[path = "common/s3.rs"]
+mod s3;
 
 use blockrep::io::{FsDir, MemDir, MemStorage, Storage};
 use blockrep::seal::{Keyring, SealKey};
@@ -18,9 +20,9 @@ use blockrep::store::{
 use blockrep::{DiskId, ErrorKind};
 use common::Rng;
 use net_common::proxy::{Faults, Proxy};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use s3::S3;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,75 +30,6 @@ const ID: DiskId = DiskId([0x5e; 16]);
 const SIZE: u64 = 8 << 20;
 /// Written into the disk: must never appear in the store.
 const MARKER: &[u8] = b"PLAINTEXT-MARKER-THAT-MUST-NOT-LEAK!";
-
-/// An `s3s-fs` server on a loopback port, storing under `root`.
-struct S3 {
-    child: Child,
-    addr: SocketAddr,
-    root: PathBuf,
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn s3s_fs() -> Option<PathBuf> {
-    let cargo_bin = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .map(|c| c.join("bin/s3s-fs"));
-    cargo_bin.filter(|p| p.exists()).or_else(|| {
-        Command::new("s3s-fs")
-            .arg("--version")
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| PathBuf::from("s3s-fs"))
-    })
-}
-
-impl S3 {
-    /// Starts the server with bucket `brtest` ready; `None` (and a note) where
-    /// s3s-fs is not installed outside CI.
-    fn start(root: &Path) -> Option<S3> {
-        let Some(bin) = s3s_fs() else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "s3s-fs is not installed (scripts/test.sh installs it)"
-            );
-            eprintln!("note: s3s-fs is not installed; skipped");
-            return None;
-        };
-        std::fs::create_dir_all(root.join("brtest")).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", "AKTEST", "--secret-key", "SKTEST"])
-            .arg(root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(S3 {
-            child,
-            addr,
-            root: root.to_path_buf(),
-        })
-    }
-}
 
 fn store_config(addr: SocketAddr) -> StoreConfig {
     let mut c = StoreConfig::new("s3://brtest/fleet");

@@ -15,6 +15,7 @@ mod plan;
 mod qemu;
 mod remote;
 mod serve;
+mod store;
 
 use blockrep::{Error, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -102,6 +103,14 @@ enum Command {
     /// A running QEMU's disks, replicated from its own dirty bitmaps.
     #[command(subcommand)]
     Qemu(QemuCommand),
+    /// A replication pair's sealing key (logs in an object store are
+    /// encrypted and authenticated with it).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// An object store holding replicas (s3://bucket/prefix): its points
+    /// and its retention.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// The replica server of the secondary site (docs/PROTOCOL.md): HTTP
     /// over mutual TLS 1.3, primaries identified by their certificates,
     /// each confined to its storage root. Runs until SIGTERM or SIGINT;
@@ -237,6 +246,33 @@ enum ReplicaCommand {
         /// Keep app-consistent points younger than this.
         #[arg(long, value_parser = parse_duration)]
         keep_app_for: Option<std::time::Duration>,
+    },
+    /// Builds a replica from an object store on this host (at the latest
+    /// point, or one chosen), verifying every object; with --follow it
+    /// keeps applying what the store gains, so a standby stays near the
+    /// head. Failover and its tests then work on it as on any replica.
+    #[command(after_long_help = "Examples:
+  blockrep replica hydrate s3://dr-bucket/fleet /srv/replicas/vm1 --disk 5a5a... --seal-key vm1.key
+  blockrep replica hydrate s3://dr-bucket/fleet /srv/replicas/vm1 --disk 5a5a... --seal-key vm1.key --follow 30s")]
+    Hydrate {
+        /// The store (s3://bucket/prefix).
+        url: String,
+        /// The replica directory (created, or brought forward).
+        dir: PathBuf,
+        /// The disk (32 hex digits).
+        #[arg(long)]
+        disk: blockrep::DiskId,
+        #[command(flatten)]
+        store: store::StoreArgs,
+        /// The point (the latest without).
+        #[arg(long, conflicts_with = "follow")]
+        point: Option<u64>,
+        /// Keep following the store, checking it this often, until
+        /// SIGTERM or SIGINT.
+        #[arg(long, value_parser = parse_duration)]
+        follow: Option<std::time::Duration>,
+        #[command(flatten)]
+        out: Output,
     },
     /// Writes a point as a sparse raw image.
     #[command(after_long_help = "Example:
@@ -470,9 +506,16 @@ enum QemuCommand {
         /// The spools' directory (one per node, created the first time).
         #[arg(long)]
         spool: PathBuf,
-        /// A replica server's https:// URL.
+        /// A replica server's https:// URL, or an object store
+        /// (s3://bucket/prefix, with --seal-key).
         #[arg(long, required_unless_present = "replica", conflicts_with = "replica")]
         to: Option<String>,
+        #[command(flatten)]
+        store: store::StoreArgs,
+        /// Take the disks over in the object store from the writer that
+        /// holds them (after a failover to this site).
+        #[arg(long)]
+        take_over: bool,
         /// Instead: local replicas, one directory per node under this one.
         #[arg(long)]
         replica: Option<PathBuf>,
@@ -491,6 +534,63 @@ enum QemuCommand {
         cycles: Option<u64>,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Makes a new key in a new file (mode 0600) and prints its id.
+    #[command(after_long_help = "Example:
+  blockrep key new /etc/blockrep/vm1.key")]
+    New {
+        /// The key file to create (never overwritten).
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCommand {
+    /// A disk's chain in the store: its bases, logs and writer.
+    #[command(after_long_help = "Example:
+  blockrep store points s3://dr-bucket/fleet --disk 5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a --seal-key vm1.key")]
+    Points {
+        /// The store (s3://bucket/prefix).
+        url: String,
+        /// The disk (32 hex digits).
+        #[arg(long)]
+        disk: blockrep::DiskId,
+        #[command(flatten)]
+        store: store::StoreArgs,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Keeps the newest points: folds the older ones into a base image
+    /// at the oldest point kept, and deletes what left the chain longer
+    /// ago than the grace period.
+    #[command(after_long_help = "Example:
+  blockrep store compact s3://dr-bucket/fleet --disk 5a5a... --seal-key vm1.key \\
+      --work /var/lib/blockrep/compact/vm1 --keep-last 48 --grace 1h")]
+    Compact {
+        /// The store (s3://bucket/prefix).
+        url: String,
+        /// The disk (32 hex digits).
+        #[arg(long)]
+        disk: blockrep::DiskId,
+        #[command(flatten)]
+        store: store::StoreArgs,
+        /// A local directory for the compaction's replica (kept between
+        /// runs: the next one downloads only what is new).
+        #[arg(long)]
+        work: PathBuf,
+        /// Keep the newest this many points.
+        #[arg(long, default_value_t = 24)]
+        keep_last: usize,
+        /// How long a dropped object stays for readers under way (s, m,
+        /// h, d suffixes).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        grace: std::time::Duration,
         #[command(flatten)]
         out: Output,
     },
@@ -519,6 +619,8 @@ impl Command {
                 | Command::Demo { .. }
                 | Command::Plan(_)
                 | Command::Qemu(_)
+                | Command::Store(_)
+                | Command::Replica(ReplicaCommand::Hydrate { .. })
                 | Command::Failover(FailoverCommand::Test(_))
         )
     }
@@ -637,6 +739,8 @@ fn run(command: Command) -> Result<()> {
             node,
             spool,
             to,
+            store,
+            take_over,
             replica,
             interval,
             nbd,
@@ -649,6 +753,11 @@ fn run(command: Command) -> Result<()> {
                 return Err(Error::invalid("--interval takes seconds, 0 or more"));
             }
             let target = match (to, replica) {
+                (Some(url), _) if url.starts_with("s3://") => qemu::Target::Store {
+                    config: store.config(&url),
+                    keys: store.keys()?,
+                    take_over,
+                },
                 (Some(url), _) => qemu::Target::Server(remote::Remote::new(&url, tls.files()?)?),
                 (None, Some(dir)) => qemu::Target::Replicas(dir),
                 (None, None) => return Err(Error::invalid("--to URL or --replica DIR")),
@@ -665,6 +774,29 @@ fn run(command: Command) -> Result<()> {
                 json: out.json,
             })
         }
+        Command::Key(KeyCommand::New { file }) => store::key_new(&file),
+        Command::Store(StoreCommand::Points {
+            url,
+            disk,
+            store,
+            out,
+        }) => store::points(&url, disk, &store, out.json),
+        Command::Store(StoreCommand::Compact {
+            url,
+            disk,
+            store,
+            work,
+            keep_last,
+            grace,
+            out,
+        }) => store::compact_cmd(
+            &url,
+            disk,
+            &store,
+            &work,
+            blockrep::store::StorePolicy { keep_last, grace },
+            out.json,
+        ),
         Command::Tracker(TrackerCommand::Inspect { file, out }) => {
             ops::tracker_inspect(path(&file)?, out.json)
         }
@@ -731,6 +863,15 @@ fn replica(c: ReplicaCommand) -> Result<()> {
             point,
             out,
         } => ops::replica_export(path(&a.dir)?, image(&a)?, point, path(&out)?),
+        ReplicaCommand::Hydrate {
+            url,
+            dir,
+            disk,
+            store,
+            point,
+            follow,
+            out,
+        } => store::hydrate_cmd(&url, &dir, disk, &store, point, follow, out.json),
         ReplicaCommand::Prune {
             replica: a,
             keep_last,

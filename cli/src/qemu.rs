@@ -1,8 +1,9 @@
 //! `blockrep qemu replicate`: a running QEMU's disks replicated from its
 //! own dirty bitmaps (no write hook), until stopped. Each node has a spool
 //! under `--spool DIR/NODE` (created the first time, with a new disk id);
-//! its logs go to a replica server (`--to URL`, one shipper per disk) or
-//! to local replicas (`--replica DIR/NODE`). A disk whose bitmap was lost
+//! its logs go to a replica server (`--to URL`, one shipper per disk), to
+//! an object store (`--to s3://...`, sealed with `--key`), or to local
+//! replicas (`--replica DIR/NODE`). A disk whose bitmap was lost
 //! is resynced by digests fetched from where its replica is. One status
 //! line per cycle (JSON with `--json`).
 
@@ -13,7 +14,9 @@ use blockrep::log::BlockDigests;
 use blockrep::net::{remote_digests, Shipper};
 use blockrep::qemu::{node_size, QemuConfig, QemuCycle, QemuDisk, QemuSource, Qmp};
 use blockrep::replica::Replica;
+use blockrep::seal::Keyring;
 use blockrep::source::{ChainPoint, CycleOptions, Spool};
+use blockrep::store::{hydrate, StoreConfig, StoreShipper, StoreShipperConfig, WriterId};
 use blockrep::{DiskId, Error, ErrorKind, Geometry, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -24,6 +27,12 @@ use std::time::{Duration, Instant};
 pub enum Target {
     /// A replica server.
     Server(Remote),
+    /// An object store.
+    Store {
+        config: StoreConfig,
+        keys: Keyring,
+        take_over: bool,
+    },
     /// Local replicas, one directory per node under this one.
     Replicas(PathBuf),
 }
@@ -75,6 +84,15 @@ fn digests(target: &Target, node: &str, disk: DiskId, replicas: &Path) -> Result
         Target::Replicas(_) => {
             Replica::open(Arc::new(FsDir::new(replicas.join(node))?))?.block_digests(0)
         }
+        // The store keeps no digests: a local replica of its head (kept
+        // under the spools, brought forward each time) gives them.
+        Target::Store { config, keys, .. } => {
+            let dir = replicas.join(node);
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", e).with_path(&dir))?;
+            let fs = Arc::new(FsDir::new(&dir)?);
+            hydrate(config, keys, disk, fs.clone(), None, 0)?;
+            Replica::open(fs)?.block_digests(0)
+        }
     }
 }
 
@@ -106,6 +124,7 @@ pub fn replicate(o: &ReplicateOptions) -> Result<()> {
     let mut src = Some(open(disks)?);
     let replicas = match &o.target {
         Target::Replicas(dir) => dir.clone(),
+        Target::Store { .. } => o.spool.join(".store-resync"),
         Target::Server(_) => PathBuf::new(),
     };
     let shippers: Vec<Shipper> = match &o.target {
@@ -113,7 +132,25 @@ pub fn replicate(o: &ReplicateOptions) -> Result<()> {
             .iter()
             .map(|(_, s)| Shipper::start(s.clone(), remote.shipper_config()))
             .collect::<Result<_>>()?,
-        Target::Replicas(_) => Vec::new(),
+        _ => Vec::new(),
+    };
+    let store_shippers: Vec<StoreShipper> = match &o.target {
+        Target::Store {
+            config,
+            keys,
+            take_over,
+        } => spools
+            .iter()
+            .map(|(node, s)| {
+                let writer =
+                    WriterId::load_or_create(super::store::writer_file(&o.spool.join(node)))?;
+                let mut c = StoreShipperConfig::new(config.clone(), keys.clone(), writer);
+                c.take_over = *take_over;
+                c.log = Some(Arc::new(|l: &str| eprintln!("blockrep: {l}")));
+                StoreShipper::start(s.clone(), c)
+            })
+            .collect::<Result<_>>()?,
+        _ => Vec::new(),
     };
     for (node, s) in &spools {
         eprintln!(
@@ -215,13 +252,20 @@ pub fn replicate(o: &ReplicateOptions) -> Result<()> {
     }
     // What is spooled is shipped before the command ends (bounded).
     let t = Instant::now();
-    while !shippers.is_empty()
+    while !(shippers.is_empty() && store_shippers.is_empty())
         && spools.iter().any(|(_, s)| s.status().pending_logs > 0)
+        && !store_shippers.iter().any(|s| s.status().fenced)
         && t.elapsed() < Duration::from_secs(60)
     {
         std::thread::sleep(Duration::from_millis(20));
     }
     for s in shippers {
+        s.stop();
+    }
+    for s in store_shippers {
+        if let Some(e) = s.status().last_error.filter(|_| s.status().fenced) {
+            return Err(Error::new(ErrorKind::Fenced, e));
+        }
         s.stop();
     }
     Ok(())

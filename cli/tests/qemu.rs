@@ -2,11 +2,15 @@
 //! serves a qcow2 writable over NBD and qemu-io writes into it while the
 //! command replicates it, first to local replicas, killed with SIGKILL at
 //! random moments (in the middle of cycles) and started again each time,
-//! then to a replica server (`blockrep serve`) over mutual TLS. After the
+//! then to a replica server (`blockrep serve`) over mutual TLS, then to an
+//! object store (s3s-fs on loopback) from which another directory is
+//! hydrated, compacted, and a second primary is fenced. After the
 //! writes stop, the replica equals the disk (`qemu-img compare`) and QEMU
 //! holds nothing of blockrep's but its current bitmap.
 
 mod common;
+#[path = "../../tests/common/s3.rs"]
+mod s3;
 
 use common::site::Site;
 use std::io::{BufRead, BufReader};
@@ -244,4 +248,193 @@ fn replicate_to_a_server_and_stop_cleanly() {
         .find(|p| p.exists())
         .expect("the server holds the disk's replica");
     qemu_compare(&img, &replica);
+}
+
+fn blockrep(args: &[&str], env: &[(&'static str, String)]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_blockrep"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    out
+}
+
+fn ok(args: &[&str], env: &[(&'static str, String)]) -> String {
+    let out = blockrep(args, env);
+    assert!(
+        out.status.success(),
+        "blockrep {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn replicate_to_an_object_store_then_hydrate_compact_and_fence() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let Some(store) = s3::S3::start(&dir.join("s3")) else {
+        return;
+    };
+    let img = image(dir);
+    let _qsd = qsd(dir, &img);
+    let key = dir.join("pair.key");
+    let key_s = key.to_str().unwrap();
+    assert!(ok(&["key", "new", key_s], &[]).contains("key "));
+    assert!(
+        !blockrep(&["key", "new", key_s], &[]).status.success(),
+        "never overwritten"
+    );
+    let env = store.env();
+    let url = format!("s3://{}/fleet", s3::BUCKET);
+    let args = ["--to", url.as_str(), "--seal-key", key_s];
+    let envs: Vec<(&str, PathBuf)> = env.iter().map(|(k, v)| (*k, PathBuf::from(v))).collect();
+    let env_paths: Vec<(&str, &Path)> = envs.iter().map(|(k, v)| (*k, v.as_path())).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = guest(dir.join("nbd.sock"), stop.clone());
+    let mut child = replicate(dir, &args, &env_paths)
+        .args(["--interval", "0.1"])
+        .spawn()
+        .unwrap();
+    let _out = wait_points(&mut child, 3);
+    // SAFETY: signals our own child, not yet reaped.
+    unsafe { libc::kill(child.id().cast_signed(), libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    finish(dir, &args, &env_paths);
+
+    // Another host: only the store, the key and the disk id.
+    let disks = store.root.join(s3::BUCKET).join("fleet/disks");
+    let id = std::fs::read_dir(&disks)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    let id = id.to_str().unwrap();
+    let standby = dir.join("standby");
+    let standby_s = standby.to_str().unwrap();
+    ok(
+        &[
+            "replica",
+            "hydrate",
+            &url,
+            standby_s,
+            "--disk",
+            id,
+            "--seal-key",
+            key_s,
+        ],
+        &env,
+    );
+    qemu_compare(&img, &standby.join("image"));
+    ok(&["replica", "verify", standby_s], &[]);
+    let points: serde_json::Value = serde_json::from_str(&ok(
+        &[
+            "store",
+            "points",
+            &url,
+            "--disk",
+            id,
+            "--seal-key",
+            key_s,
+            "--json",
+        ],
+        &env,
+    ))
+    .unwrap();
+    let head = points["logs"].as_array().unwrap().last().unwrap()["sequence"]
+        .as_u64()
+        .unwrap();
+    assert!(head >= 5, "{points}");
+
+    // Retention: two points kept; a new host still gets the disk exactly.
+    let work = dir.join("compact");
+    let out = ok(
+        &[
+            "store",
+            "compact",
+            &url,
+            "--disk",
+            id,
+            "--seal-key",
+            key_s,
+            "--work",
+            work.to_str().unwrap(),
+            "--keep-last",
+            "2",
+            "--grace",
+            "0s",
+            "--json",
+        ],
+        &env,
+    );
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["base"].as_u64(), Some(head - 1), "{r}");
+    let fresh = dir.join("fresh");
+    ok(
+        &[
+            "replica",
+            "hydrate",
+            &url,
+            fresh.to_str().unwrap(),
+            "--disk",
+            id,
+            "--seal-key",
+            key_s,
+        ],
+        &env,
+    );
+    qemu_compare(&img, &fresh.join("image"));
+    // The wrong key: refused.
+    let other = dir.join("other.key");
+    ok(&["key", "new", other.to_str().unwrap()], &[]);
+    let out = blockrep(
+        &[
+            "replica",
+            "hydrate",
+            &url,
+            dir.join("x").to_str().unwrap(),
+            "--disk",
+            id,
+            "--seal-key",
+            other.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not among the keys held"));
+
+    // A second primary with the same disk (a copy of the spool, another
+    // writer): fenced, and says by whom.
+    let copy = dir.join("copy");
+    std::fs::create_dir_all(copy.join("spool")).unwrap();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(dir.join("spool/disk0"))
+        .arg(copy.join("spool/disk0"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_file(copy.join("spool/disk0/store-writer")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_blockrep"))
+        .args(["qemu", "replicate", "--qmp"])
+        .arg(dir.join("qmp.sock"))
+        .args(["--node", "disk0", "--nbd"])
+        .arg(dir.join("nbd.sock"))
+        .arg("--spool")
+        .arg(copy.join("spool"))
+        .args(args)
+        .envs(env_paths.iter().copied())
+        .args(["--cycles", "1", "--interval", "0"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("fenced") && said.contains("held in the store by writer"),
+        "{said}"
+    );
 }
