@@ -476,3 +476,57 @@ fn compaction_keeps_the_newest_points_exactly_and_survives_a_crash_at_every_step
         assert_eq!(left, 4, "step {n}: everything dropped is deleted");
     }
 }
+
+#[test]
+fn a_rotated_key_seals_new_logs_and_old_points_open_until_compacted() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(s3) = S3::start(&t.path().join("s3")) else {
+        return;
+    };
+    let writer = WriterId::random().unwrap();
+    let (config, mut states, (p, disk)) = chain(&s3, "rotate", writer);
+    // The pair's key is rotated: new logs are sealed with the new one.
+    let new = SealKey::from_bytes([0x77; 32]);
+    let rotated = Keyring::new(new.clone()).with_old(SealKey::from_bytes([0x42; 32]));
+    let mut rng = Rng(3);
+    for _ in 0..2 {
+        scribble(&p, &*disk, &mut rng);
+        p.cycle(&CycleOptions::default()).unwrap();
+        states.push(snapshot(&*disk));
+    }
+    let mut c = shipper_config(config.clone(), writer);
+    c.keys = rotated.clone();
+    let s = StoreShipper::start(p.shared_spool(), c).unwrap();
+    wait_shipped("the rotated logs to ship", &p, &s);
+    drop(s);
+    let m = read_manifest(&config, &rotated, ID).unwrap().unwrap();
+    let ids: Vec<&str> = m.logs.iter().map(|l| l.key_id.as_str()).collect();
+    assert_eq!(ids[ids.len() - 1], new.id().to_string());
+    assert_eq!(ids[0], keys().current().id().to_string());
+    // Both keys open every point; the new key alone does not.
+    let hydrate_with = |ring: &Keyring, dir: &str, point| {
+        std::fs::create_dir_all(t.path().join(dir)).unwrap();
+        let d: Arc<dyn blockrep::io::Dir> = Arc::new(FsDir::new(t.path().join(dir)).unwrap());
+        hydrate(&config, ring, ID, d, point, 0)
+            .map(|_| std::fs::read(t.path().join(dir).join("image")).unwrap())
+    };
+    assert_eq!(hydrate_with(&rotated, "both", None).unwrap(), states[7]);
+    let only_new = Keyring::new(new.clone());
+    let e = hydrate_with(&only_new, "new", None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Mismatch, "{e}");
+    // Once the old points are compacted (the new base sealed with the
+    // new key), the old key is no longer needed.
+    let policy = StorePolicy {
+        keep_last: 2,
+        grace: Duration::ZERO,
+    };
+    compact(&config, &rotated, ID, work_dir(&t.path().join("w")), policy).unwrap();
+    assert_eq!(
+        hydrate_with(&only_new, "new-after", Some(7)).unwrap(),
+        states[6]
+    );
+    assert_eq!(
+        hydrate_with(&only_new, "new-after", None).unwrap(),
+        states[7]
+    );
+}

@@ -292,6 +292,25 @@ fn replicate_to_an_object_store_then_hydrate_compact_and_fence() {
     let env_paths: Vec<(&str, &Path)> = envs.iter().map(|(k, v)| (*k, v.as_path())).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = guest(dir.join("nbd.sock"), stop.clone());
+    // Killed at random moments (inside cycles, uploads, manifest writes),
+    // started again each time.
+    let mut x = 0x2545_f491_u64;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    for round in 0..4 {
+        let mut child = replicate(dir, &args, &env_paths)
+            .args(["--interval", "0.1"])
+            .spawn()
+            .unwrap();
+        let _out = wait_points(&mut child, 1 + round % 2);
+        std::thread::sleep(Duration::from_millis(next(200)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
     let mut child = replicate(dir, &args, &env_paths)
         .args(["--interval", "0.1"])
         .spawn()
@@ -304,7 +323,8 @@ fn replicate_to_an_object_store_then_hydrate_compact_and_fence() {
     writer.join().unwrap();
     finish(dir, &args, &env_paths);
 
-    // Another host: only the store, the key and the disk id.
+    // Another host: only the store, the key and the disk id. The hydrate
+    // is killed at random moments too, and goes on from what it holds.
     let disks = store.root.join(s3::BUCKET).join("fleet/disks");
     let id = std::fs::read_dir(&disks)
         .unwrap()
@@ -315,19 +335,29 @@ fn replicate_to_an_object_store_then_hydrate_compact_and_fence() {
     let id = id.to_str().unwrap();
     let standby = dir.join("standby");
     let standby_s = standby.to_str().unwrap();
-    ok(
-        &[
-            "replica",
-            "hydrate",
-            &url,
-            standby_s,
-            "--disk",
-            id,
-            "--seal-key",
-            key_s,
-        ],
-        &env,
-    );
+    let hydrate_args = [
+        "replica",
+        "hydrate",
+        &url,
+        standby_s,
+        "--disk",
+        id,
+        "--seal-key",
+        key_s,
+    ];
+    for _ in 0..4 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_blockrep"))
+            .args(hydrate_args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(next(400)));
+        let _ = child.kill();
+        child.wait().unwrap();
+    }
+    ok(&hydrate_args, &env);
     qemu_compare(&img, &standby.join("image"));
     ok(&["replica", "verify", standby_s], &[]);
     let points: serde_json::Value = serde_json::from_str(&ok(
