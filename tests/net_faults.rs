@@ -61,6 +61,7 @@ fn cuts_stalls_and_lost_answers_between_the_sites_lose_nothing() {
         stall_per_mille: 3,
         stall: Duration::from_millis(300),
         delay: Duration::from_micros(100),
+        refuse_percent: 0,
     };
     let proxy = Proxy::start(server.addr, faults, 0x5eed_0001);
 

@@ -122,6 +122,19 @@ fn hydrated(
     Ok(std::fs::read(dir.join("image")).unwrap())
 }
 
+/// [`hydrated`] again after each failure of the transport, as an
+/// operator (or `--follow`) would; anything else fails at once.
+fn hydrated_retrying(config: &StoreConfig, dir: &Path, point: Option<u64>) -> Vec<u8> {
+    for _ in 0..40 {
+        match hydrated(config, &keys(), dir, point) {
+            Ok(b) => return b,
+            Err(e) if e.kind() == ErrorKind::Io => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("40 hydrates failed in a row");
+}
+
 /// Every object file the server holds (its own metadata aside).
 fn objects(root: &Path) -> Vec<PathBuf> {
     fn walk(d: &Path, out: &mut Vec<PathBuf>) {
@@ -145,13 +158,17 @@ fn cycles_ship_sealed_through_cuts_and_every_point_hydrates_exactly() {
     let Some(s3) = S3::start(&t.path().join("s3")) else {
         return;
     };
-    // Through a proxy that cuts uploads at random offsets and drops
-    // answers: the shipper retries, resumes from the manifest.
+    // Through a proxy that cuts uploads at random offsets, drops answers,
+    // stalls, and answers "503 Slow Down": the shipper retries, resumes
+    // from the manifest; hydrates go through it too.
     let proxy = Proxy::start(
         s3.addr,
         Faults {
             cut_within: Some(7 << 20),
             drop_answer_percent: 30,
+            stall_per_mille: 2,
+            stall: Duration::from_millis(300),
+            refuse_percent: 15,
             ..Faults::NONE
         },
         7,
@@ -184,26 +201,25 @@ fn cycles_ship_sealed_through_cuts_and_every_point_hydrates_exactly() {
     let st = shipper.status();
     assert_eq!(st.logs_shipped, 5, "{st:?}");
     assert!(!st.fenced);
+    let counted = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(counted(&proxy.counts.cuts) > 0, "the proxy cut nothing");
     assert!(
-        proxy.counts.cuts.load(std::sync::atomic::Ordering::SeqCst) > 0,
-        "the proxy cut nothing"
+        counted(&proxy.counts.refused) > 0,
+        "the proxy refused nothing"
     );
     drop(shipper);
 
-    // Another host, with only the store and the key: every point, exact.
+    // Another host, with only the store and the key: every point, exact,
+    // read through the same faults (a failed hydrate is run again and
+    // goes on from the replica it left).
     let direct = store_config(s3.addr);
+    let faulty = store_config(proxy.addr);
     let m = read_manifest(&direct, &keys(), ID).unwrap().unwrap();
     assert_eq!(m.points(), vec![1, 2, 3, 4, 5]);
     assert_eq!(m.writer, writer.hex());
     for (i, want) in states.iter().enumerate() {
         let point = i as u64 + 1;
-        let got = hydrated(
-            &direct,
-            &keys(),
-            &t.path().join(format!("h{point}")),
-            Some(point),
-        )
-        .unwrap();
+        let got = hydrated_retrying(&faulty, &t.path().join(format!("h{point}")), Some(point));
         assert!(
             got == *want,
             "point {point} differs from the source at its cut"

@@ -23,6 +23,10 @@ pub struct Faults {
     pub stall: Duration,
     /// Every chunk waits up to this long.
     pub delay: Duration,
+    /// Chance (percent) a connection is answered at once with an HTTP
+    /// `503 Slow Down` (as an overloaded object store answers) and
+    /// closed, without reaching the server.
+    pub refuse_percent: u64,
 }
 
 impl Faults {
@@ -32,6 +36,7 @@ impl Faults {
         stall_per_mille: 0,
         stall: Duration::ZERO,
         delay: Duration::ZERO,
+        refuse_percent: 0,
     };
 }
 
@@ -44,6 +49,8 @@ pub struct Counts {
     /// Of which, cut on the answers' way back.
     pub answers_cut: AtomicU64,
     pub up_bytes: AtomicU64,
+    /// Connections answered 503 instead.
+    pub refused: AtomicU64,
 }
 
 /// A running proxy; stops accepting when dropped.
@@ -77,12 +84,17 @@ impl Proxy {
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 };
-                let Ok(server) = TcpStream::connect(target) else {
-                    continue;
-                };
                 client.set_nonblocking(false).unwrap();
                 c.connections.fetch_add(1, Ordering::SeqCst);
                 let plan = *f.lock();
+                if next(&mut rng) % 100 < plan.refuse_percent {
+                    c.refused.fetch_add(1, Ordering::SeqCst);
+                    std::thread::spawn(move || refuse(client));
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
                 let up_cut = plan.cut_within.map(|w| next(&mut rng) % w.max(1));
                 let down_cut = (next(&mut rng) % 100 < plan.drop_answer_percent)
                     .then(|| next(&mut rng) % 2000);
@@ -110,6 +122,26 @@ impl Proxy {
     pub fn set(&self, faults: Faults) {
         *self.faults.lock() = faults;
     }
+}
+
+/// Reads the request's head, answers 503 and closes.
+fn refuse(mut client: TcpStream) {
+    let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 << 10 {
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code></Error>";
+    let _ = write!(
+        client,
+        "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.shutdown(Shutdown::Both);
 }
 
 /// splitmix64: well mixed from the first draw, whatever the seed.
