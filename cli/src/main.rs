@@ -6,6 +6,7 @@ mod bench;
 mod bench_link;
 mod bench_net;
 mod bench_qemu;
+mod bench_store;
 mod demo;
 mod failover;
 mod link;
@@ -81,6 +82,11 @@ enum Command {
         /// dirty-bitmap flow over NBD through the same link.
         #[arg(long, conflicts_with = "disks")]
         link: Option<f64>,
+        /// Instead: the object store target on an s3s-fs server on
+        /// loopback (sealed upload against a bare multipart upload,
+        /// hydrate against downloading the same objects).
+        #[arg(long, conflicts_with_all = ["disks", "link"])]
+        store: bool,
     },
     /// Delta logs.
     #[command(subcommand)]
@@ -722,6 +728,15 @@ fn run(command: Command) -> Result<()> {
             }
             let work = demo::WorkDir::new(dir.as_deref(), "bench-link")?;
             bench_link::run(work.path(), size, megabits)
+        }
+        Command::Bench {
+            store: true,
+            size,
+            dir,
+            ..
+        } => {
+            let work = demo::WorkDir::new(dir.as_deref(), "bench-store")?;
+            bench_store::run(work.path(), size)
         }
         Command::Bench { size, dir, .. } => {
             if size < 16 << 20 {

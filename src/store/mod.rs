@@ -60,3 +60,51 @@ pub(crate) mod layout {
         format!("bases/{}.base", point(epoch, sequence, digest))
     }
 }
+
+/// Raw transfers through the store's own client, for `blockrep bench`'s
+/// baselines (a bare multipart upload and a bare download of the same
+/// bytes); not a stable API.
+#[doc(hidden)]
+pub mod bench {
+    use super::client::ObjectClient;
+    use super::StoreConfig;
+    use crate::error::Result;
+    use crate::io::Storage;
+    use crate::seal::{Binding, SealKey};
+
+    /// Uploads `len` bytes of `file` as `name` (relative to the prefix),
+    /// sealed with `key` when given, in parts of `part` bytes; returns
+    /// the bytes uploaded.
+    pub fn upload(
+        config: &StoreConfig,
+        name: &str,
+        file: &dyn Storage,
+        len: u64,
+        seal: Option<(&SealKey, &Binding)>,
+        part: usize,
+    ) -> Result<u64> {
+        const READ: usize = 4 << 20;
+        let client = ObjectClient::open(config)?;
+        if let Some((key, binding)) = seal {
+            return client.seal_upload(name, file, len, key, binding, part);
+        }
+        let mut at = 0u64;
+        let mut fill = || -> Result<Vec<u8>> {
+            let n = ((len - at) as usize).min(READ);
+            let mut b = vec![0u8; n];
+            file.read_at(&mut b, at)?;
+            at += n as u64;
+            Ok(b)
+        };
+        client.put_stream(name, part, &mut fill)
+    }
+
+    /// Downloads `name` into `sink` as it arrives; returns its size.
+    pub fn download(
+        config: &StoreConfig,
+        name: &str,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<u64> {
+        ObjectClient::open(config)?.get_into(name, sink)
+    }
+}
