@@ -227,6 +227,10 @@ typedef struct blockrep_replica_group blockrep_replica_group;
 // handle to itself.
 typedef struct blockrep_shipper blockrep_shipper;
 
+// A running store shipper. Its calls may come from any thread; `_free`
+// stops it (after the request under way) and needs the handle to itself.
+typedef struct blockrep_store_shipper blockrep_store_shipper;
+
 // A test failover: a writable view of a point, discarded when freed.
 // Reads and writes may run from many threads.
 typedef struct blockrep_test_failover blockrep_test_failover;
@@ -465,7 +469,7 @@ typedef struct {
   int32_t utc_offset_minutes;
 } blockrep_bandwidth;
 
-// Receives the shipper's log lines (NUL-terminated, valid during the
+// Receives a shipper's log lines (NUL-terminated, valid during the
 // call), from the shipper's thread: it must be safe to call from there.
 typedef void (*blockrep_log_fn)(void *ctx, const char *line);
 
@@ -518,6 +522,77 @@ typedef struct {
   // The bandwidth limit in force now; 0 is unlimited.
   uint64_t bandwidth_limit;
 } blockrep_shipper_status;
+
+// One `object_store` S3 option (`aws_endpoint`, `aws_region`, ...).
+typedef struct {
+  // The option's name.
+  const char *key;
+  // Its value.
+  const char *value;
+} blockrep_store_option;
+
+// Where the store is and the pair's keys.
+typedef struct {
+  // `s3://bucket/prefix`; credentials, region and endpoint come from
+  // the `AWS_*` environment, then from `options`.
+  const char *url;
+  // Further options; null when `options_len` is 0. Copied.
+  const blockrep_store_option *options;
+  // How many options.
+  size_t options_len;
+  // The pair's current key: `key_len` (32) bytes. Copied, and zeroed
+  // in the library's copy when it is dropped; the caller keeps its own.
+  const uint8_t *key;
+  // Its length: 32.
+  size_t key_len;
+  // Older keys, still needed to open points sealed before a rotation:
+  // `old_keys_len` keys of 32 bytes, one after the other; null when 0.
+  const uint8_t *old_keys;
+  // How many older keys.
+  size_t old_keys_len;
+  // One request waits at most this long; 0 is 60 s.
+  uint64_t timeout_ms;
+} blockrep_store_config;
+
+// How the store shipper writes.
+typedef struct {
+  // The store and the keys.
+  blockrep_store_config store;
+  // This primary's writer id (16 bytes the integration keeps with the
+  // pipeline, the same at every start: a second primary with another
+  // id is fenced).
+  uint8_t writer_id[16];
+  // Take the disk over from the writer that holds it (after a
+  // failover to this site).
+  bool take_over;
+  // Log lines; null for none.
+  blockrep_log_fn log;
+  // Passed to `log`.
+  void *log_ctx;
+} blockrep_store_shipper_config;
+
+// A store shipper's state, for a console.
+typedef struct {
+  // Whether a failure happened since the last log shipped
+  // (`blockrep_store_shipper_last_error` says which).
+  bool failing;
+  // Another writer holds the disk: the shipper stopped for good.
+  bool fenced;
+  // Logs the store took since the start.
+  uint64_t logs_shipped;
+  // Sealed bytes uploaded, every attempt counted.
+  uint64_t bytes_sent;
+  // The manifest's generation last written or read.
+  uint64_t generation;
+  // Logs waiting in the spool.
+  uint64_t pending_logs;
+  // Their bytes.
+  uint64_t pending_bytes;
+  // Whether `rpo_ns` is set.
+  bool has_rpo;
+  // The age of the latest point the store holds, in ns.
+  uint64_t rpo_ns;
+} blockrep_store_shipper_status;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1317,6 +1392,57 @@ blockrep_status blockrep_shipper_fetch_digests(const blockrep_shipper_config *co
 // # Safety
 // `s` a live shipper handle, not used after.
 blockrep_status blockrep_shipper_free(blockrep_shipper *s);
+
+// Starts shipping `pipeline`'s spool to the store of `*config`, sealed
+// with its key, from a thread of the library's own; requests are retried
+// with backoff until `blockrep_store_shipper_free`, except when another
+// writer holds the disk (then `fenced` in the status).
+//
+// # Safety
+// `pipeline` a live pipeline handle; `config` readable with its strings
+// NUL-terminated, its options and keys readable; `out` writable.
+blockrep_status blockrep_store_shipper_start(const blockrep_pipeline *pipeline,
+                                             const blockrep_store_shipper_config *config,
+                                             blockrep_store_shipper **out);
+
+// The shipper's state.
+//
+// # Safety
+// `s` a live store shipper handle; `out` writable.
+blockrep_status blockrep_store_shipper_get_status(const blockrep_store_shipper *s,
+                                                  blockrep_store_shipper_status *out);
+
+// The shipper's last failure, by the string policy of
+// `blockrep_last_error` (an empty string when none).
+//
+// # Safety
+// `s` a live store shipper handle; `buf` writable for `len` bytes (or
+// null with `len` 0); `out_len` writable.
+blockrep_status blockrep_store_shipper_last_error(const blockrep_store_shipper *s,
+                                                  char *buf,
+                                                  size_t len,
+                                                  size_t *out_len);
+
+// Stops the shipper and frees its handle.
+//
+// # Safety
+// `s` a store shipper handle from `_start`, not used after.
+blockrep_status blockrep_store_shipper_free(blockrep_store_shipper *s);
+
+// Builds (or brings forward) the replica of `disk` in the directory
+// `dir` from the store of `*config`: at point `point`, or the latest
+// when `point` is 0. Every object is authenticated and verified before
+// it applies; a replica already in `dir` goes on from its point. Writes
+// the replica's point to `*out_sequence`.
+//
+// # Safety
+// `config` readable as for `_start`; `disk` readable; `dir`
+// NUL-terminated; `out_sequence` writable.
+blockrep_status blockrep_store_hydrate(const blockrep_store_config *config,
+                                       const blockrep_disk_id *disk,
+                                       const char *dir,
+                                       uint64_t point,
+                                       uint64_t *out_sequence);
 
 // Opens a test failover of retained point `point` (0: the latest) of
 // `r`: writes go to a sparse overlay file created at `overlay_path`; the

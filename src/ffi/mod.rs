@@ -29,6 +29,8 @@ mod replica;
 #[cfg(feature = "net")]
 mod shipper;
 mod status;
+#[cfg(feature = "s3")]
+mod store;
 mod test_failover;
 mod tracker;
 mod types;

@@ -10,12 +10,12 @@ use super::convert::{
 use super::error::{blockrep_status, guard};
 use super::pipeline::blockrep_pipeline;
 use super::types::blockrep_disk_id;
+use super::types::{blockrep_log_fn, log_sink};
 use crate::error::{Error, Result};
 use crate::net::{Bandwidth, Shipper, ShipperConfig, ShipperStatus, TlsFiles, Window};
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_char, c_void};
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// A running shipper. Its calls may come from any thread; `_free` stops
@@ -54,10 +54,6 @@ pub struct blockrep_bandwidth {
     /// The site's offset from UTC (minutes) the windows are written in.
     pub utc_offset_minutes: i32,
 }
-
-/// Receives the shipper's log lines (NUL-terminated, valid during the
-/// call), from the shipper's thread: it must be safe to call from there.
-pub type blockrep_log_fn = Option<unsafe extern "C" fn(ctx: *mut c_void, line: *const c_char)>;
 
 /// Where and how to ship.
 #[repr(C)]
@@ -155,28 +151,6 @@ fn bandwidth_in(b: &blockrep_bandwidth) -> Result<Bandwidth> {
     Ok(bw)
 }
 
-/// The C caller's log callback and its context.
-struct CLog {
-    f: unsafe extern "C" fn(*mut c_void, *const c_char),
-    ctx: *mut c_void,
-}
-
-// SAFETY: the callback and its context are called from the shipper's
-// thread; `blockrep_shipper_config.log` documents that they must allow it.
-unsafe impl Send for CLog {}
-// SAFETY: as above: the shipper's thread alone calls it.
-unsafe impl Sync for CLog {}
-
-impl CLog {
-    fn say(&self, line: &str) {
-        // A line with a NUL in it (never, in practice) loses that part.
-        let c = CString::new(line.split('\0').next().unwrap_or_default()).unwrap_or_default();
-        // SAFETY: `f` is the caller's callback, given a NUL-terminated
-        // string valid during the call and the caller's own context.
-        unsafe { (self.f)(self.ctx, c.as_ptr()) };
-    }
-}
-
 fn config_in(c: &blockrep_shipper_config) -> Result<ShipperConfig> {
     let server = str_in(c.server, "server")?;
     let addr = server
@@ -202,8 +176,7 @@ fn config_in(c: &blockrep_shipper_config) -> Result<ShipperConfig> {
     }
     config.bandwidth = bandwidth_in(&c.bandwidth)?;
     if let Some(f) = c.log {
-        let log = CLog { f, ctx: c.log_ctx };
-        config.log = Some(Arc::new(move |line: &str| log.say(line)));
+        config.log = Some(log_sink(f, c.log_ctx));
     }
     Ok(config)
 }

@@ -83,3 +83,46 @@ pub(super) fn consistency_of(c: u32) -> Result<Consistency> {
         ))),
     }
 }
+
+/// Receives a shipper's log lines (NUL-terminated, valid during the
+/// call), from the shipper's thread: it must be safe to call from there.
+pub type blockrep_log_fn =
+    Option<unsafe extern "C" fn(ctx: *mut std::ffi::c_void, line: *const std::ffi::c_char)>;
+
+/// The C caller's log callback and its context.
+#[cfg(any(feature = "net", feature = "s3"))]
+struct CLog {
+    f: unsafe extern "C" fn(*mut std::ffi::c_void, *const std::ffi::c_char),
+    ctx: *mut std::ffi::c_void,
+}
+
+// SAFETY: the callback and its context are called from the shipper's
+// thread; the `log` field of a shipper's configuration documents that
+// they must allow it.
+#[cfg(any(feature = "net", feature = "s3"))]
+unsafe impl Send for CLog {}
+// SAFETY: as above: the shipper's thread alone calls it.
+#[cfg(any(feature = "net", feature = "s3"))]
+unsafe impl Sync for CLog {}
+
+#[cfg(any(feature = "net", feature = "s3"))]
+impl CLog {
+    fn say(&self, line: &str) {
+        // A line with a NUL in it (never, in practice) loses that part.
+        let c =
+            std::ffi::CString::new(line.split('\0').next().unwrap_or_default()).unwrap_or_default();
+        // SAFETY: `f` is the caller's callback, given a NUL-terminated
+        // string valid during the call and the caller's own context.
+        unsafe { (self.f)(self.ctx, c.as_ptr()) };
+    }
+}
+
+/// The C caller's callback as a shipper's log sink.
+#[cfg(any(feature = "net", feature = "s3"))]
+pub(crate) fn log_sink(
+    f: unsafe extern "C" fn(*mut std::ffi::c_void, *const std::ffi::c_char),
+    ctx: *mut std::ffi::c_void,
+) -> std::sync::Arc<dyn Fn(&str) + Send + Sync> {
+    let log = CLog { f, ctx };
+    std::sync::Arc::new(move |line: &str| log.say(line))
+}

@@ -286,6 +286,7 @@ impl Source {
 /// Writes a full log of `disk` under `header` to `out` (a base image
 /// compacted from a replica's point, say): holes and zero blocks become
 /// zero extents.
+#[cfg(feature = "s3")]
 pub(crate) fn full_log<W: Write>(
     disk: &dyn Storage,
     header: LogHeader,
