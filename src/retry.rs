@@ -2,7 +2,12 @@
 //! between attempts: wait with backoff and jitter, stop promptly, and say
 //! a recurring failure once a minute.
 
+use crate::error::{Error, Result};
+use crate::source::Spool;
+use crate::status::LogSink;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Sleeps `d` in small steps; false when asked to stop meanwhile.
@@ -30,7 +35,7 @@ pub(crate) fn backoff(wait: Duration) -> Duration {
 /// Failures said at most once a minute each, with the count of those
 /// not said; a recovery said once.
 #[derive(Debug, Default)]
-pub(crate) struct LogLimiter {
+struct LogLimiter {
     last: Option<(String, std::time::Instant)>,
     quiet: u64,
 }
@@ -38,7 +43,7 @@ pub(crate) struct LogLimiter {
 impl LogLimiter {
     const EVERY: Duration = Duration::from_secs(60);
 
-    pub(crate) fn failed(&mut self, msg: &str, now: std::time::Instant) -> Option<String> {
+    fn failed(&mut self, msg: &str, now: std::time::Instant) -> Option<String> {
         match &self.last {
             Some((m, at)) if m == msg && now.duration_since(*at) < Self::EVERY => {
                 self.quiet += 1;
@@ -58,9 +63,95 @@ impl LogLimiter {
     }
 
     /// Progress after failures: says so once, and forgets them.
-    pub(crate) fn recovered(&mut self) -> Option<String> {
+    fn recovered(&mut self) -> Option<String> {
         let (_, _) = self.last.take()?;
         let n = std::mem::take(&mut self.quiet);
         Some(format!("shipping again (after {} failures)", n + 1))
     }
+}
+
+/// A shipper's thread: asked to stop and joined when halted or dropped.
+pub(crate) struct Worker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Runs `f` on a thread named `name`; `stop` is what `f` watches.
+    pub(crate) fn spawn(
+        name: &str,
+        stop: Arc<AtomicBool>,
+        f: impl FnOnce() + Send + 'static,
+    ) -> Result<Worker> {
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(f)
+            .map_err(|e| Error::io(format!("start the thread {name}"), e))?;
+        Ok(Worker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks the thread to stop and waits for it.
+    pub(crate) fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// A shipper's log lines: a failure said once a minute while it recurs,
+/// a recovery said once; nothing without a sink (a library prints
+/// nothing of its own accord).
+pub(crate) struct Reporter {
+    sink: Option<LogSink>,
+    limiter: Mutex<LogLimiter>,
+}
+
+impl Reporter {
+    pub(crate) fn new(sink: Option<LogSink>) -> Self {
+        Reporter {
+            sink,
+            limiter: Mutex::new(LogLimiter::default()),
+        }
+    }
+
+    pub(crate) fn say(&self, line: &str) {
+        if let Some(sink) = &self.sink {
+            sink(line);
+        }
+    }
+
+    /// A failure; returns its message (for the status).
+    pub(crate) fn failed(&self, e: &Error) -> String {
+        let msg = e.to_string();
+        if let Some(line) = self.limiter.lock().failed(&msg, std::time::Instant::now()) {
+            self.say(&line);
+        }
+        msg
+    }
+
+    /// Progress: says so once after failures.
+    pub(crate) fn recovered(&self) {
+        if let Some(line) = self.limiter.lock().recovered() {
+            self.say(&line);
+        }
+    }
+}
+
+/// What a shipper's status shows of its spool: the logs and bytes not yet
+/// acknowledged, and the age (ns) of the acknowledged point.
+pub(crate) fn spool_progress(spool: &Spool) -> (u64, u64, Option<u64>) {
+    let sp = spool.status();
+    let rpo = (sp.acked.created_ns > 0)
+        .then(|| crate::status::now_ns().saturating_sub(sp.acked.created_ns));
+    (sp.pending_logs, sp.pending_bytes, rpo)
 }

@@ -150,3 +150,7 @@ pub fn now_ns() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
+
+/// Where a shipper's log lines go (connected again, failures said once a
+/// minute, recoveries).
+pub type LogSink = std::sync::Arc<dyn Fn(&str) + Send + Sync>;

@@ -19,7 +19,7 @@ use super::tls::{client_config, TlsFiles};
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::Storage;
 use crate::log::{BlockDigests, Digest};
-use crate::retry::{backoff, pause, LogLimiter};
+use crate::retry::{backoff, pause, spool_progress, Reporter, Worker};
 use crate::serde_impls::{hex, unhex};
 use crate::source::{Spool, Throttle};
 use parking_lot::Mutex;
@@ -29,8 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where the shipper's log lines go.
-pub type LogSink = Arc<dyn Fn(&str) + Send + Sync>;
+pub use crate::status::LogSink;
 
 /// Where and how to ship.
 #[derive(Clone)]
@@ -120,11 +119,10 @@ pub struct ShipperStatus {
 
 /// A running shipper; stopped (and its thread joined) when dropped.
 pub struct Shipper {
-    stop: Arc<AtomicBool>,
     status: Arc<Mutex<ShipperStatus>>,
     spool: Arc<Spool>,
     bandwidth: Arc<Mutex<Bandwidth>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    worker: Worker,
 }
 
 impl std::fmt::Debug for Shipper {
@@ -149,24 +147,20 @@ impl Shipper {
         let bandwidth = Arc::new(Mutex::new(config.bandwidth.clone()));
         let ctx = Context {
             spool: spool.clone(),
+            report: Reporter::new(config.log.clone()),
             config,
             tls,
             stop: stop.clone(),
             status: status.clone(),
             bandwidth: bandwidth.clone(),
             throttle: Throttle::new(u64::MAX),
-            log: Mutex::new(LogLimiter::default()),
         };
-        let thread = std::thread::Builder::new()
-            .name("blockrep-shipper".into())
-            .spawn(move || run(&ctx))
-            .map_err(|e| Error::io("start the shipper's thread", e))?;
+        let worker = Worker::spawn("blockrep-shipper", stop, move || run(&ctx))?;
         Ok(Shipper {
-            stop,
             status,
             spool,
             bandwidth,
-            thread: Some(thread),
+            worker,
         })
     }
 
@@ -175,13 +169,10 @@ impl Shipper {
         // The spool is read under the status lock, which an
         // acknowledgement holds too: pending logs and logs shipped agree.
         let held = self.status.lock();
-        let sp = self.spool.status();
+        let (pending_logs, pending_bytes, rpo_ns) = spool_progress(&self.spool);
         let mut s = held.clone();
         drop(held);
-        s.pending_logs = sp.pending_logs;
-        s.pending_bytes = sp.pending_bytes;
-        s.rpo_ns = (sp.acked.created_ns > 0)
-            .then(|| crate::status::now_ns().saturating_sub(sp.acked.created_ns));
+        (s.pending_logs, s.pending_bytes, s.rpo_ns) = (pending_logs, pending_bytes, rpo_ns);
         s.bandwidth_limit = self.bandwidth.lock().limit_now();
         s
     }
@@ -196,20 +187,7 @@ impl Shipper {
 
     /// Stops after the request under way (bounded by the timeout).
     pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Shipper {
-    fn drop(&mut self) {
-        self.halt();
+        self.worker.halt();
     }
 }
 
@@ -223,7 +201,7 @@ struct Context {
     bandwidth: Arc<Mutex<Bandwidth>>,
     /// Paces the bodies sent; its rate follows `bandwidth`.
     throttle: Throttle,
-    log: Mutex<LogLimiter>,
+    report: Reporter,
 }
 
 impl Context {
@@ -231,20 +209,11 @@ impl Context {
         self.stop.load(Ordering::SeqCst)
     }
 
-    fn say(&self, line: &str) {
-        if let Some(sink) = &self.config.log {
-            sink(line);
-        }
-    }
-
     /// A failure: in the status at once; in the log once a minute at most
     /// while it recurs (with how often it did).
     fn failed(&self, e: &Error) {
-        let msg = e.to_string();
-        self.status.lock().last_error = Some(msg.clone());
-        if let Some(line) = self.log.lock().failed(&msg, std::time::Instant::now()) {
-            self.say(&line);
-        }
+        let msg = self.report.failed(e);
+        self.status.lock().last_error = Some(msg);
     }
 
     /// The bandwidth limit now, applied to the throttle; `None` when
@@ -391,9 +360,7 @@ fn session(ctx: &Context, sent: &mut Sent, progressed: &mut bool) -> Result<()> 
             s.last_error = None;
         }
         *progressed = true;
-        if let Some(line) = ctx.log.lock().recovered() {
-            ctx.say(&line);
-        }
+        ctx.report.recovered();
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use super::layout;
 use super::manifest::{ChainEntry, Manifest, WriterId};
 use crate::error::{Error, ErrorKind, Result};
 use crate::log::LogKind;
-use crate::retry::{backoff, pause, LogLimiter};
+use crate::retry::{backoff, pause, spool_progress, Reporter, Worker};
 use crate::seal::{Binding, Keyring, ObjectKind};
 use crate::serde_impls::hex;
 use crate::source::{Spool, SpooledLog};
@@ -21,8 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where its log lines go.
-pub type LogSink = Arc<dyn Fn(&str) + Send + Sync>;
+pub use crate::status::LogSink;
 
 /// Where and how to ship to a store.
 #[derive(Clone)]
@@ -99,10 +98,9 @@ pub struct StoreShipperStatus {
 
 /// A running store shipper; stopped (and its thread joined) when dropped.
 pub struct StoreShipper {
-    stop: Arc<AtomicBool>,
     status: Arc<Mutex<StoreShipperStatus>>,
     spool: Arc<Spool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    worker: Worker,
 }
 
 impl std::fmt::Debug for StoreShipper {
@@ -127,53 +125,33 @@ impl StoreShipper {
         let status = Arc::new(Mutex::new(StoreShipperStatus::default()));
         let ctx = Context {
             spool: spool.clone(),
+            report: Reporter::new(config.log.clone()),
             config,
             client,
             stop: stop.clone(),
             status: status.clone(),
-            log: Mutex::new(LogLimiter::default()),
         };
-        let thread = std::thread::Builder::new()
-            .name("blockrep-store-shipper".into())
-            .spawn(move || run(&ctx))
-            .map_err(|e| Error::io("start the store shipper's thread", e))?;
+        let worker = Worker::spawn("blockrep-store-shipper", stop, move || run(&ctx))?;
         Ok(StoreShipper {
-            stop,
             status,
             spool,
-            thread: Some(thread),
+            worker,
         })
     }
 
     /// The status now.
     pub fn status(&self) -> StoreShipperStatus {
         let held = self.status.lock();
-        let sp = self.spool.status();
+        let (pending_logs, pending_bytes, rpo_ns) = spool_progress(&self.spool);
         let mut s = held.clone();
         drop(held);
-        s.pending_logs = sp.pending_logs;
-        s.pending_bytes = sp.pending_bytes;
-        s.rpo_ns = (sp.acked.created_ns > 0)
-            .then(|| crate::status::now_ns().saturating_sub(sp.acked.created_ns));
+        (s.pending_logs, s.pending_bytes, s.rpo_ns) = (pending_logs, pending_bytes, rpo_ns);
         s
     }
 
     /// Stops after the request under way.
     pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for StoreShipper {
-    fn drop(&mut self) {
-        self.halt();
+        self.worker.halt();
     }
 }
 
@@ -183,7 +161,7 @@ struct Context {
     client: ObjectClient,
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<StoreShipperStatus>>,
-    log: Mutex<LogLimiter>,
+    report: Reporter,
 }
 
 impl Context {
@@ -192,17 +170,12 @@ impl Context {
     }
 
     fn say(&self, line: &str) {
-        if let Some(sink) = &self.config.log {
-            sink(line);
-        }
+        self.report.say(line);
     }
 
     fn failed(&self, e: &Error) {
-        let msg = e.to_string();
-        self.status.lock().last_error = Some(msg.clone());
-        if let Some(line) = self.log.lock().failed(&msg, std::time::Instant::now()) {
-            self.say(&line);
-        }
+        let msg = self.report.failed(e);
+        self.status.lock().last_error = Some(msg);
     }
 }
 
@@ -320,9 +293,7 @@ fn session(ctx: &Context, progressed: &mut bool) -> Result<()> {
         };
         ship_one(ctx, &mut held, &l)?;
         *progressed = true;
-        if let Some(line) = ctx.log.lock().recovered() {
-            ctx.say(&line);
-        }
+        ctx.report.recovered();
     }
     Ok(())
 }
