@@ -3,7 +3,7 @@
 //! another "host" byte for byte, through a proxy that cuts connections;
 //! fencing of a second primary; tampering, the wrong key, a replayed
 //! manifest, each refused; no plain block in any object.
-#![cfg(feature = "s3")]
+#![cfg(all(feature = "s3", feature = "net"))]
 
 mod common;
 mod net_common;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How to reach an object store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreConfig {
     /// `s3://bucket/prefix`. Credentials, region and endpoint come from
     /// the environment as the AWS tools take them (`AWS_ACCESS_KEY_ID`,
@@ -36,6 +36,26 @@ pub struct StoreConfig {
     pub retries: usize,
     /// A PEM file of further CAs to trust for HTTPS (a private store's).
     pub extra_ca: Option<std::path::PathBuf>,
+}
+
+/// Option values are never shown (a secret access key may be one).
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &self.url)
+            .field(
+                "options",
+                &self
+                    .options
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("extra_ca", &self.extra_ca)
+            .finish()
+    }
 }
 
 impl StoreConfig {
@@ -441,4 +461,19 @@ pub(crate) fn update_of(etag: Option<String>) -> PutMode {
         e_tag: etag,
         version: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_option_value() {
+        let mut c = StoreConfig::new("s3://b/p");
+        c.options
+            .push(("aws_secret_access_key".into(), "very-secret-value".into()));
+        let shown = format!("{c:?}");
+        assert!(shown.contains("aws_secret_access_key"), "{shown}");
+        assert!(!shown.contains("very-secret-value"), "{shown}");
+    }
 }
