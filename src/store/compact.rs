@@ -8,7 +8,7 @@
 //! (so a reader that read the manifest before can still finish).
 
 use super::client::{update_of, ObjectClient, StoreConfig, Written};
-use super::hydrate::{hydrate_with, load};
+use super::hydrate::{hydrate_with, load_existing};
 use super::layout;
 use super::manifest::{ChainEntry, Garbage, Manifest};
 use crate::error::{Error, ErrorKind, Result};
@@ -130,19 +130,6 @@ pub fn compact_until(
     ))
 }
 
-fn manifest_of(
-    client: &ObjectClient,
-    keys: &Keyring,
-    disk: DiskId,
-) -> Result<(Manifest, Option<String>)> {
-    load(client, keys, disk)?.ok_or_else(|| {
-        Error::new(
-            ErrorKind::OutOfRange,
-            format!("{} holds no disk {disk}", client.url),
-        )
-    })
-}
-
 /// Folds the points the policy drops into a base at the oldest point
 /// kept; `Done` also when there was nothing to fold.
 fn fold(
@@ -154,7 +141,7 @@ fn fold(
     steps: &mut Steps,
     report: &mut CompactReport,
 ) -> Result<Written> {
-    let (m, etag) = manifest_of(client, keys, disk)?;
+    let (m, etag) = load_existing(client, keys, disk)?;
     report.generation = m.generation;
     let points = m.points();
     if points.len() <= policy.keep_last {
@@ -301,7 +288,7 @@ fn collect(
     report: &mut CompactReport,
 ) -> Result<()> {
     for _ in 0..8 {
-        let (m, etag) = manifest_of(client, keys, disk)?;
+        let (m, etag) = load_existing(client, keys, disk)?;
         let named: BTreeSet<&str> = m
             .bases
             .iter()

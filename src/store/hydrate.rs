@@ -44,6 +44,20 @@ pub(crate) fn load(
     Ok(Some((Manifest::open(keys, disk, &bytes)?, etag)))
 }
 
+/// [`load`], where the disk must be in the store.
+pub(crate) fn load_existing(
+    client: &ObjectClient,
+    keys: &Keyring,
+    disk: DiskId,
+) -> Result<(Manifest, Option<String>)> {
+    load(client, keys, disk)?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::OutOfRange,
+            format!("{} holds no disk {disk}", client.url),
+        )
+    })
+}
+
 /// `disk`'s manifest in the store at `config`; `None` if there is none.
 pub fn read_manifest(
     config: &StoreConfig,
@@ -85,12 +99,7 @@ pub(crate) fn hydrate_with(
     point: Option<u64>,
     seen_generation: u64,
 ) -> Result<HydrateReport> {
-    let (m, _) = load(client, keys, disk)?.ok_or_else(|| {
-        Error::new(
-            ErrorKind::OutOfRange,
-            format!("{} holds no disk {disk}", client.url),
-        )
-    })?;
+    let (m, _) = load_existing(client, keys, disk)?;
     if m.generation < seen_generation {
         return Err(Error::new(
             ErrorKind::Unauthentic,
