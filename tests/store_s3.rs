@@ -416,6 +416,12 @@ fn compaction_keeps_the_newest_points_exactly_and_survives_a_crash_at_every_step
 
     // Whole: points 1 to 3 fold into a base at 4; their objects go.
     let (config, mut states, (p, disk)) = chain(&s3, "whole", writer);
+    // A replica left at point 3, which the compaction folds away.
+    let behind = t.path().join("behind");
+    assert_eq!(
+        hydrated(&config, &keys(), &behind, Some(3)).unwrap(),
+        states[2]
+    );
     let r = compact(
         &config,
         &keys(),
@@ -433,6 +439,11 @@ fn compaction_keeps_the_newest_points_exactly_and_survives_a_crash_at_every_step
     );
     let e = hydrated(&config, &keys(), &t.path().join("gone"), Some(2)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::OutOfRange, "{e}");
+    // The replica at 3 cannot go on (its next log is inside the new
+    // base): refused, and left as it was.
+    let e = hydrated(&config, &keys(), &behind, None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Mismatch, "{e}");
+    assert_eq!(std::fs::read(behind.join("image")).unwrap(), states[2]);
     let left = objects(&s3.root)
         .iter()
         .filter(|f| f.starts_with(s3.root.join("brtest/whole")))

@@ -164,9 +164,10 @@ pub(crate) fn hydrate_with(
             ),
         ));
     }
-    let held_in_chain = std::iter::once(base)
-        .chain(logs.iter().copied())
-        .chain(m.logs.iter())
+    let held_in_chain = m
+        .bases
+        .iter()
+        .chain(&m.logs)
         .any(|e| e.sequence == st.applied && e.digest().ok() == Some(st.digest));
     if !held_in_chain {
         return Err(Error::mismatch(format!(
@@ -176,7 +177,29 @@ pub(crate) fn hydrate_with(
         ))
         .with_sequence(st.applied));
     }
-    for l in logs.iter().filter(|l| l.sequence > st.applied) {
+    // From the replica's own point: the logs after it up to the target,
+    // one after the other.
+    let todo: Vec<&ChainEntry> = m
+        .logs
+        .iter()
+        .filter(|l| l.sequence > st.applied && l.sequence <= target)
+        .collect();
+    let contiguous = todo
+        .iter()
+        .enumerate()
+        .all(|(i, l)| l.sequence == st.applied + 1 + i as u64);
+    if !contiguous || todo.last().map_or(st.applied, |l| l.sequence) != target {
+        return Err(Error::new(
+            ErrorKind::OutOfRange,
+            format!(
+                "the store holds no logs from the replica's point {} to {target} (a base replaced \
+                 them): hydrate into a new directory",
+                st.applied
+            ),
+        )
+        .with_sequence(st.applied));
+    }
+    for l in todo {
         let mut incoming = replica.receive()?;
         report.bytes += fetch(client, disk, l, ObjectKind::Log, keys, &mut |b| {
             incoming.write(b)
