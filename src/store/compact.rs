@@ -8,7 +8,7 @@
 //! (so a reader that read the manifest before can still finish).
 
 use super::client::{update_of, ObjectClient, StoreConfig, Written};
-use super::hydrate::{hydrate_with, load_existing};
+use super::hydrate::{hydrate_with, load_existing, store};
 use super::layout;
 use super::manifest::{ChainEntry, Garbage, Manifest};
 use crate::error::{Error, ErrorKind, Result};
@@ -18,7 +18,6 @@ use crate::log::{LogHeader, LogKind};
 use crate::replica::Replica;
 use crate::seal::{Binding, Keyring, ObjectKind};
 use crate::serde_impls::hex;
-use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -186,12 +185,7 @@ fn fold(
                 since_ns: now,
             }),
     );
-    let sealed = next.seal(keys, disk)?;
-    let r = client.put(
-        &layout::manifest(disk),
-        Bytes::from(sealed),
-        update_of(etag),
-    )?;
+    let r = store(client, keys, disk, &next, update_of(etag))?;
     if let Written::Done(_) = r {
         steps.did()?;
         report.base = Some(keep_from);
@@ -328,12 +322,7 @@ fn collect(
                 object,
                 since_ns: now,
             }));
-        let sealed = next.seal(keys, disk)?;
-        if let Written::Done(_) = client.put(
-            &layout::manifest(disk),
-            Bytes::from(sealed),
-            update_of(etag),
-        )? {
+        if let Written::Done(_) = store(client, keys, disk, &next, update_of(etag))? {
             steps.did()?;
             report.deleted += expired.len();
             report.generation = next.generation;

@@ -5,7 +5,7 @@
 //! standby following the store, or a hydrate that was killed) goes on
 //! from its own point.
 
-use super::client::{ObjectClient, StoreConfig};
+use super::client::{ObjectClient, StoreConfig, Written};
 use super::layout;
 use super::manifest::{ChainEntry, Manifest, MANIFEST_LIMIT};
 use crate::error::{Error, ErrorKind, Result};
@@ -42,6 +42,19 @@ pub(crate) fn load(
         return Ok(None);
     };
     Ok(Some((Manifest::open(keys, disk, &bytes)?, etag)))
+}
+
+/// Seals `m` and writes it as `disk`'s manifest, over what is there, only
+/// if nothing is (`Create`), or only over the version read (`Update`).
+pub(crate) fn store(
+    client: &ObjectClient,
+    keys: &Keyring,
+    disk: DiskId,
+    m: &Manifest,
+    mode: object_store::PutMode,
+) -> Result<Written> {
+    let sealed = m.seal(keys, disk)?;
+    client.put(&layout::manifest(disk), bytes::Bytes::from(sealed), mode)
 }
 
 /// [`load`], where the disk must be in the store.

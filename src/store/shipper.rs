@@ -14,7 +14,6 @@ use crate::retry::{backoff, pause, spool_progress, Reporter, Worker};
 use crate::seal::{Binding, Keyring, ObjectKind};
 use crate::serde_impls::hex;
 use crate::source::{Spool, SpooledLog};
-use bytes::Bytes;
 use object_store::PutMode;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -261,11 +260,7 @@ fn fenced(m: &Manifest, me: &str) -> Error {
 }
 
 fn write_manifest(ctx: &Context, m: &Manifest, mode: PutMode) -> Result<Written> {
-    let disk = ctx.spool.disk_id();
-    let sealed = m.seal(&ctx.config.keys, disk)?;
-    let r = ctx
-        .client
-        .put(&layout::manifest(disk), Bytes::from(sealed), mode)?;
+    let r = super::hydrate::store(&ctx.client, &ctx.config.keys, ctx.spool.disk_id(), m, mode)?;
     if let Written::Done(_) = r {
         ctx.status.lock().generation = m.generation;
     }
