@@ -2,9 +2,9 @@
 //! compiles as C11 and C++17 with warnings as errors, and the C programs
 //! under tests/c run against the static and the shared library with
 //! `AddressSanitizer` and `UBSan`, and under valgrind. The library installs
-//! with `cargo cinstall` (soname, static library, header, pkg-config), and
-//! the nbdkit filter and one C program build against that installed copy
-//! through pkg-config.
+//! with `cargo cinstall` (soname, static library, header, pkg-config); the
+//! programs under the sanitizers link that installed copy, and the nbdkit
+//! filter and one C program build against it through pkg-config alone.
 
 #[cfg(feature = "net")]
 mod net_common;
@@ -19,21 +19,48 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The directory holding libblockrep.a and libblockrep.so, built from the
-/// current sources. `cargo test` builds the library's rlib for the tests
-/// but does not always refresh the static and shared libraries beside it,
-/// so a C program could link a stale one: the library is built once here
-/// (a no-op when it is fresh) before any C program links it.
-fn lib_dir() -> PathBuf {
+/// Cargo, run from this test without the variables cargo set for it
+/// (`CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`, ...): ring's build script
+/// reruns when one differs from the build's, which would rebuild ring and
+/// every crate above it on each run.
+fn cargo() -> Command {
+    const SET_FOR_TESTS: [&str; 6] = [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+        "CARGO_PRIMARY_",
+        "CARGO_TARGET_TMPDIR",
+    ];
+    let mut c = Command::new(env!("CARGO"));
+    for (k, _) in std::env::vars_os() {
+        if SET_FOR_TESTS
+            .iter()
+            .any(|p| k.to_string_lossy().starts_with(p))
+        {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// The directory holding the test profile's libblockrep.a, built from the
+/// current sources, for the runs under valgrind: valgrind reads optimised
+/// Rust as branching on uninitialised bytes (a comparison of an `Option`'s
+/// payload hoisted above the check of its tag), so it checks the build
+/// without optimisation of blockrep itself. `--tests` resolves features as
+/// `cargo test` did, so this is a no-op after it (plain `--lib` would
+/// rebuild the HTTP crates with other features, then `cargo test` again).
+fn valgrind_lib_dir() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
             let exe = std::env::current_exe().unwrap();
             let deps = exe.parent().unwrap().to_path_buf();
             let profile_dir = deps.parent().unwrap().to_path_buf();
-            let mut cargo = Command::new(env!("CARGO"));
+            let mut cargo = cargo();
             cargo
-                .args(["build", "--lib", "--quiet", "--manifest-path"])
+                .args(["build", "--lib", "--tests", "--quiet", "--manifest-path"])
                 .arg(root().join("Cargo.toml"))
                 .arg("--target-dir")
                 .arg(profile_dir.parent().unwrap());
@@ -49,6 +76,13 @@ fn lib_dir() -> PathBuf {
         .clone()
 }
 
+/// The directory of the installed libblockrep.a and libblockrep.so (with
+/// its soname), which the C programs under the sanitizers link: they run
+/// against exactly what an integrator installs.
+fn installed_lib_dir() -> PathBuf {
+    installed().1.parent().unwrap().to_path_buf()
+}
+
 /// An installed copy of the library, as a C integrator gets it: `cargo
 /// cinstall` (cargo-c) into a temporary prefix, once per run. Returns the
 /// prefix and the `PKG_CONFIG_PATH` that finds its `blockrep.pc`.
@@ -62,7 +96,7 @@ fn installed() -> &'static (PathBuf, PathBuf) {
         let prefix = t.path().join("usr");
         let exe = std::env::current_exe().unwrap();
         let target = exe.ancestors().nth(3).unwrap().join("cinstall");
-        let out = Command::new(env!("CARGO"))
+        let out = cargo()
             .args(["cinstall", "--release", "-p", "blockrep"])
             .arg("--manifest-path")
             .arg(root().join("Cargo.toml"))
@@ -70,6 +104,9 @@ fn installed() -> &'static (PathBuf, PathBuf) {
             .arg(&target)
             .arg("--prefix")
             .arg(&prefix)
+            // Line tables in the release build: a sanitizer's report names
+            // the Rust frames, inlined ones too.
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "line-tables-only")
             .output()
             .expect("run cargo cinstall");
         assert!(
@@ -251,7 +288,9 @@ fn header_compiles_as_c11_and_cpp17() {
         .arg(&src));
 }
 
-/// Builds `tests/c/NAME.c` against the static or the shared library.
+/// Builds `tests/c/NAME.c` against the static or the shared library:
+/// the installed release copy with the sanitizers, the test build without
+/// them (for valgrind).
 fn build(name: &str, shared: bool, sanitize: bool, out: &Path) {
     let mut cmd = Command::new("gcc");
     cmd.args([
@@ -268,13 +307,18 @@ fn build(name: &str, shared: bool, sanitize: bool, out: &Path) {
             "-fno-sanitize-recover=all",
         ]);
     }
+    let lib_dir = if sanitize {
+        installed_lib_dir()
+    } else {
+        valgrind_lib_dir()
+    };
     if shared {
         cmd.arg("-L")
-            .arg(lib_dir())
+            .arg(&lib_dir)
             .arg("-lblockrep")
-            .arg(format!("-Wl,-rpath,{}", lib_dir().display()));
+            .arg(format!("-Wl,-rpath,{}", lib_dir.display()));
     } else {
-        cmd.arg(lib_dir().join("libblockrep.a"));
+        cmd.arg(lib_dir.join("libblockrep.a"));
     }
     cmd.args(["-lm", "-ldl"]);
     run(&mut cmd);
