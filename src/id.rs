@@ -1,6 +1,7 @@
 //! Identifiers: the 128-bit disk id, and random values for ids and salts.
 
 use crate::error::{Error, Result};
+use crate::hex::{hex, unhex};
 use std::fmt;
 
 /// The 128-bit identity of a replicated disk, fixed when replication is
@@ -24,25 +25,16 @@ impl DiskId {
 
 impl fmt::Display for DiskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex(&self.0))
     }
 }
 
 impl std::str::FromStr for DiskId {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::invalid(format!("disk id {s:?} is not 32 hex digits"));
-        if s.len() != 32 || !s.is_ascii() {
-            return Err(bad());
-        }
-        let mut b = [0; 16];
-        for (i, out) in b.iter_mut().enumerate() {
-            *out = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
-        Ok(DiskId(b))
+        unhex(s)
+            .map(DiskId)
+            .ok_or_else(|| Error::invalid(format!("disk id {s:?} is not 32 hex digits")))
     }
 }
 

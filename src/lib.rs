@@ -60,6 +60,7 @@ pub mod failover;
 pub mod ffi;
 mod frame;
 pub mod geometry;
+mod hex;
 pub mod id;
 pub mod io;
 mod le;

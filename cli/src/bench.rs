@@ -6,7 +6,7 @@
 use super::{human, now_ns};
 use blockrep::io::{FileStorage, FsDir, Storage};
 use blockrep::nbd::{NbdClient, NbdOptions};
-use blockrep::replica::RetentionPolicy;
+use blockrep::replica::{Replica, RetentionPolicy};
 use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool};
 use blockrep::{DiskId, Error, Geometry, Result, Tracker};
 use std::io::Write as _;
@@ -22,6 +22,10 @@ const ID: DiskId = DiskId(*b"blockrep-bench-1");
 pub struct BenchOptions {
     pub size: u64,
     pub dir: Option<PathBuf>,
+    /// Repetitions of each timed step (the table gives medians).
+    pub repeat: usize,
+    /// Drop the page cache before every timed step (needs root).
+    pub drop_caches: bool,
 }
 
 pub(super) fn run_cmd(c: &mut Command) -> Result<()> {
@@ -79,98 +83,334 @@ pub(super) fn line(name: &str, seconds: f64, extra: &str) {
     println!("bench {name} seconds={seconds:.4}{extra}");
 }
 
+/// Before every timed step: everything written so far on disk and, when
+/// the bench may (as root), the page cache dropped, so no step pays for an
+/// earlier one's writeback and both sides of a comparison start cold.
+pub(super) struct Settle {
+    drop_caches: bool,
+}
+
+impl Settle {
+    pub(super) fn new(drop_caches: bool) -> Self {
+        let drop_caches = drop_caches && Self::drop().is_ok();
+        if !drop_caches {
+            eprintln!(
+                "  page cache kept between steps (dropping it needs root, \
+                 or --keep-cache was given): figures move more"
+            );
+        }
+        Settle { drop_caches }
+    }
+
+    fn drop() -> std::io::Result<()> {
+        std::fs::write("/proc/sys/vm/drop_caches", "3")
+    }
+
+    /// Syncs everything, then drops the page cache if it may.
+    pub(super) fn now(&self) -> Result<()> {
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        if self.drop_caches {
+            Self::drop().map_err(|e| Error::io("drop the page cache", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// CPU seconds (user and system) this process and its waited-for children
+/// have used so far.
+pub(super) fn cpu_seconds() -> f64 {
+    [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN]
+        .into_iter()
+        .map(|who| {
+            // SAFETY: rusage is plain integers, for which all zeroes is a
+            // value.
+            let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: getrusage writes one rusage through the pointer, which
+            // points to `u`, live and writable.
+            if unsafe { libc::getrusage(who, &raw mut u) } != 0 {
+                return 0.0;
+            }
+            let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 * 1e-6;
+            t(u.ru_utime) + t(u.ru_stime)
+        })
+        .sum()
+}
+
+/// Times `f`: wall seconds and CPU seconds.
+pub(super) fn timed_cpu(f: impl FnOnce() -> Result<()>) -> Result<(f64, f64)> {
+    let c = cpu_seconds();
+    let w = timed(f)?;
+    Ok((w, cpu_seconds() - c))
+}
+
+/// The median of `v` (not empty).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One comparison, measured once per repetition: blockrep's figure and the
+/// peer's, each pair taken in the same repetition.
+struct Row {
+    step: &'static str,
+    peer: String,
+    /// The most blockrep / peer may be (issue #17's targets).
+    target: Option<f64>,
+    unit: &'static str,
+    runs: Vec<(f64, f64)>,
+}
+
+/// The comparisons of one bench run, in the order first measured.
+#[derive(Default)]
+struct Rows(Vec<Row>);
+
+impl Rows {
+    fn add(
+        &mut self,
+        step: &'static str,
+        peer: &str,
+        target: Option<f64>,
+        blockrep: f64,
+        other: f64,
+    ) {
+        self.add_in("s", step, peer, target, blockrep, other);
+    }
+
+    fn add_in(
+        &mut self,
+        unit: &'static str,
+        step: &'static str,
+        peer: &str,
+        target: Option<f64>,
+        blockrep: f64,
+        other: f64,
+    ) {
+        let run = (blockrep, other);
+        match self.0.iter_mut().find(|r| r.step == step && r.peer == peer) {
+            Some(r) => r.runs.push(run),
+            None => self.0.push(Row {
+                step,
+                peer: peer.to_string(),
+                target,
+                unit,
+                runs: vec![run],
+            }),
+        }
+    }
+
+    /// The table: medians, the spread of the ratio over the repetitions,
+    /// and each target met or missed.
+    fn print(&self) {
+        println!();
+        println!(
+            "| step | peer | blockrep | peer | blockrep / peer (median) | spread (min..max) | runs | target |"
+        );
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+        for r in &self.0 {
+            let ratios: Vec<f64> = r.runs.iter().map(|(b, p)| b / p).collect();
+            let b: Vec<f64> = r.runs.iter().map(|x| x.0).collect();
+            let p: Vec<f64> = r.runs.iter().map(|x| x.1).collect();
+            let m = median(&ratios);
+            let (lo, hi) = ratios
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+            let target = match r.target {
+                Some(t) if m <= t => format!("<= {t}: met"),
+                Some(t) => format!("<= {t}: **missed**"),
+                None => "-".into(),
+            };
+            // Bytes whole, seconds to the millisecond.
+            let shown = |v: f64| match r.unit {
+                "B" => format!("{v:.0} B"),
+                u => format!("{v:.3} {u}"),
+            };
+            println!(
+                "| {} | {} | {} | {} | {m:.3} | {lo:.3}..{hi:.3} | {} | {target} |",
+                r.step,
+                r.peer,
+                shown(median(&b)),
+                shown(median(&p)),
+                r.runs.len(),
+            );
+        }
+    }
+}
+
+/// The tools a comparison needs that are not installed, with the package
+/// that brings each (Debian's names).
+fn missing(tools: &[(&str, &str)]) -> Option<String> {
+    let m: Vec<String> = tools
+        .iter()
+        .filter(|(t, _)| !have(t))
+        .map(|(t, pkg)| format!("{t} (apt-get install {pkg})"))
+        .collect();
+    (!m.is_empty()).then(|| m.join(", "))
+}
+
+/// One cycle's dirty blocks: `pct` of the image's blocks, at random.
+fn dirty_blocks(g: Geometry, pct: f64, rng: &mut u64) -> Vec<u64> {
+    let n = ((g.block_count() as f64) * pct) as u64;
+    let mut blocks: Vec<u64> = (0..n).map(|_| xorshift(rng) % g.block_count()).collect();
+    blocks.sort_unstable();
+    blocks.dedup();
+    blocks
+}
+
+fn xorshift(rng: &mut u64) -> u64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    *rng
+}
+
 /// The harness; see the module docs.
 pub fn run(o: BenchOptions) -> Result<()> {
     let work = super::demo::WorkDir::new(o.dir.as_deref(), "bench")?;
     let dir = work.path().to_path_buf();
     let size = o.size / BS * BS;
+    let reps = o.repeat.max(1);
     let g = Geometry::new(size, BS as u32)?;
     let src = dir.join("source.img");
     eprintln!(
-        "blockrep bench in {} ({} image)",
+        "blockrep bench in {} ({} image, {reps} repetitions of each step)",
         dir.display(),
         human(size)
     );
     super::demo::make_image(&src, size)?;
     sync_file(&src)?;
+    let settle = Settle::new(o.drop_caches);
+    let mut rows = Rows::default();
+    let rm = |p: &Path| {
+        if p.is_dir() {
+            std::fs::remove_dir_all(p).ok();
+        } else {
+            std::fs::remove_file(p).ok();
+        }
+    };
+    let qemu_img = missing(&[("qemu-img", "qemu-utils")]);
+    if let Some(m) = &qemu_img {
+        eprintln!("  missing {m}: no qemu-img convert comparison");
+    }
 
     // Initial replication: blockrep (full log into the spool, then the
-    // replica built from it) against cp and qemu-img convert.
+    // replica built from it) against cp and qemu-img convert, each from
+    // a fresh start in every repetition.
     let disk: Arc<dyn Storage> = Arc::new(FileStorage::open(&src)?);
-    let start = ChainPoint::start(1, g);
-    let spool = Spool::create(Arc::new(FsDir::new(dir.join("spool"))?), ID, start, 1 << 40)?;
-    let p = Pipeline::new(
-        Primary::new(Tracker::new(g), disk.clone()),
-        spool,
-        Default::default(),
-    )?;
     let rdir = dir.join("replica");
-    let mut replica = None;
-    let mut log_len = 0;
-    let t_init = timed(|| {
-        log_len = p.initial_sync(Default::default())?.summary.bytes;
-        super::ops::apply_spool(p.spool(), &rdir, &mut replica)
-    })?;
-    let replica = replica.expect("created");
-    verify(
-        "blockrep initial replication",
-        same_files(&src, &rdir.join("image"), size)?,
-    )?;
-    line("initial.blockrep", t_init, "");
     let cp = dir.join("cp.img");
-    let t_cp = timed(|| {
-        run_cmd(Command::new("cp").arg("--sparse=auto").arg(&src).arg(&cp))?;
-        sync_file(&cp)
-    })?;
-    verify("cp", same_files(&src, &cp, size)?)?;
-    line(
-        "initial.cp",
-        t_cp,
-        &format!(" blockrep_ratio={:.3}", t_init / t_cp),
-    );
-    let mut rows = vec![("initial replication", "cp".to_string(), t_init, t_cp)];
-    if have("qemu-img") {
-        let conv = dir.join("convert.img");
-        let t = timed(|| {
-            run_cmd(
-                Command::new("qemu-img")
-                    .args(["convert", "-O", "raw"])
-                    .arg(&src)
-                    .arg(&conv),
-            )?;
-            sync_file(&conv)
-        })?;
-        verify("qemu-img convert", same_files(&src, &conv, size)?)?;
-        line(
-            "initial.qemu_img_convert",
-            t,
-            &format!(" blockrep_ratio={:.3}", t_init / t),
-        );
-        rows.push((
-            "initial replication",
-            "qemu-img convert -O raw".into(),
-            t_init,
-            t,
-        ));
-        std::fs::remove_file(&conv).ok();
-    }
-    // The full log's size against lz4 -1 of the same bytes.
-    if have("lz4") {
-        let lz = dir.join("source.lz4");
-        run_cmd(
-            Command::new("lz4")
-                .args(["-1", "-q", "-f"])
-                .arg(&src)
-                .arg(&lz),
+    let mut kept = None;
+    let mut log_len = 0;
+    for _ in 0..reps {
+        // The previous repetition's pipeline stops before its spool goes.
+        drop(kept.take());
+        rm(&dir.join("spool"));
+        rm(&rdir);
+        rm(&cp);
+        let spool = Spool::create(
+            Arc::new(FsDir::new(dir.join("spool"))?),
+            ID,
+            ChainPoint::start(1, g),
+            1 << 40,
         )?;
-        let lz_len = std::fs::metadata(&lz)
-            .map_err(|e| Error::io("stat", e).with_path(&lz))?
-            .len();
-        println!(
-            "bench size.log_vs_lz4 log_bytes={log_len} lz4_bytes={lz_len} ratio={:.3}",
-            log_len as f64 / lz_len as f64
+        let p = Pipeline::new(
+            Primary::new(Tracker::new(g), disk.clone()),
+            spool,
+            Default::default(),
+        )?;
+        let mut replica = None;
+        settle.now()?;
+        let t_init = timed(|| {
+            log_len = p.initial_sync(Default::default())?.summary.bytes;
+            super::ops::apply_spool(p.spool(), &rdir, &mut replica)
+        })?;
+        verify(
+            "blockrep initial replication",
+            same_files(&src, &rdir.join("image"), size)?,
+        )?;
+        line("initial.blockrep", t_init, "");
+        settle.now()?;
+        let t_cp = timed(|| {
+            run_cmd(Command::new("cp").arg("--sparse=auto").arg(&src).arg(&cp))?;
+            sync_file(&cp)
+        })?;
+        verify("cp", same_files(&src, &cp, size)?)?;
+        line(
+            "initial.cp",
+            t_cp,
+            &format!(" blockrep_ratio={:.3}", t_init / t_cp),
         );
-        std::fs::remove_file(&lz).ok();
+        rows.add(
+            "initial replication",
+            "cp --sparse=auto and fsync",
+            Some(1.0),
+            t_init,
+            t_cp,
+        );
+        if qemu_img.is_none() {
+            let conv = dir.join("convert.img");
+            settle.now()?;
+            let t = timed(|| {
+                run_cmd(
+                    Command::new("qemu-img")
+                        .args(["convert", "-O", "raw"])
+                        .arg(&src)
+                        .arg(&conv),
+                )?;
+                sync_file(&conv)
+            })?;
+            verify("qemu-img convert", same_files(&src, &conv, size)?)?;
+            line(
+                "initial.qemu_img_convert",
+                t,
+                &format!(" blockrep_ratio={:.3}", t_init / t),
+            );
+            rows.add(
+                "initial replication",
+                "qemu-img convert -O raw and fsync",
+                None,
+                t_init,
+                t,
+            );
+            rm(&conv);
+        }
+        kept = Some((p, replica.expect("created")));
+    }
+    let (p, replica) = kept.expect("one repetition at least");
+    // The full log's size against lz4 -1 of the same bytes.
+    match missing(&[("lz4", "lz4")]) {
+        None => {
+            let lz = dir.join("source.lz4");
+            run_cmd(
+                Command::new("lz4")
+                    .args(["-1", "-q", "-f"])
+                    .arg(&src)
+                    .arg(&lz),
+            )?;
+            let lz_len = std::fs::metadata(&lz)
+                .map_err(|e| Error::io("stat", e).with_path(&lz))?
+                .len();
+            println!(
+                "bench size.log_vs_lz4 log_bytes={log_len} lz4_bytes={lz_len} ratio={:.3}",
+                log_len as f64 / lz_len as f64
+            );
+            rows.add_in(
+                "B",
+                "full log size",
+                "lz4 -1 of the image",
+                Some(1.0),
+                log_len as f64,
+                lz_len as f64,
+            );
+            rm(&lz);
+        }
+        Some(m) => eprintln!("  missing {m}: no log size comparison"),
     }
 
     // Incremental cycles at 0.1 %, 1 % and 10 % of the 4 KiB blocks.
@@ -183,178 +423,62 @@ pub fn run(o: BenchOptions) -> Result<()> {
             .arg(&src)
             .arg(&bare_dst),
     )?;
-    // Flushed now, so no timed step pays for these copies' writeback.
-    sync_file(&bare_dst)?;
-    sync_file(&rsync_dst)?;
-    let qemu = if have("qemu-img") && have("qemu-io") && have("qemu-nbd") && have("nbdinfo") {
-        Some(QemuFlow::new(&dir, &src)?)
-    } else {
-        eprintln!("  qemu-img, qemu-io, qemu-nbd or nbdinfo missing: no QEMU comparison");
-        None
+    let rsync = match missing(&[("rsync", "rsync")]) {
+        None => true,
+        Some(m) => {
+            eprintln!("  missing {m}: no rsync comparison");
+            false
+        }
     };
-    let mut qsource = if qemu.is_some() && have("qemu-storage-daemon") {
-        Some(super::bench_qemu::QemuSourceFlow::new(&dir, &src, size)?)
-    } else {
-        eprintln!("  qemu-storage-daemon missing: no QEMU source");
-        None
+    let qemu = match missing(&[
+        ("qemu-img", "qemu-utils"),
+        ("qemu-io", "qemu-utils"),
+        ("qemu-nbd", "qemu-utils"),
+        ("nbdinfo", "libnbd-bin"),
+    ]) {
+        None => Some(QemuFlow::new(&dir, &src)?),
+        Some(m) => {
+            eprintln!("  missing {m}: no comparison with QEMU's dirty-bitmap flow");
+            None
+        }
+    };
+    let mut qsource = match missing(&[("qemu-storage-daemon", "qemu-utils")]) {
+        None if qemu.is_some() => Some(super::bench_qemu::QemuSourceFlow::new(&dir, &src, size)?),
+        None => None,
+        Some(m) => {
+            eprintln!("  missing {m}: no QEMU source");
+            None
+        }
     };
     let mut rng = 0x5eed_u64 ^ now_ns();
-    for (pct, label) in [(0.001, "0.1%"), (0.01, "1%"), (0.1, "10%")] {
-        let n = ((g.block_count() as f64) * pct) as u64;
-        let mut blocks: Vec<u64> = (0..n)
-            .map(|_| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng % g.block_count()
-            })
-            .collect();
-        blocks.sort_unstable();
-        blocks.dedup();
-        // The guest writes (not timed): tracked by blockrep's tracker.
-        let mut data = vec![0u8; BS as usize];
-        for &b in &blocks {
-            for c in data.chunks_mut(8) {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                c.copy_from_slice(&rng.to_le_bytes());
-            }
-            let guard = p.primary().write_guard(b * BS, BS)?;
-            disk.write_at(&data, b * BS)?;
-            drop(guard);
-        }
-        disk.sync()?;
-        if let Some(q) = &qemu {
-            q.guest_writes(&blocks)?;
-        }
-        let dirty = blocks.len() as u64 * BS;
-        // blockrep: cut, read, log into the spool, apply with retention.
-        let mut rep = Some(replica.clone());
-        let t_b = timed(|| {
-            p.cycle(&CycleOptions::default())?;
-            super::ops::apply_spool(p.spool(), &rdir, &mut rep)?;
-            replica.prune(
-                &RetentionPolicy {
-                    keep_last: 4,
-                    ..Default::default()
+    for (pct, label, target) in [(0.001, "0.1%", 1.5), (0.01, "1%", 1.3), (0.1, "10%", 1.5)] {
+        for _ in 0..reps {
+            let blocks = dirty_blocks(g, pct, &mut rng);
+            cycle_repetition(
+                &CycleRun {
+                    p: &p,
+                    replica: &replica,
+                    disk: &*disk,
+                    src: &src,
+                    rdir: &rdir,
+                    bare_dst: &bare_dst,
+                    rsync_dst: rsync.then_some(&*rsync_dst),
+                    qemu: qemu.as_ref(),
+                    size,
+                    settle: &settle,
                 },
-                now_ns(),
+                qsource.as_mut(),
+                &blocks,
+                (label, target),
+                &mut rng,
+                &mut rows,
             )?;
-            Ok(())
-        })?;
-        verify(
-            "blockrep cycle",
-            same_files(&src, &rdir.join("image"), size)?,
-        )?;
-        line(
-            &format!("cycle.{label}.blockrep"),
-            t_b,
-            &format!(" dirty_bytes={dirty}"),
-        );
-        // The limit: copy exactly the dirty blocks.
-        let t_bare = timed(|| {
-            let (s, d) = (
-                FileStorage::open_read_only(&src)?,
-                FileStorage::open(&bare_dst)?,
-            );
-            let mut buf = vec![0u8; BS as usize];
-            for &b in &blocks {
-                s.read_at(&mut buf, b * BS)?;
-                d.write_at(&buf, b * BS)?;
-            }
-            d.sync()
-        })?;
-        verify("bare copy", same_files(&src, &bare_dst, size)?)?;
-        line(
-            &format!("cycle.{label}.bare_copy"),
-            t_bare,
-            &format!(" blockrep_ratio={:.3}", t_b / t_bare),
-        );
-        rows.push((
-            "cycle",
-            format!("{label} bare copy of the dirty blocks"),
-            t_b,
-            t_bare,
-        ));
-        if have("rsync") {
-            let t = timed(|| {
-                run_cmd(
-                    Command::new("rsync")
-                        .args(["--inplace", "--no-whole-file", "--ignore-times"])
-                        .arg(&src)
-                        .arg(&rsync_dst),
-                )?;
-                sync_file(&rsync_dst)
-            })?;
-            verify("rsync", same_files(&src, &rsync_dst, size)?)?;
-            line(
-                &format!("cycle.{label}.rsync"),
-                t,
-                &format!(" blockrep_speedup={:.1}", t / t_b),
-            );
-            rows.push((
-                "cycle",
-                format!("{label} rsync --inplace --no-whole-file -I"),
-                t_b,
-                t,
-            ));
-        }
-        let mut t_qemu = None;
-        if let Some(q) = &qemu {
-            let t = timed(|| q.incremental_copy(None))?;
-            verify("QEMU dirty-bitmap copy", q.target_matches()?)?;
-            line(
-                &format!("cycle.{label}.qemu_bitmap"),
-                t,
-                &format!(" blockrep_speedup={:.2}", t / t_b),
-            );
-            rows.push((
-                "cycle",
-                format!("{label} qcow2 dirty bitmap via qemu-nbd -B"),
-                t_b,
-                t,
-            ));
-            q.clear()?;
-            t_qemu = Some(t);
-        }
-        // blockrep's QEMU source on the same writes: a retained, verified
-        // point from QEMU's own bitmap, against the bare QEMU flow and
-        // against blockrep's write-guard cycle.
-        if let (Some(q), Some(t_qemu)) = (qsource.as_mut(), t_qemu) {
-            q.guest_writes(&blocks)?;
-            let mut bytes = 0;
-            let t = timed(|| {
-                bytes = q.cycle()?;
-                Ok(())
-            })?;
-            verify("blockrep's QEMU source", q.matches())?;
-            line(
-                &format!("cycle.{label}.qemu_source"),
-                t,
-                &format!(
-                    " log_bytes={bytes} qemu_bitmap_ratio={:.3} write_guard_ratio={:.3}",
-                    t / t_qemu,
-                    t / t_b
-                ),
-            );
-            rows.push((
-                "cycle (QEMU source)",
-                format!("{label} QEMU's flow (bitmap, qemu-nbd, copy)"),
-                t,
-                t_qemu,
-            ));
-            rows.push((
-                "cycle (QEMU source)",
-                format!("{label} blockrep's write-guard cycle"),
-                t,
-                t_b,
-            ));
         }
     }
 
     // The transport: a full log over loopback TLS (shipper to server, its
     // apply taken out) against a plain TCP copy of the same bytes.
+    settle.now()?;
     let (t_tls, t_tcp, log_bytes) = super::bench_net::transport(&dir, &src)?;
     line(
         "ship.tls_vs_tcp",
@@ -364,19 +488,200 @@ pub fn run(o: BenchOptions) -> Result<()> {
             t_tcp / t_tls
         ),
     );
-    rows.push((
+    rows.add(
         "ship a full log over TLS (apply excluded)",
-        "plain TCP copy into a synced file".into(),
+        "plain TCP copy into a synced file",
+        None,
         t_tls,
         t_tcp,
-    ));
+    );
+    rows.print();
+    Ok(())
+}
 
-    println!();
-    println!("| step | peer | blockrep s | peer s | blockrep / peer |");
-    println!("| --- | --- | --- | --- | --- |");
-    for (step, peer, b, t) in rows {
-        println!("| {step} | {peer} | {b:.3} | {t:.3} | {:.3} |", b / t);
+/// What every repetition of a cycle works on.
+struct CycleRun<'a> {
+    p: &'a Pipeline<Tracker>,
+    replica: &'a Replica,
+    disk: &'a dyn Storage,
+    src: &'a Path,
+    rdir: &'a Path,
+    bare_dst: &'a Path,
+    rsync_dst: Option<&'a Path>,
+    qemu: Option<&'a QemuFlow>,
+    size: u64,
+    settle: &'a Settle,
+}
+
+/// One repetition of an incremental cycle: the guest writes `blocks`
+/// (not timed), then blockrep's durable cycle and each peer copy the
+/// same blocks, every copy verified.
+fn cycle_repetition(
+    c: &CycleRun<'_>,
+    qsource: Option<&mut super::bench_qemu::QemuSourceFlow>,
+    blocks: &[u64],
+    (label, target): (&'static str, f64),
+    rng: &mut u64,
+    rows: &mut Rows,
+) -> Result<()> {
+    // The guest writes (not timed): tracked by blockrep's tracker.
+    let mut data = vec![0u8; BS as usize];
+    for &b in blocks {
+        for w in data.chunks_mut(8) {
+            w.copy_from_slice(&xorshift(rng).to_le_bytes());
+        }
+        let guard = c.p.primary().write_guard(b * BS, BS)?;
+        c.disk.write_at(&data, b * BS)?;
+        drop(guard);
     }
+    c.disk.sync()?;
+    if let Some(q) = c.qemu {
+        q.guest_writes(blocks)?;
+    }
+    let dirty = blocks.len() as u64 * BS;
+    let gib = dirty as f64 / f64::from(1u32 << 30);
+    // blockrep: cut, read, log into the spool, apply with retention.
+    let mut rep = Some(c.replica.clone());
+    c.settle.now()?;
+    let (t_b, cpu_b) = timed_cpu(|| {
+        c.p.cycle(&CycleOptions::default())?;
+        super::ops::apply_spool(c.p.spool(), c.rdir, &mut rep)?;
+        c.replica.prune(
+            &RetentionPolicy {
+                keep_last: 4,
+                ..Default::default()
+            },
+            now_ns(),
+        )?;
+        Ok(())
+    })?;
+    verify(
+        "blockrep cycle",
+        same_files(c.src, &c.rdir.join("image"), c.size)?,
+    )?;
+    line(
+        &format!("cycle.{label}.blockrep"),
+        t_b,
+        &format!(
+            " dirty_bytes={dirty} cpu_seconds_per_gib={:.2}",
+            cpu_b / gib
+        ),
+    );
+    // The limit: copy exactly the dirty blocks.
+    c.settle.now()?;
+    let (t_bare, cpu_bare) = timed_cpu(|| {
+        let (s, d) = (
+            FileStorage::open_read_only(c.src)?,
+            FileStorage::open(c.bare_dst)?,
+        );
+        let mut buf = vec![0u8; BS as usize];
+        for &b in blocks {
+            s.read_at(&mut buf, b * BS)?;
+            d.write_at(&buf, b * BS)?;
+        }
+        d.sync()
+    })?;
+    verify("bare copy", same_files(c.src, c.bare_dst, c.size)?)?;
+    line(
+        &format!("cycle.{label}.bare_copy"),
+        t_bare,
+        &format!(
+            " blockrep_ratio={:.3} cpu_seconds_per_gib={:.2} blockrep_cpu_ratio={:.3}",
+            t_b / t_bare,
+            cpu_bare / gib,
+            cpu_b / cpu_bare.max(1e-9)
+        ),
+    );
+    let step = match label {
+        "0.1%" => "cycle 0.1%",
+        "1%" => "cycle 1%",
+        _ => "cycle 10%",
+    };
+    rows.add(
+        step,
+        "bare copy of the dirty blocks and fsync",
+        Some(target),
+        t_b,
+        t_bare,
+    );
+    rows.add_in(
+        "CPU s",
+        step,
+        "CPU of the bare copy",
+        Some(3.0),
+        cpu_b,
+        cpu_bare.max(1e-9),
+    );
+    if let Some(dst) = c.rsync_dst {
+        c.settle.now()?;
+        let t = timed(|| {
+            run_cmd(
+                Command::new("rsync")
+                    .args(["--inplace", "--no-whole-file", "--ignore-times"])
+                    .arg(c.src)
+                    .arg(dst),
+            )?;
+            sync_file(dst)
+        })?;
+        verify("rsync", same_files(c.src, dst, c.size)?)?;
+        line(
+            &format!("cycle.{label}.rsync"),
+            t,
+            &format!(" blockrep_speedup={:.1}", t / t_b),
+        );
+        rows.add(step, "rsync --inplace --no-whole-file -I", None, t_b, t);
+    }
+    let Some(q) = c.qemu else { return Ok(()) };
+    c.settle.now()?;
+    let t_qemu = timed(|| q.incremental_copy(None))?;
+    verify("QEMU dirty-bitmap copy", q.target_matches()?)?;
+    line(
+        &format!("cycle.{label}.qemu_bitmap"),
+        t_qemu,
+        &format!(" blockrep_speedup={:.2}", t_qemu / t_b),
+    );
+    rows.add(
+        step,
+        "qcow2 dirty bitmap via qemu-nbd -B",
+        None,
+        t_b,
+        t_qemu,
+    );
+    q.clear()?;
+    // blockrep's QEMU source on the same writes: a retained, verified
+    // point from QEMU's own bitmap, against the bare QEMU flow and
+    // against blockrep's write-guard cycle.
+    let Some(q) = qsource else { return Ok(()) };
+    q.guest_writes(blocks)?;
+    let mut bytes = 0;
+    c.settle.now()?;
+    let t = timed(|| {
+        bytes = q.cycle()?;
+        Ok(())
+    })?;
+    verify("blockrep's QEMU source", q.matches())?;
+    line(
+        &format!("cycle.{label}.qemu_source"),
+        t,
+        &format!(
+            " log_bytes={bytes} qemu_bitmap_ratio={:.3} write_guard_ratio={:.3}",
+            t / t_qemu,
+            t / t_b
+        ),
+    );
+    let qstep = match label {
+        "0.1%" => "cycle 0.1% (QEMU source)",
+        "1%" => "cycle 1% (QEMU source)",
+        _ => "cycle 10% (QEMU source)",
+    };
+    rows.add(
+        qstep,
+        "QEMU's flow (bitmap, qemu-nbd, copy)",
+        None,
+        t,
+        t_qemu,
+    );
+    rows.add(qstep, "blockrep's write-guard cycle", None, t, t_b);
     Ok(())
 }
 

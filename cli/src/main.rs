@@ -87,6 +87,14 @@ enum Command {
         /// hydrate against downloading the same objects).
         #[arg(long, conflicts_with_all = ["disks", "link"])]
         store: bool,
+        /// Repetitions of each timed step of the main bench; its table
+        /// gives the medians and the spread.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+        repeat: u16,
+        /// Keep the page cache between timed steps (by default it is
+        /// dropped before each, as root, so both sides start cold).
+        #[arg(long)]
+        keep_cache: bool,
     },
     /// Delta logs.
     #[command(subcommand)]
@@ -738,11 +746,22 @@ fn run(command: Command) -> Result<()> {
             let work = demo::WorkDir::new(dir.as_deref(), "bench-store")?;
             bench_store::run(work.path(), size)
         }
-        Command::Bench { size, dir, .. } => {
+        Command::Bench {
+            size,
+            dir,
+            repeat,
+            keep_cache,
+            ..
+        } => {
             if size < 16 << 20 {
                 return Err(Error::invalid("the bench image is at least 16M"));
             }
-            bench::run(bench::BenchOptions { size, dir })
+            bench::run(bench::BenchOptions {
+                size,
+                dir,
+                repeat: repeat.into(),
+                drop_caches: !keep_cache,
+            })
         }
         Command::Log(LogCommand::Inspect { file, out }) => ops::log_inspect(path(&file)?, out.json),
         Command::Replica(c) => replica(c),

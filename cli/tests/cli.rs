@@ -109,6 +109,9 @@ fn the_bench_harness_verifies_and_prints_one_line_per_figure() {
         "bench",
         "--size",
         "16M",
+        "--repeat",
+        "2",
+        "--keep-cache",
         "--dir",
         t.path().to_str().unwrap(),
     ]);
@@ -118,12 +121,26 @@ fn the_bench_harness_verifies_and_prints_one_line_per_figure() {
         "cycle.1%.blockrep",
         "cycle.1%.bare_copy",
     ] {
+        // One line per repetition.
+        assert_eq!(
+            out.lines()
+                .filter(|l| l.starts_with(&format!("bench {figure} seconds=")))
+                .count(),
+            2,
+            "{figure}:\n{out}"
+        );
         assert!(
             out.lines()
                 .any(|l| l.starts_with(&format!("bench {figure} seconds="))),
             "{figure} missing:\n{out}"
         );
     }
+    // The table: medians of the repetitions against the targets.
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("| cycle 1% | bare copy") && l.contains("| 2 | <= 1.3: ")),
+        "{out}"
+    );
 }
 
 #[test]

@@ -69,20 +69,14 @@ impl fmt::Debug for Digest {
 /// all 64 hex digits, as the wire protocol carries it.
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0[..8] {
-            write!(f, "{b:02x}")?;
-        }
-        f.write_str("…")
+        write!(f, "{}…", crate::hex::hex(&self.0[..8]))
     }
 }
 
 /// All 32 bytes in lowercase hex.
 impl fmt::LowerHex for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&crate::hex::hex(&self.0))
     }
 }
 

@@ -4,6 +4,7 @@
 //! what they sealed.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::hex::{hex, unhex};
 use std::fmt;
 use std::path::Path;
 
@@ -21,10 +22,7 @@ pub struct KeyId(pub [u8; 16]);
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex(&self.0))
     }
 }
 
@@ -98,16 +96,11 @@ impl SealKey {
         if words.next() != Some(KEY_FILE_TAG) {
             return Err(bad(&format!("it does not start with {KEY_FILE_TAG}")));
         }
-        let hex = words.next().ok_or_else(|| bad("no key"))?;
-        if words.next().is_some() || hex.len() != 2 * KEY_LEN {
-            return Err(bad("the key is not 64 hex digits"));
+        let digits = words.next().ok_or_else(|| bad("no key"))?;
+        match unhex::<KEY_LEN>(digits) {
+            Some(b) if words.next().is_none() => Ok(Self::from_bytes(b)),
+            _ => Err(bad("the key is not 64 hex digits")),
         }
-        let mut b = [0; KEY_LEN];
-        for (i, out) in b.iter_mut().enumerate() {
-            *out = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .map_err(|_| bad("the key is not 64 hex digits"))?;
-        }
-        Ok(Self::from_bytes(b))
     }
 
     /// Writes the key to a new file at `path`, readable by its owner only
@@ -116,28 +109,17 @@ impl SealKey {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let path = path.as_ref();
-        let hex = hex_of(&self.bytes);
+        let digits = hex(&self.bytes);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(path)
             .map_err(|e| Error::io("create the key file", e).with_path(path))?;
-        f.write_all(format!("{KEY_FILE_TAG} {hex}\n").as_bytes())
+        f.write_all(format!("{KEY_FILE_TAG} {digits}\n").as_bytes())
             .and_then(|()| f.sync_all())
             .map_err(|e| Error::io("write the key file", e).with_path(path))
     }
-}
-
-/// Lowercase hex of `bytes`.
-fn hex_of(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 impl Clone for SealKey {
@@ -224,7 +206,7 @@ mod tests {
         assert_eq!(back.id(), k.id());
         assert_eq!(back.secret(), k.secret());
         let shown = format!("{k:?}");
-        let hex = hex_of(k.secret());
+        let hex = hex(k.secret());
         assert!(!shown.contains(&hex[..8]));
         std::fs::write(&p, format!("{KEY_FILE_TAG} {}\n", &hex[..60])).unwrap();
         let e = SealKey::load(&p).unwrap_err();

@@ -5,10 +5,10 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::geometry::Geometry;
+use crate::hex::{hex, unhex};
 use crate::id::DiskId;
 use crate::log::Digest;
 use crate::seal::{Binding, Keyring};
-use crate::serde_impls::{hex, unhex};
 use serde::{Deserialize, Serialize};
 
 /// The manifest format written and read.

@@ -24,9 +24,9 @@ pub use hydrate::{hydrate, read_manifest, HydrateReport};
 pub use manifest::{ChainEntry, Garbage, Manifest, WriterId, MANIFEST_FORMAT};
 pub use shipper::{StoreShipper, StoreShipperConfig, StoreShipperStatus};
 
+use crate::hex::hex;
 use crate::id::DiskId;
 use crate::log::Digest;
-use crate::serde_impls::hex;
 
 /// The object names of one disk, declared once.
 pub(crate) mod layout {

@@ -11,12 +11,12 @@
 
 use super::{log, parse_digest, parse_disk, Disk, Shared};
 use crate::error::{Error, ErrorKind, Result};
+use crate::hex::hex;
 use crate::id::DiskId;
 use crate::io::FsDir;
 use crate::log::{Digest, GroupInfo};
 use crate::net::identity::Identity;
 use crate::replica::{ApplyOutcome, ReplicaGroup};
-use crate::serde_impls::hex;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

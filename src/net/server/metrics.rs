@@ -1,7 +1,7 @@
 //! The server's counters and `/metrics` in the Prometheus text format.
 
 use super::Shared;
-use crate::serde_impls::hex;
+use crate::hex::hex;
 use crate::status::now_ns;
 use crate::status::DiskStatus;
 use parking_lot::Mutex;
