@@ -3,6 +3,11 @@
 # lints, every test and the doc tests. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A clean clone builds everything once: incremental caches would only
+# cost disk and time (they double the debug build's size), and a full
+# disk fails a build with errors that hide the cause: say what is free.
+export CARGO_INCREMENTAL=0
+df -h . | sed 's/^/disk: /' >&2
 
 need_pkgs=()
 command -v qemu-img >/dev/null 2>&1 || need_pkgs+=(qemu-utils)

@@ -144,8 +144,8 @@ pub(super) fn timed_cpu(f: impl FnOnce() -> Result<()>) -> Result<(f64, f64)> {
     Ok((w, cpu_seconds() - c))
 }
 
-/// The median of `v` (not empty).
-fn median(v: &[f64]) -> f64 {
+/// The median of `v` (not empty), for every bench of the command.
+pub(super) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -154,6 +154,13 @@ fn median(v: &[f64]) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// "min..max" of some figures, for the spread beside a median.
+pub(super) fn spread(v: &[f64]) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{lo:.3}..{hi:.3}")
 }
 
 /// One comparison, measured once per repetition: blockrep's figure and the
@@ -218,9 +225,6 @@ impl Rows {
             let b: Vec<f64> = r.runs.iter().map(|x| x.0).collect();
             let p: Vec<f64> = r.runs.iter().map(|x| x.1).collect();
             let m = median(&ratios);
-            let (lo, hi) = ratios
-                .iter()
-                .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
             let target = match r.target {
                 Some(t) if m <= t => format!("<= {t}: met"),
                 Some(t) => format!("<= {t}: **missed**"),
@@ -232,11 +236,12 @@ impl Rows {
                 u => format!("{v:.3} {u}"),
             };
             println!(
-                "| {} | {} | {} | {} | {m:.3} | {lo:.3}..{hi:.3} | {} | {target} |",
+                "| {} | {} | {} | {} | {m:.3} | {} | {} | {target} |",
                 r.step,
                 r.peer,
                 shown(median(&b)),
                 shown(median(&p)),
+                spread(&ratios),
                 r.runs.len(),
             );
         }
@@ -263,7 +268,8 @@ fn dirty_blocks(g: Geometry, pct: f64, rng: &mut u64) -> Vec<u64> {
     blocks
 }
 
-fn xorshift(rng: &mut u64) -> u64 {
+/// The benches' workload generator (xorshift64).
+pub(super) fn xorshift(rng: &mut u64) -> u64 {
     *rng ^= *rng << 13;
     *rng ^= *rng >> 7;
     *rng ^= *rng << 17;

@@ -11,8 +11,10 @@
 //! different for NBD, which sends raw bytes). Each ratio is measured in
 //! one run; the figure is the median of `RUNS` runs, with its spread.
 
-use super::bench::{have, line, same_files, sync_file, timed, verify, QemuFlow, BS};
-use super::bench_net::{bench_server, median};
+use super::bench::{
+    have, line, median, same_files, spread, sync_file, timed, verify, QemuFlow, BS,
+};
+use super::bench_net::bench_server;
 use super::link::Link;
 use blockrep::io::{FileStorage, FsDir, Storage};
 use blockrep::net::{Shipper, ShipperConfig};
@@ -39,13 +41,6 @@ fn drained<T: Tracking>(p: &Pipeline<T>, shipper: &Shipper) -> Result<()> {
         std::thread::sleep(Duration::from_millis(1));
     }
     Ok(())
-}
-
-/// "min..max" of some seconds, for the spread beside a median.
-fn spread(v: &[f64]) -> String {
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(0.0, f64::max);
-    format!("{lo:.3}..{hi:.3}")
 }
 
 /// The bench; see the module docs.
@@ -133,7 +128,7 @@ pub fn run(dir: &Path, size: u64, megabits: f64) -> Result<()> {
                     theirs.push(t_q);
                     ratios.push(t_b / t_q);
                 }
-                let (b, q) = (median(ours.clone()), median(theirs.clone()));
+                let (b, q) = (median(&ours), median(&theirs));
                 line(
                     &format!("link.1%.{kind}.blockrep"),
                     b,
@@ -148,11 +143,11 @@ pub fn run(dir: &Path, size: u64, megabits: f64) -> Result<()> {
                     &format!(
                         " spread={} blockrep_ratio={:.3} ratio_spread={}",
                         spread(&theirs),
-                        median(ratios.clone()),
+                        median(&ratios),
                         spread(&ratios)
                     ),
                 );
-                rows.push((kind, b, q, median(ratios)));
+                rows.push((kind, b, q, median(&ratios)));
             }
             shipper.stop();
             println!();

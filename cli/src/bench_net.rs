@@ -4,6 +4,7 @@
 //! server's own apply time (from `/metrics`) is taken out, so the ratio
 //! compares moving the bytes. Medians of three runs.
 
+use super::bench::{median, xorshift};
 use blockrep::io::{FileStorage, MemDir, Storage};
 use blockrep::net::{
     client_config, Client, HealthPolicy, Limits, PrimaryConfig, Server, ServerConfig, Shipper,
@@ -18,11 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 3;
-
-pub(super) fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// One counter of the server's `/metrics` (read as `monitor`).
 fn metric(addr: std::net::SocketAddr, monitor: &TlsFiles, name: &str) -> Result<f64> {
@@ -133,7 +129,7 @@ pub fn transport(dir: &Path, src: &Path) -> Result<(f64, f64, u64)> {
                 tls_runs.push(took - apply);
                 let _ = std::fs::remove_dir_all(root.join(id.to_string()));
             }
-            Ok((median(tls_runs), median(tcp_runs), log_bytes))
+            Ok((median(&tls_runs), median(&tcp_runs), log_bytes))
         })();
         stop.store(true, Ordering::SeqCst);
         result
@@ -232,12 +228,7 @@ pub fn many_disks(dir: &Path, n: usize, seconds: u64) -> Result<()> {
         let (idle_rss, _, _) = proc_usage(pid)?;
         eprintln!("bench: {n} disks of 4 MiB against blockrep serve (pid {pid})");
         let mut rng = 0x5eed_u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = move || xorshift(&mut rng);
         let mut disks = Vec::with_capacity(n);
         let mut pipes = Vec::with_capacity(n);
         let mut shippers = Vec::with_capacity(n);

@@ -12,8 +12,7 @@
 //! Each ratio is measured in one run; the figure is the median of `RUNS`
 //! runs, with its spread.
 
-use super::bench::{line, same_files, sync_file, timed, verify, BS};
-use super::bench_net::median;
+use super::bench::{line, median, same_files, spread, sync_file, timed, verify, BS};
 use blockrep::io::{FileStorage, FsDir, Storage};
 use blockrep::seal::{Binding, Keyring, ObjectKind, SealKey};
 use blockrep::source::{CycleOptions, Pipeline};
@@ -95,12 +94,6 @@ fn config(addr: SocketAddr, prefix: &str) -> StoreConfig {
     c
 }
 
-fn spread(v: &[f64]) -> String {
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(0.0, f64::max);
-    format!("{lo:.3}..{hi:.3}")
-}
-
 /// The bench; see the module docs.
 pub fn run(dir: &Path, size: u64) -> Result<()> {
     let size = size / BS * BS;
@@ -161,24 +154,24 @@ pub fn run(dir: &Path, size: u64) -> Result<()> {
     let mb = full.bytes as f64 / 1e6;
     line(
         "store.upload.bare",
-        median(bare.clone()),
+        median(&bare),
         &format!(
             " log_bytes={} mb_per_s={:.1} spread={}",
             full.bytes,
-            mb / median(bare.clone()),
+            mb / median(&bare),
             spread(&bare)
         ),
     );
     line(
         "store.upload.sealed",
-        median(sealed.clone()),
+        median(&sealed),
         &format!(
             " mb_per_s={:.1} spread={} throughput_ratio={:.3} ratio_spread={} target>=0.8 {}",
-            mb / median(sealed.clone()),
+            mb / median(&sealed),
             spread(&sealed),
-            median(ratios.clone()),
+            median(&ratios),
             spread(&ratios),
-            if median(ratios.clone()) >= 0.8 {
+            if median(&ratios) >= 0.8 {
                 "met"
             } else {
                 "missed"
@@ -253,15 +246,15 @@ pub fn run(dir: &Path, size: u64) -> Result<()> {
         theirs.push(td);
         ratios.push(th / td);
     }
-    let r = median(ratios.clone());
+    let r = median(&ratios);
     line(
         "store.download",
-        median(theirs.clone()),
+        median(&theirs),
         &format!(" objects={} spread={}", objects.len(), spread(&theirs)),
     );
     line(
         "store.hydrate",
-        median(ours.clone()),
+        median(&ours),
         &format!(
             " spread={} ratio={r:.3} ratio_spread={} target<=1.3 {}",
             spread(&ours),
