@@ -533,8 +533,10 @@ typedef struct {
 
 // Where the store is and the pair's keys.
 typedef struct {
-  // `s3://bucket/prefix`; credentials, region and endpoint come from
-  // the `AWS_*` environment, then from `options`.
+  // `s3://bucket/prefix` (credentials, region and endpoint from the
+  // `AWS_*` environment, then from `options`), `file:///directory`, or
+  // a replica server's vault `blockrep://host:port/prefix` (options
+  // `tls_cert`, `tls_key`, `tls_ca`: PEM files; `server_name`).
   const char *url;
   // Further options; null when `options_len` is 0. Copied.
   const blockrep_store_option *options;

@@ -121,8 +121,8 @@ enum Command {
     /// encrypted and authenticated with it).
     #[command(subcommand)]
     Key(KeyCommand),
-    /// An object store holding replicas (s3://bucket/prefix): its points
-    /// and its retention.
+    /// An object store holding replicas (s3://, file://, a replica
+    /// server's vault at blockrep://): its points and its retention.
     #[command(subcommand)]
     Store(StoreCommand),
     /// The replica server of the secondary site (docs/PROTOCOL.md): HTTP
@@ -269,7 +269,8 @@ enum ReplicaCommand {
   blockrep replica hydrate s3://dr-bucket/fleet /srv/replicas/vm1 --disk 5a5a... --seal-key vm1.key
   blockrep replica hydrate s3://dr-bucket/fleet /srv/replicas/vm1 --disk 5a5a... --seal-key vm1.key --follow 30s")]
     Hydrate {
-        /// The store (s3://bucket/prefix).
+        /// The store: s3://bucket/prefix, file:///dir or a replica
+        /// server's vault blockrep://host:port/prefix.
         url: String,
         /// The replica directory (created, or brought forward).
         dir: PathBuf,
@@ -520,8 +521,10 @@ enum QemuCommand {
         /// The spools' directory (one per node, created the first time).
         #[arg(long)]
         spool: PathBuf,
-        /// A replica server's https:// URL, or an object store
-        /// (s3://bucket/prefix, with --seal-key).
+        /// A replica server's https:// URL, or an object store with
+        /// --seal-key: s3://bucket/prefix, file:///dir, or a replica
+        /// server's vault blockrep://host:port/prefix (sealed there, the
+        /// server holding no key; reached with --cert, --key and --ca).
         #[arg(long, required_unless_present = "replica", conflicts_with = "replica")]
         to: Option<String>,
         #[command(flatten)]
@@ -570,7 +573,8 @@ enum StoreCommand {
     #[command(after_long_help = "Example:
   blockrep store points s3://dr-bucket/fleet --disk 5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a --seal-key vm1.key")]
     Points {
-        /// The store (s3://bucket/prefix).
+        /// The store: s3://bucket/prefix, file:///dir or a replica
+        /// server's vault blockrep://host:port/prefix.
         url: String,
         /// The disk (32 hex digits).
         #[arg(long)]
@@ -587,7 +591,8 @@ enum StoreCommand {
   blockrep store compact s3://dr-bucket/fleet --disk 5a5a... --seal-key vm1.key \\
       --work /var/lib/blockrep/compact/vm1 --keep-last 48 --grace 1h")]
     Compact {
-        /// The store (s3://bucket/prefix).
+        /// The store: s3://bucket/prefix, file:///dir or a replica
+        /// server's vault blockrep://host:port/prefix.
         url: String,
         /// The disk (32 hex digits).
         #[arg(long)]
@@ -652,6 +657,14 @@ struct TlsArgs {
     /// The CA that signed the server's certificate (PEM).
     #[arg(long, env = "BLOCKREP_CA")]
     ca: Option<PathBuf>,
+}
+
+/// Whether `url` names an object store (S3, a directory, a replica
+/// server's vault) rather than a replica server's https:// API.
+fn is_store(url: &str) -> bool {
+    ["s3://", "s3a://", "file://", "blockrep://"]
+        .iter()
+        .any(|s| url.starts_with(s))
 }
 
 impl TlsArgs {
@@ -787,8 +800,8 @@ fn run(command: Command) -> Result<()> {
                 return Err(Error::invalid("--interval takes seconds, 0 or more"));
             }
             let target = match (to, replica) {
-                (Some(url), _) if url.starts_with("s3://") => qemu::Target::Store {
-                    config: store.config(&url),
+                (Some(url), _) if is_store(&url) => qemu::Target::Store {
+                    config: store.config_with_tls(&url, tls.files().ok().as_ref()),
                     keys: store.keys()?,
                     take_over,
                 },

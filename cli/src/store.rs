@@ -4,6 +4,7 @@
 
 use super::failover::stop_flag;
 use blockrep::io::FsDir;
+use blockrep::net::TlsFiles;
 use blockrep::seal::{Keyring, SealKey};
 use blockrep::store::{compact, hydrate, read_manifest, StoreConfig, StorePolicy};
 use blockrep::{DiskId, Error, ErrorKind, Result};
@@ -24,9 +25,10 @@ pub struct StoreArgs {
     /// rotation (repeatable).
     #[arg(long = "old-seal-key")]
     pub old_seal_keys: Vec<PathBuf>,
-    /// A further S3 option (`aws_endpoint=http://...`,
-    /// `aws_allow_http=true`, ...) over the AWS_* environment
-    /// (repeatable).
+    /// A further store option (repeatable): for S3 `aws_endpoint=http://...`,
+    /// `aws_allow_http=true`, ... over the AWS_* environment; for a
+    /// replica server's vault (blockrep://host:port/prefix) `tls_cert=`,
+    /// `tls_key=`, `tls_ca=` (PEM files) and `server_name=`.
     #[arg(long = "store-option", value_parser = parse_option)]
     pub options: Vec<(String, String)>,
     /// A PEM file of further CAs the store's HTTPS certificate may chain to.
@@ -58,6 +60,24 @@ impl StoreArgs {
         let mut c = StoreConfig::new(url);
         c.options.clone_from(&self.options);
         c.extra_ca.clone_from(&self.store_ca);
+        c
+    }
+
+    /// The store at `url`; a replica server's vault (`blockrep://`)
+    /// reached with `tls`'s files where no `--store-option` names others.
+    pub fn config_with_tls(&self, url: &str, tls: Option<&TlsFiles>) -> StoreConfig {
+        let mut c = self.config(url);
+        if let (true, Some(t)) = (url.starts_with("blockrep://"), tls) {
+            for (k, v) in [
+                ("tls_cert", &t.cert),
+                ("tls_key", &t.key),
+                ("tls_ca", &t.ca),
+            ] {
+                if !c.options.iter().any(|(n, _)| n == k) {
+                    c.options.push((k.into(), v.display().to_string()));
+                }
+            }
+        }
         c
     }
 }

@@ -40,8 +40,10 @@ pub struct blockrep_store_option {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct blockrep_store_config {
-    /// `s3://bucket/prefix`; credentials, region and endpoint come from
-    /// the `AWS_*` environment, then from `options`.
+    /// `s3://bucket/prefix` (credentials, region and endpoint from the
+    /// `AWS_*` environment, then from `options`), `file:///directory`, or
+    /// a replica server's vault `blockrep://host:port/prefix` (options
+    /// `tls_cert`, `tls_key`, `tls_ca`: PEM files; `server_name`).
     pub url: *const c_char,
     /// Further options; null when `options_len` is 0. Copied.
     pub options: *const blockrep_store_option,

@@ -454,7 +454,7 @@ fn get_json(c: &mut Client, path: &str) -> Result<serde_json::Value> {
 }
 
 /// The server's refusal as an error: its message, or the status.
-fn refusal(r: &super::client::Response) -> Error {
+pub(crate) fn refusal(r: &super::client::Response) -> Error {
     let msg = r
         .json()
         .ok()

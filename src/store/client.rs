@@ -3,6 +3,7 @@
 //! process), over the `object_store` crate's S3 client with its retries
 //! and backoff, HTTPS through rustls with ring.
 
+use super::dir::DirObjects;
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::Storage;
 use crate::seal::{Binding, SealKey, SealWriter};
@@ -21,14 +22,17 @@ use std::time::Duration;
 /// How to reach an object store.
 #[derive(Clone)]
 pub struct StoreConfig {
-    /// `s3://bucket/prefix`. Credentials, region and endpoint come from
-    /// the environment as the AWS tools take them (`AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`,
-    /// `AWS_ENDPOINT` and `AWS_ALLOW_HTTP` for an S3-compatible store),
-    /// then from `options`.
+    /// `s3://bucket/prefix`, `file:///directory`, or (feature `net`) a
+    /// replica server's vault `blockrep://host:port/prefix`. For S3,
+    /// credentials, region and endpoint come from the environment as the
+    /// AWS tools take them (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT` and
+    /// `AWS_ALLOW_HTTP` for an S3-compatible store), then from `options`.
     pub url: String,
-    /// Further `object_store` S3 options (`aws_endpoint`, `aws_region`,
-    /// `aws_allow_http`, ...), over the environment's.
+    /// Further options. For S3, `object_store`'s (`aws_endpoint`,
+    /// `aws_region`, `aws_allow_http`, ...), over the environment's; for a
+    /// vault, `tls_cert`, `tls_key`, `tls_ca` (PEM files, required) and
+    /// `server_name` (the URL's host by default).
     pub options: Vec<(String, String)>,
     /// One request (a part, a manifest) waits at most this long.
     pub timeout: Duration,
@@ -81,14 +85,28 @@ pub(crate) enum Written {
     Lost,
 }
 
-/// One object store bucket and prefix, with blocking calls.
+/// Where the objects are, with blocking calls.
 pub(crate) struct ObjectClient {
-    store: Arc<dyn ObjectStore>,
-    rt: tokio::runtime::Runtime,
-    prefix: Path,
+    backend: Backend,
     /// Where the store is, for messages (`s3://bucket/prefix`, never a
     /// credential).
     pub(crate) url: String,
+}
+
+/// The stores built in: S3 (and what speaks it), a directory, and a
+/// replica server's vault.
+enum Backend {
+    S3(S3Objects),
+    Dir(DirObjects),
+    #[cfg(feature = "net")]
+    Vault(Box<super::vault::VaultObjects>),
+}
+
+/// A bucket and prefix through `object_store`, on a runtime of its own.
+struct S3Objects {
+    store: Arc<dyn ObjectStore>,
+    rt: tokio::runtime::Runtime,
+    prefix: Path,
 }
 
 impl std::fmt::Debug for ObjectClient {
@@ -176,16 +194,170 @@ fn failed(what: &str, path: &Path, e: &object_store::Error) -> Error {
 }
 
 impl ObjectClient {
-    /// Connects (lazily: nothing is sent before the first call).
+    /// Connects (lazily: nothing is sent before the first call) to
+    /// `s3://` (or `s3a://`), `file://` or, with the feature `net`, a
+    /// replica server's vault at `blockrep://`.
     pub(crate) fn open(config: &StoreConfig) -> Result<Self> {
         let url = url::Url::parse(&config.url)
             .map_err(|e| Error::invalid(format!("{}: not a URL: {e}", config.url)))?;
-        if url.scheme() != "s3" && url.scheme() != "s3a" {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("{}: only s3:// stores are built in", config.url),
-            ));
+        let backend = match url.scheme() {
+            "s3" | "s3a" => Backend::S3(S3Objects::open(config, &url)?),
+            "file" => {
+                let dir = url.to_file_path().map_err(|()| {
+                    Error::invalid(format!("{}: not a local directory", config.url))
+                })?;
+                Backend::Dir(DirObjects::open(&dir)?)
+            }
+            #[cfg(feature = "net")]
+            "blockrep" => Backend::Vault(Box::new(super::vault::VaultObjects::open(config, &url)?)),
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "{}: the stores built in are s3://, file:// and blockrep:// (with the feature net)",
+                        config.url
+                    ),
+                ))
+            }
+        };
+        Ok(ObjectClient {
+            backend,
+            url: config.url.clone(),
+        })
+    }
+
+    /// The object `name` whole, with its version; `None` if absent. At
+    /// most `limit` bytes.
+    pub(crate) fn get(&self, name: &str, limit: u64) -> Result<Option<(Bytes, Option<String>)>> {
+        match &self.backend {
+            Backend::S3(s) => s.get(name, limit),
+            Backend::Dir(d) => Ok(d.get(name, limit)?.map(|(b, v)| (Bytes::from(b), Some(v)))),
+            #[cfg(feature = "net")]
+            Backend::Vault(v) => v.get(name, limit),
         }
+    }
+
+    /// Streams the object `name` into `sink`, chunk by chunk as it
+    /// arrives. Returns its size.
+    pub(crate) fn get_into(
+        &self,
+        name: &str,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<u64> {
+        const CHUNK: usize = 8 << 20;
+        match &self.backend {
+            Backend::S3(s) => s.get_into(name, sink),
+            Backend::Dir(d) => {
+                let mut at = 0u64;
+                loop {
+                    let Some((b, size)) = d.get_range(name, at, CHUNK)? else {
+                        return Err(Error::new(
+                            ErrorKind::Io,
+                            format!("read {name}: no such object in {}", d.root().display()),
+                        ));
+                    };
+                    sink(&b)?;
+                    at += b.len() as u64;
+                    if at >= size || b.is_empty() {
+                        return Ok(at);
+                    }
+                }
+            }
+            #[cfg(feature = "net")]
+            Backend::Vault(v) => v.get_into(name, sink),
+        }
+    }
+
+    /// Writes `bytes` to `name`: over anything there, only if nothing is
+    /// there (`Create`), or only over the version given (`Update`).
+    pub(crate) fn put(&self, name: &str, bytes: Bytes, mode: PutMode) -> Result<Written> {
+        match &self.backend {
+            Backend::S3(s) => s.put(name, bytes, mode),
+            Backend::Dir(d) => d.put(name, &bytes, &mode),
+            #[cfg(feature = "net")]
+            Backend::Vault(v) => v.put(name, &bytes, &mode),
+        }
+    }
+
+    /// Writes a large object from `fill`, which is called for the next
+    /// bytes until it returns an empty buffer; in parts of `part` bytes
+    /// where the store takes parts. A failure leaves nothing at `name`.
+    pub(crate) fn put_stream(
+        &self,
+        name: &str,
+        part: usize,
+        fill: &mut dyn FnMut() -> Result<Vec<u8>>,
+    ) -> Result<u64> {
+        match &self.backend {
+            Backend::S3(s) => s.put_stream(name, part, fill),
+            Backend::Dir(d) => d.put_stream(name, fill),
+            #[cfg(feature = "net")]
+            Backend::Vault(v) => v.put_stream(name, part, fill),
+        }
+    }
+
+    /// Seals `len` bytes of `file` with `key` into the object `name`, as
+    /// they are read (memory bounded by a few parts); returns the sealed
+    /// size.
+    pub(crate) fn seal_upload(
+        &self,
+        name: &str,
+        file: &dyn Storage,
+        len: u64,
+        key: &SealKey,
+        binding: &Binding,
+        part: usize,
+    ) -> Result<u64> {
+        const READ: usize = 4 << 20;
+        let mut sealer = Some(SealWriter::new(Vec::new(), key, binding)?);
+        let mut at = 0u64;
+        let mut buf = vec![0u8; READ];
+        let mut fill = || -> Result<Vec<u8>> {
+            loop {
+                let Some(s) = sealer.as_mut() else {
+                    return Ok(Vec::new());
+                };
+                if at >= len {
+                    let (rest, _) = sealer.take().expect("held").finish()?;
+                    return Ok(rest);
+                }
+                let n = ((len - at) as usize).min(READ);
+                file.read_at(&mut buf[..n], at)?;
+                at += n as u64;
+                s.append(&buf[..n])?;
+                let out = std::mem::take(s.get_mut());
+                if !out.is_empty() {
+                    return Ok(out);
+                }
+            }
+        };
+        self.put_stream(name, part, &mut fill)
+    }
+
+    /// Deletes `name` (absent is fine).
+    pub(crate) fn delete(&self, name: &str) -> Result<()> {
+        match &self.backend {
+            Backend::S3(s) => s.delete(name),
+            Backend::Dir(d) => d.delete(name),
+            #[cfg(feature = "net")]
+            Backend::Vault(v) => v.delete(name),
+        }
+    }
+
+    /// The names (relative to the prefix) of every object under `dir`.
+    pub(crate) fn list(&self, dir: &str) -> Result<Vec<String>> {
+        match &self.backend {
+            Backend::S3(s) => s.list(dir),
+            Backend::Dir(d) => d.list(dir),
+            #[cfg(feature = "net")]
+            Backend::Vault(v) => v.list(dir),
+        }
+    }
+}
+
+impl S3Objects {
+    /// The client of `url` (nothing is sent before the first call).
+    fn open(config: &StoreConfig, url: &url::Url) -> Result<Self> {
         let retry = RetryConfig {
             max_retries: config.retries,
             retry_timeout: config.timeout * (config.retries as u32 + 1),
@@ -214,16 +386,15 @@ impl ObjectClient {
             .build()
             .map_err(|e| Error::io("start the object store's runtime", e))?;
         let prefix = Path::from(url.path().trim_matches('/'));
-        Ok(ObjectClient {
+        Ok(S3Objects {
             store: Arc::new(store),
             rt,
             prefix,
-            url: config.url.clone(),
         })
     }
 
     /// The full path of `name` under the prefix.
-    pub(crate) fn path(&self, name: &str) -> Path {
+    fn path(&self, name: &str) -> Path {
         let mut p = self.prefix.clone();
         for part in name.split('/') {
             p = p.clone().join(part);
@@ -233,7 +404,7 @@ impl ObjectClient {
 
     /// The object `name` whole, with its version; `None` if absent. At
     /// most `limit` bytes.
-    pub(crate) fn get(&self, name: &str, limit: u64) -> Result<Option<(Bytes, Option<String>)>> {
+    fn get(&self, name: &str, limit: u64) -> Result<Option<(Bytes, Option<String>)>> {
         let path = self.path(name);
         self.rt.block_on(async {
             let r = match self.store.get(&path).await {
@@ -255,11 +426,7 @@ impl ObjectClient {
 
     /// Streams the object `name` into `sink`, chunk by chunk as it
     /// arrives. Returns its size.
-    pub(crate) fn get_into(
-        &self,
-        name: &str,
-        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
-    ) -> Result<u64> {
+    fn get_into(&self, name: &str, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
         let path = self.path(name);
         self.rt.block_on(async {
             let r = self
@@ -280,7 +447,7 @@ impl ObjectClient {
 
     /// Writes `bytes` to `name`: over anything there, only if nothing is
     /// there (`Create`), or only over the version given (`Update`).
-    pub(crate) fn put(&self, name: &str, bytes: Bytes, mode: PutMode) -> Result<Written> {
+    fn put(&self, name: &str, bytes: Bytes, mode: PutMode) -> Result<Written> {
         let path = self.path(name);
         self.rt.block_on(async {
             let opts = PutOptions {
@@ -306,7 +473,7 @@ impl ObjectClient {
     /// bytes until it returns an empty buffer; in parts of `part` bytes
     /// (at least 5 MiB, as S3 requires) uploaded a few at a time. A
     /// failure aborts the upload (nothing is left at `name`).
-    pub(crate) fn put_stream(
+    fn put_stream(
         &self,
         name: &str,
         part: usize,
@@ -384,46 +551,8 @@ impl ObjectClient {
         }
     }
 
-    /// Seals `len` bytes of `file` with `key` into the object `name`, as
-    /// they are read (memory bounded by a few parts); returns the sealed
-    /// size.
-    pub(crate) fn seal_upload(
-        &self,
-        name: &str,
-        file: &dyn Storage,
-        len: u64,
-        key: &SealKey,
-        binding: &Binding,
-        part: usize,
-    ) -> Result<u64> {
-        const READ: usize = 4 << 20;
-        let mut sealer = Some(SealWriter::new(Vec::new(), key, binding)?);
-        let mut at = 0u64;
-        let mut buf = vec![0u8; READ];
-        let mut fill = || -> Result<Vec<u8>> {
-            loop {
-                let Some(s) = sealer.as_mut() else {
-                    return Ok(Vec::new());
-                };
-                if at >= len {
-                    let (rest, _) = sealer.take().expect("held").finish()?;
-                    return Ok(rest);
-                }
-                let n = ((len - at) as usize).min(READ);
-                file.read_at(&mut buf[..n], at)?;
-                at += n as u64;
-                s.append(&buf[..n])?;
-                let out = std::mem::take(s.get_mut());
-                if !out.is_empty() {
-                    return Ok(out);
-                }
-            }
-        };
-        self.put_stream(name, part, &mut fill)
-    }
-
     /// Deletes `name` (absent is fine).
-    pub(crate) fn delete(&self, name: &str) -> Result<()> {
+    fn delete(&self, name: &str) -> Result<()> {
         let path = self.path(name);
         self.rt.block_on(async {
             match self.store.delete(&path).await {
@@ -434,7 +563,7 @@ impl ObjectClient {
     }
 
     /// The names (relative to the prefix) of every object under `dir`.
-    pub(crate) fn list(&self, dir: &str) -> Result<Vec<String>> {
+    fn list(&self, dir: &str) -> Result<Vec<String>> {
         let path = self.path(dir);
         let skip = self.prefix.parts().count();
         self.rt.block_on(async {

@@ -14,11 +14,15 @@
 
 mod client;
 mod compact;
+pub(crate) mod dir;
 mod hydrate;
 mod manifest;
 mod shipper;
+#[cfg(feature = "net")]
+mod vault;
 
 pub use client::StoreConfig;
+pub(crate) use client::Written;
 pub use compact::{compact, compact_until, CompactReport, StorePolicy};
 pub use hydrate::{hydrate, read_manifest, HydrateReport};
 pub use manifest::{ChainEntry, Garbage, Manifest, WriterId, MANIFEST_FORMAT};

@@ -14,6 +14,8 @@ mod metrics;
 mod push;
 mod routes;
 mod space;
+#[cfg(feature = "s3")]
+mod vault;
 
 use super::identity::{AllowList, Identity};
 use super::tls::{server_config, TlsFiles};

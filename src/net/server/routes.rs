@@ -49,6 +49,10 @@ pub(super) fn route(
             format!("no such disk or resource: {path}"),
         )
     };
+    #[cfg(feature = "s3")]
+    if path == "/v1/vault" || path.starts_with("/v1/vault/") || path.starts_with("/v1/vault?") {
+        return super::vault::vault(shared, identity, s, &head, rest);
+    }
     match (head.method.as_str(), parts.as_slice()) {
         ("PUT", ["", "v1", "disks", disk, "logs", seq]) => {
             let (Some(id), Ok(seq)) = (parse_disk(disk), seq.parse::<u64>()) else {

@@ -64,6 +64,15 @@ pub(super) fn reclaim_abandoned(shared: &Shared, after: Duration) -> u64 {
     let mut reclaimed = 0;
     let conf = shared.conf();
     for (identity, root) in &conf.roots {
+        #[cfg(feature = "s3")]
+        {
+            let vault = root.join(super::vault::DIR);
+            if vault.is_dir() {
+                if let Ok(v) = crate::store::dir::DirObjects::open(&vault) {
+                    reclaimed += v.reclaim_uploads(after);
+                }
+            }
+        }
         let Ok(dirs) = std::fs::read_dir(root) else {
             continue;
         };
