@@ -354,3 +354,94 @@ fn create_where_a_replica_exists_leaves_it_untouched() {
     assert_eq!(r.points(), points);
     assert_eq!(first_diff(&image(&r, src.g), &src.data), None);
 }
+
+/// A bad stream: what it is, its bytes, the point expected, the error.
+type BadStream<'a> = (&'a str, Vec<u8>, Option<(u64, Digest)>, ErrorKind);
+
+/// A reader that hands out at most `step` bytes a call, as a network does.
+struct Trickle<'a> {
+    b: &'a [u8],
+    step: usize,
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.step).min(self.b.len());
+        buf[..n].copy_from_slice(&self.b[..n]);
+        self.b = &self.b[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_replica_streamed_from_a_full_log_is_exact_and_a_bad_stream_leaves_nothing() {
+    let mut rng = Rng(23);
+    let mut src = Source::new(&mut rng);
+    let full = src.full();
+    let bytes = full.bytes().to_vec();
+    let point = (full.header().sequence, full.trailer().digest);
+    let opts = ReadOptions::default();
+    let empty = |dir: &MemDir| dir.list().unwrap().iter().all(|n| n == "lock");
+
+    // Whole, in odd pieces: the image is the source's, and reopens so.
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
+    let stream = Trickle {
+        b: &bytes,
+        step: 7919,
+    };
+    let r = Replica::create_streamed(dir.clone(), stream, &opts, Some(point), None).unwrap();
+    assert_eq!(first_diff(&image(&r, src.g), &src.data), None);
+    assert_eq!((r.status().applied, r.status().digest), point);
+    drop(r);
+    let r = Replica::open(dir).unwrap();
+    assert_eq!(first_diff(&image(&r, src.g), &src.data), None);
+
+    // Each bad stream is refused and leaves no replica and no image.
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 0x10;
+    let other = (point.0 + 1, point.1);
+    let cases: Vec<BadStream> = vec![
+        (
+            "truncated",
+            bytes[..bytes.len() - 9].to_vec(),
+            None,
+            ErrorKind::Corrupt,
+        ),
+        (
+            "cut in a record",
+            bytes[..bytes.len() / 3].to_vec(),
+            None,
+            ErrorKind::Corrupt,
+        ),
+        ("a flipped bit", flipped, None, ErrorKind::Corrupt),
+        (
+            "bytes after its end",
+            [bytes.clone(), vec![0]].concat(),
+            None,
+            ErrorKind::Corrupt,
+        ),
+        (
+            "another point",
+            bytes.clone(),
+            Some(other),
+            ErrorKind::Mismatch,
+        ),
+    ];
+    for (what, b, expect, kind) in cases {
+        let dir = Arc::new(MemDir::new());
+        let stream = Trickle { b: &b, step: 65536 };
+        let e = Replica::create_streamed(dir.clone(), stream, &opts, expect, None).unwrap_err();
+        assert_eq!(e.kind(), kind, "{what}: {e}");
+        assert!(empty(&dir), "{what} left {:?}", dir.list().unwrap());
+        assert!(Replica::open(dir).is_err(), "{what} made a replica");
+    }
+    // Another disk's log, when the disk is named.
+    let dir = Arc::new(MemDir::new());
+    let other_disk = ReadOptions {
+        disk: Some(DiskId([0xee; 16])),
+        ..ReadOptions::default()
+    };
+    let e = Replica::create_streamed(dir.clone(), &bytes[..], &other_disk, None, None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Mismatch, "{e}");
+    assert!(empty(&dir));
+}

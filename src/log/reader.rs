@@ -167,6 +167,11 @@ impl<R: Read> LogReader<R> {
         self.complete.then_some(&self.counts)
     }
 
+    /// The underlying reader, positioned after what was consumed.
+    pub fn into_inner(self) -> R {
+        self.r
+    }
+
     /// Bytes consumed so far.
     pub fn position(&self) -> u64 {
         self.pos

@@ -32,12 +32,13 @@ use crate::geometry::BlockSet;
 use crate::geometry::{Extent, Geometry};
 use crate::io::{Dir, DirLock, Storage};
 use crate::log::{
-    block_digests, BlockDigests, Digest, LogFile, LogHeader, LogKind, MappedLog, ReadOptions,
-    WriterOptions,
+    block_digests, BlockDigests, Digest, LogFile, LogHeader, LogKind, LogReader, MappedLog,
+    ReadOptions, WriterOptions,
 };
 use parking_lot::{Mutex, RwLock};
 use state::{Phase, State};
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -184,10 +185,76 @@ impl Replica {
         full: &MappedLog,
         chain_digest: Option<Digest>,
     ) -> Result<Self> {
+        Self::create_filled(dir, lock, chain_digest, |image| {
+            Self::fill_image(image, &mut full.reader()?, true)
+        })
+    }
+
+    /// Creates a replica in `dir` from a full log read from `r` as it
+    /// arrives (a download, a pipe), with no copy of the log: each record
+    /// is verified and written to the image as it comes, the trailer
+    /// verified at the end. The replica exists only once the whole log
+    /// verified and stands for `expect` (its sequence and its digest), when
+    /// given; a log truncated, altered or of another point leaves none.
+    /// `chain_digest` is as for [`create_rebased`](Self::create_rebased).
+    pub fn create_streamed(
+        dir: Arc<dyn Dir>,
+        r: impl Read,
+        opts: &ReadOptions,
+        expect: Option<(u64, Digest)>,
+        chain_digest: Option<Digest>,
+    ) -> Result<Self> {
+        let lock = dir.lock()?;
+        let strict = ReadOptions {
+            tail: crate::log::TailPolicy::Refuse,
+            ..opts.clone()
+        };
+        Self::create_filled(dir, lock, chain_digest, |image| {
+            let mut reader = LogReader::new(r, strict)?;
+            let st = Self::fill_image(image, &mut reader, true)?;
+            let mut more = [0u8; 1];
+            let mut rest = reader.into_inner();
+            if rest
+                .read(&mut more)
+                .map_err(|e| Error::io("read the full log", e))?
+                != 0
+            {
+                return Err(
+                    Error::corrupt("bytes after the full log's end").with_sequence(st.applied)
+                );
+            }
+            match expect {
+                Some((seq, digest)) if (st.applied, st.digest) != (seq, digest) => {
+                    Err(Error::mismatch(format!(
+                        "the full log stands for point {} (digest {}), not {seq} (digest {digest})",
+                        st.applied, st.digest
+                    ))
+                    .with_sequence(st.applied))
+                }
+                _ => Ok(st),
+            }
+        })
+    }
+
+    /// Makes the image with `fill`, then the replica of the state it
+    /// returns; a failure removes the image made.
+    fn create_filled(
+        dir: Arc<dyn Dir>,
+        lock: DirLock,
+        chain_digest: Option<Digest>,
+        fill: impl FnOnce(&dyn Storage) -> Result<State>,
+    ) -> Result<Self> {
         refuse_existing(&*dir)?;
         let partial = format!("{IMAGE}.partial");
         let image = dir.create(&partial)?;
-        let mut st = Self::fill_image(&*image, full, true)?;
+        let mut st = match fill(&*image) {
+            Ok(st) => st,
+            Err(e) => {
+                drop(image);
+                let _ = dir.remove(&partial);
+                return Err(e);
+            }
+        };
         if let Some(d) = chain_digest {
             st.digest = d;
             for p in &mut st.points {
@@ -223,7 +290,7 @@ impl Replica {
     ) -> Result<Self> {
         let lock = dir.lock()?;
         refuse_existing(&*dir)?;
-        let st = Self::fill_image(&*image, full, false)?;
+        let st = Self::fill_image(&*image, &mut full.reader()?, false)?;
         // The replica exists once its state does; a crash before leaves none.
         st.store(&*dir)?;
         Ok(Replica::assemble(dir, lock, image, st))
@@ -232,8 +299,12 @@ impl Replica {
     /// Writes the full log's point onto `image` and syncs it; returns the
     /// state recording that point. `fresh`: the image was just created, so
     /// it reads as zeros already.
-    fn fill_image(image: &dyn Storage, full: &MappedLog, fresh: bool) -> Result<State> {
-        let h = full.header();
+    fn fill_image<R: Read>(
+        image: &dyn Storage,
+        log: &mut LogReader<R>,
+        fresh: bool,
+    ) -> Result<State> {
+        let h = log.header().clone();
         if h.kind != LogKind::Full {
             return Err(Error::mismatch(format!(
                 "a replica starts from a full log, not a {:?} log",
@@ -242,16 +313,22 @@ impl Replica {
             .with_sequence(h.sequence));
         }
         image.set_len(h.geometry.size())?;
-        write_log(image, full, fresh)?;
+        write_records(image, h.geometry, log, fresh)?;
+        let digest = log
+            .trailer()
+            .ok_or_else(|| {
+                Error::corrupt("the full log ended before its trailer").with_sequence(h.sequence)
+            })?
+            .digest;
         image.sync()?;
         Ok(State {
             disk_id: h.disk_id,
             epoch: h.epoch,
             geometry: h.geometry,
             applied: h.sequence,
-            digest: full.trailer().digest,
+            digest,
             phase: Phase::Idle,
-            points: vec![point_of(h, full.trailer().digest, 0)],
+            points: vec![point_of(&h, digest, 0)],
         })
     }
 
@@ -841,10 +918,20 @@ fn chunks(e: Extent, block_size: u32) -> impl Iterator<Item = Extent> {
 /// written zeros, or punched holes when large (`fresh`: the image is known
 /// zero there already).
 fn write_log(image: &dyn Storage, log: &MappedLog, fresh: bool) -> Result<()> {
-    let g = log.header().geometry;
+    write_records(image, log.header().geometry, &mut log.reader()?, fresh)
+}
+
+/// Writes the records of a log onto `image` (of geometry `g`), each
+/// verified by the reader before it is written.
+fn write_records<R: Read>(
+    image: &dyn Storage,
+    g: Geometry,
+    log: &mut LogReader<R>,
+    fresh: bool,
+) -> Result<()> {
     let zeros = vec![0u8; CHUNK as usize];
     let mut copy = Vec::new();
-    for rec in log.reader()? {
+    for rec in log {
         let rec = rec?;
         let mut at = 0usize;
         for e in &rec.extents {

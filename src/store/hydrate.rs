@@ -11,7 +11,7 @@ use super::manifest::{ChainEntry, Manifest, MANIFEST_LIMIT};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::DiskId;
 use crate::io::Dir;
-use crate::log::{MappedLog, ReadOptions};
+use crate::log::ReadOptions;
 use crate::replica::{ApplyOutcome, Replica};
 use crate::seal::{Binding, Keyring, ObjectKind, Opener};
 use std::sync::Arc;
@@ -137,33 +137,10 @@ pub(crate) fn hydrate_with(
     let replica = if Replica::exists(&*dir) {
         Replica::open(dir.clone())?
     } else {
-        let staged = "hydrate-base.partial";
-        let file = dir.create(staged)?;
-        let mut at = 0u64;
-        report.bytes += fetch(client, disk, base, ObjectKind::Base, keys, &mut |b| {
-            file.write_at(b, at)?;
-            at += b.len() as u64;
-            Ok(())
-        })?;
-        file.sync()?;
-        drop(file);
-        let r = MappedLog::open_in(&*dir, staged, &opts).and_then(|full| {
-            let h = full.header();
-            if h.sequence != base.sequence || full.trailer().digest != base.own_digest()? {
-                return Err(Error::new(
-                    ErrorKind::Unauthentic,
-                    format!("the base of point {} holds another point", base.sequence),
-                ));
-            }
-            if base.log_digest.is_some() {
-                Replica::create_rebased(dir.clone(), &full, base.digest()?)
-            } else {
-                Replica::create(dir.clone(), &full)
-            }
-        });
-        let _ = dir.remove(staged);
+        let (replica, bytes) = create_from_base(client, keys, disk, dir.clone(), base, &opts)?;
+        report.bytes += bytes;
         report.applied += 1;
-        r?
+        replica
     };
     let st = replica.status();
     let target = logs.last().map_or(base.sequence, |l| l.sequence);
@@ -224,6 +201,103 @@ pub(crate) fn hydrate_with(
     }
     report.sequence = replica.status().applied;
     Ok(report)
+}
+
+/// Makes the replica in `dir` from the base `base` as it downloads: a
+/// thread of its own verifies each record and writes it to the image
+/// while the next arrives (no staged copy of the base); the replica exists
+/// once the whole base verified as the point the manifest names. Returns
+/// it and the sealed bytes read.
+fn create_from_base(
+    client: &ObjectClient,
+    keys: &Keyring,
+    disk: DiskId,
+    dir: Arc<dyn Dir>,
+    base: &ChainEntry,
+    opts: &ReadOptions,
+) -> Result<(Replica, u64)> {
+    let expect = Some((base.sequence, base.own_digest()?));
+    let chain = if base.log_digest.is_some() {
+        Some(base.digest()?)
+    } else {
+        None
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel(8);
+    let opts2 = opts.clone();
+    let maker = std::thread::Builder::new()
+        .name("blockrep-hydrate".into())
+        .spawn(move || Replica::create_streamed(dir, Chunks::new(rx), &opts2, expect, chain))
+        .map_err(|e| Error::io("start the hydrate's writer", e))?;
+    let mut writer_gone = false;
+    let fetched = fetch(client, disk, base, ObjectKind::Base, keys, &mut |b| {
+        tx.send(Ok(b.to_vec())).map_err(|_| {
+            writer_gone = true;
+            Error::new(ErrorKind::Io, "the replica's writer stopped")
+        })
+    });
+    if fetched.is_err() {
+        // The writer must not take what it has for a whole base.
+        let _ = tx.send(Err(()));
+    }
+    // The end of the stream: only now can the writer verify that nothing
+    // follows the base and make the replica.
+    drop(tx);
+    let made = maker
+        .join()
+        .map_err(|_| Error::new(ErrorKind::Misuse, "the hydrate's writer panicked"))?;
+    match (fetched, made) {
+        (Ok(n), Ok(r)) => Ok((r, n)),
+        (Err(e), _) if !writer_gone => Err(e),
+        // Authentic under the base's binding, yet not the point the
+        // manifest names: sealed so by the writer, never to be applied.
+        (_, Err(e)) if e.kind() == ErrorKind::Mismatch => Err(Error::new(
+            ErrorKind::Unauthentic,
+            format!(
+                "the base of point {} holds another point: {e}",
+                base.sequence
+            ),
+        )
+        .with_sequence(base.sequence)),
+        (_, Err(e)) => Err(e.with_sequence(base.sequence)),
+        (Err(e), Ok(_)) => Err(e),
+    }
+}
+
+/// The chunks another thread sends, as a `Read`: `Err` ends it with an
+/// error (the download failed), the sender's end with the end of file.
+struct Chunks {
+    rx: std::sync::mpsc::Receiver<std::result::Result<Vec<u8>, ()>>,
+    cur: Vec<u8>,
+    at: usize,
+}
+
+impl Chunks {
+    fn new(rx: std::sync::mpsc::Receiver<std::result::Result<Vec<u8>, ()>>) -> Self {
+        Chunks {
+            rx,
+            cur: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl std::io::Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(v)) => {
+                    self.cur = v;
+                    self.at = 0;
+                }
+                Ok(Err(())) => return Err(std::io::Error::other("the download failed")),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.at);
+        buf[..n].copy_from_slice(&self.cur[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// Downloads the object of `e` and opens it as it arrives into `sink`;
