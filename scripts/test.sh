@@ -39,6 +39,15 @@ cargo cinstall --version 2>/dev/null | grep -q '^cargo-c 0\.1[0-9]' ||
 # conditional writes; Garage 2.5 has none on PUT, so it could not fence.
 command -v s3s-fs >/dev/null 2>&1 || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ] ||
     cargo install --quiet --locked s3s-fs@0.14.1 --features binary
+# Azure Blob Storage's emulator, Azurite, for the Azure tests
+# (tests/store_azure.rs starts it), from npm with the machine's Node.js.
+if ! command -v azurite-blob >/dev/null 2>&1; then
+    if command -v npm >/dev/null 2>&1; then
+        npm install --global --silent azurite@3.37.0 >/dev/null
+    else
+        echo "note: no npm; the Azure tests are skipped" >&2
+    fi
+fi
 
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings

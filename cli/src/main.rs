@@ -121,8 +121,9 @@ enum Command {
     /// encrypted and authenticated with it).
     #[command(subcommand)]
     Key(KeyCommand),
-    /// An object store holding replicas (s3://, file://, a replica
-    /// server's vault at blockrep://): its points and its retention.
+    /// An object store holding replicas (s3://, az://, file://, a
+    /// replica server's vault at blockrep://): its points and its
+    /// retention.
     #[command(subcommand)]
     Store(StoreCommand),
     /// The replica server of the secondary site (docs/PROTOCOL.md): HTTP
@@ -269,8 +270,9 @@ enum ReplicaCommand {
   blockrep replica hydrate s3://dr-bucket/fleet /srv/replicas/vm1 --disk 5a5a... --seal-key vm1.key
   blockrep replica hydrate s3://dr-bucket/fleet /srv/replicas/vm1 --disk 5a5a... --seal-key vm1.key --follow 30s")]
     Hydrate {
-        /// The store: s3://bucket/prefix, file:///dir or a replica
-        /// server's vault blockrep://host:port/prefix.
+        /// The store: s3://bucket/prefix, az://container/prefix,
+        /// file:///dir or a replica server's vault
+        /// blockrep://host:port/prefix.
         url: String,
         /// The replica directory (created, or brought forward).
         dir: PathBuf,
@@ -522,7 +524,8 @@ enum QemuCommand {
         #[arg(long)]
         spool: PathBuf,
         /// A replica server's https:// URL, or an object store with
-        /// --seal-key: s3://bucket/prefix, file:///dir, or a replica
+        /// --seal-key: s3://bucket/prefix, az://container/prefix (Azure
+        /// Blob Storage), file:///dir, or a replica
         /// server's vault blockrep://host:port/prefix (sealed there, the
         /// server holding no key; reached with --cert, --key and --ca).
         #[arg(long, required_unless_present = "replica", conflicts_with = "replica")]
@@ -573,8 +576,9 @@ enum StoreCommand {
     #[command(after_long_help = "Example:
   blockrep store points s3://dr-bucket/fleet --disk 5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a --seal-key vm1.key")]
     Points {
-        /// The store: s3://bucket/prefix, file:///dir or a replica
-        /// server's vault blockrep://host:port/prefix.
+        /// The store: s3://bucket/prefix, az://container/prefix,
+        /// file:///dir or a replica server's vault
+        /// blockrep://host:port/prefix.
         url: String,
         /// The disk (32 hex digits).
         #[arg(long)]
@@ -591,8 +595,9 @@ enum StoreCommand {
   blockrep store compact s3://dr-bucket/fleet --disk 5a5a... --seal-key vm1.key \\
       --work /var/lib/blockrep/compact/vm1 --keep-last 48 --grace 1h")]
     Compact {
-        /// The store: s3://bucket/prefix, file:///dir or a replica
-        /// server's vault blockrep://host:port/prefix.
+        /// The store: s3://bucket/prefix, az://container/prefix,
+        /// file:///dir or a replica server's vault
+        /// blockrep://host:port/prefix.
         url: String,
         /// The disk (32 hex digits).
         #[arg(long)]
@@ -662,9 +667,19 @@ struct TlsArgs {
 /// Whether `url` names an object store (S3, a directory, a replica
 /// server's vault) rather than a replica server's https:// API.
 fn is_store(url: &str) -> bool {
-    ["s3://", "s3a://", "file://", "blockrep://"]
-        .iter()
-        .any(|s| url.starts_with(s))
+    [
+        "s3://",
+        "s3a://",
+        "az://",
+        "azure://",
+        "abfs://",
+        "abfss://",
+        "adl://",
+        "file://",
+        "blockrep://",
+    ]
+    .iter()
+    .any(|s| url.starts_with(s))
 }
 
 impl TlsArgs {

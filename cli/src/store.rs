@@ -26,7 +26,9 @@ pub struct StoreArgs {
     #[arg(long = "old-seal-key")]
     pub old_seal_keys: Vec<PathBuf>,
     /// A further store option (repeatable): for S3 `aws_endpoint=http://...`,
-    /// `aws_allow_http=true`, ... over the AWS_* environment; for a
+    /// `aws_allow_http=true`, ... over the AWS_* environment; for Azure
+    /// `azure_storage_account_name=`, `azure_storage_account_key=`, ...
+    /// over the AZURE_STORAGE_* environment; for a
     /// replica server's vault (blockrep://host:port/prefix) `tls_cert=`,
     /// `tls_key=`, `tls_ca=` (PEM files) and `server_name=`.
     #[arg(long = "store-option", value_parser = parse_option)]

@@ -41,7 +41,8 @@ pub struct blockrep_store_option {
 #[derive(Debug, Clone, Copy)]
 pub struct blockrep_store_config {
     /// `s3://bucket/prefix` (credentials, region and endpoint from the
-    /// `AWS_*` environment, then from `options`), `file:///directory`, or
+    /// `AWS_*` environment, then from `options`), `az://container/prefix`
+    /// (Azure Blob Storage, `AZURE_STORAGE_*`), `file:///directory`, or
     /// a replica server's vault `blockrep://host:port/prefix` (options
     /// `tls_cert`, `tls_key`, `tls_ca`: PEM files; `server_name`).
     pub url: *const c_char,

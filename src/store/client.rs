@@ -1,7 +1,8 @@
 //! The object store as blockrep's threads use it: blocking calls on a
 //! small tokio runtime of the target's own (nothing global in the host
-//! process), over the `object_store` crate's S3 client with its retries
-//! and backoff, HTTPS through rustls with ring.
+//! process), over the `object_store` crate's S3 and Azure clients with
+//! their retries and backoff, HTTPS through rustls with ring; or a
+//! directory, or a replica server's vault (`store::dir`, `store::vault`).
 
 use super::dir::DirObjects;
 use crate::error::{Error, ErrorKind, Result};
@@ -10,6 +11,7 @@ use crate::seal::{Binding, SealKey, SealWriter};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::azure::MicrosoftAzureBuilder;
 use object_store::client::{HttpClient, HttpConnector};
 use object_store::path::Path;
 use object_store::{
@@ -22,15 +24,19 @@ use std::time::Duration;
 /// How to reach an object store.
 #[derive(Clone)]
 pub struct StoreConfig {
-    /// `s3://bucket/prefix`, `file:///directory`, or (feature `net`) a
-    /// replica server's vault `blockrep://host:port/prefix`. For S3,
-    /// credentials, region and endpoint come from the environment as the
-    /// AWS tools take them (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `s3://bucket/prefix`, `az://container/prefix` (Azure Blob
+    /// Storage), `file:///directory`, or (feature `net`) a replica
+    /// server's vault `blockrep://host:port/prefix`. For S3, credentials,
+    /// region and endpoint come from the environment as the AWS tools take
+    /// them (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
     /// `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT` and
-    /// `AWS_ALLOW_HTTP` for an S3-compatible store), then from `options`.
+    /// `AWS_ALLOW_HTTP` for an S3-compatible store); for Azure from the
+    /// `AZURE_STORAGE_*` variables; then from `options`.
     pub url: String,
-    /// Further options. For S3, `object_store`'s (`aws_endpoint`,
-    /// `aws_region`, `aws_allow_http`, ...), over the environment's; for a
+    /// Further options. For S3 and Azure, `object_store`'s
+    /// (`aws_endpoint`, `aws_region`, `aws_allow_http`,
+    /// `azure_storage_account_name`, `azure_storage_account_key`,
+    /// `azure_storage_endpoint`, ...), over the environment's; for a
     /// vault, `tls_cert`, `tls_key`, `tls_ca` (PEM files, required) and
     /// `server_name` (the URL's host by default).
     pub options: Vec<(String, String)>,
@@ -93,17 +99,18 @@ pub(crate) struct ObjectClient {
     pub(crate) url: String,
 }
 
-/// The stores built in: S3 (and what speaks it), a directory, and a
-/// replica server's vault.
+/// The stores built in: S3 and Azure Blob (and what speaks them), a
+/// directory, and a replica server's vault.
 enum Backend {
-    S3(S3Objects),
+    Cloud(CloudObjects),
     Dir(DirObjects),
     #[cfg(feature = "net")]
     Vault(Box<super::vault::VaultObjects>),
 }
 
-/// A bucket and prefix through `object_store`, on a runtime of its own.
-struct S3Objects {
+/// An S3 bucket or Azure container, and a prefix, through `object_store`,
+/// on a runtime of its own.
+struct CloudObjects {
     store: Arc<dyn ObjectStore>,
     rt: tokio::runtime::Runtime,
     prefix: Path,
@@ -146,7 +153,7 @@ impl HttpConnector for RingConnector {
 
 fn generic(e: &dyn std::fmt::Display) -> object_store::Error {
     object_store::Error::Generic {
-        store: "S3",
+        store: "object store",
         source: e.to_string().into(),
     }
 }
@@ -195,13 +202,16 @@ fn failed(what: &str, path: &Path, e: &object_store::Error) -> Error {
 
 impl ObjectClient {
     /// Connects (lazily: nothing is sent before the first call) to
-    /// `s3://` (or `s3a://`), `file://` or, with the feature `net`, a
+    /// `s3://` (or `s3a://`), Azure Blob Storage (`az://`, `azure://`,
+    /// `abfs[s]://`, `adl://`), `file://` or, with the feature `net`, a
     /// replica server's vault at `blockrep://`.
     pub(crate) fn open(config: &StoreConfig) -> Result<Self> {
         let url = url::Url::parse(&config.url)
             .map_err(|e| Error::invalid(format!("{}: not a URL: {e}", config.url)))?;
         let backend = match url.scheme() {
-            "s3" | "s3a" => Backend::S3(S3Objects::open(config, &url)?),
+            "s3" | "s3a" | "az" | "azure" | "abfs" | "abfss" | "adl" => {
+                Backend::Cloud(CloudObjects::open(config, &url)?)
+            }
             "file" => {
                 let dir = url.to_file_path().map_err(|()| {
                     Error::invalid(format!("{}: not a local directory", config.url))
@@ -214,7 +224,8 @@ impl ObjectClient {
                 return Err(Error::new(
                     ErrorKind::Unsupported,
                     format!(
-                        "{}: the stores built in are s3://, file:// and blockrep:// (with the feature net)",
+                        "{}: the stores built in are s3://, az:// (Azure Blob), file:// and \
+                         blockrep:// (with the feature net)",
                         config.url
                     ),
                 ))
@@ -230,7 +241,7 @@ impl ObjectClient {
     /// most `limit` bytes.
     pub(crate) fn get(&self, name: &str, limit: u64) -> Result<Option<(Bytes, Option<String>)>> {
         match &self.backend {
-            Backend::S3(s) => s.get(name, limit),
+            Backend::Cloud(s) => s.get(name, limit),
             Backend::Dir(d) => Ok(d.get(name, limit)?.map(|(b, v)| (Bytes::from(b), Some(v)))),
             #[cfg(feature = "net")]
             Backend::Vault(v) => v.get(name, limit),
@@ -246,7 +257,7 @@ impl ObjectClient {
     ) -> Result<u64> {
         const CHUNK: usize = 8 << 20;
         match &self.backend {
-            Backend::S3(s) => s.get_into(name, sink),
+            Backend::Cloud(s) => s.get_into(name, sink),
             Backend::Dir(d) => {
                 let mut at = 0u64;
                 loop {
@@ -272,7 +283,7 @@ impl ObjectClient {
     /// there (`Create`), or only over the version given (`Update`).
     pub(crate) fn put(&self, name: &str, bytes: Bytes, mode: PutMode) -> Result<Written> {
         match &self.backend {
-            Backend::S3(s) => s.put(name, bytes, mode),
+            Backend::Cloud(s) => s.put(name, bytes, mode),
             Backend::Dir(d) => d.put(name, &bytes, &mode),
             #[cfg(feature = "net")]
             Backend::Vault(v) => v.put(name, &bytes, &mode),
@@ -289,7 +300,7 @@ impl ObjectClient {
         fill: &mut dyn FnMut() -> Result<Vec<u8>>,
     ) -> Result<u64> {
         match &self.backend {
-            Backend::S3(s) => s.put_stream(name, part, fill),
+            Backend::Cloud(s) => s.put_stream(name, part, fill),
             Backend::Dir(d) => d.put_stream(name, fill),
             #[cfg(feature = "net")]
             Backend::Vault(v) => v.put_stream(name, part, fill),
@@ -337,7 +348,7 @@ impl ObjectClient {
     /// Deletes `name` (absent is fine).
     pub(crate) fn delete(&self, name: &str) -> Result<()> {
         match &self.backend {
-            Backend::S3(s) => s.delete(name),
+            Backend::Cloud(s) => s.delete(name),
             Backend::Dir(d) => d.delete(name),
             #[cfg(feature = "net")]
             Backend::Vault(v) => v.delete(name),
@@ -347,7 +358,7 @@ impl ObjectClient {
     /// The names (relative to the prefix) of every object under `dir`.
     pub(crate) fn list(&self, dir: &str) -> Result<Vec<String>> {
         match &self.backend {
-            Backend::S3(s) => s.list(dir),
+            Backend::Cloud(s) => s.list(dir),
             Backend::Dir(d) => d.list(dir),
             #[cfg(feature = "net")]
             Backend::Vault(v) => v.list(dir),
@@ -355,7 +366,7 @@ impl ObjectClient {
     }
 }
 
-impl S3Objects {
+impl CloudObjects {
     /// The client of `url` (nothing is sent before the first call).
     fn open(config: &StoreConfig, url: &url::Url) -> Result<Self> {
         let retry = RetryConfig {
@@ -363,34 +374,46 @@ impl S3Objects {
             retry_timeout: config.timeout * (config.retries as u32 + 1),
             ..RetryConfig::default()
         };
-        let mut b = AmazonS3Builder::from_env()
-            .with_url(config.url.as_str())
-            .with_retry(retry)
-            .with_conditional_put(S3ConditionalPut::ETagMatch)
-            .with_http_connector(RingConnector {
-                timeout: config.timeout,
-                roots: Arc::new(roots(config.extra_ca.as_deref())?),
-            });
-        for (k, v) in &config.options {
-            let key = k
-                .parse()
-                .map_err(|e| Error::invalid(format!("store option {k}: {e}")))?;
-            b = b.with_config(key, v);
-        }
-        let store = b
-            .build()
-            .map_err(|e| Error::invalid(format!("{}: {e}", config.url)))?;
+        let connector = RingConnector {
+            timeout: config.timeout,
+            roots: Arc::new(roots(config.extra_ca.as_deref())?),
+        };
+        let option = |k: &String| Error::invalid(format!("store option {k}: unknown"));
+        let store: Arc<dyn ObjectStore> = if url.scheme().starts_with("s3") {
+            let mut b = AmazonS3Builder::from_env()
+                .with_url(config.url.as_str())
+                .with_retry(retry)
+                .with_conditional_put(S3ConditionalPut::ETagMatch)
+                .with_http_connector(connector);
+            for (k, v) in &config.options {
+                b = b.with_config(k.parse().map_err(|_| option(k))?, v);
+            }
+            Arc::new(
+                b.build()
+                    .map_err(|e| Error::invalid(format!("{}: {e}", config.url)))?,
+            )
+        } else {
+            // Azure Blob Storage (and what speaks it: Azurite): conditional
+            // writes are native there.
+            let mut b = MicrosoftAzureBuilder::from_env()
+                .with_url(config.url.as_str())
+                .with_retry(retry)
+                .with_http_connector(connector);
+            for (k, v) in &config.options {
+                b = b.with_config(k.parse().map_err(|_| option(k))?, v);
+            }
+            Arc::new(
+                b.build()
+                    .map_err(|e| Error::invalid(format!("{}: {e}", config.url)))?,
+            )
+        };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name("blockrep-store")
             .build()
             .map_err(|e| Error::io("start the object store's runtime", e))?;
         let prefix = Path::from(url.path().trim_matches('/'));
-        Ok(S3Objects {
-            store: Arc::new(store),
-            rt,
-            prefix,
-        })
+        Ok(CloudObjects { store, rt, prefix })
     }
 
     /// The full path of `name` under the prefix.
