@@ -15,22 +15,17 @@ mod flow;
 mod net_common;
 
 use azurite::{Azurite, CONTAINER};
-use blockrep::store::{compact, StoreConfig, StorePolicy};
-use flow::{hydrated, keys, snapshot, work_dir, ID};
-use net_common::proxy::{Faults, Proxy};
-use std::time::Duration;
+use blockrep::store::StoreConfig;
+use flow::{hydrated, keys, snapshot};
 
 fn config(a: &Azurite, endpoint: std::net::SocketAddr, prefix: &str) -> StoreConfig {
-    let mut c = StoreConfig::new(format!("az://{CONTAINER}/{prefix}"));
-    c.options = a.options();
-    for (k, v) in &mut c.options {
+    let mut options = a.options();
+    for (k, v) in &mut options {
         if k == "azure_storage_endpoint" {
             *v = format!("http://{endpoint}/{}", azurite::ACCOUNT);
         }
     }
-    c.timeout = Duration::from_secs(5);
-    c.retries = 2;
-    c
+    flow::test_config(format!("az://{CONTAINER}/{prefix}"), options)
 }
 
 #[test]
@@ -39,18 +34,7 @@ fn cycles_ship_sealed_to_azure_through_cuts_and_every_point_hydrates_exactly() {
     let Some(a) = Azurite::start(&t.path().join("azurite")) else {
         return;
     };
-    let proxy = Proxy::start(
-        a.addr,
-        Faults {
-            cut_within: Some(7 << 20),
-            drop_answer_percent: 30,
-            stall_per_mille: 2,
-            stall: Duration::from_millis(300),
-            refuse_percent: 15,
-            ..Faults::NONE
-        },
-        13,
-    );
+    let proxy = flow::faulty_http_proxy(a.addr, 13);
     let direct = config(&a, a.addr, "fleet");
     let states = flow::cycles_through_faults(
         &direct,
@@ -60,30 +44,8 @@ fn cycles_ship_sealed_to_azure_through_cuts_and_every_point_hydrates_exactly() {
         t.path(),
     );
     // Retention there: points 1 and 2 fold into a base at 3, their blobs
-    // deleted; the rest stay exact.
-    let policy = StorePolicy {
-        keep_last: 3,
-        grace: Duration::ZERO,
-    };
-    let r = compact(&direct, &keys(), ID, work_dir(&t.path().join("w")), policy).unwrap();
-    assert_eq!(
-        (r.base, r.dropped.clone(), r.deleted),
-        (Some(3), vec![1, 2], 3),
-        "{r:?}"
-    );
-    for (i, want) in states.iter().enumerate().skip(2) {
-        let point = i as u64 + 1;
-        let got = hydrated(
-            &direct,
-            &keys(),
-            &t.path().join(format!("k{point}")),
-            Some(point),
-        );
-        assert!(
-            got.unwrap() == *want,
-            "point {point} after compaction differs"
-        );
-    }
+    // deleted.
+    flow::compaction_keeps_the_newest_three(&direct, &states, t.path());
 }
 
 #[test]

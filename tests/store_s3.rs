@@ -26,7 +26,6 @@ use flow::{
     hydrated, keys, pipeline, scribble, shipper_config, snapshot, wait_shipped, work_dir, Primary,
     ID, SIZE,
 };
-use net_common::proxy::{Faults, Proxy};
 use s3::S3;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -34,19 +33,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn store_config(addr: SocketAddr) -> StoreConfig {
-    let mut c = StoreConfig::new("s3://brtest/fleet");
-    for (k, v) in [
+    let options = [
         ("aws_endpoint", format!("http://{addr}")),
         ("aws_allow_http", "true".into()),
         ("aws_access_key_id", "AKTEST".into()),
         ("aws_secret_access_key", "SKTEST".into()),
         ("aws_region", "us-east-1".into()),
-    ] {
-        c.options.push((k.into(), v));
-    }
-    c.timeout = Duration::from_secs(5);
-    c.retries = 2;
-    c
+    ];
+    flow::test_config(
+        "s3://brtest/fleet".into(),
+        options.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+    )
 }
 
 /// Every object file the server holds (its own metadata aside).
@@ -63,18 +60,7 @@ fn cycles_ship_sealed_through_cuts_and_every_point_hydrates_exactly() {
     // Through a proxy that cuts uploads at random offsets, drops answers,
     // stalls, and answers "503 Slow Down": the shipper retries, resumes
     // from the manifest; hydrates go through it too.
-    let proxy = Proxy::start(
-        s3.addr,
-        Faults {
-            cut_within: Some(7 << 20),
-            drop_answer_percent: 30,
-            stall_per_mille: 2,
-            stall: Duration::from_millis(300),
-            refuse_percent: 15,
-            ..Faults::NONE
-        },
-        7,
-    );
+    let proxy = flow::faulty_http_proxy(s3.addr, 7);
     flow::cycles_through_faults(
         &store_config(s3.addr),
         &store_config(proxy.addr),

@@ -14,9 +14,9 @@ mod flow;
 mod net_common;
 
 use blockrep::net::{PrimaryConfig, ServerConfig};
-use blockrep::store::{compact, read_manifest, StoreConfig, StorePolicy};
+use blockrep::store::{read_manifest, StoreConfig};
 use blockrep::ErrorKind;
-use flow::{assert_no_marker, keys, snapshot, work_dir, ID};
+use flow::{assert_no_marker, keys, snapshot, ID};
 use net_common::proxy::{Faults, Proxy};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,18 +25,16 @@ use std::time::Duration;
 /// The vault of the primary with the certificate `d/stem.crt` on the
 /// server at `addr`, under `prefix`.
 fn vault(d: &Path, addr: SocketAddr, stem: &str, prefix: &str) -> StoreConfig {
-    let mut c = StoreConfig::new(format!("blockrep://{addr}/{prefix}"));
-    for (k, v) in [
+    let mut options: Vec<(String, String)> = [
         ("tls_cert", d.join(format!("{stem}.crt"))),
         ("tls_key", d.join(format!("{stem}.key"))),
         ("tls_ca", d.join("ca.crt")),
-    ] {
-        c.options.push((k.into(), v.display().to_string()));
-    }
-    c.options.push(("server_name".into(), "localhost".into()));
-    c.timeout = Duration::from_secs(5);
-    c.retries = 2;
-    c
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.display().to_string()))
+    .collect();
+    options.push(("server_name".into(), "localhost".into()));
+    flow::test_config(format!("blockrep://{addr}/{prefix}"), options)
 }
 
 /// The server of `net_common::site`, with a second primary
@@ -92,23 +90,8 @@ fn a_primary_ships_sealed_to_the_vault_through_cuts_and_every_point_hydrates_exa
     }
 
     // Retention through the vault: points 1 and 2 fold into a base at 3
-    // and their objects are deleted on the server; the rest stay exact.
-    let policy = StorePolicy {
-        keep_last: 3,
-        grace: Duration::ZERO,
-    };
-    let r = compact(&direct, &keys(), ID, work_dir(&d.join("compact")), policy).unwrap();
-    assert_eq!(
-        (r.base, r.dropped.clone(), r.deleted),
-        (Some(3), vec![1, 2], 3),
-        "{r:?}"
-    );
-    for (i, want) in states.iter().enumerate().skip(2) {
-        let point = i as u64 + 1;
-        let got = hydrated(&direct, &d.join(format!("kept{point}")), Some(point)).unwrap();
-        assert!(got == *want, "point {point} after compaction differs");
-    }
-    assert!(hydrated(&direct, &d.join("gone"), Some(2)).is_err());
+    // and their objects are deleted on the server.
+    flow::compaction_keeps_the_newest_three(&direct, &states, d);
 
     // The server's disk holds no plain block (the compacted base too):
     // nothing under its root (vault, uploads, anything) carries the marker.

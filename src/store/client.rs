@@ -378,35 +378,27 @@ impl CloudObjects {
             timeout: config.timeout,
             roots: Arc::new(roots(config.extra_ca.as_deref())?),
         };
-        let option = |k: &String| Error::invalid(format!("store option {k}: unknown"));
-        let store: Arc<dyn ObjectStore> = if url.scheme().starts_with("s3") {
-            let mut b = AmazonS3Builder::from_env()
+        let built = if url.scheme().starts_with("s3") {
+            let b = AmazonS3Builder::from_env()
                 .with_url(config.url.as_str())
                 .with_retry(retry)
                 .with_conditional_put(S3ConditionalPut::ETagMatch)
                 .with_http_connector(connector);
-            for (k, v) in &config.options {
-                b = b.with_config(k.parse().map_err(|_| option(k))?, v);
-            }
-            Arc::new(
-                b.build()
-                    .map_err(|e| Error::invalid(format!("{}: {e}", config.url)))?,
-            )
+            configured(b, config, |b, k, v| b.with_config(k, v))?
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
         } else {
             // Azure Blob Storage (and what speaks it: Azurite): conditional
             // writes are native there.
-            let mut b = MicrosoftAzureBuilder::from_env()
+            let b = MicrosoftAzureBuilder::from_env()
                 .with_url(config.url.as_str())
                 .with_retry(retry)
                 .with_http_connector(connector);
-            for (k, v) in &config.options {
-                b = b.with_config(k.parse().map_err(|_| option(k))?, v);
-            }
-            Arc::new(
-                b.build()
-                    .map_err(|e| Error::invalid(format!("{}: {e}", config.url)))?,
-            )
+            configured(b, config, |b, k, v| b.with_config(k, v))?
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
         };
+        let store = built.map_err(|e| Error::invalid(format!("{}: {e}", config.url)))?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name("blockrep-store")
@@ -605,6 +597,22 @@ impl CloudObjects {
             Ok(out)
         })
     }
+}
+
+/// `b` with the options of `config`, each key parsed as the builder's
+/// own (so a misspelt option is refused, not ignored).
+fn configured<B, K: std::str::FromStr>(
+    mut b: B,
+    config: &StoreConfig,
+    with: impl Fn(B, K, &str) -> B,
+) -> Result<B> {
+    for (k, v) in &config.options {
+        let key = k
+            .parse()
+            .map_err(|_| Error::invalid(format!("store option {k}: unknown")))?;
+        b = with(b, key, v);
+    }
+    Ok(b)
 }
 
 /// An `Update` mode for the version read.

@@ -3,11 +3,14 @@
 //! test container made by a real Shared Key request.
 #![allow(dead_code)]
 
+#[path = "spawn.rs"]
+mod spawn;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Child, Command};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The emulator's account and its published key.
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -47,30 +50,18 @@ impl Azurite {
             return None;
         }
         std::fs::create_dir_all(root).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("azurite-blob")
-            .args([
+        let (child, addr) = spawn::spawn_listening("azurite", |port| {
+            let mut c = Command::new("azurite-blob");
+            c.args([
                 "--silent",
                 "--skipApiVersionCheck",
                 "--blobHost",
                 "127.0.0.1",
             ])
             .args(["--blobPort", &port.to_string(), "--location"])
-            .arg(root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "azurite did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            .arg(root);
+            c
+        });
         let a = Azurite {
             child,
             addr,
@@ -189,7 +180,7 @@ fn base64_decode(s: &str) -> Vec<u8> {
 #[test]
 fn the_date_and_base64_are_right() {
     assert_eq!(
-        http_date(UNIX_EPOCH + Duration::from_secs(1_796_088_600)),
+        http_date(UNIX_EPOCH + std::time::Duration::from_secs(1_796_088_600)),
         "Tue, 01 Dec 2026 01:30:00 GMT"
     );
     assert_eq!(

@@ -307,3 +307,64 @@ pub fn two_writers_racing_one_wins(config: &StoreConfig, scratch: &Path) {
     assert_eq!((m.writer.clone(), m.points()), (winner.hex(), vec![1, 2]));
     assert!(hydrated(config, &keys(), &scratch.join("race"), None).unwrap() == states[1]);
 }
+
+/// A store at `url` with `options`, and the short timeout and few retries
+/// a test wants.
+pub fn test_config(url: String, options: Vec<(String, String)>) -> StoreConfig {
+    let mut c = StoreConfig::new(url);
+    c.options = options;
+    c.timeout = Duration::from_secs(5);
+    c.retries = 2;
+    c
+}
+
+/// Compaction of the five points of [`cycles_through_faults`] keeping the
+/// newest three: 1 and 2 fold into a base at 3 (the first base and logs 2
+/// and 3 deleted at once, no grace); the kept points still hydrate
+/// exactly, point 2 no more.
+pub fn compaction_keeps_the_newest_three(config: &StoreConfig, states: &[Vec<u8>], scratch: &Path) {
+    let policy = blockrep::store::StorePolicy {
+        keep_last: 3,
+        grace: Duration::ZERO,
+    };
+    let work = work_dir(&scratch.join("compact"));
+    let r = blockrep::store::compact(config, &keys(), ID, work, policy).unwrap();
+    assert_eq!(
+        (r.base, r.dropped.clone(), r.deleted),
+        (Some(3), vec![1, 2], 3),
+        "{r:?}"
+    );
+    for (i, want) in states.iter().enumerate().skip(2) {
+        let point = i as u64 + 1;
+        let got = hydrated(
+            config,
+            &keys(),
+            &scratch.join(format!("kept{point}")),
+            Some(point),
+        );
+        assert!(
+            got.unwrap() == *want,
+            "point {point} after compaction differs"
+        );
+    }
+    assert!(hydrated(config, &keys(), &scratch.join("gone"), Some(2)).is_err());
+}
+
+/// A proxy in front of an HTTP store that cuts uploads at random offsets,
+/// drops answers, stalls, and answers "503 Slow Down" (as an overloaded
+/// store does): the shipper must retry and resume from the manifest.
+pub fn faulty_http_proxy(store: std::net::SocketAddr, seed: u64) -> Proxy {
+    use super::net_common::proxy::Faults;
+    Proxy::start(
+        store,
+        Faults {
+            cut_within: Some(7 << 20),
+            drop_answer_percent: 30,
+            stall_per_mille: 2,
+            stall: Duration::from_millis(300),
+            refuse_percent: 15,
+            ..Faults::NONE
+        },
+        seed,
+    )
+}
