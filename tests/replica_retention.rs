@@ -18,12 +18,12 @@ fn check_points(r: &Replica, states: &BTreeMap<u64, Vec<u8>>, what: &str) {
         let mut got = vec![0u8; want.len()];
         v.read_at(&mut got, 0).unwrap();
         assert_eq!(first_diff(&got, want), None, "{what}: point {}", p.sequence);
-        // An unaligned piece, across blocks.
-        let mut piece = vec![0u8; 5000];
+        // An unaligned piece: a block's end, whole blocks, a block's start.
+        let mut piece = vec![0u8; 10_000];
         v.read_at(&mut piece, 3000).unwrap();
         assert_eq!(
             &piece[..],
-            &want[3000..8000],
+            &want[3000..13_000],
             "{what}: piece of point {}",
             p.sequence
         );

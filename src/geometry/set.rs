@@ -214,6 +214,52 @@ impl BlockSet {
     pub(crate) fn words(&self) -> &[Word] {
         &self.words
     }
+
+    /// An index over the set's words for [`BucketIndex::contains`]: a
+    /// membership test in constant expected time, where
+    /// [`contains`](Self::contains) searches the words.
+    pub(crate) fn bucket_index(&self) -> BucketIndex {
+        // About one bucket per word: a lookup scans a word or two.
+        let universe_words = self.universe.div_ceil(64).max(1);
+        let n = (self.words.len() as u64).max(1);
+        let mut shift = 0;
+        while (universe_words >> shift) > n.next_power_of_two() {
+            shift += 1;
+        }
+        let buckets = (universe_words >> shift) + 2;
+        let mut starts = Vec::with_capacity(buckets as usize);
+        let mut j = 0;
+        for b in 0..buckets {
+            while j < self.words.len() && self.words[j].0 >> shift < b {
+                j += 1;
+            }
+            starts.push(j as u32);
+        }
+        BucketIndex { shift, starts }
+    }
+}
+
+/// Where each bucket of words starts in a [`BlockSet`]'s words (built by
+/// [`BlockSet::bucket_index`]).
+#[derive(Debug, Clone)]
+pub(crate) struct BucketIndex {
+    shift: u32,
+    starts: Vec<u32>,
+}
+
+impl BucketIndex {
+    /// Whether `set` (the set this index was built from) holds `block`.
+    pub(crate) fn contains(&self, set: &BlockSet, block: u64) -> bool {
+        let w = block >> 6;
+        let b = (w >> self.shift) as usize;
+        let (Some(&lo), Some(&hi)) = (self.starts.get(b), self.starts.get(b + 1)) else {
+            return false;
+        };
+        set.words[lo as usize..hi as usize]
+            .iter()
+            .find(|&&(x, _)| x == w)
+            .is_some_and(|&(_, v)| v & (1 << (block & 63)) != 0)
+    }
 }
 
 /// Iterator over the maximal runs of a [`BlockSet`].
@@ -266,6 +312,39 @@ mod tests {
 
     fn ext(s: &BlockSet) -> Vec<(u64, u64)> {
         s.extents().map(|e| (e.start, e.count)).collect()
+    }
+
+    #[test]
+    fn the_bucket_index_agrees_with_contains() {
+        for (universe, step) in [
+            (1u64, 1u64),
+            (100, 3),
+            (1 << 20, 977),
+            (1 << 20, 1),
+            (5000, 4999),
+        ] {
+            let set = BlockSet::from_extents(
+                universe,
+                (0..universe)
+                    .step_by(step as usize)
+                    .map(|b| Extent::new(b, 1)),
+            )
+            .unwrap();
+            let idx = set.bucket_index();
+            for b in (0..universe)
+                .step_by(((universe / 5000) as usize).max(1))
+                .chain([universe - 1])
+            {
+                assert_eq!(
+                    idx.contains(&set, b),
+                    set.contains(b),
+                    "{universe} {step} {b}"
+                );
+            }
+            assert!(!idx.contains(&set, universe + 64 * 1000));
+        }
+        let empty = BlockSet::new(1000);
+        assert!(!empty.bucket_index().contains(&empty, 5));
     }
 
     #[test]

@@ -3,9 +3,10 @@
 use super::format::{
     corrupt_at, decode_extents, LogExtent, RecordHead, Trailer, COPY_LEN, EXTENT_LEN, RECORD_FIXED,
 };
-use super::reader::{decode_payload, LogReader, ReadOptions, TailPolicy};
+use super::reader::{decode_payload_slice, LogReader, ReadOptions, TailPolicy};
 use super::LogHeader;
 use crate::error::{Error, Result};
+use crate::geometry::set::BucketIndex;
 use crate::geometry::BlockSet;
 use crate::io::Dir;
 use crate::le::get_u64;
@@ -50,7 +51,11 @@ pub struct MappedLog {
     trailer: Trailer,
     /// The blocks the log holds, built on first lookup, so a block it does
     /// not hold is answered without decoding any record.
-    present: std::sync::OnceLock<BlockSet>,
+    present: std::sync::OnceLock<(BlockSet, BucketIndex)>,
+    /// The record `read_block` decoded last (its offset and raw bytes), so
+    /// reads of neighbouring blocks (a guest booting from a view reads
+    /// mostly in order) decode it once.
+    last: parking_lot::Mutex<Option<(u64, Bytes)>>,
 }
 
 impl std::fmt::Debug for MappedLog {
@@ -123,6 +128,7 @@ impl MappedLog {
             header,
             trailer,
             present: std::sync::OnceLock::new(),
+            last: parking_lot::Mutex::new(None),
         })
     }
 
@@ -160,6 +166,7 @@ impl MappedLog {
             header: summary.header.clone(),
             trailer: summary.trailer.clone(),
             present: std::sync::OnceLock::new(),
+            last: parking_lot::Mutex::new(None),
         })
     }
 
@@ -190,6 +197,12 @@ impl MappedLog {
 
     /// The set of blocks the log holds (built once, from the record headers).
     pub fn present(&self) -> Result<&BlockSet> {
+        Ok(&self.present_indexed()?.0)
+    }
+
+    /// [`present`](Self::present) with an index for lookups in constant
+    /// time (a view asks every newer undo log for each block it reads).
+    fn present_indexed(&self) -> Result<&(BlockSet, BucketIndex)> {
         if let Some(p) = self.present.get() {
             return Ok(p);
         }
@@ -198,7 +211,8 @@ impl MappedLog {
             g.block_count(),
             self.extents()?.into_iter().map(|e| e.extent),
         )?;
-        Ok(self.present.get_or_init(|| set))
+        let index = set.bucket_index();
+        Ok(self.present.get_or_init(|| (set, index)))
     }
 
     /// Every extent of the log, in order, read from the record headers
@@ -228,7 +242,8 @@ impl MappedLog {
                 buf.len()
             )));
         }
-        if !self.present()?.contains(block) {
+        let (set, index) = self.present_indexed()?;
+        if !index.contains(set, block) {
             return Ok(BlockLookup::Absent);
         }
         let i = self
@@ -251,9 +266,7 @@ impl MappedLog {
                     buf.fill(0);
                     return Ok(BlockLookup::Zero);
                 }
-                let payload_at = table_at + table.len() as u64;
-                let payload = self.slice(payload_at, head.stored as u64)?.to_vec();
-                let raw = decode_payload(&head, payload, payload_at)?;
+                let raw = self.raw_record(off, &head, table_at + table.len() as u64)?;
                 let at = data_at as usize;
                 if e.copy {
                     // Checked when the log was opened: the source is data
@@ -268,6 +281,20 @@ impl MappedLog {
             data_at += e.payload_len(g);
         }
         Ok(BlockLookup::Absent)
+    }
+
+    /// The raw bytes of the record at `off` (its payload at `payload_at`),
+    /// decoded and checked, or as decoded last time.
+    fn raw_record(&self, off: u64, head: &RecordHead, payload_at: u64) -> Result<Bytes> {
+        if let Some((at, raw)) = &*self.last.lock() {
+            if *at == off {
+                return Ok(raw.clone());
+            }
+        }
+        let payload = self.slice(payload_at, head.stored as u64)?;
+        let raw = decode_payload_slice(head, payload, payload_at)?;
+        *self.last.lock() = Some((off, raw.clone()));
+        Ok(raw)
     }
 
     fn slice(&self, off: u64, len: u64) -> Result<&[u8]> {

@@ -382,19 +382,34 @@ pub(crate) fn decode_payload(head: &RecordHead, payload: Vec<u8>, at: u64) -> Re
     let raw = match head.codec {
         Codec::Zero => return Ok(Bytes::new()),
         Codec::Raw => payload,
-        Codec::Lz4 => {
-            let mut raw = vec![0u8; head.raw];
-            match lz4_flex::block::decompress_into(&payload, &mut raw) {
-                Ok(n) if n == head.raw => raw,
-                _ => {
-                    return Err(corrupt_at(
-                        at,
-                        "LZ4 payload does not decompress to its raw length",
-                    ))
-                }
-            }
-        }
+        Codec::Lz4 => decompress(head, &payload, at)?,
     };
+    check_raw(head, raw, at)
+}
+
+/// [`decode_payload`] of a payload borrowed (from a mapped log): a
+/// compressed one is decompressed straight from it, with no copy first.
+pub(crate) fn decode_payload_slice(head: &RecordHead, payload: &[u8], at: u64) -> Result<Bytes> {
+    let raw = match head.codec {
+        Codec::Zero => return Ok(Bytes::new()),
+        Codec::Raw => payload.to_vec(),
+        Codec::Lz4 => decompress(head, payload, at)?,
+    };
+    check_raw(head, raw, at)
+}
+
+fn decompress(head: &RecordHead, payload: &[u8], at: u64) -> Result<Vec<u8>> {
+    let mut raw = vec![0u8; head.raw];
+    match lz4_flex::block::decompress_into(payload, &mut raw) {
+        Ok(n) if n == head.raw => Ok(raw),
+        _ => Err(corrupt_at(
+            at,
+            "LZ4 payload does not decompress to its raw length",
+        )),
+    }
+}
+
+fn check_raw(head: &RecordHead, raw: Vec<u8>, at: u64) -> Result<Bytes> {
     if crc32fast::hash(&raw) != head.raw_crc {
         return Err(corrupt_at(at, "raw data checksum mismatch"));
     }

@@ -24,9 +24,13 @@ pub struct WriterOptions {
 }
 
 impl Default for WriterOptions {
+    /// Records of 1 MiB, the most the format allows: fewer starts with an
+    /// empty LZ4 window (the full log of the bench image: 1.006x the size
+    /// of `lz4 -1` at 1 MiB, 1.051x at 256 KiB); compression threads as
+    /// many as cores.
     fn default() -> Self {
         WriterOptions {
-            record_bytes: 256 << 10,
+            record_bytes: 1 << 20,
             threads: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         }
     }

@@ -68,15 +68,25 @@ impl Replica {
             return Ok(());
         }
         let undo = self.s.undo.read();
-        let logs: Vec<_> = undo.range(sequence + 1..).map(|(_, l)| l).collect();
-        let mut block = vec![0u8; g.block_size() as usize];
+        // A block the read covers whole is read straight into `buf`; only
+        // the partial ones at its ends go through a block buffer.
+        let mut block = Vec::new();
         let (first, last) = (offset >> g.block_shift(), (end - 1) >> g.block_shift());
         for b in first..=last {
             let boff = g.block_offset(b);
             let blen = g.block_len(b) as usize;
-            let data = &mut block[..blen];
+            let from = offset.max(boff);
+            let to = end.min(boff + blen as u64);
+            let dst = (from - offset) as usize..(to - offset) as usize;
+            let whole = dst.len() == blen;
+            let data = if whole {
+                &mut buf[dst.clone()]
+            } else {
+                block.resize(blen, 0);
+                &mut block[..]
+            };
             let mut found = false;
-            for l in &logs {
+            for (_, l) in undo.range(sequence + 1..) {
                 if l.read_block(b, data)? != BlockLookup::Absent {
                     found = true;
                     break;
@@ -85,10 +95,9 @@ impl Replica {
             if !found {
                 self.s.image.read_at(data, boff)?;
             }
-            let from = offset.max(boff);
-            let to = end.min(boff + blen as u64);
-            buf[(from - offset) as usize..(to - offset) as usize]
-                .copy_from_slice(&data[(from - boff) as usize..(to - boff) as usize]);
+            if !whole {
+                buf[dst].copy_from_slice(&block[(from - boff) as usize..(to - boff) as usize]);
+            }
         }
         Ok(())
     }
