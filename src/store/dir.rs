@@ -125,13 +125,9 @@ impl DirObjects {
     /// most `limit` bytes.
     pub(crate) fn get(&self, name: &str, limit: u64) -> Result<Option<(Vec<u8>, String)>> {
         let path = self.file(name)?;
-        let Some(mut f) = open_existing(&path)? else {
+        let Some((mut f, len)) = open_existing(&path)? else {
             return Ok(None);
         };
-        let len = f
-            .metadata()
-            .map_err(|e| Error::io("read", e).with_path(&path))?
-            .len();
         if len > limit {
             return Err(Error::new(
                 ErrorKind::Corrupt,
@@ -154,13 +150,9 @@ impl DirObjects {
         len: usize,
     ) -> Result<Option<(Vec<u8>, u64)>> {
         let path = self.file(name)?;
-        let Some(mut f) = open_existing(&path)? else {
+        let Some((mut f, size)) = open_existing(&path)? else {
             return Ok(None);
         };
-        let size = f
-            .metadata()
-            .map_err(|e| Error::io("read", e).with_path(&path))?
-            .len();
         let n = usize::try_from(size.saturating_sub(offset))
             .unwrap_or(usize::MAX)
             .min(len);
@@ -208,10 +200,7 @@ impl DirObjects {
             OpenOptions::new().append(true).open(&path)
         }
         .map_err(|e| Error::io("open the upload", e).with_path(&path))?;
-        let have = f
-            .metadata()
-            .map_err(|e| Error::io("open the upload", e).with_path(&path))?
-            .len();
+        let have = size_of(&f, &path)?;
         if have != offset {
             return Err(Error::new(
                 ErrorKind::OutOfRange,
@@ -229,10 +218,7 @@ impl DirObjects {
     pub(crate) fn commit(&self, name: &str, total: u64) -> Result<()> {
         let path = self.upload_path(name)?;
         let f = File::open(&path).map_err(|e| Error::io("open the upload", e).with_path(&path))?;
-        let have = f
-            .metadata()
-            .map_err(|e| Error::io("open the upload", e).with_path(&path))?
-            .len();
+        let have = size_of(&f, &path)?;
         if have != total {
             return Err(Error::new(
                 ErrorKind::OutOfRange,
@@ -360,12 +346,22 @@ impl DirObjects {
     }
 }
 
-fn open_existing(path: &Path) -> Result<Option<File>> {
+/// The file at `path` open for reading, and its size; `None` if absent.
+fn open_existing(path: &Path) -> Result<Option<(File, u64)>> {
     match File::open(path) {
-        Ok(f) => Ok(Some(f)),
+        Ok(f) => {
+            let size = size_of(&f, path)?;
+            Ok(Some((f, size)))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("open", e).with_path(path)),
     }
+}
+
+fn size_of(f: &File, path: &Path) -> Result<u64> {
+    Ok(f.metadata()
+        .map_err(|e| Error::io("read the size", e).with_path(path))?
+        .len())
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
