@@ -40,13 +40,18 @@ cargo cinstall --version 2>/dev/null | grep -q '^cargo-c 0\.1[0-9]' ||
 command -v s3s-fs >/dev/null 2>&1 || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ] ||
     cargo install --quiet --locked s3s-fs@0.14.1 --features binary
 # Azure Blob Storage's emulator, Azurite, for the Azure tests
-# (tests/store_azure.rs starts it), from npm with the machine's Node.js.
+# (tests/store_azure.rs starts it), from npm with the machine's Node.js,
+# into a prefix of the user's own (no root needed).
 if ! command -v azurite-blob >/dev/null 2>&1; then
-    if command -v npm >/dev/null 2>&1; then
-        npm install --global --silent azurite@3.37.0 >/dev/null
-    else
-        echo "note: no npm; the Azure tests are skipped" >&2
+    npm_prefix="${XDG_CACHE_HOME:-$HOME/.cache}/blockrep-npm"
+    if [ ! -x "$npm_prefix/bin/azurite-blob" ]; then
+        if command -v npm >/dev/null 2>&1; then
+            npm install --global --silent --prefix "$npm_prefix" azurite@3.37.0 >/dev/null
+        else
+            echo "note: no npm; the Azure tests are skipped" >&2
+        fi
     fi
+    export PATH="$npm_prefix/bin:$PATH"
 fi
 
 cargo fmt --check
