@@ -5,7 +5,7 @@
 mod common;
 
 use blockrep::io::{Dir, Fault, FaultPlan, MemDir, MemStorage, Storage};
-use blockrep::log::{Digest, LogKind, MappedLog, ReadOptions, WriterOptions};
+use blockrep::log::{Digest, LogHeader, LogKind, LogWriter, MappedLog, ReadOptions, WriterOptions};
 use blockrep::replica::{ApplyOutcome, Replica};
 use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool, TransferOptions};
 use blockrep::tracker::PersistentTracker;
@@ -439,4 +439,253 @@ fn initial_sync_reports_progress_and_pays_its_limits() {
             total: g.size()
         })
     );
+}
+
+/// A disk with every kind of block a full log distinguishes: data, zero
+/// blocks amid data, repeats of an earlier block (stored as copies) and
+/// a short last block.
+fn varied_disk(g: Geometry, rng: &mut Rng) -> Vec<u8> {
+    let mut d = vec![0u8; g.size() as usize];
+    let bs = g.block_size() as usize;
+    for (i, b) in d.chunks_mut(bs).enumerate() {
+        match i % 7 {
+            0 | 3 => {}
+            5 if i > 7 => {
+                let (head, _) = b.split_at_mut(8);
+                head.copy_from_slice(&[0x5a; 8]);
+            }
+            _ => rng.fill(b),
+        }
+    }
+    // A run of the same block, as a guest's zero-filled-with-pattern area.
+    let pattern: Vec<u8> = (0..bs).map(|i| (i % 251) as u8).collect();
+    for b in d.chunks_mut(bs).skip(40).take(30) {
+        if b.len() == bs {
+            b.copy_from_slice(&pattern);
+        }
+    }
+    d
+}
+
+#[test]
+fn initial_sync_into_makes_the_replica_a_spooled_full_log_makes() {
+    // A short last block, and a sparse file so holes are found by
+    // SEEK_DATA as well as zero blocks read as data.
+    let g = Geometry::new((3 << 20) + 1000, 4096).unwrap();
+    let content = varied_disk(g, &mut Rng(0x1417));
+    let t = tempfile::tempdir().unwrap();
+    let path = t.path().join("disk.img");
+    {
+        let f = blockrep::io::FileStorage::create(&path, g.size()).unwrap();
+        for (i, b) in content.chunks(64 << 10).enumerate() {
+            if i % 5 != 2 {
+                f.write_at(b, i as u64 * (64 << 10)).unwrap();
+            }
+        }
+    }
+    let mut expect = std::fs::read(&path).unwrap();
+    let disk: Arc<dyn Storage> = Arc::new(blockrep::io::FileStorage::open(&path).unwrap());
+
+    // The reference: a full log through the spool, shipped.
+    let a = Pipeline::new(
+        Primary::new(Tracker::new(g), disk.clone()),
+        Spool::create(mem_dir(), ID, start(g), 1 << 30).unwrap(),
+        opts(),
+    )
+    .unwrap();
+    a.initial_sync(opts().into()).unwrap();
+    let mut shipped = None;
+    ship_all(a.spool(), &mem_dir(), &mut shipped);
+    let shipped = shipped.unwrap();
+
+    // In one pass, into a local replica: the same point, the same image.
+    let b = Pipeline::new(
+        Primary::new(Tracker::new(g), disk.clone()),
+        Spool::create(mem_dir(), ID, start(g), 1 << 30).unwrap(),
+        opts(),
+    )
+    .unwrap();
+    let rdir = mem_dir();
+    let (report, local) = b.initial_sync_into(rdir.clone(), opts().into()).unwrap();
+    assert_eq!(report.summary.bytes, 0, "no log was written");
+    // The point is the full log's without copies (repeats not looked for):
+    // written here block by block as the reference.
+    let mut h = LogHeader::new(ID, g, LogKind::Full, 1, 1).unwrap();
+    h.copies = false;
+    let mut w = LogWriter::new(Vec::new(), h, opts()).unwrap();
+    for (i, block) in expect.chunks(4096).enumerate() {
+        w.add_block(i as u64, block).unwrap();
+    }
+    let (_, reference) = w.finish().unwrap();
+    assert_eq!(report.summary.trailer.digest, reference.trailer.digest);
+    assert_eq!(report.summary.trailer.blocks, g.block_count());
+    assert_eq!(
+        report.summary.trailer.data_blocks,
+        reference.trailer.data_blocks
+    );
+    assert_eq!(local.status().applied, 1);
+    assert_eq!(local.status().digest, reference.trailer.digest);
+    let (ha, hb) = (a.spool().head(), b.spool().head());
+    assert_eq!(
+        (hb.epoch, hb.sequence, hb.digest, hb.geometry),
+        (ha.epoch, ha.sequence, reference.trailer.digest, ha.geometry)
+    );
+    assert_eq!(
+        first_diff(&image(&local, g.size()), &image(&shipped, g.size())),
+        None
+    );
+    assert_eq!(b.status().pending_logs, 0);
+    assert_eq!(b.status().acked, b.status().head);
+    assert_eq!(first_diff(&image(&local, g.size()), &expect), None);
+
+    // Once only, and never over a replica.
+    let again = b.initial_sync_into(mem_dir(), opts().into()).unwrap_err();
+    assert_eq!(again.kind(), blockrep::ErrorKind::Misuse);
+    let c = Pipeline::new(
+        Primary::new(Tracker::new(g), disk.clone()),
+        Spool::create(mem_dir(), ID, start(g), 1 << 30).unwrap(),
+        opts(),
+    )
+    .unwrap();
+    let over = c
+        .initial_sync_into(rdir.clone(), opts().into())
+        .unwrap_err();
+    assert_eq!(over.kind(), blockrep::ErrorKind::Misuse);
+    assert_eq!(c.spool().head().sequence, 0, "the spool moved");
+    drop(c);
+
+    // The chain goes on from it: a cycle spooled, applied to the replica.
+    let mut rng = Rng(99);
+    for _ in 0..20 {
+        let off = rng.below(g.size() - 5000);
+        let mut d = vec![0u8; 1 + rng.below(5000) as usize];
+        rng.fill(&mut d);
+        let _w = b.primary().write_guard(off, d.len() as u64).unwrap();
+        disk.write_at(&d, off).unwrap();
+        expect[off as usize..off as usize + d.len()].copy_from_slice(&d);
+    }
+    b.cycle(&CycleOptions::default()).unwrap();
+    let mut local = Some(local);
+    assert_eq!(ship_all(b.spool(), &rdir, &mut local), 1);
+    let local = local.unwrap();
+    assert_eq!(local.status().applied, 2);
+    assert_eq!(first_diff(&image(&local, g.size()), &expect), None);
+}
+
+/// A crash (or a failed write) at every step of a local initial sync: on
+/// restart the spool and the replica directory hold either nothing (it
+/// runs again), the replica without the spool knowing it (a resync from
+/// its digests brings it into the chain), or both at point 1; every way
+/// ends with the replica exact and the chain going on.
+#[test]
+fn a_crash_at_every_step_of_a_local_initial_sync_loses_nothing() {
+    let g = Geometry::new(320 << 10, 4096).unwrap();
+    let content = varied_disk(g, &mut Rng(0x00c0_ffee));
+    let faults = [Fault::PowerLoss { torn: true }, Fault::NoSpace];
+    let pipeline = |dir: Arc<dyn Dir>, disk: Arc<MemStorage>| -> Result<Pipeline> {
+        let spool = if dir.exists("spool.state") {
+            Spool::open(dir, 1 << 30)?
+        } else {
+            Spool::create(dir, ID, start(g), 1 << 30)?
+        };
+        Pipeline::new(Primary::new(Tracker::new(g), disk), spool, opts())
+    };
+    let mut outcomes = [0u32; 3];
+    let steps = common::at_every_step(&faults, |plan, at| {
+        let disk = Arc::new(MemStorage::from_vec(content.clone()));
+        let sdir = Arc::new(MemDir::with_plan(plan));
+        let rdir = Arc::new(MemDir::with_plan(plan));
+        let result = pipeline(sdir.clone(), disk.clone())
+            .and_then(|p| p.initial_sync_into(rdir.clone(), opts().into()).map(|_| ()));
+        let Some((n, fault)) = at else {
+            result.unwrap();
+            return;
+        };
+        assert!(
+            result.is_err(),
+            "step {n} {fault:?}: the fault went unnoticed"
+        );
+        let sdir: Arc<dyn Dir> = Arc::new(sdir.recover(&FaultPlan::counting()));
+        let rdir: Arc<dyn Dir> = Arc::new(rdir.recover(&FaultPlan::counting()));
+        let p = pipeline(sdir, disk.clone()).unwrap();
+        let mut replica = if p.spool().head().sequence == 1 {
+            outcomes[2] += 1;
+            let r = Replica::open(rdir.clone()).unwrap();
+            let held = r.status();
+            p.spool().reconcile(held.applied, &held.digest).unwrap();
+            Some(r)
+        } else if Replica::exists(&*rdir) {
+            outcomes[1] += 1;
+            // The replica is durable, the spool never learnt of it.
+            let r = Replica::open(rdir.clone()).unwrap();
+            let refused = p.initial_sync_into(rdir.clone(), opts().into());
+            assert_eq!(refused.unwrap_err().kind(), blockrep::ErrorKind::Misuse);
+            p.resync(&r.block_digests(1).unwrap(), opts().into())
+                .unwrap();
+            Some(r)
+        } else {
+            outcomes[0] += 1;
+            Some(p.initial_sync_into(rdir.clone(), opts().into()).unwrap().1)
+        };
+        ship_all(p.spool(), &rdir, &mut replica);
+        let r = replica.unwrap();
+        assert_eq!(
+            first_diff(&image(&r, g.size()), &content),
+            None,
+            "step {n} {fault:?}: the replica differs"
+        );
+        assert_eq!(r.status().applied, p.spool().head().sequence);
+        assert_eq!(r.status().digest, p.spool().head().digest);
+        // And the chain goes on.
+        let guard = p.primary().write_guard(4096, 4096).unwrap();
+        disk.write_at(&[0xee; 4096], 4096).unwrap();
+        drop(guard);
+        p.cycle(&CycleOptions::default()).unwrap();
+        ship_all(p.spool(), &rdir, &mut Some(r.clone()));
+        let mut want = content.clone();
+        want[4096..8192].fill(0xee);
+        assert_eq!(first_diff(&image(&r, g.size()), &want), None, "step {n}");
+    });
+    assert!(steps >= 8, "only {steps} steps");
+    assert!(
+        outcomes.iter().all(|&n| n > 0),
+        "not every restart case was reached: {outcomes:?}"
+    );
+}
+
+/// A read of the disk failing at any chunk of a local initial sync: the
+/// error comes back, no replica and no image are left, the spool stays at
+/// the chain's start, and the next attempt makes the replica exactly.
+#[test]
+fn a_failed_read_of_a_local_initial_sync_leaves_nothing() {
+    let g = Geometry::new(9 << 20, 4096).unwrap();
+    let content = varied_disk(g, &mut Rng(0x0bad));
+    let mut reads = 0;
+    for fail_at in 1.. {
+        let disk = Arc::new(Reads::new(MemStorage::from_vec(content.clone()), fail_at));
+        let p = Pipeline::new(
+            Primary::new(Tracker::new(g), disk.clone()),
+            Spool::create(mem_dir(), ID, start(g), 1 << 30).unwrap(),
+            opts(),
+        )
+        .unwrap();
+        let rdir = mem_dir();
+        match p.initial_sync_into(rdir.clone(), opts().into()) {
+            Ok((_, r)) => {
+                // Past the last read: nothing failed.
+                reads = disk.calls.load(Ordering::SeqCst);
+                assert_eq!(first_diff(&image(&r, g.size()), &content), None);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), blockrep::ErrorKind::Io, "read {fail_at}: {e}");
+                assert!(!Replica::exists(&*rdir), "read {fail_at}: a replica");
+                assert!(!rdir.exists("image") && !rdir.exists("image.partial"));
+                assert_eq!(p.spool().head().sequence, 0);
+                let (_, r) = p.initial_sync_into(rdir, opts().into()).unwrap();
+                assert_eq!(first_diff(&image(&r, g.size()), &content), None);
+            }
+        }
+    }
+    assert!(reads >= 3, "only {reads} reads");
 }

@@ -7,7 +7,9 @@ use super::{human, now_ns};
 use blockrep::io::{FileStorage, FsDir, Storage};
 use blockrep::nbd::{NbdClient, NbdOptions};
 use blockrep::replica::{Replica, RetentionPolicy};
-use blockrep::source::{ChainPoint, CycleOptions, Pipeline, Primary, Spool};
+use blockrep::source::{
+    ChainPoint, CycleOptions, Pipeline, Primary, Source, Spool, TransferOptions,
+};
 use blockrep::{DiskId, Error, Geometry, Result, Tracker};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -305,42 +307,63 @@ pub fn run(o: BenchOptions) -> Result<()> {
         eprintln!("  missing {m}: no qemu-img convert comparison");
     }
 
-    // Initial replication: blockrep (full log into the spool, then the
-    // replica built from it) against cp and qemu-img convert, each from
-    // a fresh start in every repetition.
+    // Initial replication: blockrep in one pass into a local replica (the
+    // image written as the disk is read, the full log's digest computed on
+    // the way) and through the spool (the full log written for shipping,
+    // then the replica built from it), against cp and qemu-img convert,
+    // each from a fresh start in every repetition.
     let disk: Arc<dyn Storage> = Arc::new(FileStorage::open(&src)?);
     let rdir = dir.join("replica");
     let cp = dir.join("cp.img");
-    let mut kept = None;
-    let mut log_len = 0;
-    for _ in 0..reps {
-        // The previous repetition's pipeline stops before its spool goes.
-        drop(kept.take());
-        rm(&dir.join("spool"));
-        rm(&rdir);
-        rm(&cp);
+    let pipeline = |spool: &Path| -> Result<Pipeline> {
+        rm(spool);
         let spool = Spool::create(
-            Arc::new(FsDir::new(dir.join("spool"))?),
+            Arc::new(FsDir::new(spool)?),
             ID,
             ChainPoint::start(1, g),
             1 << 40,
         )?;
-        let p = Pipeline::new(
+        Pipeline::new(
             Primary::new(Tracker::new(g), disk.clone()),
             spool,
             Default::default(),
-        )?;
+        )
+    };
+    let mut kept = None;
+    for _ in 0..reps {
+        // The previous repetition's pipeline stops before its spool goes.
+        drop(kept.take());
+        rm(&rdir);
+        rm(&cp);
+        let p = pipeline(&dir.join("spool"))?;
         let mut replica = None;
         settle.now()?;
         let t_init = timed(|| {
-            log_len = p.initial_sync(Default::default())?.summary.bytes;
-            super::ops::apply_spool(p.spool(), &rdir, &mut replica)
+            let (_, r) = p.initial_sync_into(Arc::new(FsDir::new(&rdir)?), Default::default())?;
+            replica = Some(r);
+            Ok(())
         })?;
         verify(
             "blockrep initial replication",
             same_files(&src, &rdir.join("image"), size)?,
         )?;
         line("initial.blockrep", t_init, "");
+        let spooled_dir = dir.join("replica-spooled");
+        rm(&spooled_dir);
+        let ps = pipeline(&dir.join("spool-spooled"))?;
+        settle.now()?;
+        let t_spooled = timed(|| {
+            ps.initial_sync(Default::default())?;
+            super::ops::apply_spool(ps.spool(), &spooled_dir, &mut None)
+        })?;
+        verify(
+            "blockrep initial replication through the spool",
+            same_files(&src, &spooled_dir.join("image"), size)?,
+        )?;
+        line("initial.blockrep_spooled", t_spooled, "");
+        drop(ps);
+        rm(&spooled_dir);
+        rm(&dir.join("spool-spooled"));
         settle.now()?;
         let t_cp = timed(|| {
             run_cmd(Command::new("cp").arg("--sparse=auto").arg(&src).arg(&cp))?;
@@ -357,6 +380,13 @@ pub fn run(o: BenchOptions) -> Result<()> {
             "cp --sparse=auto and fsync",
             Some(1.0),
             t_init,
+            t_cp,
+        );
+        rows.add(
+            "initial replication through the spool",
+            "cp --sparse=auto and fsync",
+            None,
+            t_spooled,
             t_cp,
         );
         if qemu_img.is_none() {
@@ -388,6 +418,11 @@ pub fn run(o: BenchOptions) -> Result<()> {
         }
         kept = Some((p, replica.expect("created")));
     }
+    // The full log's size (as shipped, default records), written nowhere.
+    let log_len = Source::enable(ID, 1, g)
+        .initial_sync(&*disk, std::io::sink(), TransferOptions::default())?
+        .1
+        .bytes;
     let (p, replica) = kept.expect("one repetition at least");
     // The full log's size against lz4 -1 of the same bytes.
     match missing(&[("lz4", "lz4")]) {

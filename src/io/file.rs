@@ -1,9 +1,10 @@
 use super::{short_read, DiskIdentity, Storage};
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// Storage in a file or block device, through positional I/O (`pread`,
 /// `pwrite`), so many threads may read and write at once without seeking.
@@ -11,6 +12,9 @@ use std::path::{Path, PathBuf};
 pub struct FileStorage {
     file: File,
     path: PathBuf,
+    /// The same file opened with `O_DIRECT` for uncached reads, once the
+    /// first is asked for; `None` where the file system refuses it.
+    direct: OnceLock<Option<File>>,
 }
 
 impl FileStorage {
@@ -53,6 +57,7 @@ impl FileStorage {
         FileStorage {
             file,
             path: path.as_ref().to_path_buf(),
+            direct: OnceLock::new(),
         }
     }
 
@@ -64,6 +69,20 @@ impl FileStorage {
     /// The underlying file.
     pub fn file(&self) -> &File {
         &self.file
+    }
+
+    /// The file opened again, read-only, with `O_DIRECT`: through
+    /// `/proc/self/fd`, so it is this very file even if its path moved.
+    fn direct(&self) -> Option<&File> {
+        self.direct
+            .get_or_init(|| {
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+                    .ok()
+            })
+            .as_ref()
     }
 
     fn err(&self, what: &str, e: std::io::Error, offset: u64) -> Error {
@@ -95,6 +114,29 @@ impl Storage for FileStorage {
                 self.err("read", e, offset)
             }
         })
+    }
+
+    fn read_uncached(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let align = super::UNCACHED_ALIGN;
+        let aligned = (buf.as_ptr() as usize).is_multiple_of(align)
+            && buf.len().is_multiple_of(align)
+            && offset.is_multiple_of(align as u64);
+        if let (true, Some(direct)) = (aligned, self.direct()) {
+            match direct.read_exact_at(buf, offset) {
+                Ok(()) => return Ok(()),
+                // A file system may refuse direct I/O at the read (or a
+                // device need a larger alignment): the cache serves.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => {
+                    // A short read (the end inside a block) goes through
+                    // the cache, which reports it.
+                    if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                        return Err(self.err("read", e, offset));
+                    }
+                }
+            }
+        }
+        self.read_at(buf, offset)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
@@ -224,6 +266,73 @@ impl Storage for FileStorage {
         match e.raw_os_error() {
             Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => Ok(false),
             _ => Err(self.err("punch hole", e, offset)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{aligned_buf, UNCACHED_ALIGN};
+    use crate::ErrorKind;
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// Uncached reads see writes not yet synced (the kernel writes the
+    /// range back first) and read exactly what the cache reads, aligned or
+    /// not, in the directory's file system and in tmpfs (which refuses
+    /// `O_DIRECT`: the cache serves).
+    #[test]
+    fn uncached_reads_match_cached_reads() {
+        let t = tempfile::tempdir().unwrap();
+        let mut dirs = vec![t.path().to_path_buf()];
+        let shm = tempfile::tempdir_in("/dev/shm").ok();
+        dirs.extend(shm.as_ref().map(|d| d.path().to_path_buf()));
+        for dir in dirs {
+            let len = 5 * UNCACHED_ALIGN + 1000;
+            let f = FileStorage::create(dir.join("disk"), len as u64).unwrap();
+            f.write_at(&pattern(len, 1), 0).unwrap();
+            f.sync().unwrap();
+            // Rewritten, not synced: an uncached read must see it.
+            f.write_at(&pattern(2 * UNCACHED_ALIGN, 9), UNCACHED_ALIGN as u64)
+                .unwrap();
+            let mut want = vec![0u8; len];
+            f.read_at(&mut want, 0).unwrap();
+            let mut store = Vec::new();
+            for (off, n) in [
+                (0, 4 * UNCACHED_ALIGN),
+                (UNCACHED_ALIGN, 2 * UNCACHED_ALIGN),
+                (100, 3000),
+                (UNCACHED_ALIGN, 4 * UNCACHED_ALIGN + 1000),
+            ] {
+                let buf = aligned_buf(&mut store, n);
+                f.read_uncached(buf, off as u64).unwrap();
+                assert_eq!(buf, &want[off..off + n], "{} at {off}", dir.display());
+            }
+            // An unaligned buffer is read through the cache.
+            let mut odd = vec![0u8; UNCACHED_ALIGN + 1];
+            f.read_uncached(&mut odd[1..], 0).unwrap();
+            assert_eq!(&odd[1..], &want[..UNCACHED_ALIGN]);
+        }
+    }
+
+    /// A read past the end is refused as with `read_at`, aligned or not.
+    #[test]
+    fn uncached_reads_past_the_end_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let f = FileStorage::create(t.path().join("disk"), 3 * UNCACHED_ALIGN as u64 + 10).unwrap();
+        let mut store = Vec::new();
+        for (off, n) in [
+            (2 * UNCACHED_ALIGN, 2 * UNCACHED_ALIGN),
+            (4 * UNCACHED_ALIGN, UNCACHED_ALIGN),
+        ] {
+            let buf = aligned_buf(&mut store, n);
+            let e = f.read_uncached(buf, off as u64).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::OutOfRange, "{e}");
         }
     }
 }

@@ -20,6 +20,20 @@ pub use memory::MemStorage;
 use crate::error::Result;
 use std::sync::Arc;
 
+/// The alignment of buffer, offset and length under which
+/// [`Storage::read_uncached`] may bypass the cache.
+pub const UNCACHED_ALIGN: usize = 4096;
+
+/// A buffer of `len` bytes at an address aligned to [`UNCACHED_ALIGN`],
+/// carved from `store` (grown as needed; no `unsafe` allocation).
+pub(crate) fn aligned_buf(store: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if store.len() < len + UNCACHED_ALIGN {
+        store.resize(len + UNCACHED_ALIGN, 0);
+    }
+    let at = store.as_ptr().align_offset(UNCACHED_ALIGN);
+    &mut store[at..at + len]
+}
+
 /// Positional block storage, safe to share between threads.
 ///
 /// Reads and writes are exact: a read past the end is an error, never a short
@@ -53,6 +67,15 @@ pub trait Storage: Send + Sync {
     fn next_data(&self, offset: u64) -> Result<Option<(u64, u64)>> {
         let len = self.len()?;
         Ok((offset < len).then(|| (offset, len - offset)))
+    }
+    /// [`read_at`](Storage::read_at) for a pass that reads much of the
+    /// storage once (an initial copy): the backend may bypass its cache
+    /// where `buf`'s address, `offset` and the length are multiples of
+    /// [`UNCACHED_ALIGN`] (files: `O_DIRECT`), so the pass neither evicts
+    /// what the guest has cached nor pays for copying through the cache.
+    /// Reads see every write completed before the call, as `read_at` does.
+    fn read_uncached(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.read_at(buf, offset)
     }
     /// What identifies the storage's current content without reading it,
     /// so a tracker closed cleanly can tell at open whether anything wrote
@@ -109,6 +132,9 @@ macro_rules! forward_storage {
             }
             fn next_data(&self, offset: u64) -> Result<Option<(u64, u64)>> {
                 (**self).next_data(offset)
+            }
+            fn read_uncached(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+                (**self).read_uncached(buf, offset)
             }
             fn identity(&self) -> Result<Option<DiskIdentity>> {
                 (**self).identity()

@@ -46,6 +46,7 @@ pub use format::{Codec, LogExtent, Trailer, MAX_LABEL, MAX_RECORD_EXTENTS, MAX_R
 pub use mapped::{BlockLookup, MappedLog};
 pub use reader::Block;
 pub use reader::{verify, LogReader, ReadOptions, Record, TailPolicy};
+pub(crate) use writer::is_zero;
 pub use writer::{LogBuilder, LogSummary, LogWriter, WriterOptions};
 
 use crate::error::{Error, Result};

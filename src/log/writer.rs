@@ -72,9 +72,29 @@ pub(super) struct Pending {
     lz4_len: Option<usize>,
     raw_crc: u32,
     crc: u32,
+    /// For a digest-only writer, the raw bytes are counted and checksummed
+    /// here instead of gathered in `raw`.
+    counted: usize,
+    counted_crc: crc32fast::Hasher,
 }
 
 impl Pending {
+    /// Appends raw bytes: gathered, or for a digest-only writer only
+    /// counted into the raw CRC (the digest needs nothing else).
+    fn append(&mut self, bytes: &[u8], digest_only: bool) {
+        if digest_only {
+            self.counted += bytes.len();
+            self.counted_crc.update(bytes);
+        } else {
+            self.raw.extend_from_slice(bytes);
+        }
+    }
+
+    /// The raw bytes of the record so far.
+    fn raw_len(&self) -> usize {
+        self.raw.len() + self.counted
+    }
+
     /// Compresses (LZ4 when it saves space), and computes the header and
     /// both checksums: all the per-record work that can run in parallel.
     pub(super) fn encode(&mut self, salt: u64) {
@@ -146,6 +166,9 @@ pub struct LogWriter<W: Write> {
     /// Recent data blocks, to store repeats as copies (when the header
     /// allows copies).
     window: CopyWindow,
+    /// Records are only counted into the digest: nothing is compressed or
+    /// written (see [`LogWriter::digest_only`]).
+    digest_only: bool,
 }
 
 /// Bytes of recent data blocks a writer remembers to find repeats.
@@ -234,9 +257,35 @@ impl<W: Write> LogWriter<W> {
             trailer: Trailer::default(),
             chain: crc32fast::Hasher::new(),
             window: CopyWindow::default(),
+            digest_only: false,
         })
     }
+}
 
+impl LogWriter<std::io::Sink> {
+    /// A writer that writes nothing and compresses nothing, yet ends with
+    /// the digest (and counts) of the log [`new`](LogWriter::new) would
+    /// write with the same blocks and `record_bytes` and the header
+    /// without copies: the identity of a point whose blocks went somewhere
+    /// else (a local replica's image written as the disk is read). Repeats
+    /// are not looked for (that costs a pass through an 8 MiB window per
+    /// block, and an image holds every block anyway), so the summary's
+    /// header says `copies: false`. Its `bytes` is 0 and its trailer's
+    /// index, chain and offset describe no file.
+    pub fn digest_only(mut header: LogHeader, opts: WriterOptions) -> Result<Self> {
+        header.copies = false;
+        let mut w = LogWriter::new(
+            std::io::sink(),
+            header,
+            WriterOptions { threads: 1, ..opts },
+        )?;
+        w.digest_only = true;
+        w.written = 0;
+        Ok(w)
+    }
+}
+
+impl<W: Write> LogWriter<W> {
     /// The header being written.
     pub fn header(&self) -> &LogHeader {
         &self.header
@@ -309,7 +358,7 @@ impl<W: Write> LogWriter<W> {
     fn push(&mut self, extent: Extent, kind: Kind, data: &[u8]) -> Result<()> {
         // Records end once they reach `record_bytes` (at most 1 MiB) and data
         // comes a power-of-two block at a time, so this only guards the limit.
-        if self.cur.raw.len() + data.len() + COPY_LEN as usize > MAX_RECORD_RAW {
+        if self.cur.raw_len() + data.len() + COPY_LEN as usize > MAX_RECORD_RAW {
             self.seal()?;
         }
         self.next_block = extent.end();
@@ -353,7 +402,7 @@ impl<W: Write> LogWriter<W> {
                         copy,
                     });
                     if let Some(s) = source {
-                        cur.raw.extend_from_slice(&s.to_le_bytes());
+                        cur.append(&s.to_le_bytes(), self.digest_only);
                     }
                     cur.copy_next = source.map(|s| s + n);
                     left = Extent::new(left.start + n, left.count - n);
@@ -361,9 +410,9 @@ impl<W: Write> LogWriter<W> {
             }
         }
         if kind == Kind::Data {
-            self.cur.raw.extend_from_slice(data);
+            self.cur.append(data, self.digest_only);
         }
-        if self.cur.raw.len() >= self.opts.record_bytes {
+        if self.cur.raw_len() >= self.opts.record_bytes {
             self.seal()?;
         }
         Ok(())
@@ -377,6 +426,11 @@ impl<W: Write> LogWriter<W> {
         }
         let next = self.free.pop().unwrap_or_default();
         let mut p = std::mem::replace(&mut self.cur, next);
+        if self.digest_only {
+            // The digest needs each record's extents and raw CRC only.
+            p.raw_crc = std::mem::take(&mut p.counted_crc).finalize();
+            return self.write_and_recycle(p);
+        }
         let Some(mut pool) = self.pool.take() else {
             p.encode(self.header.salt);
             return self.write_and_recycle(p);
@@ -423,6 +477,7 @@ impl<W: Write> LogWriter<W> {
         self.write_record(&p)?;
         p.extents.clear();
         p.raw.clear();
+        p.counted = 0;
         p.copy_next = None;
         self.free.push(p);
         Ok(())
@@ -432,14 +487,16 @@ impl<W: Write> LogWriter<W> {
         self.trailer
             .index
             .push((p.extents[0].extent.start, self.written));
-        for part in [&p.head[..], p.payload(), &p.crc.to_le_bytes()] {
-            self.out
-                .write_all(part)
-                .map_err(|e| Error::io("write log record", e).with_offset(self.written))?;
-            self.written += part.len() as u64;
+        if !self.digest_only {
+            for part in [&p.head[..], p.payload(), &p.crc.to_le_bytes()] {
+                self.out
+                    .write_all(part)
+                    .map_err(|e| Error::io("write log record", e).with_offset(self.written))?;
+                self.written += part.len() as u64;
+            }
         }
         self.trailer.records += 1;
-        self.trailer.raw_bytes += p.raw.len() as u64;
+        self.trailer.raw_bytes += p.raw_len() as u64;
         self.chain.update(&p.crc.to_le_bytes());
         self.digest.record(&p.extents, p.raw_crc);
         Ok(())
@@ -459,7 +516,9 @@ impl<W: Write> LogWriter<W> {
             .write_all(&t)
             .and_then(|()| self.out.flush())
             .map_err(|e| Error::io("write log trailer", e).with_offset(self.written))?;
-        self.written += t.len() as u64;
+        if !self.digest_only {
+            self.written += t.len() as u64;
+        }
         Ok((
             self.out,
             LogSummary {

@@ -818,7 +818,7 @@ impl QemuSource {
                     let mut f = d
                         .spool
                         .begin(source.header_for(LogKind::Full, opts)?, t.writer)?;
-                    copy_disk(&view, &mut f, &mut t)?;
+                    copy_disk(&view, &mut f, &mut t, None)?;
                     f
                 }
                 _ => {

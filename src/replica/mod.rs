@@ -32,8 +32,8 @@ use crate::geometry::BlockSet;
 use crate::geometry::{Extent, Geometry};
 use crate::io::{Dir, DirLock, Storage};
 use crate::log::{
-    block_digests, BlockDigests, Digest, LogFile, LogHeader, LogKind, LogReader, MappedLog,
-    ReadOptions, WriterOptions,
+    block_digests, BlockDigests, Digest, LogFile, LogHeader, LogKind, LogReader, LogSummary,
+    MappedLog, ReadOptions, WriterOptions,
 };
 use parking_lot::{Mutex, RwLock};
 use state::{Phase, State};
@@ -271,6 +271,37 @@ impl Replica {
         Ok(Replica::assemble(dir, lock, image, st))
     }
 
+    /// Creates a replica in `dir` whose image `fill` writes (into a new,
+    /// empty file; `fill` sets its length and syncs it) while it makes the
+    /// full log's summary, which the replica then stands for: a local
+    /// replica made in the same pass that reads the disk, with no log
+    /// written anywhere. The caller vouches that the image holds what the
+    /// log would ([`Source::initial_sync_into`](crate::source::Source::initial_sync_into)
+    /// writes both from one read). A failure leaves no replica.
+    pub(crate) fn create_seeded(
+        dir: Arc<dyn Dir>,
+        fill: impl FnOnce(&dyn Storage) -> Result<LogSummary>,
+    ) -> Result<(Self, LogSummary)> {
+        let lock = dir.lock()?;
+        let mut summary = None;
+        let r = Self::create_filled(dir, lock, None, |image| {
+            let s = fill(image)?;
+            if s.header.kind != LogKind::Full {
+                return Err(Error::new(
+                    ErrorKind::Misuse,
+                    format!(
+                        "a replica starts from a full log, not a {:?} log",
+                        s.header.kind
+                    ),
+                ));
+            }
+            let st = state_of_full(&s.header, s.trailer.digest);
+            summary = Some(s);
+            Ok(st)
+        })?;
+        Ok((r, summary.expect("filled")))
+    }
+
     /// [`create`](Self::create) from the full log file at `path` (from
     /// outside: a caller's path), copied into `dir` first so memory stays
     /// bounded and no foreign file is mapped.
@@ -324,15 +355,7 @@ impl Replica {
             })?
             .digest;
         image.sync()?;
-        Ok(State {
-            disk_id: h.disk_id,
-            epoch: h.epoch,
-            geometry: h.geometry,
-            applied: h.sequence,
-            digest,
-            phase: Phase::Idle,
-            points: vec![point_of(&h, digest, 0)],
-        })
+        Ok(state_of_full(&h, digest))
     }
 
     /// The handle over a locked directory: the lock lives as long as the
@@ -894,6 +917,19 @@ fn applied_before(st: &State, h: &LogHeader, digest: &Digest) -> Result<Option<A
         }
     };
     Err(e.with_sequence(seq))
+}
+
+/// The state of a replica made from the full log `h` with `digest`.
+fn state_of_full(h: &LogHeader, digest: Digest) -> State {
+    State {
+        disk_id: h.disk_id,
+        epoch: h.epoch,
+        geometry: h.geometry,
+        applied: h.sequence,
+        digest,
+        phase: Phase::Idle,
+        points: vec![point_of(h, digest, 0)],
+    }
 }
 
 fn point_of(h: &LogHeader, digest: Digest, undo_bytes: u64) -> PointInfo {

@@ -30,16 +30,22 @@ pub use tracking::{AnyTracker, Tracking};
 use crate::error::{Error, Result};
 use crate::geometry::{Extent, Geometry};
 use crate::id::DiskId;
-use crate::io::Storage;
+use crate::io::{aligned_buf, Dir, Storage};
 use crate::log::{
-    digest_blocks, BlockDigests, Consistency, Digest, GroupInfo, LogHeader, LogKind, LogSummary,
-    LogWriter, WriterOptions,
+    digest_blocks, is_zero, BlockDigests, Consistency, Digest, GroupInfo, LogHeader, LogKind,
+    LogSummary, LogWriter, WriterOptions,
 };
+use crate::replica::Replica;
 use crate::tracker::{BlockSet, Tracker};
 use std::io::Write;
+use std::sync::Arc;
 
 /// Bytes read from the source at a time.
 const READ_CHUNK: u64 = 1 << 20;
+
+/// Bytes a whole-disk copy reads at a time: large, as its reads bypass the
+/// cache and get no read-ahead.
+const COPY_CHUNK: u64 = 4 << 20;
 /// Bytes digested between progress reports in a resync.
 const DIGEST_SLAB: u64 = 64 << 20;
 
@@ -168,10 +174,39 @@ impl Source {
     ) -> Result<(W, LogSummary)> {
         let mut t = opts.into();
         let mut w = LogWriter::new(out, self.header(LogKind::Full)?, t.writer)?;
-        copy_disk(disk, &mut w, &mut t)?;
+        copy_disk(disk, &mut w, &mut t, None)?;
         let (out, summary) = w.finish()?;
         self.advance(&summary);
         Ok((out, summary))
+    }
+
+    /// Makes a local replica of `disk` in `dir` in one pass (initial
+    /// replication to a replica on this host: a seed on removable media,
+    /// a second disk), writing no log: each data range read is written to
+    /// the replica's image, holes and zero blocks are skipped, and the
+    /// digest of the full log is computed on the way
+    /// ([`LogWriter::digest_only`]: the log without copies), so the
+    /// replica stands for the chain's first point and the chain goes on
+    /// from it. The image is synced before the replica exists; a failure
+    /// leaves none. The summary's `bytes` is 0 (no log was written).
+    pub fn initial_sync_into<'a>(
+        &mut self,
+        disk: &dyn Storage,
+        dir: Arc<dyn Dir>,
+        opts: impl Into<TransferOptions<'a>>,
+    ) -> Result<(Replica, LogSummary)> {
+        let mut t = opts.into();
+        let header = self.header(LogKind::Full)?;
+        let (replica, summary) = Replica::create_seeded(dir, |image| {
+            image.set_len(header.geometry.size())?;
+            let mut w = LogWriter::digest_only(header, t.writer)?;
+            copy_disk(disk, &mut w, &mut t, Some(image))?;
+            let (_, summary) = w.finish()?;
+            image.sync()?;
+            Ok(summary)
+        })?;
+        self.advance(&summary);
+        Ok((replica, summary))
     }
 
     /// Resync after tracking was lost or the replica left the chain: moves
@@ -281,8 +316,6 @@ impl Source {
     }
 }
 
-/// Adds every block of `disk` to `w`: data ranges read in chunks, holes as
-/// zero extents.
 /// Writes a full log of `disk` under `header` to `out` (a base image
 /// compacted from a replica's point, say): holes and zero blocks become
 /// zero extents.
@@ -294,17 +327,85 @@ pub(crate) fn full_log<W: Write>(
 ) -> Result<(W, LogSummary)> {
     let mut t = TransferOptions::default();
     let mut w = LogWriter::new(out, header, t.writer)?;
-    copy_disk(disk, &mut w, &mut t)?;
+    copy_disk(disk, &mut w, &mut t, None)?;
     w.finish()
 }
 
+/// What [`read_disk`] hands to the writing side of [`copy_disk`].
+enum Piece {
+    Zero(Extent),
+    /// The extent's bytes, at the start of `store`'s aligned part (see
+    /// [`aligned_buf`]).
+    Data(Extent, Vec<u8>),
+}
+
+/// Chunks the reading thread of [`copy_disk`] may be ahead.
+const READ_AHEAD: usize = 2;
+
+/// Adds every block of `disk` to `w`: data ranges read in chunks, holes as
+/// zero extents. With `tee` (a new, all-zero image of the disk's size),
+/// the non-zero blocks read are also written there, so a local replica's
+/// image is made in the same pass that makes the log's digest.
+///
+/// The disk is read past its cache ([`Storage::read_uncached`]: it is read
+/// once) on a thread of its own, a few chunks ahead of this one, which
+/// writes the tee and the log: reads past the cache get no read-ahead
+/// from the kernel, so this thread's is what keeps the disk busy.
 pub(crate) fn copy_disk<W: Write>(
     disk: &dyn Storage,
     w: &mut LogWriter<W>,
     t: &mut TransferOptions<'_>,
+    tee: Option<&dyn Storage>,
 ) -> Result<()> {
     let g = w.header().geometry;
+    let bs = g.block_size() as usize;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Piece>>(READ_AHEAD);
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let read_limit = t.read_limit;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // A send fails once the writing side stopped: reading stops.
+            let mut emit = |p| tx.send(Ok(p)).is_ok();
+            if let Err(e) = read_disk(disk, g, read_limit, &free_rx, &mut emit) {
+                let _ = tx.send(Err(e));
+            }
+        });
+        let mut paid = w.written();
+        for piece in rx {
+            match piece? {
+                Piece::Zero(e) => w.add_zero(e)?,
+                Piece::Data(e, mut store) => {
+                    let (off, len) = g.extent_bytes(e);
+                    let buf = aligned_buf(&mut store, len as usize);
+                    if let Some(image) = tee {
+                        write_nonzero(image, buf, off, bs)?;
+                    }
+                    w.add_extent(e, buf)?;
+                    t.wrote(w.written() - paid);
+                    paid = w.written();
+                    t.report(off + len, g.size());
+                    let _ = free_tx.send(store);
+                }
+            }
+        }
+        t.report(g.size(), g.size());
+        Ok(())
+    })
+}
+
+/// The reading side of [`copy_disk`]: every block of `disk` in order, as
+/// zero extents (holes) and chunks of data read into buffers handed back
+/// through `free`; stops early, without error, when `emit` returns false
+/// (the writing side stopped).
+fn read_disk(
+    disk: &dyn Storage,
+    g: Geometry,
+    read_limit: Option<&Throttle>,
+    free: &std::sync::mpsc::Receiver<Vec<u8>>,
+    emit: &mut dyn FnMut(Piece) -> bool,
+) -> Result<()> {
     let bs = u64::from(g.block_size());
+    let per = (COPY_CHUNK / bs).max(1);
     let mut next_block = 0u64;
     let mut at = 0u64;
     while let Some((start, len)) = disk.next_data(at)? {
@@ -312,16 +413,23 @@ pub(crate) fn copy_disk<W: Write>(
         // data is read whole.
         let first = (start / bs).max(next_block);
         let end_block = (start + len).div_ceil(bs).min(g.block_count());
-        if first > next_block {
-            w.add_zero(Extent::new(next_block, first - next_block))?;
+        if first > next_block && !emit(Piece::Zero(Extent::new(next_block, first - next_block))) {
+            return Ok(());
         }
-        if end_block > first {
-            read_extents(
-                disk,
-                w,
-                std::iter::once(Extent::new(first, end_block - first)),
-                t,
-            )?;
+        let mut b = first;
+        while b < end_block {
+            let part = Extent::new(b, per.min(end_block - b));
+            let (off, n) = g.extent_bytes(part);
+            let mut store = free.try_recv().unwrap_or_default();
+            if let Some(limit) = read_limit {
+                limit.consume(n);
+            }
+            // Read once, so past the cache where the backend can.
+            disk.read_uncached(aligned_buf(&mut store, n as usize), off)?;
+            if !emit(Piece::Data(part, store)) {
+                return Ok(());
+            }
+            b = part.end();
         }
         next_block = next_block.max(end_block);
         at = start + len;
@@ -330,9 +438,31 @@ pub(crate) fn copy_disk<W: Write>(
         }
     }
     if next_block < g.block_count() {
-        w.add_zero(Extent::new(next_block, g.block_count() - next_block))?;
+        emit(Piece::Zero(Extent::new(
+            next_block,
+            g.block_count() - next_block,
+        )));
     }
-    t.report(g.size(), g.size());
+    Ok(())
+}
+
+/// Writes the runs of non-zero blocks of `buf` (the bytes at `off`) to
+/// `image`, whose blocks are zero already.
+fn write_nonzero(image: &dyn Storage, buf: &[u8], off: u64, bs: usize) -> Result<()> {
+    let mut run: Option<usize> = None;
+    for (i, block) in buf.chunks(bs).enumerate() {
+        match (is_zero(block), run) {
+            (false, None) => run = Some(i * bs),
+            (true, Some(start)) => {
+                image.write_at(&buf[start..i * bs], off + start as u64)?;
+                run = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = run {
+        image.write_at(&buf[start..], off + start as u64)?;
+    }
     Ok(())
 }
 

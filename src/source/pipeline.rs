@@ -6,7 +6,9 @@ use super::{copy_disk, CycleOptions, Primary, Spool, SpoolStatus, Tracking, Tran
 use super::{send_blocks, ChainPoint, CycleHandle, FoldBack, Source};
 use crate::error::{Error, ErrorKind, Result};
 use crate::geometry::Extent;
+use crate::io::Dir;
 use crate::log::{BlockDigests, LogKind, LogSummary, WriterOptions};
+use crate::replica::Replica;
 use crate::tracker::{BlockSet, Tracker};
 use parking_lot::{Mutex, MutexGuard};
 use std::sync::Arc;
@@ -119,7 +121,52 @@ impl<T: Tracking> Pipeline<T> {
     /// chain). Writers may run: what they change goes into the next cycle.
     pub fn initial_sync(&self, mut t: TransferOptions<'_>) -> Result<CycleReport> {
         let _one = self.cycles.lock();
-        let mut source = self.source();
+        let mut source = self.chain_start()?;
+        let h = source.header(LogKind::Full)?;
+        let mut f = self.spool.begin(h, t.writer)?;
+        copy_disk(&**self.primary.disk(), &mut f, &mut t, None)?;
+        let summary = f.commit()?;
+        self.spool.push(&summary)?;
+        source.advance(&summary);
+        Ok(CycleReport {
+            blocks: summary.trailer.blocks,
+            summary,
+            folded: None,
+        })
+    }
+
+    /// Initial replication into a replica on this host, in one pass: the
+    /// replica is made in `dir` from the disk as it is read
+    /// ([`Source::initial_sync_into`]), and the spool records its point as
+    /// delivered, with no log file; cycles go on from it and are applied
+    /// to the returned replica (or shipped to one opened from `dir`).
+    ///
+    /// The replica is durable before the spool's state records the point:
+    /// a crash between the two leaves a replica the spool does not know,
+    /// which a second call refuses (the directory holds a replica); bring
+    /// it back with a [`resync`](Self::resync) from its digests.
+    pub fn initial_sync_into(
+        &self,
+        dir: Arc<dyn Dir>,
+        t: TransferOptions<'_>,
+    ) -> Result<(CycleReport, Replica)> {
+        let _one = self.cycles.lock();
+        let mut source = self.chain_start()?;
+        let (replica, summary) = source.initial_sync_into(&**self.primary.disk(), dir, t)?;
+        self.spool.push_delivered(&summary)?;
+        Ok((
+            CycleReport {
+                blocks: summary.trailer.blocks,
+                summary,
+                folded: None,
+            },
+            replica,
+        ))
+    }
+
+    /// The chain's head, which an initial sync must start.
+    fn chain_start(&self) -> Result<Source> {
+        let source = self.source();
         if source.sequence != 0 {
             return Err(Error::new(
                 ErrorKind::Misuse,
@@ -129,17 +176,7 @@ impl<T: Tracking> Pipeline<T> {
                 ),
             ));
         }
-        let h = source.header(LogKind::Full)?;
-        let mut f = self.spool.begin(h, t.writer)?;
-        copy_disk(&**self.primary.disk(), &mut f, &mut t)?;
-        let summary = f.commit()?;
-        self.spool.push(&summary)?;
-        source.advance(&summary);
-        Ok(CycleReport {
-            blocks: summary.trailer.blocks,
-            summary,
-            folded: None,
-        })
+        Ok(source)
     }
 
     /// One cycle: [`begin_cycle`](Self::begin_cycle), then

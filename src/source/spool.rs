@@ -368,6 +368,42 @@ impl Spool {
         Ok(())
     }
 
+    /// Records the log of `summary` as made and already applied by its
+    /// replica without passing through the spool (a local replica made in
+    /// one pass, see [`Pipeline::initial_sync_into`](super::Pipeline::initial_sync_into)):
+    /// the chain's head and acknowledged point move to it, durably. It
+    /// must follow the head, with no log pending.
+    pub fn push_delivered(&self, summary: &LogSummary) -> Result<()> {
+        let mut st = self.inner.lock();
+        let h = &summary.header;
+        check_next(&st, h)?;
+        if !st.logs.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Misuse,
+                format!(
+                    "log {} was delivered past {} pending logs",
+                    h.sequence,
+                    st.logs.len()
+                ),
+            )
+            .with_sequence(h.sequence));
+        }
+        let point = ChainPoint {
+            epoch: h.epoch,
+            sequence: h.sequence,
+            digest: summary.trailer.digest,
+            created_ns: h.created_ns,
+            geometry: h.geometry,
+        };
+        // `check_next` refused a delta while a resync is required.
+        store_state(&*self.dir, st.disk_id, &point, false)?;
+        st.resync_required = false;
+        st.acked = point;
+        st.handed = h.sequence;
+        st.exposed = st.exposed.max(h.sequence);
+        Ok(())
+    }
+
     /// The unacknowledged logs, oldest first.
     pub fn pending(&self) -> Vec<SpooledLog> {
         self.inner.lock().logs.iter().cloned().collect()
