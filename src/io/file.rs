@@ -1,4 +1,4 @@
-use super::{short_read, DiskIdentity, Storage};
+use super::{short_read, Advice, DiskIdentity, Storage};
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -114,6 +114,23 @@ impl Storage for FileStorage {
                 self.err("read", e, offset)
             }
         })
+    }
+
+    fn advise(&self, advice: Advice, offset: u64, len: u64) {
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        let fd = self.file.as_raw_fd();
+        // SAFETY: the descriptor is owned by `self.file` and valid for the
+        // calls, which read no memory of ours. Hints: their results are moot.
+        let _ = unsafe {
+            match advice {
+                Advice::WillRead => libc::posix_fadvise(fd, offset, len, libc::POSIX_FADV_WILLNEED),
+                Advice::WriteBack => {
+                    libc::sync_file_range(fd, offset, len, libc::SYNC_FILE_RANGE_WRITE)
+                }
+            }
+        };
     }
 
     fn read_uncached(&self, buf: &mut [u8], offset: u64) -> Result<()> {
@@ -302,6 +319,14 @@ mod tests {
                 .unwrap();
             let mut want = vec![0u8; len];
             f.read_at(&mut want, 0).unwrap();
+            // Hints change nothing, in or past the file.
+            for advice in [Advice::WillRead, Advice::WriteBack] {
+                f.advise(advice, 0, len as u64);
+                f.advise(advice, 3 * len as u64, 1 << 40);
+            }
+            let mut again = vec![0u8; len];
+            f.read_at(&mut again, 0).unwrap();
+            assert_eq!(again, want);
             let mut store = Vec::new();
             for (off, n) in [
                 (0, 4 * UNCACHED_ALIGN),

@@ -7,11 +7,13 @@
 //! [`MemStorage`] (memory, for tests and small overlays) and [`FaultStorage`]
 //! (wraps another and fails or loses power at a chosen operation).
 
+mod ahead;
 mod dir;
 mod fault;
 mod file;
 mod memory;
 
+pub(crate) use ahead::ReadAhead;
 pub use dir::{split_path, Dir, DirLock, FsDir, MemDir};
 pub use fault::{Fault, FaultPlan, FaultStorage};
 pub use file::FileStorage;
@@ -32,6 +34,19 @@ pub(crate) fn aligned_buf(store: &mut Vec<u8>, len: usize) -> &mut [u8] {
     }
     let at = store.as_ptr().align_offset(UNCACHED_ALIGN);
     &mut store[at..at + len]
+}
+
+/// What [`Storage::advise`] tells a backend about a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advice {
+    /// It will be read soon: start reading it (files:
+    /// `posix_fadvise(WILLNEED)`), so many scattered reads wait for the
+    /// disk together instead of one after another.
+    WillRead,
+    /// It was written and will be synced: start writing it back now
+    /// (files: `sync_file_range(SYNC_FILE_RANGE_WRITE)`), so a long copy's
+    /// writes go to the disk while it reads, not all at its final sync.
+    WriteBack,
 }
 
 /// Positional block storage, safe to share between threads.
@@ -67,6 +82,12 @@ pub trait Storage: Send + Sync {
     fn next_data(&self, offset: u64) -> Result<Option<(u64, u64)>> {
         let len = self.len()?;
         Ok((offset < len).then(|| (offset, len - offset)))
+    }
+    /// Tells the backend what is coming for `len` bytes at `offset`, so it
+    /// may start the I/O early (see [`Advice`]). A hint: it never fails
+    /// and changes no content; the default ignores it.
+    fn advise(&self, advice: Advice, offset: u64, len: u64) {
+        let _ = (advice, offset, len);
     }
     /// [`read_at`](Storage::read_at) for a pass that reads much of the
     /// storage once (an initial copy): the backend may bypass its cache
@@ -135,6 +156,9 @@ macro_rules! forward_storage {
             }
             fn read_uncached(&self, buf: &mut [u8], offset: u64) -> Result<()> {
                 (**self).read_uncached(buf, offset)
+            }
+            fn advise(&self, advice: Advice, offset: u64, len: u64) {
+                (**self).advise(advice, offset, len)
             }
             fn identity(&self) -> Result<Option<DiskIdentity>> {
                 (**self).identity()

@@ -30,7 +30,7 @@ pub use view::{OverlayView, PointView};
 use crate::error::{Detail, Error, ErrorKind, Result};
 use crate::geometry::BlockSet;
 use crate::geometry::{Extent, Geometry};
-use crate::io::{Dir, DirLock, Storage};
+use crate::io::{Dir, DirLock, ReadAhead, Storage};
 use crate::log::{
     block_digests, BlockDigests, Digest, LogFile, LogHeader, LogKind, LogReader, LogSummary,
     MappedLog, ReadOptions, WriterOptions,
@@ -703,10 +703,17 @@ impl Replica {
             };
             let mut w = LogFile::create_in(self.s.dir.clone(), &name, uh, opts)?;
             let mut buf = Vec::new();
-            for e in undo_blocks(st.geometry, log)?.extents() {
+            let saved = undo_blocks(st.geometry, log)?;
+            // The blocks replaced are scattered: read ahead so they are
+            // read together.
+            let g = st.geometry;
+            let mut ahead =
+                ReadAhead::new(&*self.s.image, saved.extents().map(|e| g.extent_bytes(e)));
+            for e in saved.extents() {
                 for part in chunks(e, st.geometry.block_size()) {
                     let (off, len) = st.geometry.extent_bytes(part);
                     buf.resize(len as usize, 0);
+                    ahead.advance(len);
                     self.s.image.read_at(&mut buf, off)?;
                     w.add_extent(part, &buf)?;
                 }

@@ -30,7 +30,7 @@ pub use tracking::{AnyTracker, Tracking};
 use crate::error::{Error, Result};
 use crate::geometry::{Extent, Geometry};
 use crate::id::DiskId;
-use crate::io::{aligned_buf, Dir, Storage};
+use crate::io::{aligned_buf, Advice, Dir, ReadAhead, Storage};
 use crate::log::{
     digest_blocks, is_zero, BlockDigests, Consistency, Digest, GroupInfo, LogHeader, LogKind,
     LogSummary, LogWriter, WriterOptions,
@@ -339,6 +339,9 @@ enum Piece {
     Data(Extent, Vec<u8>),
 }
 
+/// Bytes of a tee's image written between two starts of its write-back.
+const WRITE_BACK_STEP: u64 = 32 << 20;
+
 /// Chunks the reading thread of [`copy_disk`] may be ahead.
 const READ_AHEAD: usize = 2;
 
@@ -371,6 +374,7 @@ pub(crate) fn copy_disk<W: Write>(
             }
         });
         let mut paid = w.written();
+        let mut written_back = 0;
         for piece in rx {
             match piece? {
                 Piece::Zero(e) => w.add_zero(e)?,
@@ -379,6 +383,12 @@ pub(crate) fn copy_disk<W: Write>(
                     let buf = aligned_buf(&mut store, len as usize);
                     if let Some(image) = tee {
                         write_nonzero(image, buf, off, bs)?;
+                        // The image is synced at the end: have its writes
+                        // go out while the disk is read, not all then.
+                        if off + len - written_back >= WRITE_BACK_STEP {
+                            image.advise(Advice::WriteBack, written_back, off + len - written_back);
+                            written_back = off + len;
+                        }
                     }
                     w.add_extent(e, buf)?;
                     t.wrote(w.written() - paid);
@@ -485,13 +495,15 @@ pub(crate) fn send_blocks<W: Write>(
 pub(crate) fn read_extents<W: Write>(
     disk: &dyn Storage,
     w: &mut LogWriter<W>,
-    extents: impl Iterator<Item = Extent>,
+    extents: impl Iterator<Item = Extent> + Clone,
     t: &mut TransferOptions<'_>,
 ) -> Result<()> {
     let g = w.header().geometry;
     let per = (READ_CHUNK / u64::from(g.block_size())).max(1);
     let mut buf = Vec::new();
     let mut paid = w.written();
+    // Dirty blocks are scattered: read ahead so they are read together.
+    let mut ahead = ReadAhead::new(disk, extents.clone().map(|e| g.extent_bytes(e)));
     for e in extents {
         let mut b = e.start;
         while b < e.end() {
@@ -499,6 +511,7 @@ pub(crate) fn read_extents<W: Write>(
             let (off, len) = g.extent_bytes(part);
             buf.resize(len as usize, 0);
             t.read(len);
+            ahead.advance(len);
             disk.read_at(&mut buf, off)?;
             w.add_extent(part, &buf)?;
             t.wrote(w.written() - paid);
