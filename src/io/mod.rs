@@ -13,7 +13,7 @@ mod fault;
 mod file;
 mod memory;
 
-pub(crate) use ahead::ReadAhead;
+pub(crate) use ahead::{ReadAhead, WriteBehind};
 pub use dir::{split_path, Dir, DirLock, FsDir, MemDir};
 pub use fault::{Fault, FaultPlan, FaultStorage};
 pub use file::FileStorage;

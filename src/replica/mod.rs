@@ -30,7 +30,7 @@ pub use view::{OverlayView, PointView};
 use crate::error::{Detail, Error, ErrorKind, Result};
 use crate::geometry::BlockSet;
 use crate::geometry::{Extent, Geometry};
-use crate::io::{Dir, DirLock, ReadAhead, Storage};
+use crate::io::{Dir, DirLock, ReadAhead, Storage, WriteBehind};
 use crate::log::{
     block_digests, BlockDigests, Digest, LogFile, LogHeader, LogKind, LogReader, LogSummary,
     MappedLog, ReadOptions, WriterOptions,
@@ -977,6 +977,8 @@ fn write_records<R: Read>(
 ) -> Result<()> {
     let zeros = vec![0u8; CHUNK as usize];
     let mut copy = Vec::new();
+    // Synced at the end: written while the log is still read.
+    let mut behind = WriteBehind::new(image);
     for rec in log {
         let rec = rec?;
         let mut at = 0usize;
@@ -995,6 +997,7 @@ fn write_records<R: Read>(
                     image.write_at(&zeros[..n as usize], off + done)?;
                     done += n;
                 }
+                behind.wrote(off, len);
             } else if e.copy {
                 // The source blocks come earlier in this log, so the image
                 // holds their new content already.
@@ -1008,8 +1011,10 @@ fn write_records<R: Read>(
                     image.write_at(&copy, off + done)?;
                     done += n as u64;
                 }
+                behind.wrote(off, len);
             } else {
                 image.write_at(&rec.data[at..at + len as usize], off)?;
+                behind.wrote(off, len);
                 at += len as usize;
             }
         }

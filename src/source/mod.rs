@@ -30,7 +30,7 @@ pub use tracking::{AnyTracker, Tracking};
 use crate::error::{Error, Result};
 use crate::geometry::{Extent, Geometry};
 use crate::id::DiskId;
-use crate::io::{aligned_buf, Advice, Dir, ReadAhead, Storage};
+use crate::io::{aligned_buf, Dir, ReadAhead, Storage, WriteBehind};
 use crate::log::{
     digest_blocks, is_zero, BlockDigests, Consistency, Digest, GroupInfo, LogHeader, LogKind,
     LogSummary, LogWriter, WriterOptions,
@@ -339,9 +339,6 @@ enum Piece {
     Data(Extent, Vec<u8>),
 }
 
-/// Bytes of a tee's image written between two starts of its write-back.
-const WRITE_BACK_STEP: u64 = 32 << 20;
-
 /// Chunks the reading thread of [`copy_disk`] may be ahead.
 const READ_AHEAD: usize = 2;
 
@@ -374,21 +371,17 @@ pub(crate) fn copy_disk<W: Write>(
             }
         });
         let mut paid = w.written();
-        let mut written_back = 0;
+        let mut behind = tee.map(WriteBehind::new);
         for piece in rx {
             match piece? {
                 Piece::Zero(e) => w.add_zero(e)?,
                 Piece::Data(e, mut store) => {
                     let (off, len) = g.extent_bytes(e);
                     let buf = aligned_buf(&mut store, len as usize);
-                    if let Some(image) = tee {
+                    if let (Some(image), Some(behind)) = (tee, behind.as_mut()) {
                         write_nonzero(image, buf, off, bs)?;
-                        // The image is synced at the end: have its writes
-                        // go out while the disk is read, not all then.
-                        if off + len - written_back >= WRITE_BACK_STEP {
-                            image.advise(Advice::WriteBack, written_back, off + len - written_back);
-                            written_back = off + len;
-                        }
+                        // Synced at the end: written while the disk is read.
+                        behind.wrote(off, len);
                     }
                     w.add_extent(e, buf)?;
                     t.wrote(w.written() - paid);
