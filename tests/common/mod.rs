@@ -232,6 +232,24 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
+/// The outcome check every crash scenario starts with: the counting run
+/// (`at` is `None`) must succeed, and ends the scenario (`None` returned);
+/// a run with a fault must fail, and the step and fault are returned.
+pub fn expect_fault<T: std::fmt::Debug>(
+    result: blockrep::Result<T>,
+    at: Option<(u64, blockrep::io::Fault)>,
+) -> Option<(u64, blockrep::io::Fault)> {
+    let Some((n, fault)) = at else {
+        result.unwrap();
+        return None;
+    };
+    assert!(
+        result.is_err(),
+        "step {n} {fault:?}: the fault went unnoticed"
+    );
+    Some((n, fault))
+}
+
 /// The every-fault loop of the crash tests: runs `scenario` once under a
 /// counting plan to learn how many steps it takes, then again with each of
 /// `faults` injected at every step. The scenario checks its own outcome;
