@@ -441,6 +441,16 @@ fn initial_sync_reports_progress_and_pays_its_limits() {
     );
 }
 
+/// A pipeline over `disk` with a new, empty spool in memory.
+fn fresh_pipeline(g: Geometry, disk: Arc<dyn Storage>) -> Pipeline {
+    Pipeline::new(
+        Primary::new(Tracker::new(g), disk),
+        Spool::create(mem_dir(), ID, start(g), 1 << 30).unwrap(),
+        opts(),
+    )
+    .unwrap()
+}
+
 /// A disk with every kind of block a full log distinguishes: data, zero
 /// blocks amid data, repeats of an earlier block (stored as copies) and
 /// a short last block.
@@ -487,24 +497,14 @@ fn initial_sync_into_makes_the_replica_a_spooled_full_log_makes() {
     let disk: Arc<dyn Storage> = Arc::new(blockrep::io::FileStorage::open(&path).unwrap());
 
     // The reference: a full log through the spool, shipped.
-    let a = Pipeline::new(
-        Primary::new(Tracker::new(g), disk.clone()),
-        Spool::create(mem_dir(), ID, start(g), 1 << 30).unwrap(),
-        opts(),
-    )
-    .unwrap();
+    let a = fresh_pipeline(g, disk.clone());
     a.initial_sync(opts().into()).unwrap();
     let mut shipped = None;
     ship_all(a.spool(), &mem_dir(), &mut shipped);
     let shipped = shipped.unwrap();
 
     // In one pass, into a local replica: the same point, the same image.
-    let b = Pipeline::new(
-        Primary::new(Tracker::new(g), disk.clone()),
-        Spool::create(mem_dir(), ID, start(g), 1 << 30).unwrap(),
-        opts(),
-    )
-    .unwrap();
+    let b = fresh_pipeline(g, disk.clone());
     let rdir = mem_dir();
     let (report, local) = b.initial_sync_into(rdir.clone(), opts().into()).unwrap();
     assert_eq!(report.summary.bytes, 0, "no log was written");
@@ -541,12 +541,7 @@ fn initial_sync_into_makes_the_replica_a_spooled_full_log_makes() {
     // Once only, and never over a replica.
     let again = b.initial_sync_into(mem_dir(), opts().into()).unwrap_err();
     assert_eq!(again.kind(), blockrep::ErrorKind::Misuse);
-    let c = Pipeline::new(
-        Primary::new(Tracker::new(g), disk.clone()),
-        Spool::create(mem_dir(), ID, start(g), 1 << 30).unwrap(),
-        opts(),
-    )
-    .unwrap();
+    let c = fresh_pipeline(g, disk.clone());
     let over = c
         .initial_sync_into(rdir.clone(), opts().into())
         .unwrap_err();
@@ -658,12 +653,7 @@ fn a_failed_read_of_a_local_initial_sync_leaves_nothing() {
     let mut reads = 0;
     for fail_at in 1.. {
         let disk = Arc::new(Reads::new(MemStorage::from_vec(content.clone()), fail_at));
-        let p = Pipeline::new(
-            Primary::new(Tracker::new(g), disk.clone()),
-            Spool::create(mem_dir(), ID, start(g), 1 << 30).unwrap(),
-            opts(),
-        )
-        .unwrap();
+        let p = fresh_pipeline(g, disk.clone());
         let rdir = mem_dir();
         match p.initial_sync_into(rdir.clone(), opts().into()) {
             Ok((_, r)) => {

@@ -364,21 +364,19 @@ pub(crate) fn copy_disk<W: Write>(
     let read_limit = t.read_limit;
     std::thread::scope(|s| {
         s.spawn(move || {
-            // A send fails once the writing side stopped: reading stops.
-            let mut emit = |p| tx.send(Ok(p)).is_ok();
-            if let Err(e) = read_disk(disk, g, read_limit, &free_rx, &mut emit) {
+            if let Err(e) = read_disk(disk, g, read_limit, &free_rx, &tx) {
                 let _ = tx.send(Err(e));
             }
         });
         let mut paid = w.written();
-        let mut behind = tee.map(WriteBehind::new);
+        let mut tee = tee.map(|image| (image, WriteBehind::new(image)));
         for piece in rx {
             match piece? {
                 Piece::Zero(e) => w.add_zero(e)?,
                 Piece::Data(e, mut store) => {
                     let (off, len) = g.extent_bytes(e);
                     let buf = aligned_buf(&mut store, len as usize);
-                    if let (Some(image), Some(behind)) = (tee, behind.as_mut()) {
+                    if let Some((image, behind)) = tee.as_mut() {
                         write_nonzero(image, buf, off, bs)?;
                         // Synced at the end: written while the disk is read.
                         behind.wrote(off, len);
@@ -398,15 +396,16 @@ pub(crate) fn copy_disk<W: Write>(
 
 /// The reading side of [`copy_disk`]: every block of `disk` in order, as
 /// zero extents (holes) and chunks of data read into buffers handed back
-/// through `free`; stops early, without error, when `emit` returns false
-/// (the writing side stopped).
+/// through `free`, sent to `to`; stops early, without error, when a send
+/// fails (the writing side stopped).
 fn read_disk(
     disk: &dyn Storage,
     g: Geometry,
     read_limit: Option<&Throttle>,
     free: &std::sync::mpsc::Receiver<Vec<u8>>,
-    emit: &mut dyn FnMut(Piece) -> bool,
+    to: &std::sync::mpsc::SyncSender<Result<Piece>>,
 ) -> Result<()> {
+    let emit = |p| to.send(Ok(p)).is_ok();
     let bs = u64::from(g.block_size());
     let per = (COPY_CHUNK / bs).max(1);
     let mut next_block = 0u64;
