@@ -103,8 +103,11 @@ impl Pending {
             Codec::Zero
         } else {
             let bound = lz4_bound(self.raw.len());
+            // Grown to what this record needs, not to the largest record
+            // the format allows: a log of small records (a short cycle's)
+            // then zero-fills kilobytes, not a megabyte, per buffer.
             if self.lz4.len() < bound {
-                self.lz4.resize(lz4_bound(MAX_RECORD_RAW).max(bound), 0);
+                self.lz4.resize(bound, 0);
             }
             match lz4_flex::block::compress_into(&self.raw, &mut self.lz4) {
                 Ok(n) if n < self.raw.len() => {

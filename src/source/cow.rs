@@ -12,10 +12,16 @@
 //! extents without reading them, unless a data write touched them too in
 //! the same generation.
 //!
-//! A write already in flight when a cycle starts (its guard taken before)
-//! may or may not be in that cycle's point, as a write in flight at a power
-//! cut may or may not be on the disk; its mark lands in the next generation
-//! either way, so it is never lost.
+//! A point is the disk at one instant, the moment the cut announces its
+//! cycle (docs/ARCHITECTURE.md, "A cut is one instant"): every write that
+//! completed before it is in the point, no write whose guard was taken
+//! after it is, and a write in flight across it may or may not be, as a
+//! write in flight at a power cut may or may not be on the disk (its mark
+//! lands in one generation or the next, never lost). The cut announces
+//! the cycle before it takes the dirty set and holds the cycle's lock
+//! until it has recorded the frozen set, so a guard that begins after a
+//! mark the take missed sees the cycle and waits for the frozen set
+//! before it saves.
 
 use super::{CycleOptions, Source, Tracking};
 use crate::error::Result;
@@ -25,17 +31,32 @@ use crate::log::{LogKind, LogSummary, LogWriter, WriterOptions};
 use crate::tracker::open_writes::OpenWrites;
 use crate::tracker::{BlockSet, FrozenSet, Tracker};
 use parking_lot::Mutex;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// The blocks a running cycle still has to read, and old contents saved
-/// for it by writers.
+/// The cycle in flight: the blocks it froze, how far it has read them
+/// (in ascending order), and old contents saved for it by writers.
 #[derive(Default)]
 struct InFlight {
-    unread: BTreeSet<u64>,
+    frozen: BlockSet,
+    /// Frozen blocks below this one are read.
+    next: u64,
     saved: HashMap<u64, Vec<u8>>,
+}
+
+impl InFlight {
+    /// The frozen blocks of `e` the cycle has neither read nor been
+    /// handed yet.
+    fn unread_in(&self, e: Extent) -> Vec<u64> {
+        self.frozen
+            .extents_from(e.start.max(self.next))
+            .take_while(|x| x.start < e.end())
+            .flat_map(|x| x.start..x.end().min(e.end()))
+            .filter(|b| !self.saved.contains_key(b))
+            .collect()
+    }
 }
 
 /// A replicated disk on the primary: its tracking, its storage, the blocks
@@ -178,6 +199,9 @@ impl<T: Tracking> Primary<T> {
             offset,
             len: if zero { len | ZERO_WRITE } else { len },
         };
+        // Pairs with the cut's store: a guard that begins after a mark the
+        // cut missed sees the cycle (docs/ARCHITECTURE.md, "A cut is one
+        // instant").
         if self.active.load(Ordering::Acquire) {
             self.save_old(e)?;
         }
@@ -311,15 +335,16 @@ impl<T: Tracking> Primary<T> {
         self.hold.store(false, Ordering::SeqCst);
     }
 
+    /// Hands the cycle the old content of the frozen blocks of `e` it has
+    /// not read yet. Takes the cycle's lock, so a guard that saw a cut
+    /// under way waits for it to record its frozen set.
     #[cold]
     fn save_old(&self, e: Extent) -> Result<()> {
         let g = self.tracker().geometry();
         let mut c = self.cycle.lock();
-        let todo: Vec<u64> = c.unread.range(e.start..e.end()).copied().collect();
-        for b in todo {
+        for b in c.unread_in(e) {
             let mut old = vec![0u8; g.block_len(b) as usize];
             self.disk.read_at(&mut old, g.block_offset(b))?;
-            c.unread.remove(&b);
             c.saved.insert(b, old);
         }
         Ok(())
@@ -338,15 +363,25 @@ impl<T: Tracking> Primary<T> {
         self.cut(false)
     }
 
+    /// The cut. With copy-before-write, the cycle is announced before the
+    /// take and under the cycle's lock, which is held until the frozen set
+    /// is recorded: a mark the take misses happened after the store, so
+    /// the guard of any write that followed it sees the cycle and waits
+    /// for the frozen set before it saves. That makes the store the cut's
+    /// instant (docs/ARCHITECTURE.md, "A cut is one instant").
     fn cut(&self, cow: bool) -> CycleHandle<'_, T> {
         let mut c = self.cycle.lock();
+        if cow {
+            self.active.store(true, Ordering::Release);
+        }
         let zeroed = self.zeroed.cut().into_set();
         let frozen = self.tracking.cut();
         if cow {
-            c.unread = frozen.blocks().collect();
+            c.frozen = frozen.set().clone();
+            c.next = 0;
             c.saved.clear();
-            self.active.store(true, Ordering::Release);
         }
+        drop(c);
         let zeroed = zeroed.difference(&frozen);
         CycleHandle {
             primary: self,
@@ -418,11 +453,9 @@ impl<T: Tracking> CycleHandle<'_, T> {
                 let mut c = p.cycle.lock();
                 match c.saved.remove(&b) {
                     Some(old) => data.copy_from_slice(&old),
-                    None => {
-                        p.disk.read_at(data, g.block_offset(b))?;
-                        c.unread.remove(&b);
-                    }
+                    None => p.disk.read_at(data, g.block_offset(b))?,
                 }
+                c.next = b + 1;
             }
             w.add_block(b, data)?;
         }
@@ -445,7 +478,7 @@ impl<T: Tracking> CycleHandle<'_, T> {
         let p = self.primary;
         let mut c = p.cycle.lock();
         p.active.store(false, Ordering::Release);
-        c.unread.clear();
+        c.frozen = BlockSet::default();
         c.saved.clear();
     }
 }

@@ -13,6 +13,13 @@
 //! get its summary bit set by the writer that made it non-zero, so it stays
 //! reachable for the next take. A summary bit may point at a zero word; that
 //! costs one wasted visit, never a lost bit.
+//!
+//! A take is not an instant by itself: a mark racing with it may land in
+//! the next take while a later mark lands in this one. What makes a cycle
+//! one instant is the protocol around the take (`source::cow`): every mark
+//! the take misses is ordered after an announcement made before it, and
+//! so is everything its writer does next (docs/ARCHITECTURE.md, "A cut is
+//! one instant").
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -87,15 +94,20 @@ impl AtomicBitmap {
         self.set_in_word(lw as usize, word_mask(0, last & 63));
     }
 
-    /// ORs `mask` into leaf word `w`. A relaxed load first keeps an already
-    /// dirty word's cache line shared between cores.
+    /// ORs `mask` into leaf word `w`. A load first keeps an already dirty
+    /// word's cache line shared between cores.
     // The one call on the write path: forced inline, as measured in
     // benches/tracker.rs.
     #[allow(clippy::inline_always)]
     #[inline(always)]
     pub(crate) fn set_in_word(&self, w: usize, mask: u64) {
         let word = &self.leaves[w];
-        if word.load(Ordering::Relaxed) & mask == mask {
+        // Acquire, not relaxed: when the bits were set by a mark that came
+        // after a take, this mark is ordered after that take too, so what
+        // the caller does next sees what the taker did before it (a
+        // cycle's flag; docs/ARCHITECTURE.md, "A cut is one instant"). A
+        // plain load on x86.
+        if word.load(Ordering::Acquire) & mask == mask {
             return;
         }
         if word.fetch_or(mask, Ordering::AcqRel) == 0 {
