@@ -14,21 +14,13 @@ use blockrep::net::{Client, Limits, PrimaryConfig, ServerConfig};
 use blockrep::source::{AnyTracker, CycleOptions, Pipeline, TransferOptions};
 use blockrep::DiskId;
 use common::Rng;
-use net_common::{files, start, Ca};
+use net_common::{files, hex, start, Ca};
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
 const ID: DiskId = DiskId([0x5a; 16]);
 const SIZE: u64 = 8 << 20;
-
-fn hex(b: &[u8]) -> String {
-    use std::fmt::Write;
-    b.iter().fold(String::new(), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
-}
 
 /// The spooled log `l` of pipeline `p`, whole.
 fn log_bytes(p: &Pipeline<AnyTracker>, l: &blockrep::source::SpooledLog) -> Vec<u8> {
@@ -78,16 +70,8 @@ fn a_primary_creates_pushes_and_resumes_and_others_are_refused() {
         listen: "127.0.0.1:0".parse().unwrap(),
         tls: files(d, "server", "ca.crt"),
         primaries: vec![
-            PrimaryConfig {
-                identity: "*.site-a.example".into(),
-                root: root_a.clone(),
-                retention: blockrep::replica::RetentionPolicy::default(),
-            },
-            PrimaryConfig {
-                identity: "dr.example".into(),
-                root: root_b.clone(),
-                retention: blockrep::replica::RetentionPolicy::default(),
-            },
+            PrimaryConfig::new("*.site-a.example", root_a.clone()),
+            PrimaryConfig::new("dr.example", root_b.clone()),
         ],
         limits: Limits {
             read_timeout: Duration::from_secs(5),
@@ -303,11 +287,7 @@ fn floods_tricklers_and_greedy_identities_are_cut_off() {
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         tls: files(d, "server", "ca.crt"),
-        primaries: vec![PrimaryConfig {
-            identity: "*.site-a.example".into(),
-            root: d.join("site-a"),
-            retention: blockrep::replica::RetentionPolicy::default(),
-        }],
+        primaries: vec![PrimaryConfig::new("*.site-a.example", d.join("site-a"))],
         limits: Limits {
             read_timeout: Duration::from_secs(3),
             connections: 6,
@@ -428,11 +408,7 @@ fn one_primary(d: &std::path::Path, root: &std::path::Path, limits: Limits) -> S
     ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         tls: files(d, "server", "ca.crt"),
-        primaries: vec![PrimaryConfig {
-            identity: "*.site-a.example".into(),
-            root: root.to_path_buf(),
-            retention: blockrep::replica::RetentionPolicy::default(),
-        }],
+        primaries: vec![PrimaryConfig::new("*.site-a.example", root.to_path_buf())],
         limits,
         monitors: vec![],
         health: blockrep::net::HealthPolicy::default(),

@@ -42,11 +42,9 @@ fn vault(d: &Path, addr: SocketAddr, stem: &str, prefix: &str) -> StoreConfig {
 fn two_primaries(d: &Path) -> ServerConfig {
     let (mut config, ca) = net_common::site_ca(d);
     ca.leaf(d, "host2", &["host2.site-b.example"], false);
-    config.primaries.push(PrimaryConfig {
-        identity: "*.site-b.example".into(),
-        root: d.join("site-b"),
-        retention: blockrep::replica::RetentionPolicy::default(),
-    });
+    config
+        .primaries
+        .push(PrimaryConfig::new("*.site-b.example", d.join("site-b")));
     config
 }
 

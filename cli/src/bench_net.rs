@@ -64,11 +64,7 @@ pub(super) fn bench_server(
     let server = Server::bind(&ServerConfig {
         listen: "127.0.0.1:0".parse().expect("an address"),
         tls: files("localhost"),
-        primaries: vec![PrimaryConfig {
-            identity: "bench.site-a".into(),
-            root: root.clone(),
-            retention: blockrep::replica::RetentionPolicy::default(),
-        }],
+        primaries: vec![PrimaryConfig::new("bench.site-a", root.clone())],
         limits: Limits::default(),
         monitors: vec!["monitor.bench".into()],
         health: HealthPolicy::default(),

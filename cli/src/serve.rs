@@ -15,6 +15,8 @@
 //! keep_last = 24               # retention of its replicas' points, pruned
 //! keep_app_last = 7            # after every apply (keep_for_secs and
 //!                              # keep_app_for_secs too; all optional)
+//! max_disk_bytes = 17592186044416  # the largest disk its logs may
+//!                              # declare (optional; 16 TiB)
 //!
 //! [limits]                 # all optional
 //! read_timeout_secs = 30
@@ -31,7 +33,9 @@
 //! critical_silence_secs = 3600   # nothing received: critical
 //! ```
 
-use blockrep::net::{HealthPolicy, Limits, PrimaryConfig, Server, ServerConfig, TlsFiles};
+use blockrep::net::{
+    HealthPolicy, Limits, PrimaryConfig, Server, ServerConfig, TlsFiles, DEFAULT_MAX_DISK,
+};
 use blockrep::replica::RetentionPolicy;
 use blockrep::{Error, Result};
 use serde::Deserialize;
@@ -73,6 +77,8 @@ struct Primary {
     keep_for_secs: Option<u64>,
     keep_app_last: Option<usize>,
     keep_app_for_secs: Option<u64>,
+    /// The largest disk its logs may declare.
+    max_disk_bytes: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -137,6 +143,7 @@ pub fn load(path: &Path) -> Result<ServerConfig> {
                             .map(Duration::from_secs)
                             .or(r.keep_app_for),
                     },
+                    max_disk: p.max_disk_bytes.unwrap_or(DEFAULT_MAX_DISK),
                 }
             })
             .collect(),

@@ -117,19 +117,17 @@ impl BlockDigests {
 
     /// Encodes the list for shipping.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = frame::start(MAGIC, VERSION, FIXED);
-        b[16..32].copy_from_slice(&self.disk_id.0);
-        put_u64(&mut b, 32, self.epoch);
-        put_u64(&mut b, 40, self.sequence);
-        b[48..80].copy_from_slice(&self.digest.0);
-        put_u64(&mut b, 80, self.geometry.size());
-        put_u32(&mut b, 88, self.geometry.block_size());
-        put_u64(&mut b, 96, self.blocks.len() as u64);
+        let mut b = ListHead::of(self).encode();
         b.reserve(self.blocks.len() * 32 + 4);
         for d in &self.blocks {
             b.extend_from_slice(d);
         }
         frame::seal(b)
+    }
+
+    /// The length of the encoded list of a disk of `geometry`.
+    pub fn encoded_len(geometry: Geometry) -> u64 {
+        FIXED as u64 + geometry.block_count() * 32 + 4
     }
 
     /// Decodes and checks a shipped list.
@@ -167,6 +165,87 @@ impl BlockDigests {
             blocks,
         })
     }
+}
+
+/// What names a digest list: everything but its digests.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ListHead {
+    pub disk_id: DiskId,
+    pub epoch: u64,
+    pub sequence: u64,
+    pub digest: Digest,
+    pub geometry: Geometry,
+}
+
+impl ListHead {
+    fn of(l: &BlockDigests) -> Self {
+        ListHead {
+            disk_id: l.disk_id,
+            epoch: l.epoch,
+            sequence: l.sequence,
+            digest: l.digest,
+            geometry: l.geometry,
+        }
+    }
+
+    /// The list's fixed part (docs/FORMAT.md, "Block digest list").
+    fn encode(&self) -> Vec<u8> {
+        let mut b = frame::start(MAGIC, VERSION, FIXED);
+        b[16..32].copy_from_slice(&self.disk_id.0);
+        put_u64(&mut b, 32, self.epoch);
+        put_u64(&mut b, 40, self.sequence);
+        b[48..80].copy_from_slice(&self.digest.0);
+        put_u64(&mut b, 80, self.geometry.size());
+        put_u32(&mut b, 88, self.geometry.block_size());
+        put_u64(&mut b, 96, self.geometry.block_count());
+        b
+    }
+}
+
+/// Digests a list streams at a time: 2 MiB of digests, whatever the disk.
+const STREAM_BLOCKS: u64 = 1 << 16;
+
+/// Writes the encoded digest list of `disk` (the bytes
+/// [`BlockDigests::encode`] gives) to `out` as it is computed, on
+/// `threads` threads (0: all cores): memory stays bounded by
+/// [`STREAM_BLOCKS`] digests whatever the disk's size. Returns the bytes
+/// written, [`BlockDigests::encoded_len`].
+pub(crate) fn write_digests(
+    out: &mut dyn std::io::Write,
+    head: &ListHead,
+    disk: &dyn Storage,
+    threads: usize,
+) -> Result<u64> {
+    write_digests_by(out, head, disk, threads, STREAM_BLOCKS)
+}
+
+/// [`write_digests`], `chunk` digests at a time.
+fn write_digests_by(
+    out: &mut dyn std::io::Write,
+    head: &ListHead,
+    disk: &dyn Storage,
+    threads: usize,
+    chunk: u64,
+) -> Result<u64> {
+    let io = |e| Error::io("send block digests", e);
+    let mut crc = crc32fast::Hasher::new();
+    let mut put = |b: &[u8]| -> Result<()> {
+        crc.update(b);
+        out.write_all(b).map_err(io)
+    };
+    put(&head.encode())?;
+    let n = head.geometry.block_count();
+    let mut digests = vec![[0u8; 32]; chunk.min(n) as usize];
+    let mut first = 0;
+    while first < n {
+        let count = (n - first).min(chunk) as usize;
+        digest_blocks(disk, head.geometry, first, &mut digests[..count], threads)?;
+        put(digests[..count].as_flattened())?;
+        first += count as u64;
+    }
+    let crc = crc.finalize();
+    out.write_all(&crc.to_le_bytes()).map_err(io)?;
+    Ok(BlockDigests::encoded_len(head.geometry))
 }
 
 /// Digests blocks `first..first + out.len()` into `out`.
@@ -244,5 +323,14 @@ mod tests {
         other[9] = [1; 32];
         let set = d.differing(&other).unwrap();
         assert_eq!(set.blocks().collect::<Vec<_>>(), vec![4, 5, 9]);
+        // Streamed a few digests at a time (the last chunk short, the
+        // last block short), the bytes are the encoded list's.
+        for chunk in [1, 3, 11, 64] {
+            let mut streamed = Vec::new();
+            let n = write_digests_by(&mut streamed, &ListHead::of(&d), &disk, 2, chunk).unwrap();
+            assert_eq!(streamed, b, "chunks of {chunk}");
+            assert_eq!(n, b.len() as u64);
+            assert_eq!(BlockDigests::encoded_len(g), n);
+        }
     }
 }

@@ -39,8 +39,8 @@ mod pool;
 mod reader;
 mod writer;
 
-pub(crate) use digests::digest_blocks;
 pub use digests::{block_digests, BlockDigests};
+pub(crate) use digests::{digest_blocks, write_digests, ListHead};
 pub use file::LogFile;
 pub use format::{Codec, LogExtent, Trailer, MAX_LABEL, MAX_RECORD_EXTENTS, MAX_RECORD_RAW};
 pub use mapped::{BlockLookup, MappedLog};

@@ -177,10 +177,22 @@ pub fn write_response(
     extra: &[(&str, String)],
     body: &[u8],
 ) -> std::io::Result<()> {
+    s.write_all(response_head(status, content_type, extra, body.len() as u64).as_bytes())?;
+    s.write_all(body)?;
+    s.flush()
+}
+
+/// The head of a response whose body of `len` bytes follows (written by
+/// the caller as it is produced: a body too large to hold).
+pub fn response_head(
+    status: u16,
+    content_type: &str,
+    extra: &[(&str, String)],
+    len: u64,
+) -> String {
     let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\n",
         reason(status),
-        body.len()
     );
     for (n, v) in extra {
         head.push_str(n);
@@ -189,9 +201,7 @@ pub fn write_response(
         head.push_str("\r\n");
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
-    s.flush()
+    head
 }
 
 #[cfg(test)]

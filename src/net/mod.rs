@@ -27,6 +27,8 @@ pub mod tls;
 pub use bandwidth::{Bandwidth, Window};
 pub use client::{Client, Response};
 pub use identity::{AllowList, Identity};
-pub use server::{Health, HealthPolicy, Limits, PrimaryConfig, Server, ServerConfig};
+pub use server::{
+    Health, HealthPolicy, Limits, PrimaryConfig, Server, ServerConfig, DEFAULT_MAX_DISK,
+};
 pub use shipper::{remote_digests, Shipper, ShipperConfig, ShipperStatus};
 pub use tls::{client_config, handshake_refusal, server_config, TlsFiles};

@@ -306,10 +306,23 @@ impl Replica {
     /// outside: a caller's path), copied into `dir` first so memory stays
     /// bounded and no foreign file is mapped.
     pub fn create_from_file(dir: Arc<dyn Dir>, path: impl AsRef<Path>) -> Result<Self> {
+        Self::create_from_file_checked(dir, path, |_| Ok(()))
+    }
+
+    /// [`create_from_file`](Self::create_from_file), with `check` run on
+    /// the verified log before anything of the replica exists: a caller
+    /// refuses a log that is not the one it was told of (the replica
+    /// server checks the disk, sequence, digest and size a push claims).
+    pub fn create_from_file_checked(
+        dir: Arc<dyn Dir>,
+        path: impl AsRef<Path>,
+        check: impl FnOnce(&MappedLog) -> Result<()>,
+    ) -> Result<Self> {
         let lock = dir.lock()?;
         refuse_existing(&*dir)?;
         let staged = stage_file(&*dir, path.as_ref())?;
         let r = MappedLog::open_in(&*dir, &staged, &ReadOptions::default())
+            .and_then(|full| check(&full).map(|()| full))
             .and_then(|full| Self::create_locked(dir.clone(), lock, &full));
         let _ = dir.remove(&staged);
         r
@@ -556,6 +569,30 @@ impl Replica {
         })
     }
 
+    /// Streams the encoded block digest list of the latest point (the
+    /// bytes [`block_digests`](Self::block_digests) and
+    /// [`BlockDigests::encode`] give) to `out` as it is computed, so
+    /// memory stays bounded whatever the disk's size. `start` is called
+    /// first with the list's length (a transport writes its head). Applies
+    /// wait meanwhile, so the list is of one point.
+    pub fn write_block_digests(
+        &self,
+        out: &mut dyn std::io::Write,
+        threads: usize,
+        start: impl FnOnce(&mut dyn std::io::Write, u64) -> Result<()>,
+    ) -> Result<u64> {
+        let st = self.s.state.lock();
+        start(out, BlockDigests::encoded_len(st.geometry))?;
+        let head = crate::log::ListHead {
+            disk_id: st.disk_id,
+            epoch: st.epoch,
+            sequence: st.applied,
+            digest: st.digest,
+            geometry: st.geometry,
+        };
+        crate::log::write_digests(out, &head, &*self.s.image, threads)
+    }
+
     /// Reads the latest point.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.s.image.read_at(buf, offset)
@@ -640,8 +677,20 @@ impl Replica {
     /// directory and verified there, so memory stays bounded whatever the
     /// log's size and no foreign file is mapped.
     pub fn apply_file(&self, path: impl AsRef<Path>) -> Result<ApplyOutcome> {
+        self.apply_file_checked(path, |_| Ok(()))
+    }
+
+    /// [`apply_file`](Self::apply_file), with `check` run on the verified
+    /// log before the replica is touched: a caller refuses a log that is
+    /// not the one it was told of.
+    pub fn apply_file_checked(
+        &self,
+        path: impl AsRef<Path>,
+        check: impl FnOnce(&MappedLog) -> Result<()>,
+    ) -> Result<ApplyOutcome> {
         let staged = stage_file(&*self.s.dir, path.as_ref())?;
         let r = MappedLog::open_in(&*self.s.dir, &staged, &ReadOptions::default())
+            .and_then(|log| check(&log).map(|()| log))
             .and_then(|log| self.apply(&log));
         let _ = self.s.dir.remove(&staged);
         r

@@ -107,11 +107,10 @@ pub fn site_ca(d: &Path) -> (ServerConfig, Ca) {
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         tls: files(d, "server", "ca.crt"),
-        primaries: vec![blockrep::net::PrimaryConfig {
-            identity: "*.site-a.example".into(),
-            root: d.join("site-a"),
-            retention: blockrep::replica::RetentionPolicy::default(),
-        }],
+        primaries: vec![blockrep::net::PrimaryConfig::new(
+            "*.site-a.example",
+            d.join("site-a"),
+        )],
         limits: blockrep::net::Limits::default(),
         monitors: vec![],
         health: blockrep::net::HealthPolicy::default(),
@@ -128,6 +127,15 @@ pub fn connect(d: &Path, addr: std::net::SocketAddr, stem: &str) -> blockrep::Re
         client_config(&files(d, stem, "ca.crt"))?,
         std::time::Duration::from_secs(10),
     )
+}
+
+/// `b` in lowercase hex, as the protocol writes ids and digests.
+pub fn hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    b.iter().fold(String::new(), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
 }
 
 /// The spooled log `sequence` of `spool`, whole.

@@ -7,6 +7,7 @@
 //! One thread per connection, blocking I/O: no async runtime, and every
 //! wait bounded by a timeout. A disk takes one upload at a time.
 
+mod claim;
 mod connection;
 mod group;
 mod health;
@@ -45,6 +46,27 @@ pub struct PrimaryConfig {
     pub root: PathBuf,
     /// Which points its replicas keep: pruned after every apply.
     pub retention: RetentionPolicy,
+    /// The largest disk (bytes) its logs may declare: a log of a larger
+    /// disk is refused before anything is created.
+    pub max_disk: u64,
+}
+
+/// The largest disk a primary may replicate unless its configuration
+/// says otherwise: 16 TiB, above the VM disks of common hypervisors' usual
+/// use and far below what would exhaust a server.
+pub const DEFAULT_MAX_DISK: u64 = 16 << 40;
+
+impl PrimaryConfig {
+    /// A primary matching allow-list entry `identity` whose disks live
+    /// under `root`, with the default retention and disk size limit.
+    pub fn new(identity: impl Into<String>, root: impl Into<PathBuf>) -> Self {
+        PrimaryConfig {
+            identity: identity.into(),
+            root: root.into(),
+            retention: RetentionPolicy::default(),
+            max_disk: DEFAULT_MAX_DISK,
+        }
+    }
 }
 
 /// The limits against a client that misbehaves (docs/PROTOCOL.md).
@@ -129,12 +151,19 @@ struct Conf {
     allow: AllowList,
     roots: HashMap<String, PathBuf>,
     retention: HashMap<String, RetentionPolicy>,
+    max_disk: HashMap<String, u64>,
     limits: Limits,
     monitors: Vec<String>,
     health: HealthPolicy,
 }
 
 impl Conf {
+    /// The largest disk `identity`'s logs may declare (none for an
+    /// identity that holds no disks).
+    fn max_disk(&self, identity: &Identity) -> u64 {
+        self.max_disk.get(identity.as_str()).copied().unwrap_or(0)
+    }
+
     /// Loads the certificates and checks the configuration.
     fn load(config: &ServerConfig) -> Result<Conf> {
         let entries: Vec<&str> = config
@@ -146,8 +175,10 @@ impl Conf {
         let allow = AllowList::new(&entries)?;
         let mut roots = HashMap::new();
         let mut retention = HashMap::new();
+        let mut max_disk = HashMap::new();
         for p in &config.primaries {
             retention.insert(p.identity.clone(), p.retention);
+            max_disk.insert(p.identity.clone(), p.max_disk);
             std::fs::create_dir_all(&p.root)
                 .map_err(|e| Error::io("create a primary's root", e).with_path(&p.root))?;
             if roots.insert(p.identity.clone(), p.root.clone()).is_some() {
@@ -163,6 +194,7 @@ impl Conf {
             allow,
             roots,
             retention,
+            max_disk,
             limits: config.limits.clone(),
             monitors: config.monitors.clone(),
             health: config.health,

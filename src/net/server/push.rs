@@ -1,13 +1,14 @@
 //! `PUT /v1/disks/{disk}/logs/{sequence}`: a log streamed to its
 //! partial file, resumable at the bytes held, then verified and applied.
 
+use super::claim::PushClaim;
 use super::connection::{
     error_response, error_response_with, json_response, json_response_status, linger, status_of,
     Tls,
 };
 use super::routes::partial;
 use super::space::check_reserve;
-use super::{parse_digest, Shared};
+use super::Shared;
 use crate::error::{Error, ErrorKind, Result};
 use crate::hex::hex;
 use crate::id::DiskId;
@@ -37,40 +38,14 @@ pub(super) fn push(
         linger(s);
         Ok(false)
     };
-    let Some(digest) = head.header("blockrep-digest").and_then(parse_digest) else {
-        return fail(
-            s,
-            400,
-            Error::invalid("Blockrep-Digest: the log's digest in hex is required"),
-        );
+    let claim = match PushClaim::parse(head, id, seq, conf.limits.max_log) {
+        Ok(c) => c,
+        Err((status, e)) => {
+            shared.metrics.refused(&format!("http {status}"));
+            return fail(s, status, e);
+        }
     };
-    let body_len = match head.content_length() {
-        Ok(n) => n,
-        Err(e) => return fail(s, 400, e),
-    };
-    let (start, total) = match head.header("content-range") {
-        None => (0, body_len),
-        Some(r) => match parse_range(r) {
-            Some((a, b, t)) if b + 1 - a == body_len && b < t => (a, t),
-            _ => {
-                return fail(
-                    s,
-                    400,
-                    Error::invalid(format!("Content-Range {r:?} does not match the body")),
-                )
-            }
-        },
-    };
-    if total > conf.limits.max_log {
-        return fail(
-            s,
-            413,
-            Error::new(
-                ErrorKind::OutOfRange,
-                format!("a log of {total} bytes; at most {}", conf.limits.max_log),
-            ),
-        );
-    }
+    let (digest, body_len, start, total) = (claim.digest, claim.len, claim.start, claim.total);
     let disk = shared.disk(identity, id)?;
     let Some(upload) = disk.upload.try_lock() else {
         let e = Error::new(ErrorKind::Misuse, "an upload of this disk is under way");
@@ -85,7 +60,7 @@ pub(super) fn push(
     // this log's when the whole log comes again (no Content-Range): the
     // client restarts it (after a crash between the last byte and the
     // apply, say, the partial may hold the whole log).
-    let restart = head.header("content-range").is_none();
+    let restart = claim.restart;
     let held = match partial(&disk.dir) {
         Some((p_seq, p_digest, path, bytes)) if p_seq == seq && p_digest == digest && !restart => {
             Some((path, bytes))
@@ -196,24 +171,24 @@ pub(super) fn push(
         .map_err(|e| Error::io("respond", e))?;
         return Ok(true);
     }
-    // A member of a consistency group waits for the others.
-    let header = crate::log::LogHeader::read_file(&path);
-    if let Ok(crate::log::LogHeader {
-        group: Some(group),
-        disk_id,
-        ..
-    }) = header
-    {
-        drop(upload);
-        if disk_id != id {
-            // Held under the pushed disk, it would apply to another.
+    // The log must be the one the request named, of a disk this primary
+    // may hold, before anything is applied or held.
+    let max_disk = conf.max_disk(identity);
+    let header = crate::log::LogHeader::read_file(&path)
+        .and_then(|h| claim.check_header(&h, max_disk).map(|()| h));
+    let group = match header {
+        Ok(h) => h.group,
+        Err(e) => {
+            drop(upload);
             let _ = std::fs::remove_file(&path);
-            let e = Error::mismatch(format!("a log of disk {disk_id} pushed as disk {id}"))
-                .with_detail(crate::error::Detail::OtherDisk { expected: id });
-            shared.metrics.refused("http 409");
+            shared.metrics.refused(&format!("http {}", status_of(&e)));
             error_response(s, status_of(&e), &e).map_err(|e| Error::io("respond", e))?;
             return Ok(true);
         }
+    };
+    // A member of a consistency group waits for the others.
+    if let Some(group) = group {
+        drop(upload);
         let root = disk.dir.parent().map(Path::to_path_buf).unwrap_or_default();
         let upload = super::group::Held {
             disk: id,
@@ -247,21 +222,25 @@ pub(super) fn push(
     let apply_started = std::time::Instant::now();
     let current = disk.replica.lock().clone();
     let applied = match current {
-        Some(r) => r.apply_file(&path).inspect(|o| {
-            if o.applied_now() {
-                shared.prune(identity, &r);
-            }
-        }),
+        Some(r) => r
+            .apply_file_checked(&path, |log| claim.check_log(log, max_disk))
+            .inspect(|o| {
+                if o.applied_now() {
+                    shared.prune(identity, &r);
+                }
+            }),
         None => {
             let dir = Arc::new(FsDir::new(disk.dir.join("replica"))?);
-            Replica::create_from_file(dir, &path).map(|r| {
-                let o = ApplyOutcome::Applied {
-                    sequence: r.status().applied,
-                    digest: r.status().digest,
-                };
-                *disk.replica.lock() = Some(r);
-                o
-            })
+            Replica::create_from_file_checked(dir, &path, |log| claim.check_log(log, max_disk)).map(
+                |r| {
+                    let o = ApplyOutcome::Applied {
+                        sequence: r.status().applied,
+                        digest: r.status().digest,
+                    };
+                    *disk.replica.lock() = Some(r);
+                    o
+                },
+            )
         }
     };
     let _ = std::fs::remove_file(&path);
@@ -329,12 +308,4 @@ impl Pace {
         *self = Pace::new(self.window, self.min_rate);
         Ok(())
     }
-}
-
-/// `bytes A-B/T`.
-pub(super) fn parse_range(v: &str) -> Option<(u64, u64, u64)> {
-    let r = v.trim().strip_prefix("bytes ")?;
-    let (span, total) = r.split_once('/')?;
-    let (a, b) = span.split_once('-')?;
-    Some((a.parse().ok()?, b.parse().ok()?, total.parse().ok()?))
 }

@@ -7,9 +7,10 @@ use super::push::push;
 use super::{parse_digest, parse_disk, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::log::Digest;
-use crate::net::http::{write_response, Head};
+use crate::net::http::{response_head, write_response, Head};
 use crate::net::identity::Identity;
 use crate::replica::Replica;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The partial upload of a disk, if any: its sequence, digest, path and
@@ -98,17 +99,7 @@ pub(super) fn route(
                 (Some(r), []) => Ok(d.status_json(&r, &shared.conf().health)),
                 (Some(r), ["points"]) => Ok(serde_json::json!(r.points())),
                 (Some(r), ["resume"]) => Ok(resume_json(Some(&r), &d.dir)),
-                (Some(r), ["digests"]) => {
-                    // The latest point's block digests, for a resync.
-                    let sent = match r.block_digests(0) {
-                        Ok(list) => {
-                            write_response(s, 200, "application/octet-stream", &[], &list.encode())
-                        }
-                        Err(e) => error_response(s, status_of(&e), &e),
-                    };
-                    sent.map_err(|e| Error::io("respond", e))?;
-                    return Ok(true);
-                }
+                (Some(r), ["digests"]) => return digests(s, &r),
                 _ => {
                     let e = not_found();
                     let _ = error_response(s, 404, &e);
@@ -122,6 +113,32 @@ pub(super) fn route(
             let _ = error_response(s, 404, &e);
             Ok(head.content_length().unwrap_or(1) == 0)
         }
+    }
+}
+
+/// `GET .../digests`: the latest point's block digests, for a resync,
+/// streamed as they are computed (a list is 32 bytes per block: held
+/// whole, a large disk's would exhaust the server). A failure before the
+/// head is answered; one after it ends the connection, and the client
+/// sees a short body.
+fn digests(s: &mut Tls, r: &Replica) -> Result<bool> {
+    let mut started = false;
+    let sent = r.write_block_digests(s, 0, |out, len| {
+        started = true;
+        let head = response_head(200, "application/octet-stream", &[], len);
+        out.write_all(head.as_bytes())
+            .map_err(|e| Error::io("respond", e))
+    });
+    match sent {
+        Ok(_) => {
+            s.flush().map_err(|e| Error::io("respond", e))?;
+            Ok(true)
+        }
+        Err(e) if !started => {
+            error_response(s, status_of(&e), &e).map_err(|e| Error::io("respond", e))?;
+            Ok(true)
+        }
+        Err(e) => Err(e),
     }
 }
 
