@@ -7,7 +7,7 @@ mod common;
 
 use blockrep::io::{Dir, Fault, FaultPlan, MemDir, MemStorage, Storage};
 use blockrep::log::WriterOptions;
-use blockrep::log::{LogHeader, LogKind, LogWriter, MappedLog, ReadOptions};
+use blockrep::log::{Digest, LogHeader, LogKind, LogWriter, MappedLog, ReadOptions};
 use blockrep::replica::Replica;
 use blockrep::source::{CycleOptions, Pipeline, Primary, Spool};
 use blockrep::{DiskId, ErrorKind, Geometry, Tracker};
@@ -164,5 +164,108 @@ fn a_crash_at_every_step_of_a_resizing_apply_leaves_old_or_new() {
             assert_eq!(first_diff(&image(&r), new), None, "log {target} step {n}");
         });
         assert!(steps > 5, "only {steps} steps");
+    }
+}
+
+/// A disk and its chain of logs written by hand with [`LogWriter`] (as an
+/// embedder or the C ABI may write them): each log holds only the blocks
+/// named, so a grow need not carry the old short last block.
+struct HandChain {
+    g: Geometry,
+    data: Vec<u8>,
+    seq: u64,
+    digest: Digest,
+}
+
+impl HandChain {
+    /// Resizes the disk: bytes past the old end read as zeros.
+    fn resize(&mut self, size: u64) {
+        self.g = Geometry::new(size, 4096).unwrap();
+        self.data.resize(size as usize, 0);
+    }
+
+    /// Fills block `b` with new random bytes.
+    fn write(&mut self, rng: &mut Rng, b: u64) {
+        let (off, len) = self.g.extent_bytes(blockrep::Extent::new(b, 1));
+        rng.fill(&mut self.data[off as usize..(off + len) as usize]);
+    }
+
+    /// The next log, of the disk's current size, holding `blocks`.
+    fn log(&mut self, kind: LogKind, blocks: &[u64]) -> MappedLog {
+        self.seq += 1;
+        let mut h = LogHeader::new(ID, self.g, kind, 1, self.seq).unwrap();
+        h.base_digest = self.digest;
+        let mut w = LogWriter::new(Vec::new(), h, WriterOptions::default()).unwrap();
+        for &b in blocks {
+            let (off, len) = self.g.extent_bytes(blockrep::Extent::new(b, 1));
+            w.add_block(b, &self.data[off as usize..(off + len) as usize])
+                .unwrap();
+        }
+        let (bytes, summary) = w.finish().unwrap();
+        self.digest = summary.trailer.digest;
+        MappedLog::from_bytes(bytes, format!("log-{}", self.seq), &ReadOptions::default()).unwrap()
+    }
+}
+
+#[test]
+fn old_points_read_back_after_a_grow_whose_log_skips_the_old_short_block() {
+    const B: u64 = 4096;
+    let mut rng = Rng(20);
+    let mut c = HandChain {
+        g: Geometry::new(3 * B + 1000, 4096).unwrap(),
+        data: Vec::new(),
+        seq: 0,
+        digest: Digest::default(),
+    };
+    c.resize(3 * B + 1000);
+    for b in 0..4 {
+        c.write(&mut rng, b);
+    }
+    let mut points = vec![(1, c.data.clone())];
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
+    let r = Replica::create(dir, &c.log(LogKind::Full, &[0, 1, 2, 3])).unwrap();
+    // Each step: a new size (0: unchanged), then the blocks written and
+    // shipped. The grows' logs leave out the old short last block, which
+    // a later log then writes whole.
+    let steps: [(u64, &[u64]); 8] = [
+        (0, &[0, 3]),
+        (7 * B + 2000, &[1, 5]), // 4 blocks (the last of 1000 bytes) to 8
+        (0, &[3, 6]),            // block 3 whole now
+        (7 * B + 3500, &[2]),    // the last block grows in place
+        (0, &[6]),               // and is written at its new length
+        (5 * B + 700, &[0]),     // shrink, cutting block 5 short
+        (9 * B, &[8]),           // grow past it, leaving it out
+        (0, &[4, 5]),            // block 5 whole now
+    ];
+    for (size, blocks) in steps {
+        if size > 0 {
+            c.resize(size);
+        }
+        for &b in blocks {
+            c.write(&mut rng, b);
+        }
+        let log = c.log(LogKind::Delta, blocks);
+        r.apply(&log).unwrap();
+        points.push((c.seq, c.data.clone()));
+    }
+    // Every retained point, byte for byte at its own size, through a view
+    // and an export.
+    let tmp = tempfile::tempdir().unwrap();
+    for (seq, want) in &points {
+        let v = r.view(*seq).unwrap();
+        assert_eq!(v.geometry().size(), want.len() as u64, "point {seq}");
+        let mut b = vec![0u8; want.len()];
+        v.read_at(&mut b, 0)
+            .unwrap_or_else(|e| panic!("view of point {seq}: {e}"));
+        assert_eq!(first_diff(&b, want), None, "view of point {seq}");
+        let path = tmp.path().join(format!("point-{seq}"));
+        r.export(*seq, &path)
+            .unwrap_or_else(|e| panic!("export of point {seq}: {e}"));
+        assert_eq!(first_diff(&std::fs::read(&path).unwrap(), want), None);
+    }
+    // Rolling back to each point restores its size and bytes.
+    for (seq, want) in points.iter().rev().skip(1) {
+        r.rollback(*seq).unwrap();
+        assert_eq!(first_diff(&image(&r), want), None, "rolled back to {seq}");
     }
 }
