@@ -269,3 +269,81 @@ fn old_points_read_back_after_a_grow_whose_log_skips_the_old_short_block() {
         assert_eq!(first_diff(&image(&r), want), None, "rolled back to {seq}");
     }
 }
+
+/// Hands every log not yet shipped to the replica (created from the full
+/// log) and acknowledges it.
+fn ship_all(spool: &Spool, dir: &Arc<dyn Dir>, replica: &mut Option<Replica>) {
+    while let Some(l) = spool.next_to_ship() {
+        let log = log_of(spool, l.point.sequence);
+        match replica {
+            None => *replica = Some(Replica::create(dir.clone(), &log).unwrap()),
+            Some(r) => {
+                r.apply(&log).unwrap();
+            }
+        }
+        spool.ack(l.point.sequence, &l.point.digest).unwrap();
+    }
+}
+
+#[test]
+fn a_cycle_over_the_spool_limit_after_a_shrink_folds_logs_past_the_new_end() {
+    let g = Geometry::new((2 << 20) + 1000, 4096).unwrap();
+    let mut d = vec![0u8; g.size() as usize];
+    let mut rng = Rng(21);
+    rng.fill(&mut d);
+    let disk = Arc::new(MemStorage::from_vec(d));
+    let start = blockrep::source::ChainPoint::start(1, g);
+    let limit = 64 << 10;
+    let spool = Spool::create(Arc::new(MemDir::new()), ID, start, limit).unwrap();
+    let opts = WriterOptions::default();
+    let mut p = Pipeline::new(Primary::new(Tracker::new(g), disk.clone()), spool, opts).unwrap();
+    p.initial_sync(opts.into()).unwrap();
+    let rdir: Arc<dyn Dir> = Arc::new(MemDir::new());
+    let mut replica = None;
+    ship_all(p.spool(), &rdir, &mut replica);
+    // Random writes of 9000 bytes within `span` bytes of the end.
+    let write = |p: &Pipeline, rng: &mut Rng, span: u64| {
+        let size = p.primary().tracker().geometry().size();
+        for _ in 0..6 {
+            let off = size - span + rng.below(span - 9000);
+            let mut d = vec![0u8; 9000];
+            rng.fill(&mut d);
+            let _g = p.primary().write_guard(off, 9000).unwrap();
+            disk.write_at(&d, off).unwrap();
+        }
+    };
+    // The link is down: logs of blocks near the end pile up past the
+    // spool's limit.
+    for _ in 0..3 {
+        write(&p, &mut rng, 200_000);
+        p.cycle(&CycleOptions::default()).unwrap();
+    }
+    assert!(p.spool().over_limit());
+    // The disk shrinks, cutting off most of those blocks and the last one
+    // in part.
+    let new = g.size() - 150_000;
+    assert!(!new.is_multiple_of(4096));
+    disk.set_len(new).unwrap();
+    p.resize(new).unwrap();
+    write(&p, &mut rng, 50_000);
+    let pending = p.spool().pending();
+    let past_end = pending.iter().any(|l| {
+        let log = log_of(p.spool(), l.point.sequence);
+        let last = log.extents().unwrap().last().unwrap().extent;
+        last.end() > new.div_ceil(4096)
+    });
+    assert!(past_end, "no pending log holds blocks past the new end");
+    let r = p
+        .cycle(&CycleOptions::default())
+        .expect("a cycle after the shrink folds the spool back");
+    let folded = r.folded.expect("the spool was over its limit");
+    assert_eq!(folded.logs, pending.len() as u64);
+    assert_eq!(r.summary.header.geometry.size(), new);
+    write(&p, &mut rng, 50_000);
+    p.cycle(&CycleOptions::default()).unwrap();
+    // The link is back: the replica equals the disk.
+    ship_all(p.spool(), &rdir, &mut replica);
+    let r = replica.as_ref().unwrap();
+    assert_eq!(r.status().applied, p.spool().head().sequence);
+    assert_eq!(first_diff(&image(r), &disk.to_vec()), None);
+}
