@@ -110,10 +110,9 @@ impl Secondary {
     }
 
     fn image(&self, i: usize) -> Vec<u8> {
-        let mut b = vec![0u8; geo().size() as usize];
-        self.group.as_ref().unwrap().members()[i]
-            .read_at(&mut b, 0)
-            .unwrap();
+        let r = &self.group.as_ref().unwrap().members()[i];
+        let mut b = vec![0u8; r.status().geometry.size() as usize];
+        r.read_at(&mut b, 0).unwrap();
         b
     }
 }
@@ -201,6 +200,68 @@ fn a_group_point_never_has_a_later_write_without_the_one_it_followed() {
             .pop()
             .unwrap();
         assert_eq!(last.label, "quiet");
+    }
+}
+
+#[test]
+fn a_group_cycle_over_the_spool_limit_after_a_shrink_folds_logs_past_the_new_end() {
+    let g = geo();
+    let mut rng = Rng(27);
+    let disks = [(); 2].map(|()| {
+        let mut d = vec![0u8; g.size() as usize];
+        rng.fill(&mut d);
+        Arc::new(MemStorage::from_vec(d))
+    });
+    let limit = 32 << 10;
+    let pipeline = |id: DiskId, disk: &Arc<MemStorage>| {
+        let spool = Spool::create(Arc::new(MemDir::new()), id, start(), limit).unwrap();
+        grouped_pipeline(Primary::new(Tracker::new(g), disk.clone()), spool, opts()).unwrap()
+    };
+    let (mut pa, pb) = (pipeline(A, &disks[0]), pipeline(B, &disks[1]));
+    pa.initial_sync(opts().into()).unwrap();
+    pb.initial_sync(opts().into()).unwrap();
+    let mut sec = Secondary::new();
+    sec.ship([pa.spool(), pb.spool()]);
+    // Random writes of 9000 bytes within `span` bytes of each disk's end.
+    let write = |ps: [&Pipeline; 2], rng: &mut Rng, span: u64| {
+        for (p, disk) in ps.into_iter().zip(&disks) {
+            let size = p.primary().tracker().geometry().size();
+            for _ in 0..6 {
+                let off = size - span + rng.below(span - 9000);
+                let mut d = vec![0u8; 9000];
+                rng.fill(&mut d);
+                let _g = p.primary().write_guard(off, 9000).unwrap();
+                disk.write_at(&d, off).unwrap();
+            }
+        }
+    };
+    // The link is down: group logs of blocks near the end pile up past
+    // the spools' limit.
+    for _ in 0..3 {
+        write([&pa, &pb], &mut rng, 200_000);
+        let group = ConsistencyGroup::new(vec![&pa, &pb]).unwrap();
+        group.cycle(&CycleOptions::default()).unwrap();
+    }
+    assert!(pa.spool().over_limit());
+    // Disk A shrinks, cutting off most of those blocks and its last one in
+    // part.
+    let new = g.size() - 150_000;
+    assert!(!new.is_multiple_of(4096));
+    disks[0].set_len(new).unwrap();
+    pa.resize(new).unwrap();
+    write([&pa, &pb], &mut rng, 50_000);
+    let group = ConsistencyGroup::new(vec![&pa, &pb]).unwrap();
+    let reports = group
+        .cycle(&CycleOptions::default())
+        .expect("a group cycle after the shrink folds the spools back");
+    assert!(reports[0].folded.is_some_and(|f| f.logs > 0));
+    assert_eq!(reports[0].summary.header.geometry.size(), new);
+    write([&pa, &pb], &mut rng, 50_000);
+    group.cycle(&CycleOptions::default()).unwrap();
+    // The link is back: each replica equals its disk.
+    sec.ship([pa.spool(), pb.spool()]);
+    for (i, disk) in disks.iter().enumerate() {
+        assert_eq!(first_diff(&sec.image(i), &disk.to_vec()), None, "disk {i}");
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 
 use blockrep::io::{Dir, Fault, FaultPlan, MemDir, MemStorage, Storage};
 use blockrep::log::WriterOptions;
-use blockrep::log::{LogHeader, LogKind, LogWriter, MappedLog, ReadOptions};
+use blockrep::log::{Digest, LogHeader, LogKind, LogWriter, MappedLog, ReadOptions};
 use blockrep::replica::Replica;
 use blockrep::source::{CycleOptions, Pipeline, Primary, Spool};
 use blockrep::{DiskId, ErrorKind, Geometry, Tracker};
@@ -165,4 +165,234 @@ fn a_crash_at_every_step_of_a_resizing_apply_leaves_old_or_new() {
         });
         assert!(steps > 5, "only {steps} steps");
     }
+}
+
+/// A disk and its chain of logs written by hand with [`LogWriter`] (as an
+/// embedder or the C ABI may write them): each log holds only the blocks
+/// named, so a grow need not carry the old short last block.
+struct HandChain {
+    g: Geometry,
+    data: Vec<u8>,
+    seq: u64,
+    digest: Digest,
+}
+
+impl HandChain {
+    /// Resizes the disk: bytes past the old end read as zeros.
+    fn resize(&mut self, size: u64) {
+        self.g = Geometry::new(size, 4096).unwrap();
+        self.data.resize(size as usize, 0);
+    }
+
+    /// Fills block `b` with new random bytes.
+    fn write(&mut self, rng: &mut Rng, b: u64) {
+        let (off, len) = self.g.extent_bytes(blockrep::Extent::new(b, 1));
+        rng.fill(&mut self.data[off as usize..(off + len) as usize]);
+    }
+
+    /// The next log, of the disk's current size, holding `blocks`.
+    fn log(&mut self, kind: LogKind, blocks: &[u64]) -> MappedLog {
+        self.seq += 1;
+        let mut h = LogHeader::new(ID, self.g, kind, 1, self.seq).unwrap();
+        h.base_digest = self.digest;
+        let mut w = LogWriter::new(Vec::new(), h, WriterOptions::default()).unwrap();
+        for &b in blocks {
+            let (off, len) = self.g.extent_bytes(blockrep::Extent::new(b, 1));
+            w.add_block(b, &self.data[off as usize..(off + len) as usize])
+                .unwrap();
+        }
+        let (bytes, summary) = w.finish().unwrap();
+        self.digest = summary.trailer.digest;
+        MappedLog::from_bytes(bytes, format!("log-{}", self.seq), &ReadOptions::default()).unwrap()
+    }
+}
+
+/// Each point's sequence and the disk's content at it.
+type Points = Vec<(u64, Vec<u8>)>;
+
+/// A replica through grows whose logs leave out the old short last block
+/// (which a later log then writes whole), an in-place grow and a shrink;
+/// returns its directory, the replica and every point's content.
+fn grown_chain() -> (Arc<dyn Dir>, Replica, Points) {
+    const B: u64 = 4096;
+    let mut rng = Rng(20);
+    let mut c = HandChain {
+        g: Geometry::new(3 * B + 1000, 4096).unwrap(),
+        data: vec![0; 3 * B as usize + 1000],
+        seq: 0,
+        digest: Digest::default(),
+    };
+    for b in 0..4 {
+        c.write(&mut rng, b);
+    }
+    let mut points = vec![(1, c.data.clone())];
+    let dir: Arc<dyn Dir> = Arc::new(MemDir::new());
+    let r = Replica::create(dir.clone(), &c.log(LogKind::Full, &[0, 1, 2, 3])).unwrap();
+    // Each step: a new size (0: unchanged), then the blocks written and
+    // shipped.
+    let steps: [(u64, &[u64]); 8] = [
+        (0, &[0, 3]),
+        (7 * B + 2000, &[1, 5]), // 4 blocks (the last of 1000 bytes) to 8
+        (0, &[3, 6]),            // block 3 whole now
+        (7 * B + 3500, &[2]),    // the last block grows in place
+        (0, &[6]),               // and is written at its new length
+        (5 * B + 700, &[0]),     // shrink, cutting block 5 short
+        (9 * B, &[8]),           // grow past it, leaving it out
+        (0, &[4, 5]),            // block 5 whole now
+    ];
+    for (size, blocks) in steps {
+        if size > 0 {
+            c.resize(size);
+        }
+        for &b in blocks {
+            c.write(&mut rng, b);
+        }
+        let log = c.log(LogKind::Delta, blocks);
+        r.apply(&log).unwrap();
+        points.push((c.seq, c.data.clone()));
+    }
+    (dir, r, points)
+}
+
+/// Every retained point of `r`, byte for byte at its own size, through a
+/// view and an export; then rolling back to each point restores its size
+/// and bytes.
+fn check_every_point(r: &Replica, points: &[(u64, Vec<u8>)]) {
+    let tmp = tempfile::tempdir().unwrap();
+    for (seq, want) in points {
+        let v = r.view(*seq).unwrap();
+        assert_eq!(v.geometry().size(), want.len() as u64, "point {seq}");
+        let mut b = vec![0u8; want.len()];
+        v.read_at(&mut b, 0)
+            .unwrap_or_else(|e| panic!("view of point {seq}: {e}"));
+        assert_eq!(first_diff(&b, want), None, "view of point {seq}");
+        let path = tmp.path().join(format!("point-{seq}"));
+        r.export(*seq, &path)
+            .unwrap_or_else(|e| panic!("export of point {seq}: {e}"));
+        assert_eq!(first_diff(&std::fs::read(&path).unwrap(), want), None);
+    }
+    for (seq, want) in points.iter().rev().skip(1) {
+        r.rollback(*seq).unwrap();
+        assert_eq!(first_diff(&image(r), want), None, "rolled back to {seq}");
+    }
+}
+
+#[test]
+fn old_points_read_back_after_a_grow_whose_log_skips_the_old_short_block() {
+    let (_, r, points) = grown_chain();
+    check_every_point(&r, &points);
+}
+
+#[test]
+fn old_points_read_back_from_undo_logs_without_the_old_short_block() {
+    let (dir, r, points) = grown_chain();
+    drop(r);
+    // Undo logs as written before they kept the old short last block on a
+    // grow: the grows' undo logs without it (their logs do not write it).
+    let mut rewritten = 0;
+    for (seq, want) in &points[1..] {
+        let name = format!("undo-{seq:020}");
+        let undo =
+            MappedLog::from_bytes(dir.read_all(&name).unwrap(), &name, &ReadOptions::default())
+                .unwrap();
+        let g = undo.header().geometry;
+        if want.len() as u64 <= g.size() || g.size().is_multiple_of(4096) {
+            continue;
+        }
+        let short = g.block_count() - 1;
+        let mut w =
+            LogWriter::new(Vec::new(), undo.header().clone(), WriterOptions::default()).unwrap();
+        for b in undo.present().unwrap().blocks().filter(|&b| b != short) {
+            let mut buf = vec![0u8; g.block_len(b) as usize];
+            undo.read_block(b, &mut buf).unwrap();
+            w.add_block(b, &buf).unwrap();
+        }
+        let (bytes, _) = w.finish().unwrap();
+        dir.remove(&name).unwrap();
+        let f = dir.create(&name).unwrap();
+        f.write_at(&bytes, 0).unwrap();
+        f.sync().unwrap();
+        rewritten += 1;
+    }
+    assert_eq!(rewritten, 3);
+    let r = Replica::open(dir).unwrap();
+    check_every_point(&r, &points);
+}
+
+/// Hands every log not yet shipped to the replica (created from the full
+/// log) and acknowledges it.
+fn ship_all(spool: &Spool, dir: &Arc<dyn Dir>, replica: &mut Option<Replica>) {
+    while let Some(l) = spool.next_to_ship() {
+        let log = log_of(spool, l.point.sequence);
+        match replica {
+            None => *replica = Some(Replica::create(dir.clone(), &log).unwrap()),
+            Some(r) => {
+                r.apply(&log).unwrap();
+            }
+        }
+        spool.ack(l.point.sequence, &l.point.digest).unwrap();
+    }
+}
+
+#[test]
+fn a_cycle_over_the_spool_limit_after_a_shrink_folds_logs_past_the_new_end() {
+    let g = Geometry::new((2 << 20) + 1000, 4096).unwrap();
+    let mut d = vec![0u8; g.size() as usize];
+    let mut rng = Rng(21);
+    rng.fill(&mut d);
+    let disk = Arc::new(MemStorage::from_vec(d));
+    let start = blockrep::source::ChainPoint::start(1, g);
+    let limit = 64 << 10;
+    let spool = Spool::create(Arc::new(MemDir::new()), ID, start, limit).unwrap();
+    let opts = WriterOptions::default();
+    let mut p = Pipeline::new(Primary::new(Tracker::new(g), disk.clone()), spool, opts).unwrap();
+    p.initial_sync(opts.into()).unwrap();
+    let rdir: Arc<dyn Dir> = Arc::new(MemDir::new());
+    let mut replica = None;
+    ship_all(p.spool(), &rdir, &mut replica);
+    // Random writes of 9000 bytes within `span` bytes of the end.
+    let write = |p: &Pipeline, rng: &mut Rng, span: u64| {
+        let size = p.primary().tracker().geometry().size();
+        for _ in 0..6 {
+            let off = size - span + rng.below(span - 9000);
+            let mut d = vec![0u8; 9000];
+            rng.fill(&mut d);
+            let _g = p.primary().write_guard(off, 9000).unwrap();
+            disk.write_at(&d, off).unwrap();
+        }
+    };
+    // The link is down: logs of blocks near the end pile up past the
+    // spool's limit.
+    for _ in 0..3 {
+        write(&p, &mut rng, 200_000);
+        p.cycle(&CycleOptions::default()).unwrap();
+    }
+    assert!(p.spool().over_limit());
+    // The disk shrinks, cutting off most of those blocks and the last one
+    // in part.
+    let new = g.size() - 150_000;
+    assert!(!new.is_multiple_of(4096));
+    disk.set_len(new).unwrap();
+    p.resize(new).unwrap();
+    write(&p, &mut rng, 50_000);
+    let pending = p.spool().pending();
+    let past_end = pending.iter().any(|l| {
+        let log = log_of(p.spool(), l.point.sequence);
+        let last = log.extents().unwrap().last().unwrap().extent;
+        last.end() > new.div_ceil(4096)
+    });
+    assert!(past_end, "no pending log holds blocks past the new end");
+    let r = p
+        .cycle(&CycleOptions::default())
+        .expect("a cycle after the shrink folds the spool back");
+    let folded = r.folded.expect("the spool was over its limit");
+    assert_eq!(folded.logs, pending.len() as u64);
+    assert_eq!(r.summary.header.geometry.size(), new);
+    write(&p, &mut rng, 50_000);
+    p.cycle(&CycleOptions::default()).unwrap();
+    // The link is back: the replica equals the disk.
+    ship_all(p.spool(), &rdir, &mut replica);
+    let r = replica.as_ref().unwrap();
+    assert_eq!(r.status().applied, p.spool().head().sequence);
+    assert_eq!(first_diff(&image(r), &disk.to_vec()), None);
 }

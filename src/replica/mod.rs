@@ -837,9 +837,10 @@ fn refuse_existing(dir: &dyn Dir) -> Result<()> {
 }
 
 /// The blocks an undo log for `log` saves, in the replica's current
-/// geometry `old`: those the log writes that exist now, and when the log
+/// geometry `old`: those the log writes that exist now; when the log
 /// shrinks the disk, every block it cuts off (whole, a partly cut one
-/// included).
+/// included); and when it changes the size while the last block is short,
+/// that block at its old length.
 fn undo_blocks(old: Geometry, log: &MappedLog) -> Result<BlockSet> {
     let count = old.block_count();
     let mut extents: Vec<Extent> = log
@@ -852,6 +853,13 @@ fn undo_blocks(old: Geometry, log: &MappedLog) -> Result<BlockSet> {
     if new < old.size() {
         let first = new >> old.block_shift();
         extents.push(Extent::new(first, count - first));
+    } else if new > old.size() && !old.size().is_multiple_of(u64::from(old.block_size())) {
+        // A grow lengthens the short last block. A view of an older point
+        // reads each block from the first undo log after it that holds
+        // it, at the point's own length; without this copy that could be
+        // a later undo log holding the block at its grown length, which
+        // does not fit the point's shorter block.
+        extents.push(Extent::new(count - 1, 1));
     }
     BlockSet::from_extents(count, extents)
 }

@@ -71,6 +71,7 @@ impl Replica {
         // A block the read covers whole is read straight into `buf`; only
         // the partial ones at its ends go through a block buffer.
         let mut block = Vec::new();
+        let mut grown = Vec::new();
         let (first, last) = (offset >> g.block_shift(), (end - 1) >> g.block_shift());
         for b in first..=last {
             let boff = g.block_offset(b);
@@ -87,7 +88,25 @@ impl Replica {
             };
             let mut found = false;
             for (_, l) in undo.range(sequence + 1..) {
-                if l.read_block(b, data)? != BlockLookup::Absent {
+                let held = l.header().geometry.block_len(b) as usize;
+                let lookup = if held > blen {
+                    // The block grew since the point (it was the short last
+                    // block). Undo logs written since keep it at its old
+                    // length on a grow (`undo_blocks`), but older ones may
+                    // not: then the first that holds it is a later one, at
+                    // a grown length. Nothing wrote the block in between (an
+                    // earlier undo log would hold it), so the point's bytes
+                    // are that copy's first `blen`.
+                    grown.resize(held, 0);
+                    let lookup = l.read_block(b, &mut grown)?;
+                    if lookup != BlockLookup::Absent {
+                        data.copy_from_slice(&grown[..blen]);
+                    }
+                    lookup
+                } else {
+                    l.read_block(b, data)?
+                };
+                if lookup != BlockLookup::Absent {
                     found = true;
                     break;
                 }

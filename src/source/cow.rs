@@ -400,6 +400,21 @@ impl<T: Tracking> Primary<T> {
     pub(crate) fn mark_durable(&self, extent: Extent) -> Result<()> {
         self.tracking.mark_durable(extent)
     }
+
+    /// [`mark_durable`](Self::mark_durable) for the blocks of a log folded
+    /// back from the spool, clipped to the disk's current size: a log
+    /// spooled before a shrink may hold blocks past the new end, which are
+    /// gone and need not ship (the next log carries the new size), and
+    /// refusing them would fail every cycle while the spool is over its
+    /// limit.
+    pub(crate) fn mark_folded(&self, extent: Extent) -> Result<()> {
+        let count = self.tracker().geometry().block_count();
+        if extent.start >= count {
+            return Ok(());
+        }
+        let clipped = Extent::new(extent.start, extent.count.min(count - extent.start));
+        self.mark_durable(clipped)
+    }
 }
 
 impl<T: Tracking> CycleHandle<'_, T> {

@@ -83,7 +83,7 @@ impl<'a, T: Tracking> ConsistencyGroup<'a, T> {
                 let p = self.members[i];
                 let f = p
                     .spool
-                    .fold_back_from(seq, &mut |e| p.primary.mark_durable(e))?;
+                    .fold_back_from(seq, &mut |e| p.primary.mark_folded(e))?;
                 done.logs += f.logs;
                 done.bytes += f.bytes;
                 done.blocks += f.blocks;
@@ -108,7 +108,7 @@ impl<'a, T: Tracking> ConsistencyGroup<'a, T> {
         let mut folded = Vec::with_capacity(self.members.len());
         for p in &self.members {
             folded.push(if p.spool.over_limit() {
-                Some(p.spool.fold_back(&mut |e| p.primary.mark_durable(e))?)
+                Some(p.spool.fold_back(&mut |e| p.primary.mark_folded(e))?)
             } else {
                 None
             });

@@ -193,7 +193,7 @@ impl<T: Tracking> Pipeline<T> {
         let one = self.cycles.lock();
         let folded = if self.spool.over_limit() {
             let p = &self.primary;
-            Some(self.spool.fold_back(&mut |e| p.mark_durable(e))?)
+            Some(self.spool.fold_back(&mut |e| p.mark_folded(e))?)
         } else {
             None
         };
