@@ -286,6 +286,17 @@ impl Error {
     pub fn context(&self) -> &Context {
         &self.0.context
     }
+
+    /// The error as a peer may read it: kind, message, offset and
+    /// sequence, but not the file involved (a server's storage paths are
+    /// its own).
+    pub fn to_peer_string(&self) -> String {
+        let context = Context {
+            path: None,
+            ..self.0.context.clone()
+        };
+        format!("{}: {}{context}", self.0.kind, self.0.message)
+    }
 }
 
 /// Adds context to the error of a `Result` without touching the success path.

@@ -220,3 +220,26 @@ fn content_ranges_are_checked_never_wrapped() {
     let mut c = net_common::connect(d, server.addr, "host1").unwrap();
     assert_eq!(get(&mut c, "/v1/disks").head.status, 200);
 }
+
+#[test]
+fn a_damaged_log_is_refused_without_naming_the_servers_files() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let config = site(d);
+    let root = config.primaries[0].root.clone();
+    let server = start(&config);
+    let (mut log, digest) = full_log(A);
+    let mid = log.len() / 2;
+    log[mid] ^= 0x40;
+    let mut c = net_common::connect(d, server.addr, "host1").unwrap();
+    let r = push(&mut c, A, 1, &digest, &log);
+    assert_eq!(r.head.status, 400, "{}", said(&r));
+    let body = said(&r);
+    assert!(body.contains("corrupt"), "{body}");
+    let root_str = d.to_str().unwrap();
+    assert!(
+        !body.contains(root_str) && !body.contains(".partial") && !body.contains("uploads"),
+        "a server path in the answer: {body}"
+    );
+    assert_eq!(left_behind(&root, A), (false, vec![]));
+}

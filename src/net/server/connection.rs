@@ -210,7 +210,8 @@ pub(super) fn error_response_with(
     let body = serde_json::json!({"error": {
         "kind": e.kind(),
         "detail": e.detail(),
-        "message": e.to_string(),
+        // What was wrong, not where it lives on the server.
+        "message": e.to_peer_string(),
     }});
     // Full storage passes with time (retention, an operator): the
     // client is told when to try again.

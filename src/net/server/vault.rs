@@ -96,7 +96,7 @@ pub(super) fn vault(
                     json_response_status(
                         s,
                         416,
-                        &serde_json::json!({"bytes": held, "error": {"message": e.to_string()}}),
+                        &serde_json::json!({"bytes": held, "error": {"message": e.to_peer_string()}}),
                     )
                     .map_err(respond)
                 }
