@@ -243,3 +243,77 @@ fn a_damaged_log_is_refused_without_naming_the_servers_files() {
     );
     assert_eq!(left_behind(&root, A), (false, vec![]));
 }
+
+/// The `blockrep_disks_open` gauge, read as the monitor.
+fn disks_open(d: &Path, addr: std::net::SocketAddr) -> u64 {
+    let mut m = net_common::connect(d, addr, "monitor").unwrap();
+    let text = said(&get(&mut m, "/metrics"));
+    text.lines()
+        .find_map(|l| l.strip_prefix("blockrep_disks_open "))
+        .unwrap_or_else(|| panic!("no disks_open in {text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn asking_about_or_refused_pushes_to_unknown_disks_leave_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let (mut config, ca) = net_common::site_ca(d);
+    ca.leaf(d, "monitor", &["monitor.example"], false);
+    config.monitors = vec!["monitor.example".into()];
+    let root = config.primaries[0].root.clone();
+    let server = start(&config);
+    let mut c = net_common::connect(d, server.addr, "host1").unwrap();
+    let mut rng = Rng(5);
+    for i in 0..200 {
+        let mut id = [0u8; 16];
+        rng.fill(&mut id);
+        let what = ["", "/points", "/resume", "/digests"][i % 4];
+        let r = get(&mut c, &format!("/v1/disks/{}{what}", hex(&id)));
+        // `resume` of a disk never pushed: nothing held.
+        let want = if what == "/resume" { 200 } else { 404 };
+        assert_eq!(r.head.status, want, "{what}: {}", said(&r));
+    }
+    // Refused pushes: another disk's log, a log too large, a damaged log.
+    let (log, digest) = full_log(A);
+    for i in 0..30u8 {
+        let mut c = net_common::connect(d, server.addr, "host1").unwrap();
+        let r = match i % 3 {
+            0 => push(&mut c, DiskId([i; 16]), 1, &digest, &log),
+            1 => push(&mut c, A, 2, &digest, &log),
+            _ => push(&mut c, A, 1, &[i; 32], &log),
+        };
+        assert!(matches!(r.head.status, 400 | 409), "{}", said(&r));
+    }
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(disks_open(d, server.addr), 0);
+    // A disk that exists is held; one pushed in two parts keeps its
+    // partial (for the resume) and its entry.
+    let mut c = net_common::connect(d, server.addr, "host1").unwrap();
+    assert_eq!(push(&mut c, A, 1, &digest, &log).head.status, 200);
+    let (log_b, digest_b) = full_log(B);
+    let half = log_b.len() / 2;
+    let r = put(
+        &mut c,
+        B,
+        1,
+        &[
+            ("Blockrep-Digest", hex(&digest_b)),
+            (
+                "Content-Range",
+                format!("bytes 0-{}/{}", half - 1, log_b.len()),
+            ),
+        ],
+        &log_b[..half],
+        half as u64,
+    );
+    assert_eq!(r.head.status, 200, "{}", said(&r));
+    assert_eq!(disks_open(d, server.addr), 2);
+    assert_eq!(left_behind(&root, B).1.len(), 1, "the partial stays");
+}

@@ -64,7 +64,7 @@ pub struct DirLock {
 }
 
 /// The lock file inside a locked directory; not listed.
-const LOCK: &str = ".lock";
+pub(crate) const LOCK: &str = ".lock";
 
 /// A real directory on a file system.
 #[derive(Debug, Clone)]

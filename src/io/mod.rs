@@ -14,6 +14,7 @@ mod file;
 mod memory;
 
 pub(crate) use ahead::{ReadAhead, WriteBehind};
+pub(crate) use dir::LOCK as LOCK_FILE;
 pub use dir::{split_path, Dir, DirLock, FsDir, MemDir};
 pub use fault::{Fault, FaultPlan, FaultStorage};
 pub use file::FileStorage;

@@ -86,7 +86,7 @@ pub(super) fn hold_and_try(
     );
     // A member pushed again after its cut applied (its answer lost) is
     // recognised by its digest, not held a second time.
-    if let Some(r) = shared.disk(identity, disk)?.replica.lock().clone() {
+    if let Some(r) = shared.disk_to_push(identity, disk)?.replica.lock().clone() {
         if r.status().applied >= sequence {
             let o = r.apply_file(path);
             let _ = std::fs::remove_file(path);
@@ -123,7 +123,7 @@ fn try_apply(
     }
     let disks: Vec<Arc<Disk>> = held
         .iter()
-        .map(|h| shared.disk(identity, h.disk))
+        .map(|h| shared.disk_to_push(identity, h.disk))
         .collect::<Result<_>>()?;
     // Every member's upload slot, in disk order (no two appliers wait on
     // each other); a member uploading its next log is waited for.

@@ -95,6 +95,12 @@ pub(super) fn metrics_text(shared: &Shared) -> String {
         "gauge",
         one(shared.connections.load(Ordering::Relaxed).to_string()),
     );
+    metric(
+        "disks_open",
+        "Disks the server holds open (those that exist, and pushes under way).",
+        "gauge",
+        one(shared.disks.lock().len().to_string()),
+    );
     let refusals = m
         .refusals
         .lock()

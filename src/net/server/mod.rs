@@ -383,19 +383,36 @@ impl Shared {
     }
 
     /// The disk `id` of `identity`, opened (its replica, if it exists)
-    /// the first time.
-    fn disk(&self, identity: &Identity, id: DiskId) -> Result<Arc<Disk>> {
+    /// the first time; `None` when the server holds nothing of it (no
+    /// entry is made for a disk that does not exist, so asking about
+    /// unknown disks costs no memory).
+    fn disk(&self, identity: &Identity, id: DiskId) -> Result<Option<Arc<Disk>>> {
+        self.open_disk(identity, id, false)
+    }
+
+    /// [`disk`](Self::disk) for a push, which may create it: its entry is
+    /// made; [`forget_if_empty`](Self::forget_if_empty) takes it back when
+    /// the push leaves nothing.
+    fn disk_to_push(&self, identity: &Identity, id: DiskId) -> Result<Arc<Disk>> {
+        self.open_disk(identity, id, true)?
+            .ok_or_else(|| Error::invalid("no disk to push to"))
+    }
+
+    fn open_disk(
+        &self,
+        identity: &Identity,
+        id: DiskId,
+        create: bool,
+    ) -> Result<Option<Arc<Disk>>> {
         let key = (identity.as_str().to_string(), id);
         let mut disks = self.disks.lock();
         if let Some(d) = disks.get(&key) {
-            return Ok(d.clone());
+            return Ok(Some(d.clone()));
         }
-        let conf = self.conf();
-        let root = conf
-            .roots
-            .get(identity.as_str())
-            .ok_or_else(|| Error::invalid(format!("{identity} has no storage root")))?;
-        let dir = root.join(hex(&id.0));
+        let dir = self.disk_dir(identity, id)?;
+        if !create && !dir.exists() {
+            return Ok(None);
+        }
         let replica_dir = dir.join("replica");
         let replica = if replica_dir.join("state").exists() {
             Some(Replica::open(Arc::new(FsDir::new(&replica_dir)?))?)
@@ -409,7 +426,60 @@ impl Shared {
             replica: Mutex::new(replica),
         });
         disks.insert(key, d.clone());
-        Ok(d)
+        Ok(Some(d))
+    }
+
+    /// Where disk `id` of `identity` lives (or would).
+    fn disk_dir(&self, identity: &Identity, id: DiskId) -> Result<PathBuf> {
+        let conf = self.conf();
+        let root = conf
+            .roots
+            .get(identity.as_str())
+            .ok_or_else(|| Error::invalid(format!("{identity} has no storage root")))?;
+        Ok(root.join(hex(&id.0)))
+    }
+
+    /// After a push of disk `id`: when the disk has no replica and nothing
+    /// of an upload (a refused first log, say), its empty directories and
+    /// its entry go, so refused requests leave nothing behind. A partial
+    /// upload (kept for a resume), a held group log or an upload under way
+    /// keeps the disk.
+    fn forget_if_empty(&self, identity: &Identity, id: DiskId) {
+        let key = (identity.as_str().to_string(), id);
+        let mut disks = self.disks.lock();
+        let Some(d) = disks.get(&key).cloned() else {
+            return;
+        };
+        // Another request holds the disk (the map's reference and this
+        // one are the only others allowed): it decides on its way out. Taken
+        // under the map's lock, through which every request gets its
+        // reference, so none can appear meanwhile.
+        if Arc::strong_count(&d) > 2 {
+            return;
+        }
+        let Some(upload) = d.upload.try_lock() else {
+            return;
+        };
+        if d.replica.lock().is_some() {
+            return;
+        }
+        // Only what a refused push leaves: empty directories, and a
+        // replica directory holding nothing but its lock file.
+        let replica = d.dir.join("replica");
+        if !replica.join("state").exists() {
+            let only_lock = std::fs::read_dir(&replica).is_ok_and(|mut it| {
+                it.all(|e| e.is_ok_and(|e| e.file_name() == crate::io::LOCK_FILE))
+            });
+            if only_lock {
+                let _ = std::fs::remove_file(replica.join(crate::io::LOCK_FILE));
+            }
+            let _ = std::fs::remove_dir(&replica);
+        }
+        let _ = std::fs::remove_dir(d.dir.join("uploads"));
+        if std::fs::remove_dir(&d.dir).is_ok() || !d.dir.exists() {
+            drop(upload);
+            disks.remove(&key);
+        }
     }
 
     /// The disks `identity` holds.

@@ -23,7 +23,23 @@ use std::sync::Arc;
 /// `PUT /v1/disks/{disk}/logs/{sequence}`: streams the body into the
 /// disk's partial file (appending at the offset `Content-Range` names,
 /// which must be the bytes held), then verifies and applies the log whole.
+/// A push that leaves the disk with nothing (a refused first log) leaves
+/// no directory and no entry behind.
 pub(super) fn push(
+    shared: &Shared,
+    identity: &Identity,
+    s: &mut Tls,
+    head: &Head,
+    rest: Vec<u8>,
+    id: DiskId,
+    seq: u64,
+) -> Result<bool> {
+    let r = receive_and_apply(shared, identity, s, head, rest, id, seq);
+    shared.forget_if_empty(identity, id);
+    r
+}
+
+fn receive_and_apply(
     shared: &Shared,
     identity: &Identity,
     s: &mut Tls,
@@ -46,7 +62,7 @@ pub(super) fn push(
         }
     };
     let (digest, body_len, start, total) = (claim.digest, claim.len, claim.start, claim.total);
-    let disk = shared.disk(identity, id)?;
+    let disk = shared.disk_to_push(identity, id)?;
     let Some(upload) = disk.upload.try_lock() else {
         let e = Error::new(ErrorKind::Misuse, "an upload of this disk is under way");
         let _ = error_response_with(s, 503, &e, &[("Retry-After", "1".into())]);

@@ -80,7 +80,7 @@ pub(super) fn route(
             let list: Vec<serde_json::Value> = shared
                 .disk_ids(identity)
                 .into_iter()
-                .filter_map(|id| shared.disk(identity, id).ok())
+                .filter_map(|id| shared.disk(identity, id).ok().flatten())
                 .filter_map(|d| {
                     let r = d.replica.lock().clone()?;
                     Some(d.status_json(&r, &shared.conf().health))
@@ -92,7 +92,17 @@ pub(super) fn route(
             let Some(id) = parse_disk(disk) else {
                 return reply(s, Err(not_found()));
             };
-            let d = shared.disk(identity, id)?;
+            let Some(d) = shared.disk(identity, id)? else {
+                // Nothing held of it: a shipper's first question, answered
+                // (nothing applied, no partial) without making the disk.
+                if rest == ["resume"] {
+                    let dir = shared.disk_dir(identity, id)?;
+                    return reply(s, Ok(resume_json(None, &dir)));
+                }
+                let e = not_found();
+                let _ = error_response(s, 404, &e);
+                return Ok(true);
+            };
             let replica = d.replica.lock().clone();
             let r = match (replica, rest) {
                 (None, ["resume"]) => Ok(resume_json(None, &d.dir)),
