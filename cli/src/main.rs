@@ -243,24 +243,30 @@ enum ReplicaCommand {
     /// Reads every retained point back through its undo logs.
     Verify(ReplicaArgs),
     /// Drops the oldest points a retention policy does not keep; a point
-    /// is kept when any rule keeps it, and the latest always is.
-    #[command(after_long_help = "Example:
+    /// is kept when any rule keeps it, and the latest always is. At least
+    /// one rule is required (nothing is dropped by default); --dry-run
+    /// prints what would be dropped and kept and drops nothing.
+    #[command(after_long_help = "Examples:
+  blockrep replica prune /srv/replicas/vm1 --keep-last 24 --keep-app-for 7d --dry-run
   blockrep replica prune /srv/replicas/vm1 --keep-last 24 --keep-app-for 7d")]
     Prune {
         #[command(flatten)]
         replica: ReplicaArgs,
         /// Keep the newest this many points.
-        #[arg(long, default_value_t = 0)]
-        keep_last: usize,
+        #[arg(long)]
+        keep_last: Option<usize>,
         /// Keep points younger than this (s, m, h, d suffixes).
         #[arg(long, value_parser = parse_duration)]
         keep_for: Option<std::time::Duration>,
         /// Keep the newest this many app-consistent points.
-        #[arg(long, default_value_t = 0)]
-        keep_app_last: usize,
+        #[arg(long)]
+        keep_app_last: Option<usize>,
         /// Keep app-consistent points younger than this.
         #[arg(long, value_parser = parse_duration)]
         keep_app_for: Option<std::time::Duration>,
+        /// Print the points that would be dropped and kept; drop none.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Builds a replica from an object store on this host (at the latest
     /// point, or one chosen), verifying every object; with --follow it
@@ -940,14 +946,28 @@ fn replica(c: ReplicaCommand) -> Result<()> {
             keep_for,
             keep_app_last,
             keep_app_for,
+            dry_run,
         } => {
+            // Pruning deletes points for good: with no rule it would keep
+            // only the latest, so a rule is required, never defaulted.
+            if keep_last.is_none()
+                && keep_for.is_none()
+                && keep_app_last.is_none()
+                && keep_app_for.is_none()
+            {
+                return Err(Error::invalid(
+                    "prune needs at least one rule of what to keep: --keep-last N, \
+                     --keep-for DURATION, --keep-app-last N or --keep-app-for DURATION \
+                     (--dry-run shows what a rule would drop)",
+                ));
+            }
             let policy = blockrep::replica::RetentionPolicy {
-                keep_last,
+                keep_last: keep_last.unwrap_or(0),
                 keep_for,
-                keep_app_last,
+                keep_app_last: keep_app_last.unwrap_or(0),
                 keep_app_for,
             };
-            ops::replica_prune(path(&a.dir)?, image(&a)?, &policy, a.out.json)
+            ops::replica_prune(path(&a.dir)?, image(&a)?, &policy, dry_run, a.out.json)
         }
     }
 }

@@ -309,21 +309,37 @@ pub fn sync(source: &str, dir: &str, image: Option<&str>, json: bool) -> Result<
 }
 
 /// `blockrep replica prune DIR`: drops the oldest points `policy` does not
-/// keep (the latest point is always kept).
+/// keep (the latest point is always kept); with `dry_run`, prints what it
+/// would drop and keep, from the same plan, and drops nothing.
 pub fn replica_prune(
     dir: &str,
     image: Option<&str>,
     policy: &blockrep::replica::RetentionPolicy,
+    dry_run: bool,
     json: bool,
 ) -> Result<()> {
     let r = open_replica(dir, image)?;
-    let dropped = r.prune(policy, now_ns())?;
-    let kept: Vec<u64> = r.points().iter().map(|p| p.sequence).collect();
+    let (dropped, kept): (Vec<u64>, Vec<u64>) = if dry_run {
+        let plan = r.prune_plan(policy, now_ns())?;
+        let kept = r
+            .points()
+            .iter()
+            .map(|p| p.sequence)
+            .filter(|s| !plan.contains(s))
+            .collect();
+        (plan, kept)
+    } else {
+        let dropped = r.prune(policy, now_ns())?;
+        (dropped, r.points().iter().map(|p| p.sequence).collect())
+    };
     if json {
         println!(
             "{}",
-            serde_json::json!({ "dropped": dropped, "kept": kept })
+            serde_json::json!({ "dropped": dropped, "kept": kept, "dry_run": dry_run })
         );
+    } else if dry_run {
+        println!("would drop points: {}", none_or(&dropped));
+        println!("would keep points: {}", none_or(&kept));
     } else {
         println!("dropped points: {}", none_or(&dropped));
         println!("kept points:    {}", none_or(&kept));

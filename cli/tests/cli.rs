@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{blockrep, ok};
+use common::{blockrep, fails, ok};
 use std::process::Command;
 
 #[test]
@@ -295,4 +295,61 @@ fn an_unplanned_failover_commits_the_latest_point_in_one_step() {
     let out = ok(&["failover", "now", d, "--json"]);
     assert!(out.contains("\"phase\":\"committed\""), "{out}");
     assert_eq!(std::fs::read(dir.join("image")).unwrap(), data);
+}
+
+/// `replica prune` destroys nothing by default (issue 27, item 24): with
+/// no rule it is refused, naming the rules, and every point stays;
+/// `--dry-run` names what a rule would drop and keep, in text and JSON,
+/// and drops nothing; the same rule without it drops exactly those.
+#[test]
+fn prune_needs_a_rule_and_has_a_dry_run() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("disk.img");
+    let dir = t.path().join("replica");
+    let (i, d) = (img.to_str().unwrap(), dir.to_str().unwrap());
+    let mut data = vec![0u8; 1 << 20];
+    for round in 0..4u8 {
+        data[usize::from(round) * 65536..][..4096].fill(round + 1);
+        std::fs::write(&img, &data).unwrap();
+        ok(&["sync", i, d]);
+    }
+    let points = || {
+        ok(&["replica", "points", d, "--json"])
+            .matches("\"sequence\"")
+            .count()
+    };
+    assert_eq!(points(), 4);
+    let err = fails(&["replica", "prune", d]);
+    for rule in [
+        "--keep-last",
+        "--keep-for",
+        "--keep-app-last",
+        "--keep-app-for",
+    ] {
+        assert!(err.contains(rule), "{err}");
+    }
+    assert_eq!(points(), 4);
+    let plan = ok(&[
+        "replica",
+        "prune",
+        d,
+        "--keep-last",
+        "2",
+        "--dry-run",
+        "--json",
+    ]);
+    let v: Vec<&str> = plan.trim().split(['[', ']']).collect();
+    assert!(plan.contains("\"dry_run\":true"), "{plan}");
+    assert_eq!(v[1].split(',').count(), 2, "{plan}");
+    assert_eq!(v[3].split(',').count(), 2, "{plan}");
+    let text = ok(&["replica", "prune", d, "--keep-last", "2", "--dry-run"]);
+    assert!(text.contains("would drop"), "{text}");
+    assert_eq!(points(), 4);
+    let done = ok(&["replica", "prune", d, "--keep-last", "2", "--json"]);
+    assert_eq!(
+        done.replace("\"dry_run\":false", ""),
+        plan.replace("\"dry_run\":true", ""),
+        "the dry run named what the prune did"
+    );
+    assert_eq!(points(), 2);
 }
