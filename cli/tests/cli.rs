@@ -353,3 +353,67 @@ fn prune_needs_a_rule_and_has_a_dry_run() {
     );
     assert_eq!(points(), 2);
 }
+
+/// A target that looks like a URL of a scheme the command does not take
+/// (issue 27, item 25) is refused with the schemes it takes, and nothing
+/// is written (no `./http:/host:port` directory).
+#[test]
+fn a_url_of_an_unsupported_scheme_is_refused_before_anything_is_written() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("disk.img");
+    std::fs::write(&img, vec![7u8; 1 << 20]).unwrap();
+    let i = img.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_blockrep"))
+            .args(args)
+            .current_dir(t.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "blockrep {args:?} succeeded");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let err = run(&["sync", i, "http://localhost:8443"]);
+    assert!(err.contains("http://") && err.contains("https://"), "{err}");
+    let err = run(&[
+        "sync",
+        i,
+        "ftp://dr.example/vm1",
+        "--disk",
+        &"5a".repeat(16),
+    ]);
+    assert!(err.contains("https://"), "{err}");
+    let err = run(&[
+        "qemu",
+        "replicate",
+        "--qmp",
+        "qmp.sock",
+        "--node",
+        "drive0",
+        "--spool",
+        "spool",
+        "--replica",
+        "http://dr.example/vm1",
+    ]);
+    assert!(
+        err.contains("http://dr.example/vm1") && err.contains("directory"),
+        "{err}"
+    );
+    let err = run(&[
+        "qemu",
+        "replicate",
+        "--qmp",
+        "qmp.sock",
+        "--node",
+        "drive0",
+        "--spool",
+        "spool",
+        "--to",
+        "htps://dr.example:8443",
+    ]);
+    assert!(err.contains("https://") && err.contains("s3://"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("disk.img")]);
+}
