@@ -130,7 +130,8 @@ enum Command {
     /// over mutual TLS 1.3, primaries identified by their certificates,
     /// each confined to its storage root. Runs until SIGTERM or SIGINT;
     /// SIGHUP reloads the configuration and certificates without dropping
-    /// a connection.
+    /// a connection. Each storage root is locked while it serves: a second
+    /// server on the same root is refused, naming the first's pid.
     #[command(after_long_help = "Example:
   blockrep serve --config /etc/blockrep/server.toml
 

@@ -417,3 +417,42 @@ fn a_url_of_an_unsupported_scheme_is_refused_before_anything_is_written() {
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("disk.img")]);
 }
+
+/// A second `blockrep serve` on the same storage root (issue 27, item 26)
+/// is refused, naming the pid of the one serving it, and the first keeps
+/// serving.
+#[test]
+fn a_second_server_on_the_same_root_is_refused_naming_the_first() {
+    let t = tempfile::tempdir().unwrap();
+    let mut site = common::site::Site::new(t.path());
+    site.start();
+    let first = site.server.as_ref().unwrap().id();
+    // The second listens elsewhere, so only the root is shared.
+    let mut second = common::site::Site::new(&t.path().join("second"));
+    second.root.clone_from(&site.root);
+    second.configure(&t.path().join("second/pki"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blockrep"))
+        .args(["serve", "--config"])
+        .arg(&second.config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A second server that starts serves until killed: give it time to
+    // refuse, then stop it, so the test fails rather than hangs.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if child.try_wait().unwrap().is_none() {
+        child.kill().unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success(), "the second server started: {err}");
+    assert!(err.contains(&format!("pid {first}")), "{err}");
+    // The first still answers.
+    assert!(site
+        .run(&["status", &site.url(), "--json"])
+        .starts_with('['));
+}

@@ -134,9 +134,10 @@ impl Dir for FsDir {
     }
     /// An exclusive `flock` on `.lock` in the directory: advisory, between
     /// blockrep's own opens, released by the kernel when the process dies
-    /// (so a crash leaves nothing to clean up).
+    /// (so a crash leaves nothing to clean up). The holder writes its pid
+    /// into the file, so a refusal names the process to look at.
     fn lock(&self) -> Result<DirLock> {
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
         use std::os::unix::io::AsRawFd;
         let p = self.path.join(LOCK);
         let f = std::fs::OpenOptions::new()
@@ -151,16 +152,33 @@ impl Dir for FsDir {
         // is involved.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();
-            return Err(if e.kind() == std::io::ErrorKind::WouldBlock {
-                Error::new(
-                    ErrorKind::Misuse,
-                    "in use: another process, or another open handle in this one, holds it",
-                )
-                .with_path(&self.path)
-            } else {
-                Error::io("lock", e).with_path(&p)
-            });
+            if e.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(Error::io("lock", e).with_path(&p));
+            }
+            // The holder's pid, when it has written it yet (it writes
+            // right after taking the lock, so it may not have).
+            let holder = std::fs::read_to_string(&p)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok());
+            let msg = match holder {
+                Some(pid) if pid == std::process::id() => {
+                    format!("in use by another open handle in this process (pid {pid})")
+                }
+                Some(pid) => format!(
+                    "in use by pid {pid} (a blockrep serve, a command or an agent working on it)"
+                ),
+                None => {
+                    "in use: another process, or another open handle in this one, holds it".into()
+                }
+            };
+            return Err(Error::new(ErrorKind::Misuse, msg).with_path(&self.path));
         }
+        // Truncated only now, under the lock: the previous holder's pid
+        // (it died, or dropped the lock) is replaced, never a live one's.
+        let pid = format!("{}\n", std::process::id());
+        f.set_len(0)
+            .and_then(|()| f.write_all_at(pid.as_bytes(), 0))
+            .map_err(|e| Error::io("write the pid into the lock file", e).with_path(&p))?;
         Ok(DirLock { _file: Some(f) })
     }
 }
