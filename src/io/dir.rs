@@ -76,8 +76,7 @@ impl FsDir {
     /// Uses `path`, creating it when missing.
     pub fn new(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        std::fs::create_dir_all(&path)
-            .map_err(|e| Error::io("create directory", e).with_path(&path))?;
+        create_private_dir(&path)?;
         Ok(FsDir { path })
     }
 
@@ -181,6 +180,20 @@ impl Dir for FsDir {
             .map_err(|e| Error::io("write the pid into the lock file", e).with_path(&p))?;
         Ok(DirLock { _file: Some(f) })
     }
+}
+
+/// Creates `path` and any missing parents with mode 0700 (before the
+/// umask), as every directory blockrep creates: they hold disk data and
+/// logs, which only the owner may read. Existing directories are left as
+/// they are. The mode is set at creation, so no other user ever finds the
+/// directory open.
+pub fn create_private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| Error::io("create directory", e).with_path(path))
 }
 
 type MemFile = Arc<FaultStorage<Arc<MemStorage>>>;

@@ -148,8 +148,7 @@ impl Conf {
         let mut retention = HashMap::new();
         for p in &config.primaries {
             retention.insert(p.identity.clone(), p.retention);
-            std::fs::create_dir_all(&p.root)
-                .map_err(|e| Error::io("create a primary's root", e).with_path(&p.root))?;
+            crate::io::create_private_dir(&p.root)?;
             if roots.insert(p.identity.clone(), p.root.clone()).is_some() {
                 return Err(Error::invalid(format!(
                     "primary {} is listed twice",
