@@ -72,7 +72,9 @@ fn model_views_overlays_prune_and_rollback() {
             keep_app_last: 0,
             keep_app_for: None,
         };
+        let plan = r.prune_plan(&policy, 0).unwrap();
         let dropped = r.prune(&policy, 0).unwrap();
+        assert_eq!(plan, dropped, "round {round}: the dry run named what went");
         assert!(
             !dropped.contains(&at) && r.points().iter().any(|p| p.sequence == at),
             "round {round}"
@@ -132,6 +134,9 @@ fn rollback_past_a_pinned_point_is_refused_and_tags_stick() {
         keep_app_for: None,
     };
     // 1 and 2 are the oldest; 4 lies between the app point and the newest.
+    // The dry run names them and drops nothing; the prune drops them.
+    assert_eq!(r.prune_plan(&policy, 0).unwrap(), vec![1, 2, 4]);
+    assert_eq!(r.points().len(), 5);
     assert_eq!(r.prune(&policy, 0).unwrap(), vec![1, 2, 4]);
     let p = r.points();
     assert_eq!(p.iter().map(|p| p.sequence).collect::<Vec<_>>(), vec![3, 5]);

@@ -130,7 +130,8 @@ enum Command {
     /// over mutual TLS 1.3, primaries identified by their certificates,
     /// each confined to its storage root. Runs until SIGTERM or SIGINT;
     /// SIGHUP reloads the configuration and certificates without dropping
-    /// a connection.
+    /// a connection. Each storage root is locked while it serves: a second
+    /// server on the same root is refused, naming the first's pid.
     #[command(after_long_help = "Example:
   blockrep serve --config /etc/blockrep/server.toml
 
@@ -162,7 +163,8 @@ Query it as an operator:
         /// The source image.
         source: PathBuf,
         /// The replica directory (created the first time), or a replica
-        /// server's https:// URL.
+        /// server's https:// URL (another scheme is refused, never taken
+        /// for a directory).
         replica: String,
         /// The replica's image when kept outside its directory (an
         /// adopted disk, after `failover reverse`).
@@ -243,24 +245,30 @@ enum ReplicaCommand {
     /// Reads every retained point back through its undo logs.
     Verify(ReplicaArgs),
     /// Drops the oldest points a retention policy does not keep; a point
-    /// is kept when any rule keeps it, and the latest always is.
-    #[command(after_long_help = "Example:
+    /// is kept when any rule keeps it, and the latest always is. At least
+    /// one rule is required (nothing is dropped by default); --dry-run
+    /// prints what would be dropped and kept and drops nothing.
+    #[command(after_long_help = "Examples:
+  blockrep replica prune /srv/replicas/vm1 --keep-last 24 --keep-app-for 7d --dry-run
   blockrep replica prune /srv/replicas/vm1 --keep-last 24 --keep-app-for 7d")]
     Prune {
         #[command(flatten)]
         replica: ReplicaArgs,
         /// Keep the newest this many points.
-        #[arg(long, default_value_t = 0)]
-        keep_last: usize,
+        #[arg(long)]
+        keep_last: Option<usize>,
         /// Keep points younger than this (s, m, h, d suffixes).
         #[arg(long, value_parser = parse_duration)]
         keep_for: Option<std::time::Duration>,
         /// Keep the newest this many app-consistent points.
-        #[arg(long, default_value_t = 0)]
-        keep_app_last: usize,
+        #[arg(long)]
+        keep_app_last: Option<usize>,
         /// Keep app-consistent points younger than this.
         #[arg(long, value_parser = parse_duration)]
         keep_app_for: Option<std::time::Duration>,
+        /// Print the points that would be dropped and kept; drop none.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Builds a replica from an object store on this host (at the latest
     /// point, or one chosen), verifying every object; with --follow it
@@ -664,22 +672,60 @@ struct TlsArgs {
     ca: Option<PathBuf>,
 }
 
+/// The URL schemes of object stores (S3, Azure Blob Storage, a
+/// directory, a replica server's vault).
+const STORE_SCHEMES: &[&str] = &[
+    "s3://",
+    "s3a://",
+    "az://",
+    "azure://",
+    "abfs://",
+    "abfss://",
+    "adl://",
+    "file://",
+    "blockrep://",
+];
+
 /// Whether `url` names an object store (S3, a directory, a replica
 /// server's vault) rather than a replica server's https:// API.
 fn is_store(url: &str) -> bool {
-    [
-        "s3://",
-        "s3a://",
-        "az://",
-        "azure://",
-        "abfs://",
-        "abfss://",
-        "adl://",
-        "file://",
-        "blockrep://",
-    ]
-    .iter()
-    .any(|s| url.starts_with(s))
+    STORE_SCHEMES.iter().any(|s| url.starts_with(s))
+}
+
+/// The scheme of `target` (`https://`, say) when it is a URL of one of
+/// `schemes`, `None` when it is a local path. A target that looks like a
+/// URL (`scheme://`) of another scheme is refused, naming the schemes
+/// taken: a typo such as http:// for https:// would otherwise be taken
+/// for a path and a replica written into `./http:/host:port`. Every
+/// command whose target may be a URL or a directory checks it here,
+/// before anything is written.
+fn target_scheme<'a>(target: &str, schemes: &[&'a str]) -> Result<Option<&'a str>> {
+    let Some((scheme, _)) = target.split_once("://") else {
+        return Ok(None);
+    };
+    let looks_like_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !looks_like_scheme {
+        return Ok(None);
+    }
+    if let Some(s) = schemes.iter().find(|s| target.starts_with(**s)) {
+        return Ok(Some(s));
+    }
+    Err(Error::invalid(if schemes.is_empty() {
+        format!("{target}: a local directory is expected here, not a URL ({scheme}://)")
+    } else {
+        format!(
+            "{target}: {scheme}:// is not supported here; it takes {} (a path without a scheme is a local directory)",
+            schemes.join(", ")
+        )
+    }))
+}
+
+/// A directory argument that must not be a URL (see [`target_scheme`]).
+fn local_dir(dir: &std::path::Path) -> Result<()> {
+    target_scheme(&dir.to_string_lossy(), &[]).map(|_| ())
 }
 
 impl TlsArgs {
@@ -814,6 +860,18 @@ fn run(command: Command) -> Result<()> {
             if !interval.is_finite() || interval < 0.0 {
                 return Err(Error::invalid("--interval takes seconds, 0 or more"));
             }
+            // Checked before anything is created: a mistyped URL names
+            // no directory.
+            if let Some(url) = &to {
+                let schemes: Vec<&str> = std::iter::once("https://")
+                    .chain(STORE_SCHEMES.iter().copied())
+                    .collect();
+                target_scheme(url, &schemes)?;
+            }
+            if let Some(dir) = &replica {
+                local_dir(dir)?;
+            }
+            local_dir(&spool)?;
             let target = match (to, replica) {
                 (Some(url), _) if is_store(&url) => qemu::Target::Store {
                     config: store.config_with_tls(&url, tls.files().ok().as_ref()),
@@ -870,7 +928,7 @@ fn run(command: Command) -> Result<()> {
             tls,
             out,
         } => {
-            if replica.starts_with("https://") {
+            if target_scheme(&replica, &["https://"])?.is_some() {
                 let id = disk.ok_or_else(|| {
                     Error::invalid("a sync to a server names the disk: --disk ID")
                 })?;
@@ -933,21 +991,39 @@ fn replica(c: ReplicaCommand) -> Result<()> {
             point,
             follow,
             out,
-        } => store::hydrate_cmd(&url, &dir, disk, &store, point, follow, out.json),
+        } => {
+            target_scheme(&url, STORE_SCHEMES)?;
+            local_dir(&dir)?;
+            store::hydrate_cmd(&url, &dir, disk, &store, point, follow, out.json)
+        }
         ReplicaCommand::Prune {
             replica: a,
             keep_last,
             keep_for,
             keep_app_last,
             keep_app_for,
+            dry_run,
         } => {
+            // Pruning deletes points for good: with no rule it would keep
+            // only the latest, so a rule is required, never defaulted.
+            if keep_last.is_none()
+                && keep_for.is_none()
+                && keep_app_last.is_none()
+                && keep_app_for.is_none()
+            {
+                return Err(Error::invalid(
+                    "prune needs at least one rule of what to keep: --keep-last N, \
+                     --keep-for DURATION, --keep-app-last N or --keep-app-for DURATION \
+                     (--dry-run shows what a rule would drop)",
+                ));
+            }
             let policy = blockrep::replica::RetentionPolicy {
-                keep_last,
+                keep_last: keep_last.unwrap_or(0),
                 keep_for,
-                keep_app_last,
+                keep_app_last: keep_app_last.unwrap_or(0),
                 keep_app_for,
             };
-            ops::replica_prune(path(&a.dir)?, image(&a)?, &policy, a.out.json)
+            ops::replica_prune(path(&a.dir)?, image(&a)?, &policy, dry_run, a.out.json)
         }
     }
 }

@@ -248,8 +248,7 @@ pub fn digest_resync(disk: &dyn Storage, replica: &Replica, log_path: &Path) -> 
     let g = Geometry::new(disk.len()?, st.geometry.block_size())?;
     let remote = replica.block_digests(0)?;
     let mut src = Source::enable(st.disk_id, st.epoch, g);
-    let f = std::fs::File::create(log_path)
-        .map_err(|e| Error::io("create log", e).with_path(log_path))?;
+    let f = private_file(log_path)?;
     let (_, summary) = with_bar("digest resync", g.size(), |t| {
         src.resync(disk, &remote, std::io::BufWriter::new(f), t)
     })?;
@@ -285,8 +284,7 @@ pub fn sync(source: &str, dir: &str, image: Option<&str>, json: bool) -> Result<
         let fs = Arc::new(FsDir::new(d)?);
         let id = DiskId::random()?;
         let mut src = Source::enable(id, 1, g);
-        let f = std::fs::File::create(&log_path)
-            .map_err(|e| Error::io("create log", e).with_path(&log_path))?;
+        let f = private_file(&log_path)?;
         let (_, summary) = with_bar("initial sync", g.size(), |t| {
             src.initial_sync(&disk, std::io::BufWriter::new(f), t)
         })?;
@@ -309,26 +307,55 @@ pub fn sync(source: &str, dir: &str, image: Option<&str>, json: bool) -> Result<
 }
 
 /// `blockrep replica prune DIR`: drops the oldest points `policy` does not
-/// keep (the latest point is always kept).
+/// keep (the latest point is always kept); with `dry_run`, prints what it
+/// would drop and keep, from the same plan, and drops nothing.
 pub fn replica_prune(
     dir: &str,
     image: Option<&str>,
     policy: &blockrep::replica::RetentionPolicy,
+    dry_run: bool,
     json: bool,
 ) -> Result<()> {
     let r = open_replica(dir, image)?;
-    let dropped = r.prune(policy, now_ns())?;
-    let kept: Vec<u64> = r.points().iter().map(|p| p.sequence).collect();
+    let (dropped, kept): (Vec<u64>, Vec<u64>) = if dry_run {
+        let plan = r.prune_plan(policy, now_ns())?;
+        let kept = r
+            .points()
+            .iter()
+            .map(|p| p.sequence)
+            .filter(|s| !plan.contains(s))
+            .collect();
+        (plan, kept)
+    } else {
+        let dropped = r.prune(policy, now_ns())?;
+        (dropped, r.points().iter().map(|p| p.sequence).collect())
+    };
     if json {
         println!(
             "{}",
-            serde_json::json!({ "dropped": dropped, "kept": kept })
+            serde_json::json!({ "dropped": dropped, "kept": kept, "dry_run": dry_run })
         );
+    } else if dry_run {
+        println!("would drop points: {}", none_or(&dropped));
+        println!("would keep points: {}", none_or(&kept));
     } else {
         println!("dropped points: {}", none_or(&dropped));
         println!("kept points:    {}", none_or(&kept));
     }
     Ok(())
+}
+
+/// Creates (or truncates) a log at `path`, mode 0600 as the library's:
+/// it holds disk data.
+fn private_file(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io("create log", e).with_path(path))
 }
 
 fn none_or(list: &[u64]) -> String {

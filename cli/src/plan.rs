@@ -413,8 +413,8 @@ impl PlanHooks for CommandHooks<'_> {
             .test_dir
             .as_ref()
             .ok_or_else(|| Error::invalid("a test run needs --test-dir"))?;
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io("create the test directory", e).with_path(dir))?;
+        // The overlays hold the test VMs' writes: private, as replicas.
+        blockrep::io::create_private_dir(dir)?;
         let p = dir.join(format!("{}.overlay", Self::names(machine, disk)));
         Ok(Arc::new(FileStorage::create(&p, 0)?))
     }

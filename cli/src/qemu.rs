@@ -88,7 +88,6 @@ fn digests(target: &Target, node: &str, disk: DiskId, replicas: &Path) -> Result
         // under the spools, brought forward each time) gives them.
         Target::Store { config, keys, .. } => {
             let dir = replicas.join(node);
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", e).with_path(&dir))?;
             let fs = Arc::new(FsDir::new(&dir)?);
             hydrate(config, keys, disk, fs.clone(), None, 0)?;
             Replica::open(fs)?.block_digests(0)
@@ -116,7 +115,7 @@ pub fn replicate(o: &ReplicateOptions) -> Result<()> {
         .map(|d| (d.node.clone(), d.spool.clone()))
         .collect();
     let work = o.spool.join(".qemu-work");
-    std::fs::create_dir_all(&work).map_err(|e| Error::io("create", e).with_path(&work))?;
+    blockrep::io::create_private_dir(&work)?;
     let mut config = QemuConfig::new(&o.qmp, &work);
     config.nbd_socket.clone_from(&o.nbd);
     config.timeout = timeout;

@@ -1,6 +1,8 @@
 //! `blockrep serve --config FILE`: the replica server on the secondary
 //! site, configured in TOML, running until SIGTERM or SIGINT; SIGHUP
-//! reloads the file (certificates, primaries, limits, health).
+//! reloads the file (certificates, primaries, limits, health). Each
+//! primary's root is locked (`.lock` in it, holding the pid) for the
+//! server's life, so a second server on the same root is refused.
 //!
 //! ```toml
 //! listen = "0.0.0.0:8443"

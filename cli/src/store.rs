@@ -105,7 +105,8 @@ pub fn hydrate_cmd(
 ) -> Result<()> {
     let config = store.config(url);
     let keys = store.keys()?;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("create", e).with_path(dir))?;
+    // The replica's directory, private as the library's (disk data).
+    blockrep::io::create_private_dir(dir)?;
     let stop = stop_flag();
     let mut seen = 0;
     loop {
@@ -199,7 +200,7 @@ pub fn compact_cmd(
     policy: StorePolicy,
     json: bool,
 ) -> Result<()> {
-    std::fs::create_dir_all(work).map_err(|e| Error::io("create", e).with_path(work))?;
+    blockrep::io::create_private_dir(work)?;
     let r = compact(
         &store.config(url),
         &store.keys()?,

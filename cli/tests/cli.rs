@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{blockrep, ok};
+use common::{blockrep, fails, ok};
 use std::process::Command;
 
 #[test]
@@ -295,4 +295,164 @@ fn an_unplanned_failover_commits_the_latest_point_in_one_step() {
     let out = ok(&["failover", "now", d, "--json"]);
     assert!(out.contains("\"phase\":\"committed\""), "{out}");
     assert_eq!(std::fs::read(dir.join("image")).unwrap(), data);
+}
+
+/// `replica prune` destroys nothing by default (issue 27, item 24): with
+/// no rule it is refused, naming the rules, and every point stays;
+/// `--dry-run` names what a rule would drop and keep, in text and JSON,
+/// and drops nothing; the same rule without it drops exactly those.
+#[test]
+fn prune_needs_a_rule_and_has_a_dry_run() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("disk.img");
+    let dir = t.path().join("replica");
+    let (i, d) = (img.to_str().unwrap(), dir.to_str().unwrap());
+    let mut data = vec![0u8; 1 << 20];
+    for round in 0..4u8 {
+        data[usize::from(round) * 65536..][..4096].fill(round + 1);
+        std::fs::write(&img, &data).unwrap();
+        ok(&["sync", i, d]);
+    }
+    let points = || {
+        ok(&["replica", "points", d, "--json"])
+            .matches("\"sequence\"")
+            .count()
+    };
+    assert_eq!(points(), 4);
+    let err = fails(&["replica", "prune", d]);
+    for rule in [
+        "--keep-last",
+        "--keep-for",
+        "--keep-app-last",
+        "--keep-app-for",
+    ] {
+        assert!(err.contains(rule), "{err}");
+    }
+    assert_eq!(points(), 4);
+    let plan = ok(&[
+        "replica",
+        "prune",
+        d,
+        "--keep-last",
+        "2",
+        "--dry-run",
+        "--json",
+    ]);
+    let v: Vec<&str> = plan.trim().split(['[', ']']).collect();
+    assert!(plan.contains("\"dry_run\":true"), "{plan}");
+    assert_eq!(v[1].split(',').count(), 2, "{plan}");
+    assert_eq!(v[3].split(',').count(), 2, "{plan}");
+    let text = ok(&["replica", "prune", d, "--keep-last", "2", "--dry-run"]);
+    assert!(text.contains("would drop"), "{text}");
+    assert_eq!(points(), 4);
+    let done = ok(&["replica", "prune", d, "--keep-last", "2", "--json"]);
+    assert_eq!(
+        done.replace("\"dry_run\":false", ""),
+        plan.replace("\"dry_run\":true", ""),
+        "the dry run named what the prune did"
+    );
+    assert_eq!(points(), 2);
+}
+
+/// A target that looks like a URL of a scheme the command does not take
+/// (issue 27, item 25) is refused with the schemes it takes, and nothing
+/// is written (no `./http:/host:port` directory).
+#[test]
+fn a_url_of_an_unsupported_scheme_is_refused_before_anything_is_written() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("disk.img");
+    std::fs::write(&img, vec![7u8; 1 << 20]).unwrap();
+    let i = img.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_blockrep"))
+            .args(args)
+            .current_dir(t.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "blockrep {args:?} succeeded");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let err = run(&["sync", i, "http://localhost:8443"]);
+    assert!(err.contains("http://") && err.contains("https://"), "{err}");
+    let err = run(&[
+        "sync",
+        i,
+        "ftp://dr.example/vm1",
+        "--disk",
+        &"5a".repeat(16),
+    ]);
+    assert!(err.contains("https://"), "{err}");
+    let err = run(&[
+        "qemu",
+        "replicate",
+        "--qmp",
+        "qmp.sock",
+        "--node",
+        "drive0",
+        "--spool",
+        "spool",
+        "--replica",
+        "http://dr.example/vm1",
+    ]);
+    assert!(
+        err.contains("http://dr.example/vm1") && err.contains("directory"),
+        "{err}"
+    );
+    let err = run(&[
+        "qemu",
+        "replicate",
+        "--qmp",
+        "qmp.sock",
+        "--node",
+        "drive0",
+        "--spool",
+        "spool",
+        "--to",
+        "htps://dr.example:8443",
+    ]);
+    assert!(err.contains("https://") && err.contains("s3://"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("disk.img")]);
+}
+
+/// A second `blockrep serve` on the same storage root (issue 27, item 26)
+/// is refused, naming the pid of the one serving it, and the first keeps
+/// serving.
+#[test]
+fn a_second_server_on_the_same_root_is_refused_naming_the_first() {
+    let t = tempfile::tempdir().unwrap();
+    let mut site = common::site::Site::new(t.path());
+    site.start();
+    let first = site.server.as_ref().unwrap().id();
+    // The second listens elsewhere, so only the root is shared.
+    let mut second = common::site::Site::new(&t.path().join("second"));
+    second.root.clone_from(&site.root);
+    second.configure(&t.path().join("second/pki"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blockrep"))
+        .args(["serve", "--config"])
+        .arg(&second.config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A second server that starts serves until killed: give it time to
+    // refuse, then stop it, so the test fails rather than hangs.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if child.try_wait().unwrap().is_none() {
+        child.kill().unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success(), "the second server started: {err}");
+    assert!(err.contains(&format!("pid {first}")), "{err}");
+    // The first still answers.
+    assert!(site
+        .run(&["status", &site.url(), "--json"])
+        .starts_with('['));
 }

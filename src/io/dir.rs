@@ -76,8 +76,7 @@ impl FsDir {
     /// Uses `path`, creating it when missing.
     pub fn new(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        std::fs::create_dir_all(&path)
-            .map_err(|e| Error::io("create directory", e).with_path(&path))?;
+        create_private_dir(&path)?;
         Ok(FsDir { path })
     }
 
@@ -134,9 +133,10 @@ impl Dir for FsDir {
     }
     /// An exclusive `flock` on `.lock` in the directory: advisory, between
     /// blockrep's own opens, released by the kernel when the process dies
-    /// (so a crash leaves nothing to clean up).
+    /// (so a crash leaves nothing to clean up). The holder writes its pid
+    /// into the file, so a refusal names the process to look at.
     fn lock(&self) -> Result<DirLock> {
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
         use std::os::unix::io::AsRawFd;
         let p = self.path.join(LOCK);
         let f = std::fs::OpenOptions::new()
@@ -151,18 +151,49 @@ impl Dir for FsDir {
         // is involved.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();
-            return Err(if e.kind() == std::io::ErrorKind::WouldBlock {
-                Error::new(
-                    ErrorKind::Misuse,
-                    "in use: another process, or another open handle in this one, holds it",
-                )
-                .with_path(&self.path)
-            } else {
-                Error::io("lock", e).with_path(&p)
-            });
+            if e.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(Error::io("lock", e).with_path(&p));
+            }
+            // The holder's pid, when it has written it yet (it writes
+            // right after taking the lock, so it may not have).
+            let holder = std::fs::read_to_string(&p)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok());
+            let msg = match holder {
+                Some(pid) if pid == std::process::id() => {
+                    format!("in use by another open handle in this process (pid {pid})")
+                }
+                Some(pid) => format!(
+                    "in use by pid {pid} (a blockrep serve, a command or an agent working on it)"
+                ),
+                None => {
+                    "in use: another process, or another open handle in this one, holds it".into()
+                }
+            };
+            return Err(Error::new(ErrorKind::Misuse, msg).with_path(&self.path));
         }
+        // Truncated only now, under the lock: the previous holder's pid
+        // (it died, or dropped the lock) is replaced, never a live one's.
+        let pid = format!("{}\n", std::process::id());
+        f.set_len(0)
+            .and_then(|()| f.write_all_at(pid.as_bytes(), 0))
+            .map_err(|e| Error::io("write the pid into the lock file", e).with_path(&p))?;
         Ok(DirLock { _file: Some(f) })
     }
+}
+
+/// Creates `path` and any missing parents with mode 0700 (before the
+/// umask), as every directory blockrep creates: they hold disk data and
+/// logs, which only the owner may read. Existing directories are left as
+/// they are. The mode is set at creation, so no other user ever finds the
+/// directory open.
+pub fn create_private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| Error::io("create directory", e).with_path(path))
 }
 
 type MemFile = Arc<FaultStorage<Arc<MemStorage>>>;

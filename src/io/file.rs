@@ -37,7 +37,9 @@ impl FileStorage {
     }
 
     /// Creates (or truncates) a file of `len` bytes, sparse where the file
-    /// system allows.
+    /// system allows. A new file has mode 0600 (before the umask): it holds
+    /// disk data or logs, which only the owner may read; an existing one
+    /// keeps its mode.
     pub fn create(path: impl AsRef<Path>, len: u64) -> Result<Self> {
         let path = path.as_ref();
         let file = OpenOptions::new()
@@ -45,6 +47,7 @@ impl FileStorage {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(path)
             .map_err(|e| Error::io("create", e).with_path(path))?;
         let s = Self::from_file(file, path);

@@ -15,7 +15,7 @@ mod memory;
 
 pub(crate) use ahead::{ReadAhead, WriteBehind};
 pub(crate) use dir::LOCK as LOCK_FILE;
-pub use dir::{split_path, Dir, DirLock, FsDir, MemDir};
+pub use dir::{create_private_dir, split_path, Dir, DirLock, FsDir, MemDir};
 pub use fault::{Fault, FaultPlan, FaultStorage};
 pub use file::FileStorage;
 pub use memory::MemStorage;

@@ -59,12 +59,31 @@ impl Replica {
         Ok(())
     }
 
-    /// Drops the oldest points the policy does not keep, stopping at the
-    /// first kept or pinned one. `now_ns` is the current time in ns since
-    /// the Unix epoch. Returns the sequences dropped.
-    pub fn prune(&self, policy: &RetentionPolicy, now_ns: u64) -> Result<Vec<u64>> {
+    /// The points [`prune`](Replica::prune) would drop under `policy` at
+    /// `now_ns` (ns since the Unix epoch), oldest first, dropping none: a
+    /// dry run. `prune` drops by this very plan, so the two agree unless
+    /// the replica changes in between (an apply adds a point, a view pins
+    /// one).
+    pub fn prune_plan(&self, policy: &RetentionPolicy, now_ns: u64) -> Result<Vec<u64>> {
         let mut st = self.s.state.lock();
         self.finish_interrupted(&mut st)?;
+        let (oldest, middle) = self.plan(&st, policy, now_ns);
+        Ok(st.points[..oldest]
+            .iter()
+            .map(|p| p.sequence)
+            .chain(middle)
+            .collect())
+    }
+
+    /// What a prune drops: how many of the oldest points (each deletes one
+    /// undo log), and the points between kept ones whose undo log merges
+    /// into the next point's.
+    fn plan(
+        &self,
+        st: &super::state::State,
+        policy: &RetentionPolicy,
+        now_ns: u64,
+    ) -> (usize, Vec<u64>) {
         let pins = self.pinned();
         let n = st.points.len();
         let app: Vec<usize> = (0..n)
@@ -84,11 +103,35 @@ impl Replica {
         };
         let drop_count = (0..n).take_while(|&i| !kept(i)).count();
         // Points between kept ones (an old app-consistent point and the
-        // newest, say) go by merging their undo log into the next one's.
-        let middle: Vec<u64> = (drop_count + 1..n.saturating_sub(1))
+        // newest, say) go by merging their undo log into the next one's,
+        // which `merge_drop` refuses when the disk was resized between
+        // them: such a point is kept, so the plan leaves it out too.
+        let undo = self.s.undo.read();
+        let geometry = |s: u64| undo.get(&s).map(|u| u.header().geometry);
+        let middle = (drop_count + 1..n.saturating_sub(1))
             .filter(|&i| !kept(i))
+            .filter(|&i| {
+                let (k, x) = (st.points[i].sequence, st.points[i + 1].sequence);
+                // A missing undo log stays in the plan: the prune fails
+                // on it, saying so, rather than the plan hiding it.
+                match (geometry(k), geometry(x)) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => true,
+                }
+            })
             .map(|i| st.points[i].sequence)
             .collect();
+        (drop_count, middle)
+    }
+
+    /// Drops the points [`prune_plan`](Replica::prune_plan) names: the
+    /// oldest points the policy does not keep, stopping at the first kept
+    /// or pinned one, and those between kept ones. `now_ns` is the current
+    /// time in ns since the Unix epoch. Returns the sequences dropped.
+    pub fn prune(&self, policy: &RetentionPolicy, now_ns: u64) -> Result<Vec<u64>> {
+        let mut st = self.s.state.lock();
+        self.finish_interrupted(&mut st)?;
+        let (drop_count, middle) = self.plan(&st, policy, now_ns);
         let mut dropped = Vec::new();
         for _ in 0..drop_count {
             let mut next = st.clone();

@@ -94,8 +94,7 @@ pub(super) fn hold_and_try(
         }
     }
     let dir = cut_dir(root, &group.id);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::io("create the group's directory", e).with_path(&dir))?;
+    crate::io::create_private_dir(&dir)?;
     let held = dir.join(format!(
         "{}-{sequence:020}-{}.log",
         hex(&disk.0),

@@ -179,8 +179,7 @@ impl Conf {
         for p in &config.primaries {
             retention.insert(p.identity.clone(), p.retention);
             max_disk.insert(p.identity.clone(), p.max_disk);
-            std::fs::create_dir_all(&p.root)
-                .map_err(|e| Error::io("create a primary's root", e).with_path(&p.root))?;
+            crate::io::create_private_dir(&p.root)?;
             if roots.insert(p.identity.clone(), p.root.clone()).is_some() {
                 return Err(Error::invalid(format!(
                     "primary {} is listed twice",
@@ -219,6 +218,10 @@ struct Shared {
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
+    /// The primaries' roots, each locked for the server's life (a lock
+    /// file holding its pid), so a second server on the same storage is
+    /// refused at start, naming this one, instead of serving beside it.
+    roots: Mutex<HashMap<PathBuf, crate::io::DirLock>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -229,10 +232,37 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// Locks the roots of `conf` that `held` does not hold already.
+fn lock_roots(
+    conf: &Conf,
+    held: &HashMap<PathBuf, crate::io::DirLock>,
+) -> Result<HashMap<PathBuf, crate::io::DirLock>> {
+    use crate::io::Dir;
+    let mut taken = HashMap::new();
+    for root in conf.roots.values() {
+        if held.contains_key(root) || taken.contains_key(root) {
+            continue;
+        }
+        let lock = crate::io::FsDir::new(root)?.lock().map_err(|e| {
+            Error::new(
+                e.kind(),
+                format!(
+                    "{}; a second server on the same storage root is refused",
+                    e.message()
+                ),
+            )
+            .with_path(root)
+        })?;
+        taken.insert(root.clone(), lock);
+    }
+    Ok(taken)
+}
+
 impl Server {
     /// Loads the certificates, checks the configuration and binds.
     pub fn bind(config: &ServerConfig) -> Result<Server> {
         let conf = Conf::load(config)?;
+        let roots = lock_roots(&conf, &HashMap::new())?;
         let listener = TcpListener::bind(config.listen)
             .map_err(|e| Error::io(format!("listen on {}", config.listen), e))?;
         let server = Server {
@@ -247,6 +277,7 @@ impl Server {
                 metrics: Metrics::default(),
                 started: std::time::Instant::now(),
             }),
+            roots: Mutex::new(roots),
         };
         group::recover(&server.shared);
         Ok(server)
@@ -269,6 +300,17 @@ impl Server {
             )));
         }
         let conf = Conf::load(config)?;
+        // A new root is locked before the configuration is taken (a root
+        // another server holds refuses the reload); a root left is
+        // released.
+        let mut roots = self.roots.lock();
+        let mut taken = lock_roots(&conf, &roots)?;
+        for root in conf.roots.values() {
+            if let Some(l) = roots.remove(root) {
+                taken.insert(root.clone(), l);
+            }
+        }
+        *roots = taken;
         *self.shared.conf.write() = Arc::new(conf);
         Ok(())
     }

@@ -17,6 +17,7 @@ use crate::net::http::Head;
 use crate::net::identity::Identity;
 use crate::replica::{ApplyOutcome, Replica};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -70,8 +71,7 @@ fn receive_and_apply(
         return Ok(false);
     };
     let uploads = disk.dir.join("uploads");
-    std::fs::create_dir_all(&uploads)
-        .map_err(|e| Error::io("create the uploads directory", e).with_path(&uploads))?;
+    crate::io::create_private_dir(&uploads)?;
     // One partial per disk: another log's partial is superseded, and so is
     // this log's when the whole log comes again (no Content-Range): the
     // client restarts it (after a crash between the last byte and the
@@ -121,6 +121,8 @@ fn receive_and_apply(
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            // An incoming log holds disk data: the owner's alone.
+            .mode(0o600)
             .open(&path)
             .map_err(|e| Error::io("open the partial upload", e).with_path(&path))?,
     );
