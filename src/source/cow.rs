@@ -201,8 +201,10 @@ impl<T: Tracking> Primary<T> {
         };
         // Pairs with the cut's store: a guard that begins after a mark the
         // cut missed sees the cycle (docs/ARCHITECTURE.md, "A cut is one
-        // instant").
-        if self.active.load(Ordering::Acquire) {
+        // instant"). Sequentially consistent, so the flag also takes its
+        // place in one order with everything else so ordered (a plain
+        // load on x86, the same instruction as an acquire on ARM).
+        if self.active.load(Ordering::SeqCst) {
             self.save_old(e)?;
         }
         Ok(guard)
@@ -372,7 +374,7 @@ impl<T: Tracking> Primary<T> {
     fn cut(&self, cow: bool) -> CycleHandle<'_, T> {
         let mut c = self.cycle.lock();
         if cow {
-            self.active.store(true, Ordering::Release);
+            self.active.store(true, Ordering::SeqCst);
         }
         let zeroed = self.zeroed.cut().into_set();
         let frozen = self.tracking.cut();
