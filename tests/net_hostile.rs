@@ -286,14 +286,27 @@ fn asking_about_or_refused_pushes_to_unknown_disks_leave_nothing() {
         };
         assert!(matches!(r.head.status, 400 | 409), "{}", said(&r));
     }
-    // The root holds the server's lock file, and nothing else.
-    let left: Vec<_> = std::fs::read_dir(&root)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| !p.ends_with(".lock"))
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    // The root holds the server's lock file, and nothing else, once the
+    // last request's thread has handed its disk back (just after its
+    // answer).
+    let leftover = || -> Vec<_> {
+        std::fs::read_dir(&root)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| !p.ends_with(".lock"))
+            .flat_map(|p| walk(&p))
+            .collect()
+    };
+    let settled = |done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    settled(&|| leftover().is_empty());
+    assert_eq!(leftover(), Vec::<std::path::PathBuf>::new(), "left behind");
+    settled(&|| disks_open(d, server.addr) == 0);
     assert_eq!(disks_open(d, server.addr), 0);
     // A disk that exists is held; one pushed in two parts keeps its
     // partial (for the resume) and its entry.
@@ -318,4 +331,35 @@ fn asking_about_or_refused_pushes_to_unknown_disks_leave_nothing() {
     assert_eq!(r.head.status, 200, "{}", said(&r));
     assert_eq!(disks_open(d, server.addr), 2);
     assert_eq!(left_behind(&root, B).1.len(), 1, "the partial stays");
+}
+
+#[test]
+fn a_body_in_another_framing_is_refused_not_misread() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let config = site(d);
+    let root = config.primaries[0].root.clone();
+    let server = start(&config);
+    let (log, digest) = full_log(A);
+    // The whole log, announced as chunked besides its length.
+    let mut c = net_common::connect(d, server.addr, "host1").unwrap();
+    let headers = [
+        ("Blockrep-Digest", hex(&digest)),
+        ("Transfer-Encoding", "chunked".to_string()),
+    ];
+    let r = put(&mut c, A, 1, &headers, &log, log.len() as u64);
+    assert_eq!(r.head.status, 501, "{}", said(&r));
+    assert!(said(&r).contains("Transfer-Encoding"), "{}", said(&r));
+    assert_eq!(left_behind(&root, A), (false, vec![]));
+    let mut c = net_common::connect(d, server.addr, "host1").unwrap();
+    assert_eq!(push(&mut c, A, 1, &digest, &log).head.status, 200);
+}
+
+/// Every path under `p`.
+fn walk(p: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![p.to_path_buf()];
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        out.extend(walk(&e.path()));
+    }
+    out
 }

@@ -162,6 +162,7 @@ fn reason(status: u16) -> &'static str {
         416 => "Range Not Satisfiable",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         507 => "Insufficient Storage",
         _ => "",
@@ -177,8 +178,17 @@ pub fn write_response(
     extra: &[(&str, String)],
     body: &[u8],
 ) -> std::io::Result<()> {
-    s.write_all(response_head(status, content_type, extra, body.len() as u64).as_bytes())?;
-    s.write_all(body)?;
+    let head = response_head(status, content_type, extra, body.len() as u64);
+    if body.len() <= 64 << 10 {
+        // Head and body in one write, so a small answer leaves in one TLS
+        // record and one segment.
+        let mut all = head.into_bytes();
+        all.extend_from_slice(body);
+        s.write_all(&all)?;
+    } else {
+        s.write_all(head.as_bytes())?;
+        s.write_all(body)?;
+    }
     s.flush()
 }
 

@@ -62,6 +62,9 @@ pub(super) fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> R
     let io = |e| Error::io("connection", e);
     let conf = shared.conf();
     tcp.set_nonblocking(false).map_err(io)?;
+    // Answers go out whole at once: without this, a small answer's second
+    // segment waits for the client's delayed acknowledgement (Nagle).
+    tcp.set_nodelay(true).map_err(io)?;
     tcp.set_read_timeout(Some(conf.limits.read_timeout))
         .map_err(io)?;
     tcp.set_write_timeout(Some(conf.limits.read_timeout))
@@ -155,6 +158,18 @@ pub(super) fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> R
         s.sock
             .set_read_timeout(Some(conf.limits.read_timeout))
             .map_err(io)?;
+        // Bodies are framed by Content-Length only: a body in another
+        // framing is refused, never read as something else (and a request
+        // with both cannot smuggle a second one past the first).
+        if let Some(te) = head.0.header("transfer-encoding") {
+            let e = Error::invalid(format!(
+                "Transfer-Encoding {te:?} is not implemented: send a Content-Length"
+            ));
+            shared.metrics.refused("http 501");
+            let _ = error_response(&mut s, 501, &e);
+            linger(&mut s);
+            return Ok(());
+        }
         let keep = route(shared, &identity, &mut s, head.0, head.1)?;
         if !keep {
             return Ok(());
