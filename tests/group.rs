@@ -225,14 +225,7 @@ fn a_group_cycle_over_the_spool_limit_after_a_shrink_folds_logs_past_the_new_end
     // Random writes of 9000 bytes within `span` bytes of each disk's end.
     let write = |ps: [&Pipeline; 2], rng: &mut Rng, span: u64| {
         for (p, disk) in ps.into_iter().zip(&disks) {
-            let size = p.primary().tracker().geometry().size();
-            for _ in 0..6 {
-                let off = size - span + rng.below(span - 9000);
-                let mut d = vec![0u8; 9000];
-                rng.fill(&mut d);
-                let _g = p.primary().write_guard(off, 9000).unwrap();
-                disk.write_at(&d, off).unwrap();
-            }
+            common::write_near_end(p, &**disk, rng, span, 6);
         }
     };
     // The link is down: group logs of blocks near the end pile up past

@@ -61,16 +61,7 @@ fn replicate() -> Run {
     let s = p.initial_sync(opts.into()).unwrap();
     run.points.push((1, disk.to_vec()));
     run.logs.push(log_of(p.spool(), s.summary.header.sequence));
-    let write = |p: &Pipeline, rng: &mut Rng| {
-        let size = p.primary().tracker().geometry().size();
-        for _ in 0..5 {
-            let off = rng.below(size - 9000);
-            let mut d = vec![0u8; 9000];
-            rng.fill(&mut d);
-            let _g = p.primary().write_guard(off, 9000).unwrap();
-            disk.write_at(&d, off).unwrap();
-        }
-    };
+    let write = |p: &Pipeline, rng: &mut Rng| common::write_near_end(p, &*disk, rng, u64::MAX, 5);
     for size in [0, (6 << 20) + 1000, 0, (3 << 20) + 500, 0, (5 << 20) + 7] {
         if size > 0 {
             // The hypervisor resizes the disk with its I/O drained.
@@ -352,14 +343,7 @@ fn a_cycle_over_the_spool_limit_after_a_shrink_folds_logs_past_the_new_end() {
     ship_all(p.spool(), &rdir, &mut replica);
     // Random writes of 9000 bytes within `span` bytes of the end.
     let write = |p: &Pipeline, rng: &mut Rng, span: u64| {
-        let size = p.primary().tracker().geometry().size();
-        for _ in 0..6 {
-            let off = size - span + rng.below(span - 9000);
-            let mut d = vec![0u8; 9000];
-            rng.fill(&mut d);
-            let _g = p.primary().write_guard(off, 9000).unwrap();
-            disk.write_at(&d, off).unwrap();
-        }
+        common::write_near_end(p, &*disk, rng, span, 6);
     };
     // The link is down: logs of blocks near the end pile up past the
     // spool's limit.

@@ -222,6 +222,26 @@ impl<S: Storage> Storage for Reads<S> {
     }
 }
 
+/// `n` random writes of 9000 bytes through `p`'s guards to `disk`, within
+/// the last `span` bytes of the disk (its whole size: anywhere).
+pub fn write_near_end<T: blockrep::source::Tracking>(
+    p: &blockrep::source::Pipeline<T>,
+    disk: &dyn Storage,
+    rng: &mut Rng,
+    span: u64,
+    n: usize,
+) {
+    let size = p.primary().tracker().geometry().size();
+    let span = span.min(size);
+    for _ in 0..n {
+        let off = size - span + rng.below(span - 9000);
+        let mut d = vec![0u8; 9000];
+        rng.fill(&mut d);
+        let _g = p.primary().write_guard(off, 9000).unwrap();
+        disk.write_at(&d, off).unwrap();
+    }
+}
+
 /// Sets the flag when dropped: stops writer threads however the test
 /// thread leaves a scope, so a failed assertion does not wait on them.
 pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);

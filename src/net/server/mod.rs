@@ -433,8 +433,9 @@ impl Shared {
     }
 
     /// [`disk`](Self::disk) for a push, which may create it: its entry is
-    /// made; [`forget_if_empty`](Self::forget_if_empty) takes it back when
-    /// the push leaves nothing.
+    /// made; the push hands it back through
+    /// [`forget_if_empty`](Self::forget_if_empty), which drops the entry
+    /// when the push left nothing.
     fn disk_to_push(&self, identity: &Identity, id: DiskId) -> Result<Arc<Disk>> {
         self.open_disk(identity, id, true)?
             .ok_or_else(|| Error::invalid("no disk to push to"))
@@ -486,16 +487,18 @@ impl Shared {
     /// its entry go, so refused requests leave nothing behind. A partial
     /// upload (kept for a resume), a held group log or an upload under way
     /// keeps the disk.
-    fn forget_if_empty(&self, identity: &Identity, id: DiskId) {
+    fn forget_if_empty(&self, identity: &Identity, id: DiskId, mine: Arc<Disk>) {
         let key = (identity.as_str().to_string(), id);
         let mut disks = self.disks.lock();
+        // The push's own reference goes under the map's lock, through
+        // which every request gets its reference: of two pushes ending
+        // together, the last sees it is alone.
+        drop(mine);
         let Some(d) = disks.get(&key).cloned() else {
             return;
         };
-        // Another request holds the disk (the map's reference and this
-        // one are the only others allowed): it decides on its way out. Taken
-        // under the map's lock, through which every request gets its
-        // reference, so none can appear meanwhile.
+        // Another request holds the disk (beyond the map's reference and
+        // this one): it, or the next push, decides.
         if Arc::strong_count(&d) > 2 {
             return;
         }

@@ -8,7 +8,7 @@ use super::connection::{
 };
 use super::routes::partial;
 use super::space::check_reserve;
-use super::Shared;
+use super::{Disk, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::hex::hex;
 use crate::id::DiskId;
@@ -35,20 +35,6 @@ pub(super) fn push(
     id: DiskId,
     seq: u64,
 ) -> Result<bool> {
-    let r = receive_and_apply(shared, identity, s, head, rest, id, seq);
-    shared.forget_if_empty(identity, id);
-    r
-}
-
-fn receive_and_apply(
-    shared: &Shared,
-    identity: &Identity,
-    s: &mut Tls,
-    head: &Head,
-    rest: Vec<u8>,
-    id: DiskId,
-    seq: u64,
-) -> Result<bool> {
     let conf = shared.conf();
     let fail = |s: &mut Tls, status: u16, e: Error| -> Result<bool> {
         let _ = error_response(s, status, &e);
@@ -63,7 +49,14 @@ fn receive_and_apply(
         }
     };
     let (digest, body_len, start, total) = (claim.digest, claim.len, claim.start, claim.total);
-    let disk = shared.disk_to_push(identity, id)?;
+    // Handed back on every way out, forgetting the disk if it was left
+    // with nothing.
+    let disk = Pushed {
+        shared,
+        identity,
+        id,
+        disk: Some(shared.disk_to_push(identity, id)?),
+    };
     let Some(upload) = disk.upload.try_lock() else {
         let e = Error::new(ErrorKind::Misuse, "an upload of this disk is under way");
         let _ = error_response_with(s, 503, &e, &[("Retry-After", "1".into())]);
@@ -283,6 +276,30 @@ fn receive_and_apply(
     };
     response.map_err(|e| Error::io("respond", e))?;
     Ok(true)
+}
+
+/// A push's hold on its disk: handed back when dropped, and the disk
+/// forgotten if the push left it with nothing.
+struct Pushed<'a> {
+    shared: &'a Shared,
+    identity: &'a Identity,
+    id: DiskId,
+    disk: Option<Arc<Disk>>,
+}
+
+impl std::ops::Deref for Pushed<'_> {
+    type Target = Disk;
+    fn deref(&self) -> &Disk {
+        self.disk.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for Pushed<'_> {
+    fn drop(&mut self) {
+        if let Some(d) = self.disk.take() {
+            self.shared.forget_if_empty(self.identity, self.id, d);
+        }
+    }
 }
 
 /// The minimum body rate: bytes counted per window of the read timeout;
