@@ -265,6 +265,10 @@ fn asking_about_or_refused_pushes_to_unknown_disks_leave_nothing() {
     let root = config.primaries[0].root.clone();
     let server = start(&config);
     let mut c = net_common::connect(d, server.addr, "host1").unwrap();
+    for bad in ["zz", "0123", &"g".repeat(32)] {
+        let r = get(&mut c, &format!("/v1/disks/{bad}/points"));
+        assert_eq!(r.head.status, 404, "{bad}: {}", said(&r));
+    }
     let mut rng = Rng(5);
     for i in 0..200 {
         let mut id = [0u8; 16];

@@ -152,6 +152,30 @@ fn the_vault_refuses_other_primaries_hostile_requests_a_second_writer_and_tamper
     assert_eq!(r.head.status, 413, "{}", String::from_utf8_lossy(&r.body));
     assert!(!d.join("site-b/vault/x").exists() && !d.join("site-a/vault/x").exists());
 
+    // An object too large to send whole: 413 (PROTOCOL.md's limit), a
+    // range of it still served.
+    let big = d.join("site-a/vault/big");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len((64 << 20) + 1)
+        .unwrap();
+    let mut c = net_common::connect(d, server.addr, "host1").unwrap();
+    let r = c
+        .request("GET", "/v1/vault/big", &[], &mut &b""[..], 0)
+        .unwrap();
+    assert_eq!(r.head.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    let r = c
+        .request(
+            "GET",
+            "/v1/vault/big",
+            &[("Range", "bytes=0-9".into())],
+            &mut &b""[..],
+            0,
+        )
+        .unwrap();
+    assert_eq!((r.head.status, r.body.len()), (206, 10));
+    std::fs::remove_file(&big).unwrap();
+
     // Tampering on the server's disk: refused at hydrate, each kind.
     let m = read_manifest(&config, &keys(), ID).unwrap().unwrap();
     let log_file = |i: usize| {

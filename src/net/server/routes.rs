@@ -90,7 +90,9 @@ pub(super) fn route(
         }
         ("GET", ["", "v1", "disks", disk, rest @ ..]) => {
             let Some(id) = parse_disk(disk) else {
-                return reply(s, Err(not_found()));
+                // Not a disk id: no such disk (404), as PROTOCOL.md says.
+                let _ = error_response(s, 404, &not_found());
+                return Ok(true);
             };
             let Some(d) = shared.disk(identity, id)? else {
                 // Nothing held of it: a shipper's first question, answered

@@ -200,16 +200,18 @@ fn get(objects: &DirObjects, s: &mut Tls, head: &Head, name: &str) -> Result<()>
         )
         .map_err(respond);
     }
-    let Some((bytes, version)) = objects.get(name, MAX_BODY).map_err(|e| {
-        if e.kind() == ErrorKind::Corrupt {
-            Error::out_of_range(format!(
+    let got = match objects.get(name, MAX_BODY) {
+        // Too large to send whole: 413, as PROTOCOL.md's limits table says
+        // (416 is for a range outside the object).
+        Err(e) if e.kind() == ErrorKind::Corrupt => {
+            let e = Error::out_of_range(format!(
                 "{name} is larger than {MAX_BODY} bytes: ask for ranges"
-            ))
-        } else {
-            e
+            ));
+            return error_response(s, 413, &e).map_err(respond);
         }
-    })?
-    else {
+        r => r?,
+    };
+    let Some((bytes, version)) = got else {
         return not_found(s);
     };
     write_response(
