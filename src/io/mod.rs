@@ -14,6 +14,7 @@ mod file;
 mod memory;
 
 pub(crate) use ahead::{ReadAhead, WriteBehind};
+#[cfg(feature = "net")]
 pub(crate) use dir::LOCK as LOCK_FILE;
 pub use dir::{create_private_dir, split_path, Dir, DirLock, FsDir, MemDir};
 pub use fault::{Fault, FaultPlan, FaultStorage};
